@@ -1,0 +1,150 @@
+"""The controlled MLP-MoE of Appendix B, with a leading seed dimension so that a whole seed
+sweep trains as one set of batched matrix products.
+
+Parameter shapes (S seeds, E experts): ``W1: (S, E, h, d)``, ``b1: (S, E, h)``,
+``W2: (S, E, d, h)``, ``b2: (S, E, d)``, router ``Wr: (S, E, d)``, ``br: (S, E)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .probes import gelu
+
+ROUTINGS = ("topk", "soft", "dense")
+
+
+def seed_generator(seed: int, stream: str) -> torch.Generator:
+    """A torch generator for one seed and one named stream ("data", "init/topk", ...).
+
+    Streams are independent of each other and of which other seeds run alongside.
+    """
+    tag = int.from_bytes(stream.encode(), "little") % 2**63
+    state = np.random.SeedSequence([int(seed), tag]).generate_state(2, np.uint64)
+    return torch.Generator().manual_seed(int(state[0] % 2**63))
+
+
+def make_data(seed: int, n_samples: int = 512, d_model: int = 64, dtype=torch.float32):
+    """Synthetic batch of B.2: x ~ N(0, I) and independent targets y ~ N(0, I), ``(N, d)`` each."""
+    g = seed_generator(seed, "data")
+    x = torch.randn(n_samples, d_model, generator=g, dtype=dtype)
+    y = torch.randn(n_samples, d_model, generator=g, dtype=dtype)
+    return x, y
+
+
+def route(logits: torch.Tensor, routing: str, top_k: int = 2, temperature: float = 1.0) -> torch.Tensor:
+    """Routing weights g(x) on the simplex from router logits s(x) (A.1, B.3).
+
+    "topk": softmax, keep the top k, renormalise (= softmax over the k largest logits);
+    "soft": softmax over all E. ``logits: (*, E) -> (*, E)``.
+    """
+    z = logits / temperature
+    if routing == "soft":
+        return torch.softmax(z, -1)
+    if routing == "topk":
+        if not 1 <= top_k <= z.shape[-1]:
+            raise ValueError(f"top_k must satisfy 1 <= k <= E = {z.shape[-1]}, got k = {top_k}")
+        vals, idx = z.topk(top_k, dim=-1)
+        return torch.zeros_like(z).scatter(-1, idx, torch.softmax(vals, -1))
+    raise ValueError(f"routing must be 'topk' or 'soft', got {routing!r}")
+
+
+@dataclass(frozen=True)
+class ExpertParams:
+    """The tensors of one seed's layer, as the probes take them (see ``moegeo.probes``)."""
+
+    W1: torch.Tensor  # (E, h, d)
+    b1: torch.Tensor  # (E, h)
+    W2: torch.Tensor  # (E, d, h)
+    b2: torch.Tensor  # (E, d)
+    Wr: torch.Tensor | None  # (E, d), None for a dense FFN
+    br: torch.Tensor | None  # (E,)
+    routing: str
+    top_k: int
+    temperature: float
+
+    def gates(self, x: torch.Tensor) -> torch.Tensor:
+        """g(x): ``(N, d) -> (N, E)``; all ones for a dense FFN (E = 1)."""
+        if self.Wr is None:
+            return torch.ones(x.shape[0], 1, dtype=x.dtype)
+        return route(x @ self.Wr.T + self.br, self.routing, self.top_k, self.temperature)
+
+    def expert_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """f_e(x_i) for every expert and point: ``(E, N, d)``."""
+        a = gelu(torch.einsum("ehd,nd->enh", self.W1, x) + self.b1[:, None])
+        return torch.einsum("edh,enh->end", self.W2, a) + self.b2[:, None]
+
+
+class MLPMoE(nn.Module):
+    """E two-layer GELU experts d -> h -> d and a one-linear-layer router (B.1), for S seeds.
+
+    ``routing="dense"`` with ``n_experts=1`` is the dense FFN baseline. Parameters are
+    initialised as ``nn.Linear`` does (U(-1/sqrt(fan_in), 1/sqrt(fan_in))), each seed from its
+    own generator, so a seed's model does not depend on which other seeds share the stack.
+    """
+
+    def __init__(self, n_experts=8, d_model=64, d_hidden=128, routing="topk", top_k=2, temperature=1.0,
+                 seeds=(0,), stream="init", dtype=torch.float32):
+        super().__init__()
+        if routing not in ROUTINGS:
+            raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+        if routing == "dense" and n_experts != 1:
+            raise ValueError(f"a dense FFN has one expert, got n_experts = {n_experts}")
+        if routing != "dense":
+            route(torch.zeros(1, n_experts), routing, top_k)  # validates k against E
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.routing, self.top_k, self.temperature = routing, top_k, temperature
+        S, E, d, h = len(seeds), n_experts, d_model, d_hidden
+        shapes = {"W1": ((E, h, d), d), "b1": ((E, h), d), "W2": ((E, d, h), h), "b2": ((E, d), h)}
+        if routing != "dense":
+            shapes.update(Wr=((E, d), d), br=((E,), d))
+        init = {name: [] for name in shapes}
+        for seed in seeds:
+            gen = seed_generator(seed, stream)
+            for name, (shape, fan_in) in shapes.items():
+                bound = 1 / math.sqrt(fan_in)
+                init[name].append((torch.rand(shape, generator=gen, dtype=dtype) * 2 - 1) * bound)
+        for name, tensors in init.items():
+            setattr(self, name, nn.Parameter(torch.stack(tensors)))
+        if routing == "dense":
+            self.Wr = self.br = None
+
+    @property
+    def n_seeds(self) -> int:
+        return self.W1.shape[0]
+
+    def gates(self, x: torch.Tensor) -> torch.Tensor:
+        """Routing weights ``(S, N, d) -> (S, N, E)``."""
+        if self.Wr is None:
+            return x.new_ones(*x.shape[:2], 1)
+        logits = torch.einsum("snd,sed->sne", x, self.Wr) + self.br[:, None]
+        return route(logits, self.routing, self.top_k, self.temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """f_MoE(x) = sum_e g_e(x) f_e(x) (§2.1): ``(S, N, d) -> (S, N, d)``; ``(N, d)`` if S = 1.
+
+        The gate multiplies the hidden layer so the sum over experts is one matrix product
+        over the joint (expert, hidden) axis.
+        """
+        single = x.dim() == 2
+        if single:
+            if self.n_seeds != 1:
+                raise ValueError(f"x of shape {tuple(x.shape)} needs a seed dimension: the model holds {self.n_seeds} seeds")
+            x = x[None]
+        if x.shape[0] != self.n_seeds or x.shape[-1] != self.W1.shape[-1]:
+            raise ValueError(f"x must have shape (S={self.n_seeds}, N, d={self.W1.shape[-1]}), got {tuple(x.shape)}")
+        g = self.gates(x)
+        a = gelu(torch.einsum("snd,sehd->sneh", x, self.W1) + self.b1[:, None]) * g[..., None]
+        out = torch.einsum("sneh,sedh->snd", a, self.W2) + torch.einsum("sne,sed->snd", g, self.b2)
+        return out[0] if single else out
+
+    def params(self, seed_index: int = 0, dtype=torch.float64) -> ExpertParams:
+        """Detached tensors of one seed, as the probes take them."""
+        t = {n: (None if getattr(self, n) is None else getattr(self, n)[seed_index].detach().to(dtype))
+             for n in ("W1", "b1", "W2", "b2", "Wr", "br")}
+        return ExpertParams(**t, routing=self.routing, top_k=self.top_k, temperature=self.temperature)

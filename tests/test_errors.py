@@ -1,0 +1,93 @@
+"""Bad input gets a clear error, never a silent NaN."""
+import pytest
+import torch
+
+from moegeo import ExperimentConfig, MLPMoE, probes
+
+
+def mlp(E=3, h=5, d=4, N=6):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(E, h, d, generator=g), torch.randn(E, h, generator=g), torch.randn(E, d, h, generator=g), torch.randn(N, d, generator=g)
+
+
+@pytest.mark.parametrize("which", [0, 1, 2, 3])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_inf_in_weights_or_inputs(which, bad):
+    args = list(mlp())
+    args[which] = args[which].clone()
+    args[which].view(-1)[0] = bad
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        probes.expert_jacobians(*args)
+
+
+def test_negative_routing_weights():
+    W1, b1, W2, x = mlp()
+    g = torch.full((6, 3), 1 / 3)
+    g[0] = torch.tensor([1.5, -0.5, 0.0])
+    with pytest.raises(ValueError, match="negative"):
+        probes.mean_jacobian(W1, b1, W2, x, g)
+    with pytest.raises(ValueError, match="negative"):
+        probes.weighted_pca(x, g.T)
+
+
+def test_gates_that_do_not_sum_to_one():
+    W1, b1, W2, x = mlp()
+    with pytest.raises(ValueError, match="sum to 1"):
+        probes.mean_jacobian(W1, b1, W2, x, torch.full((6, 3), 0.5))
+
+
+def test_expert_with_zero_routing_weight_is_named():
+    W1, b1, W2, x = mlp()
+    g = torch.zeros(6, 3)
+    g[:, 0] = 1.0
+    with pytest.raises(ValueError, match=r"expert\(s\) \[1, 2\] received zero total routing weight"):
+        probes.mean_jacobian(W1, b1, W2, x, g)
+    with pytest.raises(ValueError, match="zero total routing weight"):
+        probes.weighted_pca(x, g.T)
+    with pytest.raises(ValueError, match="zero total routing weight"):
+        probes.weighted_mean(torch.ones(3, 6), g)
+
+
+def test_shape_mismatches():
+    W1, b1, W2, x = mlp()
+    with pytest.raises(ValueError, match=r"x must have shape \(\*, 4\)"):
+        probes.expert_jacobians(W1, b1, W2, x[:, :3])
+    with pytest.raises(ValueError, match="W2 must have shape"):
+        probes.expert_jacobians(W1, b1, W2[:2], x)
+    with pytest.raises(ValueError, match=r"g must have shape \(6, 3\)"):
+        probes.mean_jacobian(W1, b1, W2, x, torch.full((5, 3), 1 / 3))
+    with pytest.raises(ValueError, match="h has 6 samples"):
+        probes.weighted_pca(x, torch.ones(5))
+
+
+def test_jacobian_too_large_points_to_matrix_free_path():
+    W1, b1, W2, x = mlp()
+    with pytest.raises(MemoryError, match=r"would need .* GiB.*mlp_jacobian_operator"):
+        probes.expert_jacobians(W1, b1, W2, x, max_bytes=100)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(top_k=0), "1 <= k <= E"), (dict(top_k=9), "1 <= k <= E"), (dict(temperature=0.0), "temperature"),
+    (dict(steps=0), "steps"), (dict(seeds=()), "seeds"), (dict(seeds=(1, 1)), "seeds"),
+])
+def test_bad_config(kw, match):
+    with pytest.raises(ValueError, match=match):
+        ExperimentConfig(**kw)
+
+
+def test_bad_model():
+    with pytest.raises(ValueError, match="1 <= k <= E"):
+        MLPMoE(n_experts=2, top_k=3)
+    with pytest.raises(ValueError, match="routing must be"):
+        MLPMoE(routing="hash")
+    with pytest.raises(ValueError, match="one expert"):
+        MLPMoE(n_experts=4, routing="dense")
+    with pytest.raises(ValueError, match="seed dimension"):
+        MLPMoE(seeds=(0, 1))(torch.zeros(5, 64))
+    with pytest.raises(ValueError, match="x must have shape"):
+        MLPMoE()(torch.zeros(5, 32))
+
+
+def test_cosine_of_zero_matrix():
+    with pytest.raises(ValueError, match="zero matrix"):
+        probes.cosine_matrix(torch.zeros(2, 3, 3))

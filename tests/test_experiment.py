@@ -1,0 +1,121 @@
+"""The controlled experiment end to end: training, tidy frame, determinism, cache."""
+import dataclasses
+
+import pandas as pd
+import pytest
+import torch
+
+from moegeo import Arm, ExperimentConfig, MLPMoE, cache, experiment
+from moegeo.__main__ import main
+from moegeo.model import ExpertParams, make_data, route
+
+TINY = ExperimentConfig(n_experts=4, d_model=8, d_hidden=16, n_samples=64, steps=20, record_every=10,
+                        trajectory_points=16, seeds=(0, 1))
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOEGEO_CACHE", str(tmp_path / "cache"))
+
+
+def test_stacked_training_matches_a_plain_per_expert_loop():
+    """The seed-stacked, expert-batched trainer equals a literal loop over experts for one seed."""
+    cfg = dataclasses.replace(TINY, seeds=(3,), steps=5)
+    x, y = make_data(3, cfg.n_samples, cfg.d_model)
+    ref = experiment.build_model(Arm.TOPK, cfg)
+    params = [p.detach()[0].clone().requires_grad_() for p in (ref.W1, ref.b1, ref.W2, ref.b2, ref.Wr, ref.br)]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    for _ in range(cfg.steps):
+        W1, b1, W2, b2, Wr, br = params
+        g = route(x @ Wr.T + br, "topk", cfg.top_k)
+        out = sum(g[:, e:e + 1] * (torch.nn.functional.gelu(x @ W1[e].T + b1[e]) @ W2[e].T + b2[e]) for e in range(cfg.n_experts))
+        opt.zero_grad()
+        ((out - y) ** 2).mean().backward()
+        opt.step()
+    model, _ = experiment.train_arm(Arm.TOPK, cfg, x[None], y[None], progress=False)
+    for mine, theirs in zip((model.W1, model.b1, model.W2, model.b2, model.Wr, model.br), params):
+        torch.testing.assert_close(mine[0].detach(), theirs.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_same_seed_gives_bit_identical_results():
+    a = experiment.run(TINY, cache=False, progress=False)
+    b = experiment.run(TINY, cache=False, progress=False)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+def test_a_seed_does_not_depend_on_the_other_seeds_in_the_sweep():
+    both = experiment.run(TINY, cache=False, progress=False)
+    alone = experiment.run(dataclasses.replace(TINY, seeds=(1,)), cache=False, progress=False)
+    keys = ["arm", "expert", "reading", "metric", "step", "index"]
+    m = both[both.seed == 1].merge(alone, on=keys, suffixes=("_both", "_alone"))
+    assert len(m) == len(alone)
+    pd.testing.assert_series_equal(m.value_both, m.value_alone, check_names=False, rtol=1e-4, atol=1e-6)
+
+
+def test_frame_holds_every_arm_under_every_reading():
+    df = experiment.run(TINY, cache=False, progress=False)
+    assert set(df.columns) >= set(experiment.COLUMNS) | {"n_experts", "steps", "config_key"}
+    final = df[df.step == TINY.steps]
+    for arm in Arm:
+        readings = set(final[final.arm == arm.value].reading)
+        assert {"jacobian=pointwise", "jacobian=mean", "pca_site=input", "pca_site=pre_activation",
+                "pca_site=hidden", "pca_site=output"} <= readings, arm
+    traj = df[df.metric == "jacobian_norm"]
+    assert traj.step.nunique() == TINY.steps // TINY.record_every + 1
+    assert traj.reading.nunique() == 4
+    cos = df[df.metric == "cosine"]
+    assert set(cos.arm) == {"topk", "soft"}
+    assert df.value.notna().all()
+
+
+def test_cache_is_reused_and_corrupt_entries_are_recomputed(monkeypatch):
+    first = experiment.run(TINY, progress=False)
+    calls = []
+    real = experiment._compute
+    monkeypatch.setattr(experiment, "_compute", lambda *a: calls.append(1) or real(*a))
+    pd.testing.assert_frame_equal(experiment.run(TINY, progress=False), first)
+    assert calls == []
+    path = cache.cache_dir() / f"{TINY.key()}.pkl"
+    path.write_bytes(path.read_bytes()[:-10])  # truncated write
+    with pytest.warns(UserWarning, match="corrupt"):
+        again = experiment.run(TINY, progress=False)
+    assert calls == [1]
+    pd.testing.assert_frame_equal(again, first)
+
+
+def test_entry_stored_under_another_key_is_not_trusted():
+    other = dataclasses.replace(TINY, steps=21)
+    cache.store(TINY.key(), pd.DataFrame({"x": [1]}))
+    (cache.cache_dir() / f"{TINY.key()}.pkl").rename(cache.cache_dir() / f"{other.key()}.pkl")
+    with pytest.warns(UserWarning, match="holds key"):
+        assert cache.load(other.key()) is None
+
+
+def test_config_key_changes_with_every_field():
+    base = ExperimentConfig()
+    for f in dataclasses.fields(base):
+        v = getattr(base, f.name)
+        new = {int: lambda v: v + 1, float: lambda v: v * 2, tuple: lambda v: v[:1] if len(v) > 1 else (v[0] + 1,)}[type(v)](v)
+        assert dataclasses.replace(base, **{f.name: new}).key() != base.key(), f.name
+
+
+def test_dead_expert_is_excluded_and_reported():
+    E, h, d = 3, 5, 6
+    x, _ = make_data(0, 32, d, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    t = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    p = ExpertParams(W1=t(E, h, d), b1=t(E, h), W2=t(E, d, h), b2=t(E, d), Wr=t(E, d) * 0,
+                     br=torch.tensor([0.0, 0.0, -1e9], dtype=torch.float64), routing="topk", top_k=2, temperature=1.0)
+    with pytest.warns(UserWarning, match="expert 2 received zero routing weight"):
+        rows = pd.DataFrame(experiment.probe_rows(p, x, seed=0, arm=Arm.TOPK, step=0))
+    assert rows[rows.metric == "excluded"].expert.tolist() == [2]
+    assert set(rows[rows.metric != "excluded"].expert) == {0, 1}
+
+
+def test_cli_prints_all_arms(capsys):
+    assert main(["--steps", "2", "--quiet", "--no-cache"]) == 0
+    out = capsys.readouterr().out
+    for arm in Arm:
+        assert arm.value in out
+    for r in ("pca_site=input", "pca_site=hidden", "jacobian=mean", "jacobian=pointwise"):
+        assert r in out

@@ -1,0 +1,226 @@
+"""Every probe against an independent computation, plus its invariances and bounds."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from moegeo import probes
+from moegeo.model import route
+from strategies import matrices, mlp_experts, seeds, weighted_samples
+
+
+@pytest.fixture(autouse=True, scope="module")
+def float64():
+    """The probes are checked in float64, where agreement can be asserted to 1e-10."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def expert_fn(W1, b1, W2, e):
+    return lambda x: W2[e] @ torch.nn.functional.gelu(W1[e] @ x + b1[e])
+
+
+# --------------------------------------------------------------------------- Jacobians
+@given(mlp_experts(), st.sampled_from(["rev", "fwd"]))
+def test_closed_form_jacobian_matches_autograd(params, mode):
+    W1, b1, W2, x = params
+    J = probes.expert_jacobians(W1, b1, W2, x)
+    for e in range(W1.shape[0]):
+        torch.testing.assert_close(J[e], probes.jacobians(expert_fn(W1, b1, W2, e), x, mode), rtol=1e-10, atol=1e-10)
+
+
+def test_gelu_grad_matches_autograd():
+    z = torch.linspace(-6, 6, 101, requires_grad=True)
+    (auto,) = torch.autograd.grad(torch.nn.functional.gelu(z).sum(), z)
+    torch.testing.assert_close(probes.gelu_grad(z.detach()), auto, rtol=1e-12, atol=1e-12)
+
+
+@given(mlp_experts(), seeds)
+def test_matrix_free_operators_match_materialised_jacobian(params, seed):
+    W1, b1, W2, x = params
+    J = probes.expert_jacobians(W1, b1, W2, x)
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(*J.shape[:2], J.shape[3], generator=g)
+    u = torch.randn(*J.shape[:3], generator=g)
+    op = probes.mlp_jacobian_operator(W1, b1, W2, x)
+    torch.testing.assert_close(op.matvec(v), torch.einsum("enoi,eni->eno", J, v))
+    torch.testing.assert_close(op.rmatvec(u), torch.einsum("enoi,eno->eni", J, u))
+    auto = probes.autograd_jacobian_operator(expert_fn(W1, b1, W2, 0), x)
+    torch.testing.assert_close(auto.matvec(v[0]), op.matvec(v)[0])
+    torch.testing.assert_close(auto.rmatvec(u[0]), op.rmatvec(u)[0])
+
+
+@given(mlp_experts(), seeds)
+def test_mean_jacobian_is_routing_weighted_average(params, seed):
+    W1, b1, W2, x = params
+    E, N = W1.shape[0], x.shape[0]
+    g = torch.softmax(torch.randn(N, E, generator=torch.Generator().manual_seed(seed)), -1)
+    J = probes.expert_jacobians(W1, b1, W2, x)
+    expected = torch.einsum("ne,enoi->eoi", g, J) / g.sum(0)[:, None, None]  # A.2 literally
+    torch.testing.assert_close(probes.mean_jacobian(W1, b1, W2, x, g), expected)
+
+
+# --------------------------------------------------------------------------- spectra
+@given(matrices())
+def test_sigma1_methods_agree_with_exact_svd(J):
+    exact = probes.singular_values(J)[..., 0]
+    torch.testing.assert_close(probes.singular_values(J, "gram")[..., 0], exact, rtol=1e-8, atol=1e-12)
+    op = probes.JacobianOperator(lambda v: torch.einsum("boi,bi->bo", J, v), lambda u: torch.einsum("boi,bo->bi", J, u),
+                                 (J.shape[0],), J.shape[2], J.shape[1])
+    pw = probes.power_iteration_sigma1(op, tol=1e-12, max_iter=20000, generator=torch.Generator().manual_seed(0))
+    assert pw.converged and pw.iterations >= 1
+    # the stated accuracy: relative error ~ tol * r / (1 - r); 1e-6 covers gaps down to r = 1 - 1e-6
+    torch.testing.assert_close(pw.values, exact, rtol=1e-6, atol=0)
+    for b in range(J.shape[0]):
+        one = probes.JacobianOperator(lambda v, b=b: (J[b] @ v.reshape(-1)).reshape(1, -1),
+                                      lambda u, b=b: (J[b].T @ u.reshape(-1)).reshape(1, -1), (1,), J.shape[2], J.shape[1])
+        lz = probes.lanczos_sigma1(one, tol=1e-12)
+        torch.testing.assert_close(lz.values, exact[b : b + 1], rtol=1e-9, atol=1e-12)
+
+
+@given(matrices())
+def test_gram_spectrum_matches_svd(J):
+    s = probes.singular_values(J)
+    torch.testing.assert_close(probes.singular_values(J, "gram"), s, rtol=1e-6, atol=1e-7 * s[..., :1].max().item())
+
+
+def test_power_iteration_reports_non_convergence():
+    J = torch.diag(torch.tensor([1.0, 0.999999, 0.5]))[None]
+    op = probes.JacobianOperator(lambda v: v @ J[0].T, lambda u: u @ J[0], (1,), 3, 3)
+    res = probes.power_iteration_sigma1(op, tol=1e-15, max_iter=3, generator=torch.Generator().manual_seed(1))
+    assert not res.converged and res.iterations == 3
+
+
+@given(matrices())
+def test_energy_curve_is_a_normalised_cumulative_distribution(J):
+    curve = probes.energy_curve(probes.singular_values(J))
+    assert (curve.diff(dim=-1) >= -1e-12).all()
+    torch.testing.assert_close(curve[..., -1], torch.ones(J.shape[0]))
+    s = probes.singular_values(J)
+    torch.testing.assert_close(curve[..., 0], s[..., 0] ** 2 / (s**2).sum(-1))
+
+
+@given(matrices(), st.floats(0.01, 1.0), st.floats(0.01, 1.0))
+def test_k_at_is_monotone_in_tau(J, t1, t2):
+    curve = probes.energy_curve(probes.singular_values(J))
+    lo, hi = sorted((t1, t2))
+    assert (probes.k_at(curve, lo) <= probes.k_at(curve, hi)).all()
+    assert (probes.k_at(curve, hi) <= curve.shape[-1]).all()
+
+
+def test_k_at_follows_scikit_learn_rule():
+    curve = torch.tensor([0.5, 0.8, 0.9, 0.95, 1.0])
+    assert probes.k_at(curve, 0.85).item() == 3
+    assert probes.k_at(curve, 0.9).item() == 4  # strictly above tau, as sklearn's side="right"
+    assert probes.value_at(curve, 2).item() == 0.8
+
+
+# --------------------------------------------------------------------------- cosine
+@given(matrices(min_dim=2), st.floats(0.01, 100.0))
+def test_cosine_matrix_properties(M, scale):
+    C = probes.cosine_matrix(M)
+    torch.testing.assert_close(C, C.T)
+    assert (C.abs() <= 1).all()
+    torch.testing.assert_close(C.diagonal(), torch.ones(M.shape[0]))
+    torch.testing.assert_close(probes.cosine_matrix(M * scale), C)
+    v = M.reshape(M.shape[0], -1).numpy()
+    ref = (v @ v.T) / np.outer(np.linalg.norm(v, axis=1), np.linalg.norm(v, axis=1))
+    np.testing.assert_allclose(C.numpy(), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_cosine_null_matches_random_matrices():
+    d = 16
+    g = torch.Generator().manual_seed(0)
+    A, B = torch.randn(4000, d * d, generator=g), torch.randn(4000, d * d, generator=g)
+    cos = torch.nn.functional.cosine_similarity(A, B, dim=1).numpy()
+    null = probes.cosine_null(d * d)
+    assert null.std() == pytest.approx(1 / d, rel=1e-2)
+    import scipy.stats
+
+    assert scipy.stats.kstest(cos, null.cdf).pvalue > 0.01
+
+
+# --------------------------------------------------------------------------- weighted PCA
+@given(weighted_samples())
+def test_uniform_weights_equal_plain_pca(hw):
+    h, _ = hw
+    pca = probes.weighted_pca(h, torch.ones(h.shape[0]))
+    ref = np.sort(np.linalg.eigvalsh(np.cov(h.numpy(), rowvar=False, bias=True).reshape(h.shape[1], h.shape[1])))[::-1]
+    np.testing.assert_allclose(pca.eigenvalues.numpy(), ref, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(pca.mean.numpy(), h.numpy().mean(0), rtol=1e-9, atol=1e-12)
+
+
+@given(weighted_samples(), st.floats(1e-3, 1e3))
+def test_weighted_pca_invariant_to_scaling_all_weights(hw, c):
+    h, w = hw
+    a, b = probes.weighted_pca(h, w), probes.weighted_pca(h, w * c)
+    torch.testing.assert_close(a.eigenvalues, b.eigenvalues, rtol=1e-9, atol=1e-12)
+
+
+@given(weighted_samples(), st.data())
+def test_duplicated_sample_equals_doubled_weight(hw, data):
+    h, w = hw
+    i = data.draw(st.integers(0, h.shape[0] - 1))
+    dup = probes.weighted_pca(torch.cat([h, h[i : i + 1]]), torch.cat([w, w[i : i + 1]]))
+    w2 = w.clone()
+    w2[i] *= 2
+    torch.testing.assert_close(dup.eigenvalues, probes.weighted_pca(h, w2).eigenvalues, rtol=1e-9, atol=1e-12)
+
+
+@given(weighted_samples())
+def test_weighted_pca_matches_numpy_weighted_covariance(hw):
+    h, w = hw
+    ref = np.cov(h.numpy(), rowvar=False, aweights=w.numpy(), bias=True).reshape(h.shape[1], h.shape[1])
+    np.testing.assert_allclose(probes.weighted_pca(h, w).eigenvalues.numpy(), np.linalg.eigvalsh(ref)[::-1],
+                               rtol=1e-9, atol=1e-12)
+
+
+@given(st.integers(1, 8), seeds)
+def test_planted_low_rank_covariance_is_recovered(rank, seed):
+    """Variance planted in `rank` equal directions plus tiny noise: k@0.9 is the smallest k with
+    k/rank > 0.9, i.e. exactly `rank` (sklearn rule, curve reaches 1 only at k = rank)."""
+    D, N = 20, 2000
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(D, D, generator=g))[0][:, :rank]
+    z = torch.randn(N, rank, generator=g)
+    z = z - z.mean(0)
+    z = z @ torch.linalg.inv(torch.linalg.cholesky(z.T @ z / N)).T  # whitened: a flat planted spectrum
+    h = z @ basis.T + 1e-4 * torch.randn(N, D, generator=g)
+    pca = probes.weighted_pca(h, torch.ones(N))
+    assert pca.k_at(0.9).item() == rank
+    assert pca.cumvar_at(min(rank, D)).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_weighted_pca_batched_over_experts_matches_one_by_one():
+    g = torch.Generator().manual_seed(0)
+    h, w = torch.randn(50, 5, generator=g), torch.rand(3, 50, generator=g)
+    batched = probes.weighted_pca(h, w)
+    for e in range(3):
+        torch.testing.assert_close(batched.eigenvalues[e], probes.weighted_pca(h, w[e]).eigenvalues)
+
+
+# --------------------------------------------------------------------------- routing
+@given(st.integers(1, 8), st.integers(1, 8), seeds, st.floats(0.1, 10.0))
+def test_topk_gates_have_k_nonzeros_summing_to_one(E, k, seed, temperature):
+    k = min(k, E)
+    logits = torch.randn(30, E, generator=torch.Generator().manual_seed(seed)) * 3
+    g = route(logits, "topk", k, temperature)
+    assert ((g > 0).sum(-1) == k).all()
+    torch.testing.assert_close(g.sum(-1), torch.ones(30))
+    assert (g.argmax(-1) == logits.argmax(-1)).all()
+
+
+@given(st.integers(1, 8), seeds)
+def test_soft_gates_are_all_positive_on_the_simplex(E, seed):
+    g = route(torch.randn(30, E, generator=torch.Generator().manual_seed(seed)), "soft")
+    assert (g > 0).all()
+    torch.testing.assert_close(g.sum(-1), torch.ones(30))
+
+
+@pytest.mark.parametrize("k", [0, -1, 9])
+def test_invalid_k_is_a_clear_error(k):
+    with pytest.raises(ValueError, match="1 <= k <= E"):
+        route(torch.zeros(4, 8), "topk", k)
