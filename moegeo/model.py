@@ -148,3 +148,19 @@ class MLPMoE(nn.Module):
         t = {n: (None if getattr(self, n) is None else getattr(self, n)[seed_index].detach().to(dtype))
              for n in ("W1", "b1", "W2", "b2", "Wr", "br")}
         return ExpertParams(**t, routing=self.routing, top_k=self.top_k, temperature=self.temperature)
+
+
+def expert_params(module: nn.Module, seed_index: int = 0) -> ExpertParams:
+    """The probe tensors of an MoE module (thin helper over ``MLPMoE.params``).
+
+    Any other module raises ``TypeError``: moegeo cannot guess where an arbitrary model keeps
+    its experts and router, so pass their tensors to ``moegeo.probes`` directly (README).
+    """
+    if not isinstance(module, MLPMoE):
+        raise TypeError(
+            f"{type(module).__name__} is not an MoE layer moegeo knows (MLPMoE); pass its stacked "
+            "expert weights W1, b1, W2, inputs x and routing weights g to moegeo.probes directly"
+        )
+    if not 0 <= seed_index < module.n_seeds:
+        raise IndexError(f"seed_index {seed_index} out of range: the module holds {module.n_seeds} seeds")
+    return module.params(seed_index)

@@ -91,3 +91,13 @@ def test_bad_model():
 def test_cosine_of_zero_matrix():
     with pytest.raises(ValueError, match="zero matrix"):
         probes.cosine_matrix(torch.zeros(2, 3, 3))
+
+
+def test_module_that_is_not_an_moe():
+    from moegeo.model import expert_params
+
+    with pytest.raises(TypeError, match="Linear is not an MoE layer"):
+        expert_params(torch.nn.Linear(4, 4))
+    with pytest.raises(IndexError, match="holds 1 seeds"):
+        expert_params(MLPMoE(), seed_index=3)
+    assert expert_params(MLPMoE(n_experts=3, top_k=1)).W1.shape == (3, 128, 64)
