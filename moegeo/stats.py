@@ -47,8 +47,9 @@ def median_ci(x, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def sign_test(x) -> TestResult:
-    """Exact one-sided sign tests of median(x) > 0 and median(x) < 0, with the median's CI."""
+def sign_test(x, with_ci: bool = True) -> TestResult:
+    """Exact one-sided sign tests of median(x) > 0 and median(x) < 0, with the median's CI
+    (NaN with ``with_ci=False``, for simulations)."""
     x = np.asarray(x, dtype=float)
     if not np.isfinite(x).all():
         raise ValueError(f"sign_test needs finite values, got {x}")
@@ -56,7 +57,7 @@ def sign_test(x) -> TestResult:
     n, k = len(nz), int((nz > 0).sum())
     p = scipy.stats.binomtest(k, n, 0.5, alternative="greater").pvalue if n else 1.0
     q = scipy.stats.binomtest(k, n, 0.5, alternative="less").pvalue if n else 1.0
-    lo, hi = median_ci(x) if len(x) else (np.nan, np.nan)
+    lo, hi = median_ci(x) if len(x) and with_ci else (np.nan, np.nan)
     return TestResult(float(p), float(q), float(np.median(x)) if len(x) else np.nan, lo, hi, n, k)
 
 
