@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from moegeo import ExperimentConfig, run
+from moegeo.cache import cache_dir
 from moegeo.claims import CLAIMS, HOT_TEMPERATURE, PLATEAU_STEP, evaluate
 from moegeo.config import Arm
 
@@ -49,7 +50,12 @@ def pytest_configure(config):
         return
     t0 = time.perf_counter()
     cfgs = configs(config)
-    frames = {name: run(cfg) for name, cfg in cfgs.items()}  # workers find these in the cache
+    capture = config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # let the progress bars through on a terminal
+        if not hasattr(config, "workerinput"):
+            print(f"moegeo: {len(cfgs['main'].seeds)} seeds x {cfgs['main'].steps} steps; finished runs are "
+                  f"reused from {cache_dir()}", flush=True)
+        frames = {name: run(cfg) for name, cfg in cfgs.items()}  # xdist workers find these in the cache
     selected = [dataclasses.replace(c, readings=tuple(r for r in c.readings
                                                        if all(s in c.label(r) for s in config.getoption("--reading"))))
                 for c in CLAIMS]

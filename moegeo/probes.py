@@ -201,11 +201,62 @@ def power_iteration_sigma1(
     return SpectralResult(sigma, max_iter, False, v)
 
 
-def lanczos_sigma1(op: JacobianOperator, tol: float = 1e-10) -> SpectralResult:
-    """sigma_1 of a single matrix-free Jacobian by Lanczos bidiagonalisation (ARPACK via
-    ``scipy.sparse.linalg.svds``). ``op`` must hold exactly one matrix (batch of size 1)."""
+def lanczos_sigma1(
+    op: JacobianOperator,
+    tol: float = 1e-10,
+    max_iter: int | None = None,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> SpectralResult:
+    """sigma_1 of every Jacobian in ``op`` by Lanczos on J^T J, batched over the operator's batch.
+
+    Full reorthogonalisation. A batch element stops when the residual of its largest Ritz pair,
+    beta_j |y_j| = ||J^T J u - theta u||, is at most ``tol * theta``: theta is then within a
+    relative ``tol`` of an eigenvalue of J^T J (so sigma within about ``tol / 2``), and in
+    practice far closer (the error is quadratic in the residual). ``max_iter`` defaults to
+    ``d_in``, where the Krylov space is the whole space. Krylov convergence at the extreme
+    eigenvalue is far faster than power iteration's. Memory: the basis, O(batch x iters x d_in).
+    """
+    k_max = min(max_iter or op.d_in, op.d_in)
+    B = math.prod(op.batch_shape)
+    q = torch.randn(B, op.d_in, generator=generator, dtype=dtype)
+    basis = [q / q.norm(dim=-1, keepdim=True)]
+    alphas, betas = [], []
+    theta = torch.zeros(B, dtype=dtype)
+    active = torch.ones(B, dtype=torch.bool)  # Ritz value not yet converged
+    eps = torch.finfo(dtype).eps
+    for j in range(k_max):
+        v = basis[-1]
+        w = op.rmatvec(op.matvec(v.reshape(*op.batch_shape, -1))).reshape(B, -1)
+        alphas.append((v * w).sum(-1))
+        Q = torch.stack(basis, 1)  # (B, j+1, n)
+        for _ in range(2):  # full reorthogonalisation; twice is enough
+            w = w - torch.bmm(torch.bmm(Q, w[:, :, None]).transpose(1, 2), Q)[:, 0]
+        beta = w.norm(dim=-1)
+        T = torch.diag_embed(torch.stack(alphas, -1)[active])
+        if betas:
+            off = torch.diag_embed(torch.stack(betas, -1)[active], offset=1)
+            T = T + off + off.transpose(-1, -2)
+        evals, evecs = torch.linalg.eigh(T)  # only the unconverged: one LAPACK call each
+        new = evals[..., -1]
+        resid = beta[active] * evecs[..., -1, -1].abs()  # ||J^T J y - theta y|| of the Ritz pair
+        done = resid <= (tol + 10 * eps) * new.abs()
+        theta[active] = new
+        active[active.clone()] = ~done
+        if not bool(active.any()) or j + 1 == k_max:
+            converged = not bool(active.any()) or j + 1 == op.d_in
+            return SpectralResult(theta.clamp_min(0).sqrt().reshape(op.batch_shape), j + 1, converged)
+        betas.append(beta)
+        basis.append(w / beta.clamp_min(torch.finfo(dtype).tiny)[:, None])
+    raise AssertionError("unreachable")
+
+
+def arpack_sigma1(op: JacobianOperator, tol: float = 1e-10) -> SpectralResult:
+    """sigma_1 of a single matrix-free Jacobian by ARPACK's implicitly restarted Lanczos
+    (``scipy.sparse.linalg.svds``): the independent reference for ``lanczos_sigma1``.
+    ``op`` must hold exactly one matrix (batch of size 1)."""
     if math.prod(op.batch_shape) != 1:
-        raise ValueError(f"lanczos_sigma1 takes one matrix; op has batch shape {op.batch_shape}")
+        raise ValueError(f"arpack_sigma1 takes one matrix; op has batch shape {op.batch_shape}")
     calls = [0]
     shape = (*op.batch_shape, -1)
 

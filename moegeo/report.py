@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
+from .bench_report import existing_section
 from .claims import CLAIMS, HOT_TEMPERATURE, offdiag_cosines
 from .config import Arm, JacobianSite, Norm, PCASite
 from .experiment import reading
@@ -258,11 +259,15 @@ def _readings_section(verdicts: pd.DataFrame) -> list[str]:
 
 
 def write_report(path: Path, frames: dict, verdicts: pd.DataFrame, configs: dict, wall_time: float) -> Path:
-    """Figures into ``<report dir>/figures/``, then the Markdown, written atomically."""
+    """Figures into ``<report dir>/figures/``, then the Markdown, written atomically; the
+    benchmark section of an existing report is kept."""
     path = Path(path)
     stem = "figures" if path.stem == "REPORT" else f"figures-{path.stem}"
     figures = make_figures(frames, path.parent / stem)
     text = render(frames, verdicts, configs, wall_time, figures, path)
+    if path.exists():  # keep the benchmark section, which `pytest --benchmark-only` owns
+        section = existing_section(path.read_text())
+        text = text + ("\n" + section if section else "")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)

@@ -74,17 +74,30 @@ def test_sigma1_methods_agree_with_exact_svd(J):
     assert pw.converged and pw.iterations >= 1
     # the stated accuracy: relative error ~ tol * r / (1 - r); 1e-6 covers gaps down to r = 1 - 1e-6
     torch.testing.assert_close(pw.values, exact, rtol=1e-6, atol=0)
+    lz = probes.lanczos_sigma1(op, tol=1e-12, generator=torch.Generator().manual_seed(0))
+    assert lz.converged and lz.iterations <= J.shape[2]
+    torch.testing.assert_close(lz.values, exact, rtol=1e-8, atol=1e-12)
     for b in range(J.shape[0]):
         one = probes.JacobianOperator(lambda v, b=b: (J[b] @ v.reshape(-1)).reshape(1, -1),
                                       lambda u, b=b: (J[b].T @ u.reshape(-1)).reshape(1, -1), (1,), J.shape[2], J.shape[1])
-        lz = probes.lanczos_sigma1(one, tol=1e-12)
-        torch.testing.assert_close(lz.values, exact[b : b + 1], rtol=1e-9, atol=1e-12)
+        ar = probes.arpack_sigma1(one, tol=1e-12)
+        torch.testing.assert_close(ar.values, exact[b : b + 1], rtol=1e-9, atol=1e-12)
 
 
 @given(matrices())
 def test_gram_spectrum_matches_svd(J):
     s = probes.singular_values(J)
     torch.testing.assert_close(probes.singular_values(J, "gram"), s, rtol=1e-6, atol=1e-7 * s[..., :1].max().item())
+
+
+def test_lanczos_on_mlp_jacobians_matches_exact_and_needs_few_iterations():
+    g = torch.Generator().manual_seed(0)
+    E, h, d, N = 3, 64, 32, 20
+    W1, b1, W2, x = torch.randn(E, h, d, generator=g), torch.randn(E, h, generator=g), torch.randn(E, d, h, generator=g), torch.randn(N, d, generator=g)
+    exact = probes.singular_values(probes.expert_jacobians(W1, b1, W2, x))[..., 0]
+    lz = probes.lanczos_sigma1(probes.mlp_jacobian_operator(W1, b1, W2, x), tol=1e-12, generator=g)
+    torch.testing.assert_close(lz.values, exact, rtol=1e-9, atol=0)
+    assert lz.converged
 
 
 def test_power_iteration_reports_non_convergence():

@@ -1,0 +1,115 @@
+"""sigma_1 and full spectra of every per-point expert Jacobian, and how each method scales with d.
+
+Every fast method is checked against exact float64 SVD inside its benchmark: max relative
+error of sigma_1 <= 1e-4 (recorded in extra_info with the iterations used).
+"""
+import pytest
+import torch
+
+from moegeo import probes
+from problems import PAPER, Problem, vmap_jacobians
+
+TOL = 1e-4
+P = Problem(**PAPER)
+
+
+def _power(op):
+    r = probes.power_iteration_sigma1(op, tol=1e-6, max_iter=20000, dtype=torch.float32,
+                                      generator=torch.Generator().manual_seed(0))
+    return r.values, r.iterations
+
+
+def _lanczos(op):
+    r = probes.lanczos_sigma1(op, tol=1e-6, dtype=torch.float32, generator=torch.Generator().manual_seed(0))
+    return r.values, r.iterations
+
+
+def materialised_op(J):
+    return probes.JacobianOperator(lambda v: torch.einsum("...oi,...i->...o", J, v),
+                                   lambda u: torch.einsum("...oi,...o->...i", J, u), J.shape[:-2], J.shape[-1], J.shape[-2])
+
+
+SIGMA1 = {
+    "vmap_jacrev+svdvals": lambda a: (probes.singular_values(vmap_jacobians("rev", *a))[..., 0], 1),
+    "closed_form+svdvals": lambda a: (probes.singular_values(probes.expert_jacobians(*a))[..., 0], 1),
+    "closed_form+gram_eigvalsh": lambda a: (probes.singular_values(probes.expert_jacobians(*a), "gram")[..., 0], 1),
+    "closed_form+power": lambda a: _power(materialised_op(probes.expert_jacobians(*a))),
+    "closed_form+lanczos": lambda a: _lanczos(materialised_op(probes.expert_jacobians(*a))),
+    "matrix_free_power": lambda a: _power(probes.mlp_jacobian_operator(*a)),
+    "matrix_free_lanczos": lambda a: _lanczos(probes.mlp_jacobian_operator(*a)),
+}
+
+
+def record(benchmark, p, method, result, baseline=False):
+    sigma1, iterations = result
+    err = p.rel_error(sigma1)
+    benchmark.extra_info.update(method=method, size=p.label, d=p.d, max_rel_error=err, iterations=iterations,
+                                baseline=baseline)
+    assert err <= TOL, f"{method}: sigma_1 relative error {err:.2e} > {TOL}"
+
+
+@pytest.mark.parametrize("method", SIGMA1)
+def test_sigma1_paper(benchmark, method):
+    benchmark.group = f"sigma1 of all E*N Jacobians [{P.label}]"
+    slow = "power" in method  # thousands of iterations: one round says enough
+    result = benchmark.pedantic(SIGMA1[method], (P.args,), rounds=1 if slow else 3, warmup_rounds=0 if slow else 1)
+    record(benchmark, P, method, result, baseline=method == "vmap_jacrev+svdvals")
+
+
+def test_sigma1_paper_arpack(benchmark):
+    """ARPACK (scipy svds over a LinearOperator) is one matrix per call: timed on 64 of the
+    4096 Jacobians; extra_info.scale = 64 gives the all-Jacobian estimate."""
+    sub = Problem(E=1, d=P.d, h=P.h, N=64)
+
+    def run():
+        ops = [probes.mlp_jacobian_operator(sub.W1, sub.b1, sub.W2, sub.x[i:i + 1]) for i in range(sub.N)]
+        return torch.stack([probes.arpack_sigma1(op, tol=1e-10).values.reshape(()) for op in ops])[None], 0
+
+    benchmark.group = f"sigma1 of all E*N Jacobians [{P.label}]"
+    result = benchmark.pedantic(run, rounds=2, warmup_rounds=0)
+    record(benchmark, sub, "arpack_svds(64 of 4096)", result)
+    benchmark.extra_info["scale"] = P.E * P.N / sub.N
+
+
+@pytest.mark.parametrize("method", ["svdvals", "gram_eigvalsh"])
+def test_full_spectra_paper(benchmark, method):
+    """In float64, as the probes run them: Gram eigenvalues lose the small singular values in
+    float32 (absolute error ~ eps sigma_1^2 / sigma)."""
+    J = probes.expert_jacobians(P.W1, P.b1, P.W2, P.x)
+    benchmark.group = f"full spectra of all E*N Jacobians, float64 [{P.label}]"
+    s = benchmark.pedantic(probes.singular_values, (J, "svd" if method == "svdvals" else "gram"), rounds=3, warmup_rounds=1)
+    ref = probes.singular_values(probes.expert_jacobians(P.W1, P.b1, P.W2, P.x))
+    err = float(((s.double() - ref).abs() / ref[..., :1]).max())  # relative to sigma_1
+    benchmark.extra_info.update(method=method, size=P.label, max_rel_error=err, baseline=method == "svdvals")
+    assert err <= TOL
+
+
+# ---------------------------------------------------------------- scaling in d (h = 2d, E = 1, N = 8)
+EXACT_D = [64, 128, 256, 512, 1024]
+FREE_D = EXACT_D + [2048, 4096]
+SCALING = {
+    "closed_form+svdvals": (EXACT_D, SIGMA1["closed_form+svdvals"]),
+    "closed_form+gram_eigvalsh": (EXACT_D, SIGMA1["closed_form+gram_eigvalsh"]),
+    "matrix_free_power": (EXACT_D, SIGMA1["matrix_free_power"]),  # thousands of iterations beyond
+    "matrix_free_lanczos": (FREE_D, SIGMA1["matrix_free_lanczos"]),
+}
+PROBLEMS = {}
+
+
+def scaled(d):
+    if d not in PROBLEMS:
+        PROBLEMS.clear()  # keep one size alive at a time (d = 4096 holds 2 x 32M weights)
+        PROBLEMS[d] = Problem(E=1, d=d, h=2 * d, N=8)
+    return PROBLEMS[d]
+
+
+@pytest.mark.parametrize("d, method", [(d, m) for m, (ds, _) in SCALING.items() for d in ds])
+def test_sigma1_scaling(benchmark, d, method):
+    p = scaled(d)
+    if d > 1024:  # exact float64 SVD is too costly here: the reference is float64 Lanczos to 1e-12
+        p.__dict__["exact_sigma1"] = probes.lanczos_sigma1(probes.mlp_jacobian_operator(p.W1, p.b1, p.W2, p.x),
+                                                           tol=1e-12, max_iter=300).values
+    benchmark.group = "sigma1 scaling in d (h=2d, E=1, N=8)"
+    result = benchmark.pedantic(SCALING[method][1], (p.args,), rounds=1 if d >= 512 or "power" in method else 3,
+                                warmup_rounds=0)
+    record(benchmark, p, method, result, baseline=method == "closed_form+svdvals")

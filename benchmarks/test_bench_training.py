@@ -1,0 +1,77 @@
+"""Training steps, the probe stage and the whole claims sweep against its floating-point floor.
+
+The floor of the default 20-seed sweep is its FLOP count divided by the sgemm rate measured in
+the same run. The sweep is timed at 20 steps and extrapolated linearly in steps (the per-step
+cost is constant), plus the probe stage, which runs once per arm.
+"""
+import dataclasses
+
+import pytest
+import torch
+
+from moegeo import ExperimentConfig, experiment
+from moegeo.config import Arm
+from moegeo.model import make_data
+
+CFG = ExperimentConfig(seeds=tuple(range(20)))  # the claims configuration
+SGEMM_N = 2048
+
+
+def train_flops(arm: Arm, cfg: ExperimentConfig) -> float:
+    """Matrix-product FLOPs of one full-batch step (forward x 3 for forward + backward)."""
+    S, N, d = len(cfg.seeds), cfg.n_samples, cfg.d_model
+    width = cfg.d_hidden * (cfg.n_experts if arm in (Arm.DENSE_MATCHED, Arm.TOPK, Arm.SOFT) else 1)
+    router = 2 * S * N * d * cfg.n_experts if arm.is_moe else 0
+    return 3 * (2 * 2 * S * N * d * width + router)
+
+
+def probe_flops(arm: Arm, cfg: ExperimentConfig) -> float:
+    """Dominant FLOPs of the final probes for all seeds: materialising J and its Gram spectrum."""
+    S, N, d = len(cfg.seeds), cfg.n_samples, cfg.d_model
+    E, h = (cfg.n_experts, cfg.d_hidden) if arm.is_moe else (1, cfg.d_hidden * (cfg.n_experts if arm is Arm.DENSE_MATCHED else 1))
+    return S * E * N * (2 * d * h * d + 2 * d**3 + 10 * d**3)
+
+
+@pytest.fixture(scope="module")
+def data():
+    xs, ys = zip(*(make_data(s) for s in CFG.seeds))
+    return torch.stack(xs), torch.stack(ys)
+
+
+def test_sgemm_rate(benchmark):
+    a, b = torch.randn(SGEMM_N, SGEMM_N), torch.randn(SGEMM_N, SGEMM_N)
+    benchmark.group = "floating-point floor"
+    benchmark.pedantic(torch.mm, (a, b), rounds=10, warmup_rounds=2)
+    benchmark.extra_info.update(method="sgemm", flops=2 * SGEMM_N**3)
+
+
+@pytest.mark.parametrize("arm", list(Arm), ids=[a.value for a in Arm])
+def test_train_step_20_seeds(benchmark, arm, data):
+    x, y = data
+    experiment._keep_freed_memory()
+    model = experiment.build_model(arm, CFG)
+    opt = torch.optim.Adam(model.parameters(), lr=CFG.lr)
+
+    def step():
+        loss = ((model(x) - y) ** 2).mean(dim=(1, 2)).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    benchmark.group = "one training step, 20 seeds"
+    loss = benchmark.pedantic(step, rounds=10, warmup_rounds=2)
+    assert torch.isfinite(loss)
+    benchmark.extra_info.update(method=arm.value, flops=train_flops(arm, CFG))
+
+
+def test_claims_sweep(benchmark):
+    """The default claims sweep (20 seeds, every arm, probes included) at 20 steps."""
+    cfg = dataclasses.replace(CFG, steps=20, record_every=10)
+    benchmark.group = "claims sweep"
+    df = benchmark.pedantic(experiment._compute, (cfg, False), rounds=1, warmup_rounds=0)
+    assert df.value.notna().all()
+    benchmark.extra_info.update(
+        method="sweep@20 steps", steps_timed=cfg.steps, steps_default=CFG.steps,
+        train_flops_per_step=sum(train_flops(a, CFG) for a in CFG.arms),
+        probe_flops=sum(probe_flops(a, CFG) for a in CFG.arms))
