@@ -18,7 +18,8 @@ from moegeo.config import Arm
 
 VERDICTS = pytest.StashKey()
 STATE = pytest.StashKey()
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 
 
 def pytest_addoption(parser):
@@ -45,8 +46,17 @@ def configs(config):
     return {"main": main, "hot": hot}
 
 
+def collects_claims(config) -> bool:
+    """Whether this session collects claims/ (explicitly, from inside it, or from a parent)."""
+    for arg in config.args or [str(config.invocation_params.dir)]:
+        p = (config.invocation_params.dir / arg.split("::")[0]).resolve()
+        if p == HERE or HERE in p.parents or p in HERE.parents:
+            return True
+    return False
+
+
 def pytest_configure(config):
-    if not any("claims" in str(a) for a in config.args):
+    if not collects_claims(config):
         return
     t0 = time.perf_counter()
     cfgs = configs(config)
