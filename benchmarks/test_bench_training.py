@@ -73,5 +73,6 @@ def test_claims_sweep(benchmark):
     assert df.value.notna().all()
     benchmark.extra_info.update(
         method="sweep@20 steps", steps_timed=cfg.steps, steps_default=CFG.steps,
+        record_every_timed=cfg.record_every, record_every_default=CFG.record_every,
         train_flops_per_step=sum(train_flops(a, CFG) for a in CFG.arms),
         probe_flops=sum(probe_flops(a, CFG) for a in CFG.arms))
