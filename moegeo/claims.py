@@ -294,9 +294,9 @@ def evaluate(frames: dict, claims=CLAIMS, alpha: float = stats.ALPHA) -> pd.Data
             elif c.kind == "equivalence":
                 t = stats.equivalence_test(obs.x, *c.interval)
             else:
-                t = stats.sign_test(obs.x - (c.null if c.null is not None else 0.0))
-                med = float(np.median(obs.x))
-                t = stats.TestResult(np.nan, np.nan, med, *stats.median_ci(obs.x), len(obs.x), t.n_positive)
+                null = c.null if c.null is not None else 0.0  # magnitude: a CI, no p-value
+                t = stats.TestResult(np.nan, np.nan, float(np.median(obs.x)), *stats.median_ci(obs.x), len(obs.x),
+                                     int((obs.x > null).sum()))
             rows.append(dict(claim=c.id, title=c.title, reading=c.label(r), kind=c.kind, n=len(obs.x),
                              effect=t.effect, ci_low=t.ci_low, ci_high=t.ci_high, p=t.pvalue,
                              p_opposite=t.pvalue_opposite,

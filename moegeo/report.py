@@ -161,7 +161,7 @@ def _fmt(x: float) -> str:
     return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3g}"
 
 
-def render(frames: dict, verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dict[str, Path],
+def render(verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dict[str, Path],
            report_path: Path) -> str:
     """The Markdown text of the report."""
     n_rep = (verdicts.verdict == "REPLICATED").sum()
@@ -264,7 +264,7 @@ def write_report(path: Path, frames: dict, verdicts: pd.DataFrame, configs: dict
     path = Path(path)
     stem = "figures" if path.stem == "REPORT" else f"figures-{path.stem}"
     figures = make_figures(frames, path.parent / stem)
-    text = render(frames, verdicts, configs, wall_time, figures, path)
+    text = render(verdicts, configs, wall_time, figures, path)
     if path.exists():  # keep the benchmark section, which `pytest --benchmark-only` owns
         section = existing_section(path.read_text())
         text = text + ("\n" + section if section else "")
