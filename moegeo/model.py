@@ -73,11 +73,6 @@ class ExpertParams:
             return torch.ones(x.shape[0], 1, dtype=x.dtype)
         return route(x @ self.Wr.T + self.br, self.routing, self.top_k, self.temperature)
 
-    def expert_outputs(self, x: torch.Tensor) -> torch.Tensor:
-        """f_e(x_i) for every expert and point: ``(E, N, d)``."""
-        a = gelu(torch.einsum("ehd,nd->enh", self.W1, x) + self.b1[:, None])
-        return torch.einsum("edh,enh->end", self.W2, a) + self.b2[:, None]
-
 
 class MLPMoE(nn.Module):
     """E two-layer GELU experts d -> h -> d and a one-linear-layer router (B.1), for S seeds.
