@@ -167,6 +167,15 @@ def existing_section(text: str) -> str:
     return ""
 
 
+def write_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
 def update_report(results: Path, report: Path) -> Path:
     df, machine = load(results)
     plot, text = (None, "no scaling series in this run")
@@ -174,11 +183,7 @@ def update_report(results: Path, report: Path) -> Path:
         plot, text = scaling_plot(df, report.parent / "figures" / "bench_sigma1_scaling.png")
     section = render(df, machine, plot, text, report.parent)
     old = report.read_text() if report.exists() else "# moegeo report\n"
-    fd, tmp = tempfile.mkstemp(dir=report.parent, prefix=f".{report.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(splice(old, section))
-    os.replace(tmp, report)
-    return report
+    return write_atomic(report, splice(old, section))
 
 
 def main(argv=None) -> int:

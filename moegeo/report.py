@@ -9,14 +9,13 @@ import datetime
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from . import __version__
-from .bench_report import existing_section
+from .bench_report import existing_section, write_atomic
 from .claims import CLAIMS, HOT_TEMPERATURE, offdiag_cosines
 from .config import Arm, JacobianSite, Norm, PCASite
 from .experiment import reading
@@ -268,8 +267,4 @@ def write_report(path: Path, frames: dict, verdicts: pd.DataFrame, configs: dict
     if path.exists():  # keep the benchmark section, which `pytest --benchmark-only` owns
         section = existing_section(path.read_text())
         text = text + ("\n" + section if section else "")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, text)
