@@ -1,4 +1,5 @@
-"""One test per claim and reading: it passes exactly when the claim replicates."""
+"""One test per claim at its primary reading (``--all-readings``: and per sensitivity reading):
+it passes exactly when the claim replicates."""
 
 
 def test_claim(verdict):

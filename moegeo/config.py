@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -61,10 +62,27 @@ class Arm(str, Enum):
     DENSE_MATCHED = "dense_matched"  # one FFN, hidden width E * d_hidden (DenseWidth.MATCHED)
     TOPK = "topk"  # Top-k routing, A.1/B.3
     SOFT = "soft"  # fully-soft routing, A.1/B.3
+    # §4 expected failure mode 2, "residual connections, or shared normalization layers": the
+    # Top-k layer inside a pre-LayerNorm residual block, x + MoE(LN(x))
+    TOPK_COUPLED = "topk_coupled"
+    # §4 expected failure mode 4, "Deep or multi-layer MoEs": two Top-k layers stacked
+    TOPK_DEEP = "topk_deep"
 
     @property
     def is_moe(self) -> bool:
-        return self in (Arm.TOPK, Arm.SOFT)
+        return self is not Arm.DENSE and self is not Arm.DENSE_MATCHED
+
+    @property
+    def routing(self) -> str:
+        return "soft" if self is Arm.SOFT else ("topk" if self.is_moe else "dense")
+
+    @property
+    def n_layers(self) -> int:
+        return 2 if self is Arm.TOPK_DEEP else 1
+
+    @property
+    def residual(self) -> bool:
+        return self is Arm.TOPK_COUPLED
 
 
 DENSE_ARM = {DenseWidth.EXPERT: Arm.DENSE, DenseWidth.MATCHED: Arm.DENSE_MATCHED}
@@ -74,9 +92,11 @@ DENSE_ARM = {DenseWidth.EXPERT: Arm.DENSE, DenseWidth.MATCHED: Arm.DENSE_MATCHED
 class ExperimentConfig:
     """The controlled MLP-MoE experiment of Appendix B.
 
-    ``steps`` is not given by the paper; 500 is chosen so that the Fig. 1A plateau "after
-    approximately 250 iterations" is followed by as many steps again in which to see it
-    (README, "Training length"); longer runs are a reading (``--steps``).
+    ``steps`` is not given by the paper. The probes are recorded at every step of
+    ``checkpoints()`` of one run (each a sensitivity reading), and the claims' primary reading
+    is the final step (the paper's Figures 1B-D, 2 and 3 are "at the final training step").
+    The default, 1000, makes the Fig. 1A plateau "after approximately 250 iterations" the first
+    quarter of the run (README, "Training length"); ``--steps 3000`` runs longer.
     """
 
     n_experts: int = 8  # B.1 "Number of experts: E=8"
@@ -86,11 +106,13 @@ class ExperimentConfig:
     top_k: int = 2  # A.5/B.3 "k=2 unless otherwise specified"
     temperature: float = 1.0  # B.3 "Temperature: 1.0"
     lr: float = 1e-3  # B.6 "Adam ... learning rate of 1e-3"
-    steps: int = 500  # not in the paper; see class docstring
-    record_every: int = 50  # trajectory resolution for Fig. 1A (not in the paper)
+    steps: int = 1000  # not in the paper; see class docstring
+    record_every: int = 100  # trajectory resolution for Fig. 1A (not in the paper); also at each checkpoint
     trajectory_points: int = 64  # points per seed for per-point norms in the trajectory (cost)
     seeds: tuple[int, ...] = (0,)
     arms: tuple[Arm, ...] = (Arm.DENSE, Arm.DENSE_MATCHED, Arm.TOPK, Arm.SOFT)
+    #: steps at which the full probes are taken besides the final one (those <= steps are kept)
+    probe_steps: tuple[int, ...] = (250, 500, 1000, 2000)
 
     def __post_init__(self):
         for name in ("n_experts", "d_model", "d_hidden", "n_samples", "steps", "record_every", "trajectory_points"):
@@ -100,16 +122,25 @@ class ExperimentConfig:
             raise ValueError(
                 f"top_k must satisfy 1 <= k <= E = {self.n_experts}, got k = {self.top_k}"
             )
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        for name in ("temperature", "lr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
         if len(self.seeds) == 0 or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be non-empty and distinct, got {self.seeds}")
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         object.__setattr__(self, "arms", tuple(Arm(a) for a in self.arms))
+        object.__setattr__(self, "probe_steps", tuple(sorted({int(s) for s in self.probe_steps})))
+
+    def checkpoints(self) -> tuple[int, ...]:
+        """The steps at which the full probes are taken: ``probe_steps`` up to ``steps``, and
+        ``steps`` itself (the final step, the claims' primary reading)."""
+        return tuple(sorted({s for s in self.probe_steps if 0 < s < self.steps} | {self.steps}))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["arms"] = [a.value for a in self.arms]
+        d["probe_steps"] = list(self.probe_steps)
         d["seeds"] = list(self.seeds)
         return d
 

@@ -17,14 +17,14 @@ from tqdm.auto import tqdm
 from . import probes
 from .cache import cached
 from .config import Arm, ExperimentConfig, JacobianSite, Norm, PCASite
-from .model import MLPMoE, make_data
+from .model import MoENet, build_arm, make_data
 
 #: PCA thresholds of the paper: k@0.9 and cum-var@10 (A.4, B.5).
 PCA_TAU, PCA_K = 0.9, 10
 #: Jacobian decay summaries: energy reached by 10 directions, sigma_10 / sigma_1, k at 90% energy.
 ENERGY_K, ENERGY_TAU = 10, 0.9
 
-COLUMNS = ["seed", "arm", "expert", "reading", "metric", "step", "index", "value"]
+COLUMNS = ["seed", "arm", "layer", "expert", "reading", "metric", "step", "index", "value"]
 
 
 def reading(**choices) -> str:
@@ -32,18 +32,34 @@ def reading(**choices) -> str:
     return ";".join(f"{k}={getattr(v, 'value', v)}" for k, v in choices.items())
 
 
-def build_model(arm: Arm, cfg: ExperimentConfig) -> MLPMoE:
+def build_model(arm: Arm, cfg: ExperimentConfig) -> MoENet:
     """The model of one arm for all of ``cfg.seeds``."""
-    if arm.is_moe:
-        return MLPMoE(cfg.n_experts, cfg.d_model, cfg.d_hidden, arm.value, cfg.top_k, cfg.temperature,
-                      cfg.seeds, stream=f"init/{arm.value}")
-    width = cfg.d_hidden * (cfg.n_experts if arm is Arm.DENSE_MATCHED else 1)
-    return MLPMoE(1, cfg.d_model, width, "dense", seeds=cfg.seeds, stream=f"init/{arm.value}")
+    return build_arm(arm, cfg.n_experts, cfg.d_model, cfg.d_hidden, cfg.top_k, cfg.temperature, cfg.seeds)
 
 
 def _quiet(progress: bool | None) -> bool | None:
     """tqdm's ``disable``: None hides bars when output is not a terminal (and TQDM_DISABLE=1)."""
     return None if progress is None else not progress
+
+
+class Rows(list):
+    """The tidy rows of one (seed, arm, layer, step): ``add`` one metric for every listed expert."""
+
+    def __init__(self, seed: int, arm: Arm, layer: int, step: int):
+        super().__init__()
+        self.key = dict(seed=seed, arm=arm.value, layer=layer, step=step)
+
+    def add(self, metric: str, reading_: str, values, experts=(-1,), index=None) -> None:
+        """``values``: one scalar or curve per expert in ``experts`` (a curve's ``index`` is 1-based
+        unless given, e.g. the partner expert of a cosine)."""
+        values = values if torch.is_tensor(values) and values.dim() > 0 else torch.as_tensor(values).reshape(1)
+        for e, v in zip(experts, values):
+            if v.dim() == 0:
+                self.append(dict(self.key, expert=e, reading=reading_, metric=metric, index=-1, value=float(v)))
+            else:
+                idx = index if index is not None else range(1, len(v) + 1)
+                self.extend(dict(self.key, expert=e, reading=reading_, metric=metric, index=int(k), value=float(val))
+                            for k, val in zip(idx, v.tolist()))
 
 
 # --------------------------------------------------------------------------- training
@@ -52,18 +68,25 @@ def train_arm(arm: Arm, cfg: ExperimentConfig, x: torch.Tensor, y: torch.Tensor,
 
     The loss is the sum over seeds of each seed's mean squared error, so each seed's gradient
     (and hence its Adam update, which is elementwise) is that of its own independent run.
-    Returns the trained model and the trajectory rows (loss and Jacobian norms, Fig. 1A).
+    Returns the trained model and its rows: loss and Jacobian norms every ``record_every``
+    steps and at every checkpoint (Fig. 1A), and every probe of every layer at each of
+    ``cfg.checkpoints()`` (the final step among them).
     """
     torch.manual_seed(0)  # nothing random should draw from the global generator; pin it anyway
     model = build_model(arm, cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    rows = []
+    rows, checkpoints = [], set(cfg.checkpoints())
     bar = tqdm(range(cfg.steps + 1), desc=f"train {arm.value}", disable=_quiet(progress), leave=False)
     for step in bar:
         loss = ((model(x) - y) ** 2).mean(dim=(1, 2))  # (S,)
-        if step % cfg.record_every == 0 or step == cfg.steps:
-            rows += _loss_rows(arm, cfg, step, loss)
+        if step % cfg.record_every == 0 or step in checkpoints:
+            for i, seed in enumerate(cfg.seeds):
+                r = Rows(seed, arm, -1, step)
+                r.add("loss", "", loss[i].detach())
+                rows += r
             rows += _trajectory_rows(arm, cfg, model, x, step)
+        if step in checkpoints:
+            rows += _checkpoint_rows(arm, cfg, model, x, step)
         if step == cfg.steps:
             break
         opt.zero_grad(set_to_none=True)
@@ -72,67 +95,89 @@ def train_arm(arm: Arm, cfg: ExperimentConfig, x: torch.Tensor, y: torch.Tensor,
     return model, rows
 
 
-def _loss_rows(arm, cfg, step, loss):
-    return [dict(seed=s, arm=arm.value, expert=-1, reading="", metric="loss", step=step, index=-1, value=float(l))
-            for s, l in zip(cfg.seeds, loss.tolist())]
-
-
 @torch.no_grad()
 def _trajectory_rows(arm, cfg, model, x, step):
-    """Jacobian norms of every expert under the four readings (Jacobian site x norm).
+    """Per layer: Jacobian norms of every expert under the four readings (Jacobian site x
+    norm), the effective MoE-layer Jacobian's norms (A.2; MoE arms) and the mean |cos| between
+    experts' mean Jacobians.
 
     The mean Jacobian J̄_e uses the whole batch; per-point norms use its first
     ``cfg.trajectory_points`` points (x is i.i.d., so these are a random subsample), exactly.
     """
     rows = []
-    for i, seed in enumerate(cfg.seeds):
-        p = model.params(i, torch.float32)
-        sub = x[i][: cfg.trajectory_points]
-        g, g_sub = p.gates(x[i]), p.gates(sub)
-        live, live_sub = probes.expert_mass(g) > 0, probes.expert_mass(g_sub) > 0
-        jbar = probes.mean_jacobian(p.W1[live], p.b1[live], p.W2[live], x[i], g[:, live])
-        J = probes.expert_jacobians(p.W1[live_sub], p.b1[live_sub], p.W2[live_sub], sub)
-        norms = {
-            (JacobianSite.MEAN, Norm.SPECTRAL, live): torch.linalg.matrix_norm(jbar, ord=2),
-            (JacobianSite.MEAN, Norm.FROBENIUS, live): torch.linalg.matrix_norm(jbar),
-            (JacobianSite.POINTWISE, Norm.SPECTRAL, live_sub): probes.weighted_mean(probes.singular_values(J, "gram")[..., 0], g_sub[:, live_sub]),
-            (JacobianSite.POINTWISE, Norm.FROBENIUS, live_sub): probes.weighted_mean(torch.linalg.matrix_norm(J), g_sub[:, live_sub]),
-        }
-        for (site, norm, mask), vals in norms.items():
-            r = reading(jacobian=site, norm=norm)
-            experts = torch.nonzero(mask).flatten().tolist()
-            rows += [dict(seed=seed, arm=arm.value, expert=e, reading=r, metric="jacobian_norm", step=step,
-                          index=-1, value=float(v)) for e, v in zip(experts, vals.tolist())]
+    trace = model.trace(x)
+    for layer in range(len(model.layers)):
+        h = model.layer_input(layer, trace[layer])
+        for i, seed in enumerate(cfg.seeds):
+            p = model.params(i, layer, torch.float32)
+            r = Rows(seed, arm, layer, step)
+            sub = h[i][: cfg.trajectory_points]
+            g, g_sub = p.gates(h[i]), p.gates(sub)
+            live, live_sub = probes.expert_mass(g) > 0, probes.expert_mass(g_sub) > 0
+            jbar = probes.mean_jacobian(p.W1[live], p.b1[live], p.W2[live], h[i], g[:, live])
+            J = probes.expert_jacobians(p.W1[live_sub], p.b1[live_sub], p.W2[live_sub], sub)
+            experts = {True: torch.nonzero(live).flatten().tolist(), False: torch.nonzero(live_sub).flatten().tolist()}
+            for norm, fn in ((Norm.SPECTRAL, _spectral), (Norm.FROBENIUS, torch.linalg.matrix_norm)):
+                r.add("jacobian_norm", reading(jacobian=JacobianSite.MEAN, norm=norm), fn(jbar), experts[True])
+                r.add("jacobian_norm", reading(jacobian=JacobianSite.POINTWISE, norm=norm),
+                      probes.weighted_mean(fn(J), g_sub[:, live_sub]), experts[False])
+            if p.Wr is not None:
+                Jm = probes.moe_jacobian(p.W1, p.b1, p.W2, p.b2, sub, g_sub, p.Wr, p.temperature)
+                for norm, fn in ((Norm.SPECTRAL, _spectral), (Norm.FROBENIUS, torch.linalg.matrix_norm)):
+                    r.add("jacobian_norm", reading(jacobian="effective", norm=norm), fn(Jm).mean())
+            if int(live.sum()) > 1:
+                c = probes.cosine_matrix(jbar)
+                r.add("cosine_abs_mean", reading(jacobian=JacobianSite.MEAN), c[_offdiag(len(c))].abs().mean())
+            rows += r
+    return rows
+
+
+def _spectral(J: torch.Tensor) -> torch.Tensor:
+    """sigma_1 of a batch of square Jacobians (Gram eigenvalues: exact up to rounding here)."""
+    return probes.singular_values(J, "gram")[..., 0]
+
+
+def _offdiag(n: int) -> torch.Tensor:
+    return ~torch.eye(n, dtype=torch.bool)
+
+
+@torch.no_grad()
+def _checkpoint_rows(arm, cfg, model, x, step):
+    """Every probe of every layer at ``step`` (float64, whole batch)."""
+    rows = []
+    trace = model.trace(x)
+    for layer in range(len(model.layers)):
+        for i, seed in enumerate(cfg.seeds):
+            block_input = trace[layer][i].double()
+            ln = model.ln_weight[layer][i].detach().double() if model.residual else None
+            h = model.layer_input(layer, trace[layer])[i].double()
+            rows += probe_rows(model.params(i, layer), h, seed, arm, step, layer, block_input, ln)
     return rows
 
 
 # --------------------------------------------------------------------------- final probes
-def probe_rows(p, x: torch.Tensor, seed: int, arm: Arm, step: int) -> list[dict]:
-    """Every probe of §2.2/Appendix A on one trained layer ``p`` (float64) and its batch ``x``.
+def probe_rows(p, x: torch.Tensor, seed: int, arm: Arm, step: int, layer: int = 0,
+               block_input: torch.Tensor | None = None, ln_weight: torch.Tensor | None = None) -> list[dict]:
+    """Every probe of §2.2/Appendix A on one trained layer ``p`` (float64) and the hidden states
+    ``x`` entering it.
 
     Experts that receive zero total routing weight have no local chart: they get one
-    ``excluded`` row and no other rows.
+    ``excluded`` row and no other rows. For a layer inside a pre-LayerNorm residual block
+    (``ln_weight`` given, ``x = LN(block_input)``), the cross-expert cosine is also taken of the
+    expert charts seen from the block input: through the shared LayerNorm (``chart=ln``,
+    J_e(LN x) J_LN(x)) and with the residual identity added (``chart=residual``).
     """
     g = p.gates(x)
     mass = probes.expert_mass(g)
     live = torch.nonzero(mass > 0).flatten()
-    rows = []
-
-    def add(metric, r, values, index=None):
-        """values: (E_live,) or (E_live, K) per live expert."""
-        for e, v in zip(live.tolist(), values):
-            if v.dim() == 0:
-                rows.append(dict(seed=seed, arm=arm.value, expert=e, reading=r, metric=metric, step=step,
-                                 index=-1, value=float(v)))
-            else:
-                idx = index if index is not None else range(1, len(v) + 1)
-                rows.extend(dict(seed=seed, arm=arm.value, expert=e, reading=r, metric=metric, step=step,
-                                 index=int(k), value=float(val)) for k, val in zip(idx, v.tolist()))
+    rows = Rows(seed, arm, layer, step)
+    experts = live.tolist()
 
     for e in torch.nonzero(mass <= 0).flatten().tolist():
-        warnings.warn(f"seed {seed}, arm {arm.value}: expert {e} received zero routing weight; excluded")
-        rows.append(dict(seed=seed, arm=arm.value, expert=e, reading="", metric="excluded", step=step, index=-1, value=1.0))
-    add("load", "", mass[live] / x.shape[0])
+        warnings.warn(f"seed {seed}, arm {arm.value}, layer {layer}, step {step}: expert {e} received zero routing weight; excluded")
+        rows.add("excluded", "", 1.0, [e])
+    rows.add("load", "", mass[live] / x.shape[0], experts)
+    rows.add("routing_entropy", "", probes.routing_entropy(g).mean())
 
     W1, b1, W2, gl = p.W1[live], p.b1[live], p.W2[live], g[:, live]
     # Jacobian spectra under both readings of which Jacobian (§2.2 vs B.4)
@@ -147,14 +192,21 @@ def probe_rows(p, x: torch.Tensor, seed: int, arm: Arm, step: int) -> list[dict]
     for site, (s, energy) in spectra.items():
         energy = probes.energy_curve(s) if energy is None else energy
         r, k = reading(jacobian=site), min(ENERGY_K, s.shape[-1])
-        add("sigma", r, s)
-        add("sigma1", r, s[:, 0])
-        add(f"sigma_ratio@{k}", r, s[:, k - 1] / s[:, 0])
-        add("energy", r, energy)
-        add(f"energy@{k}", r, probes.value_at(energy, k))
-        add(f"energy_k@{ENERGY_TAU}", r, probes.k_at(energy, ENERGY_TAU).double())
+        rows.add("sigma", r, s, experts)
+        rows.add("sigma1", r, s[:, 0], experts)
+        rows.add(f"sigma_ratio@{k}", r, s[:, k - 1] / s[:, 0], experts)
+        rows.add("energy", r, energy, experts)
+        rows.add(f"energy@{k}", r, probes.value_at(energy, k), experts)
+        rows.add(f"energy_k@{ENERGY_TAU}", r, probes.k_at(energy, ENERGY_TAU).double(), experts)
     if len(live) > 1:  # cross-expert cosine of vec(J̄_e) (A.3)
-        add("cosine", reading(jacobian=JacobianSite.MEAN), probes.cosine_matrix(jbar), index=live.tolist())
+        charts = {reading(jacobian=JacobianSite.MEAN): jbar}
+        if ln_weight is not None:
+            J_ln = torch.einsum("enoi,nij->enoj", J, probes.layer_norm_jacobian(block_input, ln_weight))
+            charts[reading(jacobian=JacobianSite.MEAN, chart="ln")] = probes.weighted_mean(J_ln, gl)
+            charts[reading(jacobian=JacobianSite.MEAN, chart="residual")] = (
+                charts[reading(jacobian=JacobianSite.MEAN, chart="ln")] + torch.eye(x.shape[-1], dtype=x.dtype))
+        for r, M in charts.items():
+            rows.add("cosine", r, probes.cosine_matrix(M), experts, index=experts)
 
     # weighted PCA at each site (A.4/B.5)
     pre = probes.expert_preactivations(W1, b1, x)
@@ -168,9 +220,9 @@ def probe_rows(p, x: torch.Tensor, seed: int, arm: Arm, step: int) -> list[dict]
     for site, h in sites.items():
         pca = probes.weighted_pca(h, gl.T)
         r, k = reading(pca_site=site), min(PCA_K, h.shape[-1])
-        add("explained_variance", r, pca.explained_variance_ratio)
-        add(f"cumvar@{k}", r, pca.cumvar_at(k))
-        add(f"k@{PCA_TAU}", r, pca.k_at(PCA_TAU).double())
+        rows.add("explained_variance", r, pca.explained_variance_ratio, experts)
+        rows.add(f"cumvar@{k}", r, pca.cumvar_at(k), experts)
+        rows.add(f"k@{PCA_TAU}", r, pca.k_at(PCA_TAU).double(), experts)
     return rows
 
 
@@ -191,13 +243,10 @@ def _compute(cfg: ExperimentConfig, progress) -> pd.DataFrame:
     y = torch.stack([d[1] for d in data])
     rows = []
     for arm in tqdm(cfg.arms, desc="arms", disable=_quiet(progress)):
-        model, traj = train_arm(arm, cfg, x, y, progress)
-        rows += traj
-        for i, seed in enumerate(cfg.seeds):
-            rows += probe_rows(model.params(i), x[i].double(), seed, arm, cfg.steps)
+        rows += train_arm(arm, cfg, x, y, progress)[1]
     df = pd.DataFrame(rows, columns=COLUMNS)
     for k, v in cfg.to_dict().items():
-        if k not in ("seeds", "arms"):
+        if k not in ("seeds", "arms", "probe_steps"):
             df[k] = v
     df["config_key"] = cfg.key()
     return df
@@ -221,8 +270,8 @@ def _keep_freed_memory() -> None:
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     """Final-step scalar probes averaged over experts and seeds: rows (metric, reading), columns arms."""
-    final = df[(df["index"] == -1) & (df["step"] == df["steps"]) & (df["metric"] != "excluded")]
-    final = final[~final["metric"].isin(["jacobian_norm", "load"])]
+    final = df[(df["index"] == -1) & (df["step"] == df["steps"]) & (df["expert"] >= 0)]
+    final = final[~final["metric"].isin(["jacobian_norm", "load", "excluded"])]
     t = final.groupby(["metric", "reading", "arm"])["value"].mean().unstack("arm")
     return t[[a for a in (x.value for x in Arm) if a in t.columns]]
 

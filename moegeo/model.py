@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .probes import gelu
+from .config import Arm
+from .probes import gelu, layer_norm
 
 ROUTINGS = ("topk", "soft", "dense")
 
@@ -42,15 +43,21 @@ def route(logits: torch.Tensor, routing: str, top_k: int = 2, temperature: float
     "topk": softmax, keep the top k, renormalise (= softmax over the k largest logits);
     "soft": softmax over all E. ``logits: (*, E) -> (*, E)``.
     """
-    z = logits / temperature
     if routing == "soft":
-        return torch.softmax(z, -1)
+        return torch.softmax(logits / temperature, -1)
     if routing == "topk":
-        if not 1 <= top_k <= z.shape[-1]:
-            raise ValueError(f"top_k must satisfy 1 <= k <= E = {z.shape[-1]}, got k = {top_k}")
-        vals, idx = z.topk(top_k, dim=-1)
-        return torch.zeros_like(z).scatter(-1, idx, torch.softmax(vals, -1))
+        w, idx = topk_route(logits, top_k, temperature)
+        return torch.zeros_like(logits).scatter(-1, idx, w)
     raise ValueError(f"routing must be 'topk' or 'soft', got {routing!r}")
+
+
+def topk_route(logits: torch.Tensor, top_k: int, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k routing as (weights, expert indices), each ``(*, k)``: the softmax over the k
+    largest logits (B.3: softmax, keep the top k, renormalise)."""
+    if not 1 <= top_k <= logits.shape[-1]:
+        raise ValueError(f"top_k must satisfy 1 <= k <= E = {logits.shape[-1]}, got k = {top_k}")
+    vals, idx = (logits / temperature).topk(top_k, dim=-1)
+    return torch.softmax(vals, -1), idx
 
 
 @dataclass(frozen=True)
@@ -117,14 +124,13 @@ class MLPMoE(nn.Module):
         """Routing weights ``(S, N, d) -> (S, N, E)``."""
         if self.Wr is None:
             return x.new_ones(*x.shape[:2], 1)
-        logits = torch.einsum("snd,sed->sne", x, self.Wr) + self.br[:, None]
-        return route(logits, self.routing, self.top_k, self.temperature)
+        return route(self.logits(x), self.routing, self.top_k, self.temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """f_MoE(x) = sum_e g_e(x) f_e(x) (§2.1): ``(S, N, d) -> (S, N, d)``; ``(N, d)`` if S = 1.
 
-        The gate multiplies the hidden layer so the sum over experts is one matrix product
-        over the joint (expert, hidden) axis.
+        Top-k routing computes each expert only on the tokens routed to it (``dispatch``);
+        soft and dense layers compute every expert on every token (``mix``).
         """
         single = x.dim() == 2
         if single:
@@ -133,16 +139,111 @@ class MLPMoE(nn.Module):
             x = x[None]
         if x.shape[0] != self.n_seeds or x.shape[-1] != self.W1.shape[-1]:
             raise ValueError(f"x must have shape (S={self.n_seeds}, N, d={self.W1.shape[-1]}), got {tuple(x.shape)}")
-        g = self.gates(x)
-        a = gelu(torch.einsum("snd,sehd->sneh", x, self.W1) + self.b1[:, None]) * g[..., None]
-        out = torch.einsum("sneh,sedh->snd", a, self.W2) + torch.einsum("sne,sed->snd", g, self.b2)
+        if self.routing == "topk":
+            out = self.dispatch(x, *topk_route(self.logits(x), self.top_k, self.temperature))
+        else:
+            out = self.mix(x, self.gates(x))
         return out[0] if single else out
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Router logits s(x) = Wr x + br: ``(S, N, d) -> (S, N, E)``."""
+        return torch.einsum("snd,sed->sne", x, self.Wr) + self.br[:, None]
+
+    def mix(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """sum_e g_e f_e(x) with every expert computed on every token: ``g: (S, N, E)``.
+
+        The gate multiplies the hidden layer so the sum over experts is one matrix product
+        over the joint (expert, hidden) axis. For Top-k this is the dense-compute reference
+        that ``dispatch`` must equal.
+        """
+        a = gelu(torch.einsum("snd,sehd->sneh", x, self.W1) + self.b1[:, None]) * g[..., None]
+        return torch.einsum("sneh,sedh->snd", a, self.W2) + torch.einsum("sne,sed->snd", g, self.b2)
+
+    def dispatch(self, x: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """sum over the k selected experts of w_j f_{idx_j}(x), computing each expert only on its
+        routed tokens: ``w, idx: (S, N, k)``.
+
+        Tokens are sorted by (seed, expert) group and packed into a ``(S E, C, d)`` batch padded
+        to the busiest group's count C, so the experts run as two batched matrix products of
+        C rows instead of N. Padding rows are never read back, so they get no gradient; the
+        result equals ``mix`` up to the order of floating-point sums (tested at float64).
+        """
+        S, N, d = x.shape
+        E, k = self.W1.shape[1], idx.shape[-1]
+        group = (idx + E * torch.arange(S)[:, None, None]).reshape(-1)
+        token = torch.arange(S * N).repeat_interleave(k)
+        order = torch.argsort(group, stable=True)
+        group, token, weight = group[order], token[order], w.reshape(-1)[order]
+        counts = torch.bincount(group, minlength=S * E)
+        pos = torch.arange(len(group)) - (torch.cumsum(counts, 0) - counts)[group]
+        packed = x.new_zeros(S * E, int(counts.max()), d).index_put((group, pos), x.reshape(S * N, d)[token])
+        W1, W2 = self.W1.reshape(S * E, -1, d), self.W2.reshape(S * E, d, -1)
+        hidden = gelu(torch.baddbmm(self.b1.reshape(S * E, 1, -1), packed, W1.transpose(1, 2)))
+        y = torch.baddbmm(self.b2.reshape(S * E, 1, d), hidden, W2.transpose(1, 2))
+        return x.new_zeros(S * N, d).index_add(0, token, y[group, pos] * weight[:, None]).reshape(S, N, d)
 
     def params(self, seed_index: int = 0, dtype=torch.float64) -> ExpertParams:
         """Detached tensors of one seed, as the probes take them."""
         t = {n: (None if getattr(self, n) is None else getattr(self, n)[seed_index].detach().to(dtype))
              for n in ("W1", "b1", "W2", "b2", "Wr", "br")}
         return ExpertParams(**t, routing=self.routing, top_k=self.top_k, temperature=self.temperature)
+
+
+class MoENet(nn.Module):
+    """The model of one arm: ``layers`` (MLPMoE) applied in turn, each optionally inside a
+    pre-LayerNorm residual block ``x + layer(LN(x))`` with its own LayerNorm (§4 failure mode
+    2, "residual connections, or shared normalization layers"). LayerNorm affine parameters
+    start as ``nn.LayerNorm``'s (weight 1, bias 0) and carry the seed dimension.
+    """
+
+    def __init__(self, layers: list[MLPMoE], residual: bool = False):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.residual = residual
+        if residual:
+            S, d = layers[0].n_seeds, layers[0].W1.shape[-1]
+            self.ln_weight = nn.Parameter(torch.ones(len(layers), S, d, dtype=layers[0].W1.dtype))
+            self.ln_bias = nn.Parameter(torch.zeros(len(layers), S, d, dtype=layers[0].W1.dtype))
+
+    @property
+    def n_seeds(self) -> int:
+        return self.layers[0].n_seeds
+
+    def trace(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every layer's block input (the residual stream) and, last, the output: ``(S, N, d)``
+        each. The MoE layer itself sees ``layer_input(l, block input)``."""
+        out = [x]
+        for l, layer in enumerate(self.layers):
+            y = layer(self.layer_input(l, x))
+            x = x + y if self.residual else y
+            out.append(x)
+        return out
+
+    def layer_input(self, l: int, x: torch.Tensor) -> torch.Tensor:
+        """The hidden state entering MoE layer ``l`` from its block input: LN(x) in a residual block."""
+        return layer_norm(x, self.ln_weight[l][:, None], self.ln_bias[l][:, None]) if self.residual else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trace(x)[-1]
+
+    def params(self, seed_index: int = 0, layer: int = 0, dtype=torch.float64) -> ExpertParams:
+        """Detached tensors of one seed's MoE layer ``layer``, as the probes take them."""
+        return self.layers[layer].params(seed_index, dtype)
+
+
+def build_arm(arm: Arm, n_experts: int, d_model: int, d_hidden: int, top_k: int, temperature: float,
+              seeds=(0,)) -> MoENet:
+    """The model of one arm for all ``seeds``. Each layer initialises from its own stream
+    (``init/<arm>`` for the first layer), so a seed's model is independent of the others."""
+    width = d_hidden * (n_experts if arm is Arm.DENSE_MATCHED else 1)
+    layers = []
+    for l in range(arm.n_layers):
+        stream = f"init/{arm.value}" + (f"/layer{l}" if l else "")
+        if arm.is_moe:
+            layers.append(MLPMoE(n_experts, d_model, d_hidden, arm.routing, top_k, temperature, seeds, stream))
+        else:
+            layers.append(MLPMoE(1, d_model, width, "dense", seeds=seeds, stream=stream))
+    return MoENet(layers, residual=arm.residual)
 
 
 def expert_params(module: nn.Module, seed_index: int = 0) -> ExpertParams:

@@ -32,6 +32,31 @@ def gelu_grad(z: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
 
 
+LN_EPS = 1e-5  # torch.nn.LayerNorm's default
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = LN_EPS) -> torch.Tensor:
+    """LayerNorm over the last axis with the biased variance, as ``torch.nn.LayerNorm``:
+    ``weight * (x - mean) / sqrt(var + eps) + bias``; ``weight, bias`` broadcast against ``x``."""
+    mu = x.mean(-1, keepdim=True)
+    var = (x - mu).square().mean(-1, keepdim=True)
+    return (x - mu) / torch.sqrt(var + eps) * weight + bias
+
+
+def layer_norm_jacobian(x: torch.Tensor, weight: torch.Tensor, eps: float = LN_EPS) -> torch.Tensor:
+    """Closed-form Jacobian of ``layer_norm`` at every point: with s = sqrt(var + eps) and
+    x̂ = (x - mean) / s, d LN / dx = diag(weight) / s (I - 11^T / d - x̂ x̂^T / d).
+    ``x: (N, d)``, ``weight: (d,)`` -> ``(N, d, d)``."""
+    check_finite(x=x, weight=weight)
+    check_shape("weight", weight, (x.shape[-1],), f" = (d,) with d = {x.shape[-1]} from x")
+    d = x.shape[-1]
+    mu = x.mean(-1, keepdim=True)
+    s = torch.sqrt((x - mu).square().mean(-1, keepdim=True) + eps)  # (N, 1)
+    xh = (x - mu) / s
+    centre = torch.eye(d, dtype=x.dtype) - 1.0 / d
+    return weight[None, :, None] / s[..., None] * (centre - xh[:, :, None] * xh[:, None, :] / d)
+
+
 def _check_mlp(W1, b1, W2, x) -> None:
     check_finite(W1=W1, b1=b1, W2=W2, x=x)
     E, h, d = W1.shape if W1.dim() == 3 else (None, None, None)
@@ -168,6 +193,27 @@ def singular_values(J: torch.Tensor, method: str = "svd") -> torch.Tensor:
     raise ValueError(f"method must be 'svd' or 'gram', got {method!r}")
 
 
+def _start_vectors(op: JacobianOperator, starts: int, v0: torch.Tensor | None, generator, dtype) -> torch.Tensor:
+    """``starts`` unit start vectors per batch element, ``(starts, *batch, d_in)``: Gaussian, so
+    uniformly distributed in direction, with ``v0: (*batch, d_in)`` (if given) as the first."""
+    if starts < 1:
+        raise ValueError(f"starts must be >= 1, got {starts}")
+    if v0 is not None:
+        check_finite(v0=v0)
+        check_shape("v0", v0, (*op.batch_shape, op.d_in), " = (*batch, d_in) of the operator")
+        dtype = v0.dtype
+    V = torch.randn(starts, *op.batch_shape, op.d_in, generator=generator, dtype=dtype)
+    if v0 is not None:
+        V[0] = v0
+    return V / V.norm(dim=-1, keepdim=True)
+
+
+def _gram_apply(op: JacobianOperator, V: torch.Tensor) -> torch.Tensor:
+    """J^T J applied to every start: ``(starts, *batch, d_in)`` -> same. The operator takes exactly
+    its own batch shape, hence one call per start (not per batch element)."""
+    return torch.stack([op.rmatvec(op.matvec(v)) for v in V])
+
+
 def power_iteration_sigma1(
     op: JacobianOperator,
     tol: float = 1e-6,
@@ -175,59 +221,112 @@ def power_iteration_sigma1(
     v0: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
+    starts: int = 2,
 ) -> SpectralResult:
     """sigma_1 of every Jacobian in ``op`` by power iteration on J^T J (A.5).
 
-    Stops when, for every batch element, the estimate sigma = ||J v|| changed by at most a
-    relative ``tol`` in the last iteration. With a spectral gap r = (sigma_2/sigma_1)^2 the
-    remaining error is about ``tol * r / (1 - r)``; near-degenerate leading values converge
-    slowly in v but not in sigma (the estimate is a Rayleigh quotient). The accuracy reached is
-    checked against exact SVD in the tests and benchmarks. Pass ``v0`` (e.g. the ``vectors`` of
-    an earlier call) to warm-start.
+    Parameters
+    ----------
+    op : the batch of Jacobians, ``batch_shape`` leading dims.
+    tol : relative change of the estimate that counts as converged (see below).
+    max_iter : iterations before giving up (``converged=False``).
+    v0 : (*batch, d_in), optional
+        Start of the first chain (e.g. the ``vectors`` of an earlier call); the others are random.
+    generator, dtype : for the random starts (``dtype`` is ignored when ``v0`` is given).
+    starts : independent chains per matrix; the result is the largest of their estimates.
+
+    Returns
+    -------
+    SpectralResult
+        ``values: (*batch,)``, ``vectors: (*batch, d_in)`` of the chain that gave the value,
+        ``iterations`` (each applies J^T J once per chain), ``converged``.
+
+    Notes
+    -----
+    ``converged`` means only that every chain's estimate sigma = ||J v|| changed by at most a
+    relative ``tol`` in the last iteration. The estimate is a Rayleigh quotient, so never above
+    sigma_1. Once the iterate is dominated by v_1 (the top right singular vector) the remaining
+    error is about ``tol * r / (1 - r)``, r = (sigma_2/sigma_1)^2, which is large for
+    near-degenerate leading values. Before that, a start carrying little weight on v_1 stalls near
+    sigma_2, where the estimate barely changes, and can pass the test there: a Gaussian start
+    has weight below w on v_1 with probability about w sqrt(2 d_in / pi). Every estimate is a
+    lower bound, so taking the largest over ``starts`` independent chains only helps, and the
+    stall then needs every chain to stall: for random starts the probability is raised to the
+    power ``starts``.
+    Each chain costs one J^T J application per iteration.
     """
-    if v0 is None:
-        v0 = torch.randn(*op.batch_shape, op.d_in, generator=generator, dtype=dtype)
-    v = v0 / v0.norm(dim=-1, keepdim=True)
-    sigma = torch.zeros(op.batch_shape, dtype=v.dtype)
-    tiny = torch.finfo(v.dtype).tiny
+    V = _start_vectors(op, starts, v0, generator, dtype)
+    sigma = torch.zeros(V.shape[:-1], dtype=V.dtype)
+    tiny = torch.finfo(V.dtype).tiny
+    it, done = 0, False
     for it in range(1, max_iter + 1):
-        w = op.rmatvec(op.matvec(v))
-        new = (v * w).sum(-1).clamp_min(0).sqrt()  # ||J v|| for unit v
-        v = w / w.norm(dim=-1, keepdim=True).clamp_min(tiny)
+        W = _gram_apply(op, V)
+        new = (V * W).sum(-1).clamp_min(0).sqrt()  # ||J v|| for unit v
+        V = W / W.norm(dim=-1, keepdim=True).clamp_min(tiny)
         done = bool(((new - sigma).abs() <= tol * new).all())
         sigma = new
         if done:
-            return SpectralResult(sigma, it, True, v)
-    return SpectralResult(sigma, max_iter, False, v)
+            break
+    values, best = sigma.max(0)
+    return SpectralResult(values, it, done, torch.take_along_dim(V, best[None, ..., None], 0)[0])
 
 
 def lanczos_sigma1(
     op: JacobianOperator,
     tol: float = 1e-10,
     max_iter: int | None = None,
+    v0: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
+    starts: int = 2,
 ) -> SpectralResult:
     """sigma_1 of every Jacobian in ``op`` by Lanczos on J^T J, batched over the operator's batch.
 
-    Full reorthogonalisation. A batch element stops when the residual of its largest Ritz pair,
+    Parameters
+    ----------
+    op : the batch of Jacobians, ``batch_shape`` leading dims.
+    tol : relative residual at which a run stops (see below).
+    max_iter : Lanczos steps at most; defaults to ``d_in``, where the Krylov space is the whole space.
+    v0 : (*batch, d_in), optional
+        Start of the first run (e.g. a planted start); the others are random.
+    generator, dtype : for the random starts (``dtype`` is ignored when ``v0`` is given).
+    starts : independent Lanczos runs per matrix; the result is the largest of their values.
+
+    Returns
+    -------
+    SpectralResult
+        ``values: (*batch,)``, ``iterations`` (Lanczos steps; each applies J^T J once per run),
+        ``converged``: every run of every matrix stopped on its residual test, or reached d_in steps.
+
+    Notes
+    -----
+    Full reorthogonalisation. A run stops when the residual of its largest Ritz pair,
     beta_j |y_j| = ||J^T J u - theta u||, is at most ``tol * theta``: theta is then within a
-    relative ``tol`` of an eigenvalue of J^T J (so sigma within about ``tol / 2``), and in
-    practice far closer (the error is quadratic in the residual). ``max_iter`` defaults to
-    ``d_in``, where the Krylov space is the whole space. Krylov convergence at the extreme
-    eigenvalue is far faster than power iteration's. Memory: the basis, O(batch x iters x d_in).
+    relative ``tol`` of *an* eigenvalue of J^T J (so sigma within about ``tol / 2`` of a singular
+    value), in practice far closer (the error is quadratic in the residual). Not necessarily of
+    the largest: a Krylov space holds only what its start carries, and a start with little weight
+    on v_1 (the top right singular vector) lets the Ritz value settle on sigma_2 and pass the test
+    before v_1 emerges (a Gaussian start has weight below w on v_1 with probability about
+    w sqrt(2 d_in / pi); about 1 in 10^4 random 64 x 64 expert Jacobians at tol = 1e-4, with
+    errors up to 3%). Every Ritz value is at most sigma_1^2, so the largest over ``starts``
+    independent runs is the best estimate, and it is wrong only if every run was trapped: for
+    random starts the probability is raised to the power ``starts`` (none in 5 x 10^4 such
+    matrices with 2 starts). At ``d_in`` steps the basis spans the whole space (barring an exact
+    breakdown) and the value is exact whatever the start.
+    Cost and memory scale with ``starts``: the bases are O(starts x batch x iters x d_in).
     """
     k_max = min(max_iter or op.d_in, op.d_in)
-    B = math.prod(op.batch_shape)
-    q = torch.randn(B, op.d_in, generator=generator, dtype=dtype)
-    basis = [q / q.norm(dim=-1, keepdim=True)]
+    q = _start_vectors(op, starts, v0, generator, dtype)
+    shape, dtype = q.shape, q.dtype
+    B = math.prod(shape[:-1])  # every run of every matrix is one batch element here
+    basis = [q.reshape(B, -1)]
     alphas, betas = [], []
     theta = torch.zeros(B, dtype=dtype)
     active = torch.ones(B, dtype=torch.bool)  # Ritz value not yet converged
     eps = torch.finfo(dtype).eps
     for j in range(k_max):
         v = basis[-1]
-        w = op.rmatvec(op.matvec(v.reshape(*op.batch_shape, -1))).reshape(B, -1)
+        w = _gram_apply(op, v.reshape(shape)).reshape(B, -1)
         alphas.append((v * w).sum(-1))
         Q = torch.stack(basis, 1)  # (B, j+1, n)
         for _ in range(2):  # full reorthogonalisation; twice is enough
@@ -245,16 +344,22 @@ def lanczos_sigma1(
         active[active.clone()] = ~done
         if not bool(active.any()) or j + 1 == k_max:
             converged = not bool(active.any()) or j + 1 == op.d_in
-            return SpectralResult(theta.clamp_min(0).sqrt().reshape(op.batch_shape), j + 1, converged)
+            values = theta.reshape(shape[:-1]).amax(0).clamp_min(0).sqrt()
+            return SpectralResult(values, j + 1, converged)
         betas.append(beta)
         basis.append(w / beta.clamp_min(torch.finfo(dtype).tiny)[:, None])
     raise AssertionError("unreachable")
 
 
-def arpack_sigma1(op: JacobianOperator, tol: float = 1e-10) -> SpectralResult:
+def arpack_sigma1(op: JacobianOperator, tol: float = 1e-10, dtype: torch.dtype = torch.float64) -> SpectralResult:
     """sigma_1 of a single matrix-free Jacobian by ARPACK's implicitly restarted Lanczos
     (``scipy.sparse.linalg.svds``): the independent reference for ``lanczos_sigma1``.
-    ``op`` must hold exactly one matrix (batch of size 1)."""
+
+    ``op`` must hold exactly one matrix (batch of size 1) and compute in ``dtype``: ARPACK's
+    float64 vectors are passed to it in ``dtype``, and sigma_1 comes back in ``dtype`` (so a
+    float64 operator keeps the accuracy ``tol`` asks for, whatever torch's default dtype).
+    Returns ``values: (*batch,)`` and ``iterations``, the operator applications used.
+    """
     if math.prod(op.batch_shape) != 1:
         raise ValueError(f"arpack_sigma1 takes one matrix; op has batch shape {op.batch_shape}")
     calls = [0]
@@ -263,14 +368,14 @@ def arpack_sigma1(op: JacobianOperator, tol: float = 1e-10) -> SpectralResult:
     def apply(f):
         def g(v):
             calls[0] += 1
-            return f(torch.as_tensor(np.asarray(v, dtype=np.float64)).reshape(shape)).reshape(-1).numpy()
+            return f(torch.as_tensor(np.asarray(v), dtype=dtype).reshape(shape)).reshape(-1).double().numpy()
         return g
 
     lin = scipy.sparse.linalg.LinearOperator(
         (op.d_out, op.d_in), matvec=apply(op.matvec), rmatvec=apply(op.rmatvec), dtype=np.float64
     )
     s = scipy.sparse.linalg.svds(lin, k=1, tol=tol, return_singular_vectors=False, solver="arpack")
-    return SpectralResult(torch.tensor(float(s[0])).reshape(op.batch_shape), calls[0], True)
+    return SpectralResult(torch.tensor(float(s[0]), dtype=dtype).reshape(op.batch_shape), calls[0], True)
 
 
 def energy_curve(s: torch.Tensor) -> torch.Tensor:
@@ -323,6 +428,32 @@ def mean_jacobian(W1, b1, W2, x, g) -> torch.Tensor:
     return torch.einsum("eoh,eh,ehi->eoi", W2, a_bar, W1)
 
 
+def moe_jacobian(W1, b1, W2, b2, x, g, Wr, temperature: float = 1.0) -> torch.Tensor:
+    """The effective Jacobian of the whole MoE layer, routing term included (A.2):
+    J_MoE(x) = sum_e g_e(x) J_e(x) + sum_e f_e(x) (d g_e / dx)^T.
+
+    For softmax routing renormalised over the selected set S(x) (Top-k; S = all experts for
+    fully-soft), g_e = softmax_S(z / T)_e with z = Wr x + br, so d g_e / dx = g_e (Wr_e -
+    sum_j g_j Wr_j) / T, zero off S (the selection is piecewise constant). ``g: (N, E)`` the
+    layer's routing weights at ``x: (N, d)``, ``Wr: (E, d)``; ``b2: (E, d_out)``.
+    Returns ``(N, d_out, d)``.
+    """
+    J = expert_jacobians(W1, b1, W2, x)  # checks the expert tensors and x
+    check_finite(b2=b2, g=g, Wr=Wr)
+    check_shape("g", g, (x.shape[0], W1.shape[0]), " = (N, E)")
+    check_shape("Wr", Wr, (W1.shape[0], x.shape[-1]), " = (E, d)")
+    f = torch.einsum("eoh,enh->eno", W2, gelu(expert_preactivations(W1, b1, x))) + b2[:, None]
+    grad_g = g[..., None] * (Wr[None] - (g @ Wr)[:, None, :]) / temperature  # (N, E, d)
+    return torch.einsum("ne,enoi->noi", g, J) + torch.einsum("eno,nei->noi", f, grad_g)
+
+
+def routing_entropy(g: torch.Tensor) -> torch.Tensor:
+    """Per-input entropy of the routing weights, -sum_e g_e log g_e in nats (0 log 0 = 0):
+    ``(N, E) -> (N,)``. log E is perfectly uniform routing (§4 failure mode 1)."""
+    check_weights("g", g)
+    return -torch.special.xlogy(g, g).sum(-1)
+
+
 def weighted_mean(values: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Routing-weighted mean over points of per-point quantities (§2.2 aggregation).
 
@@ -363,6 +494,7 @@ class PCAResult:
 
     mean: torch.Tensor  # (*, D) weighted mean mu_e
     eigenvalues: torch.Tensor  # (*, D) lambda_1 >= ... >= lambda_D of C_e
+    components: torch.Tensor | None = None  # (*, D, D) eigenvectors of C_e, column i for lambda_i (``vectors=True``)
 
     @property
     def explained_variance_ratio(self) -> torch.Tensor:
@@ -383,13 +515,29 @@ class PCAResult:
         """Cumulative explained variance at k components (cum-var@10, B.5)."""
         return value_at(self.cumulative, k)
 
+    def subspace(self, r: int) -> torch.Tensor:
+        """Orthonormal basis of the top-r principal subspace, the expert's local chart.
 
-def weighted_pca(h: torch.Tensor, w: torch.Tensor) -> PCAResult:
+        ``(*, D, r)``: the first r columns of ``components`` (eigenvalues lambda_1..lambda_r).
+        Only the span is defined, not the basis (eigenvector signs are arbitrary), and the span
+        itself is unique only when lambda_r > lambda_{r+1}. Feed it to ``moegeo.grassmann``.
+        """
+        if self.components is None:
+            raise ValueError("this PCA was computed without eigenvectors: call weighted_pca(h, w, vectors=True)")
+        D = self.components.shape[-1]
+        if not 1 <= r <= D:
+            raise ValueError(f"r must be in [1, D] = [1, {D}], got {r}")
+        return self.components[..., :r]
+
+
+def weighted_pca(h: torch.Tensor, w: torch.Tensor, vectors: bool = False) -> PCAResult:
     """Weighted PCA with weighted mean and covariance normalised by N_e = sum w (A.4/B.5).
 
     ``h: (*, N, D)`` hidden states, ``w: (*, N)`` non-negative sample weights (leading dims
     broadcast, e.g. ``h: (N, D)`` shared with ``w: (E, N)``). Computed in float64.
-    Scaling all weights leaves the result unchanged.
+    Scaling all weights leaves the result unchanged. The eigenvalues come descending; with
+    ``vectors=True`` also their eigenvectors (``components: (*, D, D)``), whose leading columns
+    span the expert subspaces (eigenvectors cost several times the eigenvalues at large D).
     """
     check_finite(h=h)
     check_weights("w", w)
@@ -402,5 +550,7 @@ def weighted_pca(h: torch.Tensor, w: torch.Tensor) -> PCAResult:
     mu = torch.einsum("...n,...nd->...d", p, h)
     c = h - mu[..., None, :]
     cov = torch.einsum("...n,...nd,...nk->...dk", p, c, c)
-    eig = torch.linalg.eigvalsh(cov).flip(-1)
-    return PCAResult(mean=mu, eigenvalues=eig)
+    if not vectors:
+        return PCAResult(mean=mu, eigenvalues=torch.linalg.eigvalsh(cov).flip(-1))
+    eig, vec = torch.linalg.eigh(cov)  # ascending; flipped so column i belongs to lambda_i
+    return PCAResult(mean=mu, eigenvalues=eig.flip(-1), components=vec.flip(-1))

@@ -1,64 +1,160 @@
 """The statistics of the replication verdict, on scipy.stats.
 
-Seeds are the unit: each seed gives one (paired) observation. All tests are exact one-sided
-sign tests (``scipy.stats.binomtest`` on the signs, zeros dropped): they need no symmetry or
-tie assumptions, and with n seeds no p-value can go below 2^-n. Effects carry a percentile
-bootstrap 95% CI of the median (``scipy.stats.bootstrap``, fixed generator).
+Seeds are the unit: each seed gives one (paired) observation ``x``. Every test is an exact,
+distribution-free test of the median of ``x`` (``scipy.stats.quantile_test``, the sign test in
+its tie-conservative form: an observation equal to the hypothesised value counts against the
+alternative), and every effect carries the exact order-statistic confidence interval of the
+median, whose coverage is known for every n. With n seeds no p-value goes below 2^-n.
+
+The decision rule, for a family of claims (``decide``):
+
+* Each claim is one hypothesis with two sides: the claimed side (``pvalue``) and the opposite
+  side (``pvalue_opposite``). Its p-value in the family is ``min(1, 2 min(pvalue,
+  pvalue_opposite))`` (Bonferroni over the two sides), so that declaring *either* side
+  significant is one error budget, not two.
+* Holm's step-down procedure over the family at ``alpha``; identical hypotheses (the same
+  observations under the same test) are counted once.
+* A significant claimed side is REPLICATED, or NEGLIGIBLE when the median effect is below the
+  claim's smallest meaningful effect; a significant opposite side is CONTRADICTED (direction
+  and equivalence claims) or DIFFERENT SIZE (magnitude claims, CONTRADICTED when the effect
+  is on the wrong side of "no effect"). Otherwise NOT REPLICATED (INCONCLUSIVE for magnitudes),
+  or TOO FEW SEEDS when not even a unanimous sweep could pass the first Holm step.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
+import scipy.special
 import scipy.stats
 
 ALPHA = 0.05
-N_BOOTSTRAP = 4000
+#: the confidence level of every reported interval
+CONFIDENCE = 0.95
 
 
 class Verdict(str, Enum):
     REPLICATED = "REPLICATED"
-    NOT_REPLICATED = "NOT REPLICATED"  # no significant effect (or the magnitude is off)
-    CONTRADICTED = "CONTRADICTED"  # significant in the opposite direction
+    NOT_REPLICATED = "NOT REPLICATED"  # no significant effect either way
+    NEGLIGIBLE = "NEGLIGIBLE"  # significant in the claimed direction, below the smallest meaningful effect
+    CONTRADICTED = "CONTRADICTED"  # significant in the opposite direction / outside the claimed range
+    DIFFERENT_SIZE = "DIFFERENT SIZE"  # magnitude: significantly outside the paper's (widened) interval
+    INCONCLUSIVE = "INCONCLUSIVE"  # magnitude: neither inside nor outside significantly
     TOO_FEW_SEEDS = "TOO FEW SEEDS"  # even a unanimous sweep could not pass the correction
+    CONDITION_NOT_MET = "CONDITION NOT MET"  # the claim's premise does not hold in our runs
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A confidence or prediction interval with its exact coverage."""
+
+    low: float
+    high: float
+    coverage: float
+
+    def __str__(self) -> str:
+        return f"[{self.low:.4g}, {self.high:.4g}] ({100 * self.coverage:.1f}%)"
 
 
 @dataclass(frozen=True)
 class TestResult:
-    """One one-sided test on per-seed values ``x`` (e.g. paired differences)."""
+    """One claim's test on per-seed values ``x``.
 
-    pvalue: float  # H1: median(x) > 0
-    pvalue_opposite: float  # H1: median(x) < 0
+    ``pvalue`` is the exact p-value of the claimed side, ``pvalue_opposite`` of the opposite side;
+    ``n_claimed`` counts the seeds that individually point the claimed way.
+    """
+
+    pvalue: float
+    pvalue_opposite: float
     effect: float  # median(x)
-    ci_low: float
-    ci_high: float
-    n: int  # seeds used (non-zero signs)
-    n_positive: int
+    ci: Interval  # exact CI of the median
+    n: int
+    n_claimed: int
+
+    @property
+    def pvalue_family(self) -> float:
+        """The p-value that enters the Holm family: both sides, Bonferroni-combined."""
+        return min(1.0, 2 * min(self.pvalue, self.pvalue_opposite))
+
+    @property
+    def claimed_side(self) -> bool:
+        """Whether the smaller of the two one-sided p-values is the claimed side's."""
+        return self.pvalue <= self.pvalue_opposite
 
 
-def median_ci(x, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of the median of ``x``."""
-    x = np.asarray(x, dtype=float)
-    if len(x) < 2 or np.ptp(x) == 0:
-        return float(np.median(x)), float(np.median(x))
-    res = scipy.stats.bootstrap((x,), np.median, confidence_level=confidence, n_resamples=N_BOOTSTRAP,
-                                method="percentile", rng=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
-def sign_test(x, with_ci: bool = True) -> TestResult:
-    """Exact one-sided sign tests of median(x) > 0 and median(x) < 0, with the median's CI
-    (NaN with ``with_ci=False``, for simulations)."""
-    x = np.asarray(x, dtype=float)
+def _finite(x) -> np.ndarray:
+    x = np.asarray(x, dtype=float).ravel()
+    if len(x) == 0:
+        raise ValueError("a test needs at least one seed, got none")
     if not np.isfinite(x).all():
-        raise ValueError(f"sign_test needs finite values, got {x}")
-    nz = x[x != 0]
-    n, k = len(nz), int((nz > 0).sum())
-    p = scipy.stats.binomtest(k, n, 0.5, alternative="greater").pvalue if n else 1.0
-    q = scipy.stats.binomtest(k, n, 0.5, alternative="less").pvalue if n else 1.0
-    lo, hi = median_ci(x) if len(x) and with_ci else (np.nan, np.nan)
-    return TestResult(float(p), float(q), float(np.median(x)) if len(x) else np.nan, lo, hi, n, k)
+        raise ValueError(f"per-seed values must be finite, got {x}")
+    return x
+
+
+def median_test(x, value: float = 0.0, alternative: str = "greater") -> float:
+    """Exact sign test of H1: median(x) > value ("greater") or < value ("less").
+
+    Conover's form, as ``scipy.stats.quantile_test`` (the oracle in the tests): "greater" has
+    p = P(Bin(n, 1/2) <= #{x <= value}), "less" has p = P(Bin(n, 1/2) >= #{x < value}), so an
+    observation equal to ``value`` counts against the alternative. Computed with the binomial
+    ufunc ``scipy.special.bdtr`` (thousands of claims per second).
+    """
+    x = _finite(x)
+    n = len(x)
+    if alternative == "greater":
+        return float(scipy.special.bdtr(int((x <= value).sum()), n, 0.5))
+    if alternative == "less":
+        t = int((x < value).sum())
+        return 1.0 if t == 0 else float(scipy.special.bdtrc(t - 1, n, 0.5))
+    raise ValueError(f"alternative must be 'greater' or 'less', got {alternative!r}")
+
+
+def median_ci(x, confidence: float = CONFIDENCE) -> Interval:
+    """Exact distribution-free CI of the median: order statistics ``[x_(k), x_(n+1-k)]`` with the
+    largest k whose binomial coverage ``1 - 2 P(Bin(n, 1/2) <= k - 1)`` is at least ``confidence``
+    (as ``scipy.stats.quantile_test(x).confidence_interval``). Below 6 seeds no such k exists:
+    the range of ``x`` is returned with its (lower) exact coverage ``1 - 2^(1-n)``."""
+    x = np.sort(_finite(x))
+    n = len(x)
+    tails = scipy.special.bdtr(np.arange(n // 2 + 1), n, 0.5)  # P(Bin <= j), j = 0 .. n//2
+    k = max(1, int((tails <= (1 - confidence) / 2).sum()))  # tails[k-1] <= (1-conf)/2
+    coverage = 1 - 2 * float(scipy.special.bdtr(k - 1, n, 0.5))
+    return Interval(float(x[k - 1]), float(x[n - k]), coverage)
+
+
+def prediction_interval(x, confidence: float = CONFIDENCE) -> Interval:
+    """Distribution-free prediction interval for one more seed: ``[x_(j), x_(n+1-j)]`` covers a
+    new i.i.d. draw with probability exactly ``(n + 1 - 2j) / (n + 1)``; j is the largest with
+    coverage >= ``confidence``, or 1 (the range, coverage ``(n-1)/(n+1)``) when n is too small."""
+    x = np.sort(_finite(x))
+    n = len(x)
+    j = max(1, math.floor((n + 1) * (1 - confidence) / 2))
+    if n < 2:
+        return Interval(float(x[0]), float(x[0]), 0.0)
+    return Interval(float(x[j - 1]), float(x[n - j]), (n + 1 - 2 * j) / (n + 1))
+
+
+def direction_test(x) -> TestResult:
+    """Claimed: median(x) > 0. Opposite: median(x) < 0."""
+    x = _finite(x)
+    return TestResult(median_test(x, 0, "greater"), median_test(x, 0, "less"), float(np.median(x)),
+                      median_ci(x), len(x), int((x > 0).sum()))
+
+
+def equivalence_test(x, low: float, high: float) -> TestResult:
+    """Claimed: low < median(x) < high, by two one-sided tests (TOST: the larger p). Opposite:
+    the median lies beyond either bound (the smaller p, Bonferroni-doubled over the two bounds).
+
+    Rejecting the claimed side's null at level a is the same as the (1 - 2a) exact CI of the
+    median lying inside ``(low, high)``."""
+    if not low < high:
+        raise ValueError(f"equivalence interval must have low < high, got ({low}, {high})")
+    x = _finite(x)
+    p = max(median_test(x, low, "greater"), median_test(x, high, "less"))
+    q = min(1.0, 2 * min(median_test(x, low, "less"), median_test(x, high, "greater")))
+    return TestResult(p, q, float(np.median(x)), median_ci(x), len(x), int(((x > low) & (x < high)).sum()))
 
 
 def holm(pvalues) -> np.ndarray:
@@ -74,44 +170,57 @@ def holm(pvalues) -> np.ndarray:
     return adj
 
 
-def direction_verdict(p_adj: float, p_opp_adj: float, n: int, m: int, alpha: float = ALPHA) -> Verdict:
-    """REPLICATED if the claimed direction is significant after correction, CONTRADICTED if the
-    opposite one is, TOO FEW SEEDS if not even a unanimous sweep (p = 2^-n) could pass the
-    first Holm step (alpha / m), else NOT REPLICATED."""
+def holm_unique(pvalues, keys) -> np.ndarray:
+    """Holm over the distinct hypotheses: rows with the same key (the same observations under the
+    same test) are one hypothesis, counted once, and share its adjusted p-value."""
+    keys = list(keys)
+    first = {}
+    for i, k in enumerate(keys):
+        first.setdefault(k, i)
+    uniq = list(first.values())
+    adj = dict(zip(first, holm(np.asarray(pvalues, dtype=float)[uniq])))
+    return np.array([adj[k] for k in keys])
+
+
+def min_family_p(n: int) -> float:
+    """The smallest family p-value n seeds can give: a unanimous sweep, 2 * 2^-n."""
+    return min(1.0, 2.0 ** (1 - n))
+
+
+def decide(t: TestResult, p_adj: float, kind: str, m: int, alpha: float = ALPHA,
+           smallest_effect: float = 0.0, null: float | None = None,
+           interval: tuple[float, float] | None = None) -> Verdict:
+    """The verdict of one claim from its test and its Holm-adjusted family p-value.
+
+    ``kind``: "direction", "equivalence" or "magnitude"; ``m``: the number of distinct
+    hypotheses in the family; ``smallest_effect``: direction claims whose median effect is
+    below it are NEGLIGIBLE; ``null``, ``interval``: magnitude claims whose CI lies wholly on
+    the other side of ``null`` (no effect) from the paper's ``interval`` are CONTRADICTED rather
+    than DIFFERENT SIZE.
+    """
     if p_adj <= alpha:
-        return Verdict.REPLICATED
-    if p_opp_adj <= alpha:
+        if t.claimed_side:
+            if kind == "direction" and t.effect < smallest_effect:
+                return Verdict.NEGLIGIBLE
+            return Verdict.REPLICATED
+        if kind == "magnitude":
+            return Verdict.CONTRADICTED if _reversed(t, null, interval) else Verdict.DIFFERENT_SIZE
         return Verdict.CONTRADICTED
-    if 2.0 ** -n > alpha / m:
+    if min_family_p(t.n) > alpha / m:
         return Verdict.TOO_FEW_SEEDS
-    return Verdict.NOT_REPLICATED
+    return Verdict.INCONCLUSIVE if kind == "magnitude" else Verdict.NOT_REPLICATED
 
 
-#: a distribution-free 95% CI of a median needs n >= 6 (2 * 2^-n <= 0.05)
-MIN_SEEDS_FOR_CI = 6
+def _reversed(t: TestResult, null: float | None, interval: tuple[float, float] | None) -> bool:
+    """The CI of the effect lies wholly on the side of ``null`` away from ``interval``."""
+    if null is None or interval is None:
+        return False
+    return t.ci.high < null if interval[0] > null else (t.ci.low > null if interval[1] < null else False)
 
 
-def interval_verdict(ci: tuple[float, float], interval: tuple[float, float], n: int,
-                     null: float | None = None) -> Verdict:
-    """A magnitude claim: REPLICATED if our CI overlaps the paper's interval; CONTRADICTED if the
-    CI lies entirely on the other side of ``null`` (no effect) from the interval; else NOT
-    REPLICATED (the effect exists but its size differs). TOO FEW SEEDS below 6 seeds."""
-    if n < MIN_SEEDS_FOR_CI:
-        return Verdict.TOO_FEW_SEEDS
-    lo, hi = ci
-    if hi >= interval[0] and lo <= interval[1]:
-        return Verdict.REPLICATED
-    if null is not None and ((interval[0] > null and hi < null) or (interval[1] < null and lo > null)):
-        return Verdict.CONTRADICTED
-    return Verdict.NOT_REPLICATED
-
-
-def equivalence_test(x, low: float, high: float) -> TestResult:
-    """TOST with sign tests: H1 is low < median(x) < high; ``pvalue`` is the larger of the two
-    one-sided p-values; ``pvalue_opposite`` the smaller p of median(x) beyond either bound."""
-    x = np.asarray(x, dtype=float)
-    above_low, below_high = sign_test(x - low), sign_test(high - x)
-    base = sign_test(x)
-    return TestResult(max(above_low.pvalue, below_high.pvalue),
-                      min(above_low.pvalue_opposite, below_high.pvalue_opposite),
-                      base.effect, base.ci_low, base.ci_high, len(x), int(((x > low) & (x < high)).sum()))
+def power(effect_quantile: float, n: int, m: int, alpha: float = ALPHA) -> float:
+    """Exact power of one direction claim under the worst case for Holm (every other hypothesis
+    of the m null): P(its family p <= alpha / m) when each seed points the claimed way with
+    probability ``effect_quantile``."""
+    k = next((k for k in range(n + 1) if 2 * scipy.stats.binom.sf(k - 1, n, 0.5) <= alpha / m), None)
+    return 0.0 if k is None else float(scipy.stats.binom.sf(k - 1, n, effect_quantile))

@@ -5,10 +5,18 @@ import torch
 
 
 def check_finite(**tensors: torch.Tensor) -> None:
-    """Raise ``ValueError`` naming the first tensor that holds NaN or Inf."""
+    """Raise ``TypeError`` naming the first tensor that is not a floating-point tensor, and
+    ``ValueError`` naming the first that holds NaN or Inf.
+
+    The probes compute in floating point: an integer or bool tensor would otherwise fail deep
+    inside torch ("expected scalar type ...") or be converted silently by some probes only.
+    """
     for name, t in tensors.items():
         if not torch.is_tensor(t):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype} "
+                            f"(convert it with {name}.double() or {name}.float())")
         if not torch.isfinite(t).all():
             bad = (~torch.isfinite(t)).sum().item()
             raise ValueError(f"{name} holds {bad} NaN/Inf value(s) out of {t.numel()}")

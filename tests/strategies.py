@@ -37,3 +37,39 @@ def weighted_samples(draw, max_points=40, max_dim=6):
     h = torch.randn(N, D, generator=g, dtype=torch.float64) * torch.rand(D, generator=g, dtype=torch.float64).add(0.1)
     w = torch.rand(N, generator=g, dtype=torch.float64) + 0.05
     return h, w
+
+
+#: regimes of planted principal angles: where arccos alone (small) or arcsin alone (near pi/2)
+#: would lose digits, and "mixed", both in one pair.
+ANGLE_REGIMES = ("generic", "nearly_identical", "nearly_orthogonal", "mixed")
+
+
+def _planted_angles(regime, m, g):
+    tiny = 10.0 ** torch.empty(m, dtype=torch.float64).uniform_(-10, -3, generator=g)
+    theta = {
+        "generic": torch.rand(m, generator=g, dtype=torch.float64) * torch.pi / 2,
+        "nearly_identical": tiny,
+        "nearly_orthogonal": torch.pi / 2 - tiny,
+        "mixed": torch.where(torch.arange(m) % 2 == 0, tiny, torch.pi / 2 - tiny),
+    }[regime]
+    return theta.sort().values
+
+
+def _haar(D, r, g):
+    Q, R = torch.linalg.qr(torch.randn(D, r, generator=g, dtype=torch.float64))
+    return Q * torch.where(R.diagonal() < 0, -1.0, 1.0)
+
+
+@st.composite
+def subspace_pairs(draw, max_dim=10, regimes=ANGLE_REGIMES):
+    """(U, V, theta): orthonormal bases (D, r), (D, s) with planted ascending principal angles
+    theta (min(r, s),), in random position and with random bases of each span; D >= r + s."""
+    D = draw(st.integers(2, max_dim))
+    r = draw(st.integers(1, D - 1))
+    s = draw(st.integers(1, D - r))
+    m, regime = min(r, s), draw(st.sampled_from(regimes))
+    g = torch.Generator().manual_seed(draw(seeds))
+    theta = _planted_angles(regime, m, g)
+    Q = _haar(D, D, g)  # U's axes Q[:, :r]; V tilts m of them towards Q[:, r:r+m], the rest lie outside U
+    V = torch.cat([Q[:, :m] * theta.cos() + Q[:, r : r + m] * theta.sin(), Q[:, r + m : r + s]], 1)
+    return Q[:, :r] @ _haar(r, r, g), V @ _haar(s, s, g), theta

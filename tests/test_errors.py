@@ -20,6 +20,29 @@ def test_nan_or_inf_in_weights_or_inputs(which, bad):
         probes.expert_jacobians(*args)
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
+def test_non_floating_input_is_named_with_its_dtype(dtype):
+    W1, b1, W2, x = mlp()
+    bad = x.to(dtype)
+    with pytest.raises(TypeError, match=f"x must be a floating-point tensor, got dtype {dtype}"):
+        probes.expert_jacobians(W1, b1, W2, bad)
+    with pytest.raises(TypeError, match=f"h must be a floating-point tensor, got dtype {dtype}"):
+        probes.weighted_pca(bad, torch.ones(6))  # it used to cast integers to float64 silently
+    with pytest.raises(TypeError, match=f"w must be a floating-point tensor, got dtype {dtype}"):
+        probes.weighted_pca(x, torch.ones(6, dtype=dtype))
+    with pytest.raises(TypeError, match=f"J must be a floating-point tensor, got dtype {dtype}"):
+        probes.singular_values(bad[None])
+
+
+def test_bad_start_vectors():
+    W1, b1, W2, x = mlp()
+    op = probes.mlp_jacobian_operator(W1, b1, W2, x)
+    with pytest.raises(ValueError, match=r"v0 must have shape \(3, 6, 4\)"):
+        probes.lanczos_sigma1(op, v0=torch.ones(6, 4))
+    with pytest.raises(ValueError, match="starts must be >= 1"):
+        probes.power_iteration_sigma1(op, starts=0)
+
+
 def test_negative_routing_weights():
     W1, b1, W2, x = mlp()
     g = torch.full((6, 3), 1 / 3)

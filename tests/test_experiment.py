@@ -23,7 +23,8 @@ def test_stacked_training_matches_a_plain_per_expert_loop():
     cfg = dataclasses.replace(TINY, seeds=(3,), steps=5)
     x, y = make_data(3, cfg.n_samples, cfg.d_model)
     ref = experiment.build_model(Arm.TOPK, cfg)
-    params = [p.detach()[0].clone().requires_grad_() for p in (ref.W1, ref.b1, ref.W2, ref.b2, ref.Wr, ref.br)]
+    layer = ref.layers[0]
+    params = [p.detach()[0].clone().requires_grad_() for p in (layer.W1, layer.b1, layer.W2, layer.b2, layer.Wr, layer.br)]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     for _ in range(cfg.steps):
         W1, b1, W2, b2, Wr, br = params
@@ -33,7 +34,8 @@ def test_stacked_training_matches_a_plain_per_expert_loop():
         ((out - y) ** 2).mean().backward()
         opt.step()
     model, _ = experiment.train_arm(Arm.TOPK, cfg, x[None], y[None], progress=False)
-    for mine, theirs in zip((model.W1, model.b1, model.W2, model.b2, model.Wr, model.br), params):
+    mine_layer = model.layers[0]
+    for mine, theirs in zip((mine_layer.W1, mine_layer.b1, mine_layer.W2, mine_layer.b2, mine_layer.Wr, mine_layer.br), params):
         torch.testing.assert_close(mine[0].detach(), theirs.detach(), rtol=1e-5, atol=1e-6)
 
 
@@ -46,7 +48,7 @@ def test_same_seed_gives_bit_identical_results():
 def test_a_seed_does_not_depend_on_the_other_seeds_in_the_sweep():
     both = experiment.run(TINY, cache=False, progress=False)
     alone = experiment.run(dataclasses.replace(TINY, seeds=(1,)), cache=False, progress=False)
-    keys = ["arm", "expert", "reading", "metric", "step", "index"]
+    keys = ["arm", "layer", "expert", "reading", "metric", "step", "index"]
     m = both[both.seed == 1].merge(alone, on=keys, suffixes=("_both", "_alone"))
     assert len(m) == len(alone)
     pd.testing.assert_series_equal(m.value_both, m.value_alone, check_names=False, rtol=1e-4, atol=1e-6)
@@ -56,13 +58,17 @@ def test_frame_holds_every_arm_under_every_reading():
     df = experiment.run(TINY, cache=False, progress=False)
     assert set(df.columns) >= set(experiment.COLUMNS) | {"n_experts", "steps", "config_key"}
     final = df[df.step == TINY.steps]
-    for arm in Arm:
+    for arm in TINY.arms:
         readings = set(final[final.arm == arm.value].reading)
         assert {"jacobian=pointwise", "jacobian=mean", "pca_site=input", "pca_site=pre_activation",
                 "pca_site=hidden", "pca_site=output"} <= readings, arm
     traj = df[df.metric == "jacobian_norm"]
     assert traj.step.nunique() == TINY.steps // TINY.record_every + 1
-    assert traj.reading.nunique() == 4
+    assert set(traj[traj.arm == "dense"].reading) == {f"jacobian={j};norm={n}" for j in ("pointwise", "mean")
+                                                      for n in ("spectral", "frobenius")}
+    assert {"jacobian=effective;norm=spectral", "jacobian=effective;norm=frobenius"} <= set(traj[traj.arm == "topk"].reading)
+    assert set(df[df.metric == "sigma1"].step) == set(TINY.checkpoints())
+    assert set(df[df.metric == "cosine_abs_mean"].step) == set(traj.step)  # from step 0: the init null of C4n
     cos = df[df.metric == "cosine"]
     assert set(cos.arm) == {"topk", "soft"}
     assert df.value.notna().all()
@@ -109,13 +115,56 @@ def test_dead_expert_is_excluded_and_reported():
     with pytest.warns(UserWarning, match="expert 2 received zero routing weight"):
         rows = pd.DataFrame(experiment.probe_rows(p, x, seed=0, arm=Arm.TOPK, step=0))
     assert rows[rows.metric == "excluded"].expert.tolist() == [2]
-    assert set(rows[rows.metric != "excluded"].expert) == {0, 1}
+    assert set(rows[rows.metric != "excluded"].expert) == {-1, 0, 1}  # -1: the layer's routing entropy
+
+
+def test_failure_mode_arms_carry_layers_and_coupled_charts():
+    """§4 arms: the coupled arm's cosines through the shared LayerNorm; the deep arm's two layers."""
+    df = experiment.run(dataclasses.replace(TINY, arms=(Arm.TOPK_COUPLED, Arm.TOPK_DEEP)), cache=False, progress=False)
+    cos = df[df.metric == "cosine"]
+    assert set(cos[cos.arm == "topk_coupled"].reading) == {"jacobian=mean", "jacobian=mean;chart=ln", "jacobian=mean;chart=residual"}
+    assert set(df[(df.arm == "topk_deep") & (df.metric == "sigma1")].layer) == {0, 1}
+    assert set(df[df.metric == "loss"].layer) == {-1}
+
+
+@pytest.mark.parametrize("arm", [Arm.TOPK, Arm.TOPK_COUPLED, Arm.TOPK_DEEP])
+def test_captured_layers_reconstruct_the_models_output(arm):
+    """The hidden states the probes read (each layer's input) and the layers' own parameters
+    rebuild the model's output: sum_e g_e f_e(h) (+ the residual stream) = model(x)."""
+    model = experiment.build_model(arm, dataclasses.replace(TINY, seeds=(0,)))
+    x = make_data(0, TINY.n_samples, TINY.d_model)[0][None]
+    with torch.no_grad():
+        trace, stream = model.trace(x), x[0]
+        for l in range(len(model.layers)):
+            h = model.layer_input(l, trace[l])[0]
+            p = model.params(0, l, torch.float32)
+            g = p.gates(h)
+            f = torch.einsum("eoh,neh->neo", p.W2, torch.nn.functional.gelu(torch.einsum("ehd,nd->neh", p.W1, h) + p.b1)) + p.b2
+            y = torch.einsum("ne,neo->no", g, f)
+            stream = stream + y if model.residual else y
+        torch.testing.assert_close(stream, model(x)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_cli_prints_all_arms(capsys):
     assert main(["--steps", "2", "--quiet", "--no-cache"]) == 0
     out = capsys.readouterr().out
-    for arm in Arm:
+    for arm in ExperimentConfig().arms:
         assert arm.value in out
     for r in ("pca_site=input", "pca_site=hidden", "jacobian=mean", "jacobian=pointwise"):
         assert r in out
+
+
+def test_sparse_topk_dispatch_equals_the_dense_compute_reference():
+    """Top-k computes each expert only on its routed tokens; output and every gradient equal the
+    dense-compute reference (every expert on every token, gated) at float64."""
+    layer = MLPMoE(6, 5, 7, "topk", top_k=2, seeds=(0, 1, 2), dtype=torch.float64)
+    x = torch.randn(3, 40, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = torch.randn(3, 40, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    grads = []
+    for forward in (layer, lambda v: layer.mix(v, layer.gates(v))):
+        layer.zero_grad()
+        out = forward(x)
+        ((out - y) ** 2).sum().backward()
+        grads.append([out.detach()] + [p.grad.clone() for p in layer.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -1,0 +1,242 @@
+"""Papers' claims as seed-swept statistical assertions: the engine (one module per paper).
+
+A ``Claim`` quotes its paper, names the per-seed statistic, its kind of test, the smallest
+meaningful effect and every threshold with its source, and declares its reading axes: the
+*first* option of every axis, at the final training step, is the **primary reading** (with the
+paper's sentence that makes it primary); every other combination, and every other checkpoint,
+is a **sensitivity reading**. Claims read only the tidy results frames.
+
+``evaluate`` tests every reading and decides with ``moegeo.stats.decide`` under one Holm
+family per paper over its primary readings and one per paper over its sensitivity readings,
+declared here once (``family``): what is shown never changes what is corrected.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .. import stats
+
+
+# --------------------------------------------------------------------------- reading the frames
+class Results:
+    """The results frames of one claims run, indexed for fast per-seed lookups.
+
+    ``frames``: name -> tidy frame of ``moegeo.experiment.run`` (e.g. "main", "hot").
+    """
+
+    KEYS = ["arm", "layer", "metric", "reading", "step", "index", "seed"]
+
+    def __init__(self, frames: dict[str, pd.DataFrame]):
+        self.frames = frames
+        self._means = {name: df.groupby(self.KEYS, sort=True)["value"].mean() for name, df in frames.items()}
+
+    def final_step(self, frame: str = "main") -> int:
+        return int(self.frames[frame].steps.iloc[0])
+
+    def checkpoints(self, frame: str = "main") -> list[int]:
+        """Steps with full probes (``sigma1`` rows), final first."""
+        df = self.frames[frame]
+        steps = sorted(set(df.step[df.metric == "sigma1"]), reverse=True)
+        return steps
+
+    def per_seed(self, arm: str, metric: str, reading: str = "", step: int | None = None, index: int = -1,
+                 layer: int = 0, frame: str = "main") -> pd.Series:
+        """A metric of one arm per seed, averaged over experts, at ``step`` (default final)."""
+        step = self.final_step(frame) if step is None else step
+        try:
+            return self._means[frame].loc[(arm, layer, metric, reading, step, index)]
+        except KeyError:
+            raise LookupError(f"no rows in frame {frame!r} for arm={arm} layer={layer} metric={metric} "
+                              f"reading={reading!r} step={step} index={index}") from None
+
+    def curve(self, arm: str, metric: str, reading: str, step: int, layer: int = 0, frame: str = "main") -> pd.DataFrame:
+        """A per-seed curve (expert mean): rows seeds, columns the 1-based index."""
+        s = self._means[frame].loc[(arm, layer, metric, reading, step)]
+        return s.unstack("seed").T
+
+    def cosines(self, arm: str, reading: str, step: int, layer: int = 0, frame: str = "main") -> pd.DataFrame:
+        """Each unordered expert pair's cosine once: columns seed, expert, index, value."""
+        df = self.frames[frame]
+        c = df[(df.arm == arm) & (df.layer == layer) & (df.metric == "cosine") & (df.reading == reading) & (df.step == step)]
+        return c[c.expert < c["index"]]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Per-seed values tested (``x``, indexed by seed) and the per-arm values behind them."""
+
+    x: pd.Series
+    arms: dict  # label -> per-seed values
+
+
+def pair(a: pd.Series, b: pd.Series, la: str, lb: str, how: str = "diff") -> Observation:
+    """Paired per-seed observation: a - b ("diff") or log(a / b) ("logratio") or a / b ("ratio")."""
+    a, b = a.align(b, join="inner")
+    x = {"diff": lambda: a - b, "ratio": lambda: a / b, "logratio": lambda: np.log(a / b)}[how]()
+    return Observation(x, {la: a, lb: b})
+
+
+def single(a: pd.Series, label: str) -> Observation:
+    return Observation(a, {label: a})
+
+
+# --------------------------------------------------------------------------- a claim
+@dataclass(frozen=True)
+class Claim:
+    """One statement of a paper as a seed-swept test.
+
+    ``kind``: "direction" (median x > 0), "equivalence" (median x inside ``interval``) or
+    "magnitude" (median x inside the paper's ``interval`` widened by ``tolerance`` on each side,
+    declared from the paper's wording before running). ``axes``: reading axis -> options, the
+    first one primary (``primary_because`` quotes why). ``steps``: whether the checkpoints are a
+    reading axis (else the claim reads the step it names). ``condition``: the claim's premise,
+    checked on the primary reading's data; when it fails the verdict is CONDITION NOT MET.
+    """
+
+    id: str
+    title: str
+    quote: str
+    source: str
+    statistic: str
+    kind: str
+    threshold: str
+    axes: dict
+    primary_because: str
+    observe: Callable[[Results, dict], Observation]
+    paper: str = "dual_jacobian_pca"
+    interval: tuple[float, float] | None = None
+    tolerance: float = 0.0
+    null: float | None = None
+    smallest_effect: float = 0.0
+    smallest_effect_source: str = "the threshold itself is the paper's"
+    steps: bool = True
+    min_step: int = 1
+    condition: Callable[[Results, dict], tuple[bool, str]] | None = None
+    note: str = ""
+    hedged: bool = False  # the paper states it as an expectation (§4), not a result
+
+    def readings(self, results: Results) -> list[dict]:
+        """Primary reading first, then every other combination of axes and checkpoints."""
+        axes = dict(self.axes)
+        if self.steps:
+            axes["step"] = [s for s in results.checkpoints() if s >= self.min_step]
+        combos = [dict(zip(axes, c)) for c in itertools.product(*axes.values())]
+        return combos
+
+    @staticmethod
+    def label(r: dict) -> str:
+        return ";".join(f"{k}={v}" for k, v in r.items())
+
+    @property
+    def bounds(self) -> tuple[float, float] | None:
+        """The interval the test uses: the paper's, widened by the tolerance (magnitudes)."""
+        if self.interval is None:
+            return None
+        return self.interval[0] - self.tolerance, self.interval[1] + self.tolerance
+
+    def test(self, x) -> stats.TestResult:
+        if self.kind == "direction":
+            return stats.direction_test(x)
+        return stats.equivalence_test(x, *self.bounds)
+
+    def rule(self) -> str:
+        """The decision rule in numbers."""
+        if self.kind == "direction":
+            s = "median > 0 (exact sign test)"
+            if self.smallest_effect:
+                s += f"; a significant median below {self.smallest_effect:.4g} is NEGLIGIBLE ({self.smallest_effect_source})"
+            return s
+        lo, hi = self.bounds
+        what = "the paper's interval" if self.kind == "equivalence" else (
+            f"the paper's [{self.interval[0]:g}, {self.interval[1]:g}] widened by {self.tolerance:g}")
+        return f"median inside ({lo:.4g}, {hi:.4g}), {what} (exact two one-sided sign tests)"
+
+
+def grid(**axes) -> dict:
+    """Reading axes in declaration order: the first option of each is the primary one."""
+    return {k: list(v) for k, v in axes.items()}
+
+
+# --------------------------------------------------------------------------- the verdict
+def family(claim: Claim, primary: bool) -> str:
+    """The Holm family a test belongs to: one per paper over its primary readings, one per
+    paper over its sensitivity readings."""
+    return f"{claim.paper}/{'primary' if primary else 'sensitivity'}"
+
+
+def evaluate(results: Results, claims, alpha: float = stats.ALPHA) -> pd.DataFrame:
+    """Test every claim under every reading and decide each under its Holm family.
+
+    Returns one row per (claim, reading): the test, per-arm medians, effect with its exact CI,
+    the across-seed prediction interval, seeds in the claimed direction, raw and adjusted p,
+    the family and its size, the verdict, and a message stating the rule in numbers.
+    """
+    rows = []
+    for c in claims:
+        for i, r in enumerate(c.readings(results)):
+            obs = c.observe(results, r)
+            x = obs.x.to_numpy(dtype=float)
+            t = c.test(x)
+            pi = stats.prediction_interval(x)
+            ok, cond_text = c.condition(results, r) if c.condition else (True, "")
+            key = hashlib.sha1(x.tobytes() + repr((c.kind, c.bounds)).encode()).hexdigest()
+            rows.append(dict(
+                claim=c.id, paper=c.paper, title=c.title, reading=c.label(r), primary=i == 0, kind=c.kind,
+                family=family(c, i == 0), n=t.n, n_claimed=t.n_claimed, effect=t.effect, ci_low=t.ci.low,
+                ci_high=t.ci.high, ci_coverage=t.ci.coverage, pi_low=pi.low, pi_high=pi.high,
+                pi_coverage=pi.coverage, p=t.pvalue, p_opposite=t.pvalue_opposite, p_family=t.pvalue_family,
+                claimed_side=t.claimed_side, condition_met=ok, condition=cond_text, key=key,
+                medians="; ".join(f"{k} {np.median(v):.4g}" for k, v in obs.arms.items())))
+    out = pd.DataFrame(rows)
+    out["p_adj"], out["m"] = np.nan, 0
+    for fam, g in out.groupby("family"):
+        out.loc[g.index, "p_adj"] = stats.holm_unique(g.p_family, g.key)
+        out.loc[g.index, "m"] = g.key.nunique()
+    by_id = {c.id: c for c in claims}
+    out["verdict"] = [_verdict(row, by_id[row.claim], alpha) for row in out.itertuples()]
+    out["message"] = [_message(row, by_id[row.claim], alpha) for row in out.itertuples()]
+    return out
+
+
+def _verdict(row, c: Claim, alpha: float) -> str:
+    if not row.condition_met:
+        return stats.Verdict.CONDITION_NOT_MET.value
+    t = stats.TestResult(row.p, row.p_opposite, row.effect, stats.Interval(row.ci_low, row.ci_high, row.ci_coverage),
+                         row.n, row.n_claimed)
+    return stats.decide(t, row.p_adj, c.kind, row.m, alpha, c.smallest_effect, c.null, c.interval).value
+
+
+def paper_value_in_prediction_interval(row, c: Claim) -> bool | None:
+    """Magnitude claims: whether the paper's single-seed value could be one of our seeds, i.e.
+    its interval meets our across-seed prediction interval (the paper: "results are shown for a
+    single random seed", §3)."""
+    if c.kind != "magnitude":
+        return None
+    return bool(row.pi_high >= c.interval[0] and row.pi_low <= c.interval[1])
+
+
+def _message(row, c: Claim, alpha: float) -> str:
+    text = (f"{c.id} {c.title} ({row.reading}): {row.verdict}. {c.statistic}: median {row.effect:.4g}, "
+            f"exact {100 * row.ci_coverage:.1f}% CI [{row.ci_low:.4g}, {row.ci_high:.4g}]; "
+            f"{row.n_claimed}/{row.n} seeds {'in the claimed direction' if c.kind == 'direction' else 'inside the interval'}; "
+            f"per-arm medians: {row.medians}. Rule: {c.rule()}; family p = 2 min(p, p_opposite) = {row.p_family:.3g} "
+            f"(p = {row.p:.3g}, p_opposite = {row.p_opposite:.3g}), Holm-adjusted {row.p_adj:.3g} over the {row.m} "
+            f"distinct tests of family {row.family} at alpha = {alpha:g}")
+    inside = paper_value_in_prediction_interval(row, c)
+    if inside is not None:
+        text += (f"; our {100 * row.pi_coverage:.1f}% prediction interval for one seed [{row.pi_low:.4g}, {row.pi_high:.4g}] "
+                 f"{'meets' if inside else 'excludes'} the paper's single-seed value")
+    if row.verdict == stats.Verdict.TOO_FEW_SEEDS.value:
+        text += (f"; with {row.n} seeds the smallest possible family p is 2^(1-{row.n}) = {stats.min_family_p(row.n):.3g} "
+                 f"> alpha/m = {alpha / row.m:.3g}")
+    if row.verdict == stats.Verdict.CONDITION_NOT_MET.value:
+        text += f"; premise not met: {row.condition}"
+    elif row.condition:
+        text += f"; premise: {row.condition}"
+    return text

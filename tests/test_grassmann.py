@@ -1,0 +1,277 @@
+"""Principal angles against planted angles and scipy, the distances' invariances and extremes,
+expert subspaces from weighted PCA, and the random-subspace null against its exact laws."""
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import scipy.stats
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from moegeo import grassmann, probes
+from strategies import seeds, subspace_pairs
+
+DISTANCES = (grassmann.geodesic_distance, grassmann.chordal_distance, grassmann.overlap_index)
+
+
+def haar(D, r, seed):
+    return grassmann.haar_basis(1, D, r, torch.Generator().manual_seed(seed))[0]
+
+
+def projector(U):
+    return U @ U.T
+
+
+# --------------------------------------------------------------------------- principal angles
+@given(subspace_pairs())
+def test_angles_equal_planted_angles(pair):
+    """Including "mixed" pairs: a 1e-10 angle beside one near pi/2 keeps its digits."""
+    U, V, theta = pair
+    torch.testing.assert_close(grassmann.principal_angles(U, V), theta, rtol=1e-8, atol=1e-13)
+
+
+@given(subspace_pairs(regimes=("generic", "nearly_identical", "nearly_orthogonal")))
+def test_angles_equal_scipy_subspace_angles(pair):
+    """scipy returns them descending. Not on "mixed" pairs: scipy 1.17 pairs each angle with
+    another angle's cosine there and returns 0 for an angle of 1e-9 (checked against the planted
+    angles above instead)."""
+    U, V, _ = pair
+    ref = np.sort(scipy.linalg.subspace_angles(U.numpy(), V.numpy()))
+    np.testing.assert_allclose(grassmann.principal_angles(U, V).numpy(), ref, rtol=1e-8, atol=1e-13)
+
+
+def test_small_angle_next_to_a_large_one_is_not_lost():
+    U = torch.eye(6, 2, dtype=torch.float64)
+    V = torch.zeros(6, 2, dtype=torch.float64)
+    V[[0, 2], 0] = torch.tensor([math.cos(1e-9), math.sin(1e-9)], dtype=torch.float64)
+    V[[1, 3], 1] = torch.tensor([math.cos(1.5), math.sin(1.5)], dtype=torch.float64)
+    torch.testing.assert_close(grassmann.principal_angles(U, V), torch.tensor([1e-9, 1.5], dtype=torch.float64),
+                               rtol=1e-12, atol=0)
+
+
+@given(subspace_pairs())
+def test_angles_are_symmetric(pair):
+    U, V, _ = pair
+    torch.testing.assert_close(grassmann.principal_angles(U, V), grassmann.principal_angles(V, U), rtol=0, atol=1e-13)
+
+
+@given(subspace_pairs(), seeds)
+def test_a_subspace_is_at_distance_zero_from_itself_in_any_basis(pair, seed):
+    U, _, _ = pair
+    UQ = U @ haar(U.shape[1], U.shape[1], seed)
+    assert grassmann.principal_angles(U, UQ).max().item() < 1e-13
+    assert grassmann.geodesic_distance(U, U).item() < 1e-13
+    assert grassmann.overlap_index(U, UQ).item() == pytest.approx(1.0, abs=1e-13)
+
+
+@given(subspace_pairs(), seeds)
+def test_angles_invariant_to_the_choice_of_bases(pair, seed):
+    U, V, _ = pair
+    UQ, VQ = U @ haar(U.shape[1], U.shape[1], seed), V @ haar(V.shape[1], V.shape[1], seed + 1)
+    torch.testing.assert_close(grassmann.principal_angles(UQ, VQ), grassmann.principal_angles(U, V), rtol=1e-8, atol=1e-13)
+
+
+@given(subspace_pairs(), seeds)
+def test_angles_invariant_to_rotating_both_subspaces(pair, seed):
+    U, V, _ = pair
+    R = haar(U.shape[0], U.shape[0], seed)
+    torch.testing.assert_close(grassmann.principal_angles(R @ U, R @ V), grassmann.principal_angles(U, V), rtol=1e-8, atol=1e-13)
+
+
+@given(st.integers(2, 10), st.data(), seeds)
+def test_orthogonal_subspaces_are_farthest(D, data, seed):
+    r = data.draw(st.integers(1, D - 1))
+    s = data.draw(st.integers(1, D - r))
+    Q, m = haar(D, D, seed), min(r, s)
+    U, V = Q[:, :r], Q[:, r : r + s]
+    assert grassmann.geodesic_distance(U, V).item() == pytest.approx(math.sqrt(m) * math.pi / 2, rel=1e-13)
+    assert grassmann.chordal_distance(U, V).item() == pytest.approx(math.sqrt(m), rel=1e-13)
+    assert grassmann.overlap_index(U, V).item() == pytest.approx(0.0, abs=1e-26)
+
+
+@given(subspace_pairs())
+def test_distances_are_bounded_and_ordered(pair):
+    """Jordan's inequality 2x/pi <= sin x <= x on [0, pi/2] orders chordal and geodesic."""
+    U, V, theta = pair
+    m = theta.numel()
+    d_g, d_c, o = (f(U, V).item() for f in DISTANCES)
+    assert 2 / math.pi * d_g - 1e-12 <= d_c <= d_g + 1e-12
+    assert d_g <= math.sqrt(m) * math.pi / 2 + 1e-12
+    assert 0 <= o <= 1
+
+
+@given(subspace_pairs())
+def test_chordal_distance_is_the_projection_distance(pair):
+    """||P_U - P_V||_F^2 = |r - s| + 2 d_c^2, i.e. d_c = ||P_U - P_V||_F / sqrt(2) when r = s."""
+    U, V, _ = pair
+    lhs = (projector(U) - projector(V)).square().sum()
+    rhs = abs(U.shape[1] - V.shape[1]) + 2 * grassmann.chordal_distance(U, V).square()
+    torch.testing.assert_close(lhs, rhs, rtol=1e-10, atol=1e-12)
+
+
+@given(subspace_pairs())
+def test_overlap_index_is_mean_squared_cross_gram(pair):
+    U, V, theta = pair
+    torch.testing.assert_close(grassmann.overlap_index(U, V), (U.T @ V).square().sum() / theta.numel(), rtol=1e-10, atol=1e-14)
+
+
+@given(st.integers(4, 10), st.data(), seeds)
+def test_one_shared_direction_gives_exactly_one_zero_angle(D, data, seed):
+    """U = [q, U'], V = [q, V'] with U', V' generic in q's complement (r + s <= D, so generic
+    (r-1)- and (s-1)-dim subspaces of R^(D-1) meet only in 0)."""
+    r = data.draw(st.integers(2, D - 2))
+    s = data.draw(st.integers(2, D - r))
+    q = haar(D, 1, seed)
+    rest = (torch.eye(D, dtype=torch.float64) - projector(q)) @ haar(D, r + s - 2, seed + 1)
+    U = torch.linalg.qr(torch.cat([q, rest[:, : r - 1]], 1)).Q
+    V = torch.linalg.qr(torch.cat([q, rest[:, r - 1 :]], 1)).Q
+    theta = grassmann.principal_angles(U, V)
+    assert theta[0].item() < 1e-12
+    assert theta[1:].min().item() > 1e-6
+
+
+def test_wrong_inputs_are_rejected_with_what_was_expected():
+    U = haar(5, 2, 0)
+    with pytest.raises(ValueError, match="orthonormal"):
+        grassmann.principal_angles(2 * U, U)
+    with pytest.raises(ValueError, match="1 <= r <= D"):
+        grassmann.principal_angles(torch.ones(2, 3, dtype=torch.float64), U)
+    with pytest.raises(ValueError, match="same R\\^D"):
+        grassmann.principal_angles(U, haar(6, 2, 0))
+    with pytest.raises(ValueError, match="NaN"):
+        grassmann.principal_angles(U, torch.full_like(U, float("nan")))
+    with pytest.raises(ValueError, match=r"\(E, D, r\)"):
+        grassmann.pairwise(U)
+
+
+def test_batched_angles_equal_one_by_one():
+    U, V = grassmann.haar_basis(4, 7, 3, torch.Generator().manual_seed(0)), haar(7, 2, 1)
+    batched = grassmann.principal_angles(U, V)
+    for e in range(4):
+        torch.testing.assert_close(batched[e], grassmann.principal_angles(U[e], V))
+
+
+@given(st.integers(1, 5), st.integers(2, 8), st.data(), seeds)
+def test_pairwise_matches_each_pair_and_is_symmetric(E, D, data, seed):
+    r = data.draw(st.integers(1, D))
+    bases = grassmann.haar_basis(E, D, r, torch.Generator().manual_seed(seed))
+    geo = grassmann.pairwise(bases)
+    for a in range(E):
+        for b in range(E):
+            torch.testing.assert_close(geo.angles[a, b], grassmann.principal_angles(bases[a], bases[b]), rtol=1e-8, atol=1e-13)
+    for field in ("angles", "geodesic", "chordal", "overlap"):
+        t = getattr(geo, field)
+        assert torch.equal(t, t.transpose(0, 1)), field
+    torch.testing.assert_close(geo.overlap, grassmann.overlap_index(bases[:, None], bases[None]), rtol=1e-10, atol=1e-14)
+
+
+# --------------------------------------------------------------------------- expert subspaces from weighted PCA
+def planted_low_rank(D, N, rank, seed):
+    g = torch.Generator().manual_seed(seed)
+    basis = haar(D, rank, seed)
+    z = torch.randn(N, rank, generator=g, dtype=torch.float64) * torch.linspace(3, 1, rank, dtype=torch.float64)
+    return z @ basis.T + 1e-3 * torch.randn(N, D, generator=g, dtype=torch.float64), basis
+
+
+@settings(deadline=None)
+@given(st.integers(1, 6), seeds)
+def test_pca_subspace_is_orthonormal_and_spans_the_planted_space(rank, seed):
+    D, N = 12, 1000
+    h, basis = planted_low_rank(D, N, rank, seed)
+    U = probes.weighted_pca(h, torch.rand(N, dtype=torch.float64) + 0.1, vectors=True).subspace(rank)
+    torch.testing.assert_close(U.T @ U, torch.eye(rank, dtype=torch.float64), rtol=0, atol=1e-12)
+    # planted variances >= 1 against noise 1e-6: the subspace is off by ~1e-3 / 1 at most (Davis-Kahan)
+    assert (projector(U) - projector(basis)).norm().item() < 1e-2
+
+
+@settings(deadline=None)
+@given(seeds)
+def test_expert_subspaces_sharing_a_high_variance_direction_have_a_near_zero_angle(seed):
+    """Both experts see a shared direction q (std 3) and a private one (std 2, mutually
+    orthogonal); soft weights leak the other expert's points at weight 0.05. The top-2 subspaces
+    then share q: smallest angle near 0, largest near pi/2 (random 2-planes in R^10 rarely do)."""
+    D, N = 10, 1000
+    Q, g = haar(D, 3, seed), torch.Generator().manual_seed(seed)
+    noise = lambda: 0.05 * torch.randn(N, D, generator=g, dtype=torch.float64)  # noqa: E731
+    z = lambda: torch.randn(N, 1, generator=g, dtype=torch.float64)  # noqa: E731
+    h = torch.cat([3 * z() * Q[:, 0] + 2 * z() * Q[:, e + 1] + noise() for e in range(2)])
+    w = torch.full((2, 2 * N), 0.05, dtype=torch.float64)
+    w[0, :N] = w[1, N:] = 1.0
+    theta = grassmann.principal_angles(*probes.weighted_pca(h, w, vectors=True).subspace(2))
+    assert theta[0].item() < 0.02
+    assert theta[1].item() > math.pi / 2 - 0.1
+
+
+def test_subspace_rejects_a_dimension_outside_1_to_D():
+    pca = probes.weighted_pca(torch.randn(20, 4, dtype=torch.float64), torch.ones(20, dtype=torch.float64), vectors=True)
+    for r in (0, 5):
+        with pytest.raises(ValueError, match=r"\[1, 4\]"):
+            pca.subspace(r)
+
+
+# --------------------------------------------------------------------------- random-subspace null
+KS_ALPHA = 1e-3  # fixed seeds: a KS p-value below this is a real departure, not bad luck
+
+
+@pytest.mark.parametrize("D, r, s", [(8, 3, 3), (10, 1, 4), (6, 2, 5), (5, 4, 3), (20, 5, 5)])
+def test_null_exact_means_match_monte_carlo(D, r, s):
+    """Within 4 Monte Carlo standard errors (two-sided ~6e-5 by chance; the seed is fixed)."""
+    null = grassmann.random_subspace_null(D, r, s, n_samples=20_000, seed=1)
+    n = null.angles.shape[0]
+    for exact, samples in ((null.mean_overlap, null.overlap), (null.mean_chordal_sq, null.chordal.square())):
+        se = samples.std().item() / math.sqrt(n)
+        assert abs(samples.mean().item() - exact) < 4 * se
+    assert null.mean_overlap == pytest.approx(r * s / (D * min(r, s)))
+
+
+def test_null_overlap_of_equal_dimensions_is_r_over_D():
+    assert grassmann.random_subspace_null(12, 4, n_samples=1).mean_overlap == pytest.approx(4 / 12)
+
+
+def test_null_has_forced_zero_angles_when_r_plus_s_exceeds_D():
+    null = grassmann.random_subspace_null(5, 4, 3, n_samples=200)
+    assert null.angles[:, :2].max().item() < 1e-12  # r + s - D = 2 directions must be shared
+    assert null.angles[:, 2].min().item() > 1e-6
+
+
+@pytest.mark.parametrize("D", [2, 5, 30])
+def test_haar_basis_first_coordinate_has_the_uniform_sphere_law(D):
+    """First column uniform on S^(D-1): x_1^2 ~ Beta(1/2, (D-1)/2), and x_1 symmetric, with the
+    law of the cosine of two isotropic vectors (without the sign fix of QR, x_1 < 0 always)."""
+    x1 = grassmann.haar_basis(4000, D, min(3, D), torch.Generator().manual_seed(2))[:, 0, 0].numpy()
+    assert scipy.stats.kstest(x1**2, scipy.stats.beta(0.5, (D - 1) / 2).cdf).pvalue > KS_ALPHA
+    assert scipy.stats.kstest(x1, probes.cosine_null(D).cdf).pvalue > KS_ALPHA
+
+
+@pytest.mark.parametrize("D, s", [(6, 1), (10, 4), (7, 6)])
+def test_null_single_angle_follows_its_beta_law(D, s):
+    """For r = 1 the Jacobi ensemble is one cos^2 theta ~ Beta(s/2, (D-s)/2) (Absil et al. 2006)."""
+    null = grassmann.random_subspace_null(D, 1, s, n_samples=4000, seed=3)
+    assert scipy.stats.kstest(null.overlap.numpy(), scipy.stats.beta(s / 2, (D - s) / 2).cdf).pvalue > KS_ALPHA
+
+
+def test_null_geodesic_quantiles_within_the_dkw_band_of_the_exact_law():
+    """For r = 1, P(theta <= t) = P(cos^2 theta >= cos^2 t) exactly; by the DKW inequality the
+    empirical CDF is within eps = sqrt(log(2/alpha) / 2n) of it everywhere with prob 1 - alpha,
+    so the exact CDF at each Monte Carlo quantile is within eps of its level."""
+    D, s, n, alpha = 9, 3, 5000, 1e-3
+    null = grassmann.random_subspace_null(D, 1, s, n_samples=n, seed=4)
+    levels = torch.tensor([0.01, 0.05, 0.5, 0.95, 0.99], dtype=torch.float64)
+    t = null.quantile("geodesic", levels).numpy()
+    exact_cdf = scipy.stats.beta(s / 2, (D - s) / 2).sf(np.cos(t) ** 2)
+    np.testing.assert_allclose(exact_cdf, levels.numpy(), rtol=0, atol=math.sqrt(math.log(2 / alpha) / (2 * n)) + 1 / n)
+
+
+def test_null_is_reproducible_from_its_seed():
+    a, b, c = (grassmann.random_subspace_null(7, 2, n_samples=50, seed=k) for k in (5, 5, 6))
+    assert torch.equal(a.angles, b.angles)
+    assert not torch.equal(a.angles, c.angles)
+
+
+def test_null_rejects_impossible_dimensions_and_unknown_statistics():
+    with pytest.raises(ValueError, match=r"r must be in \[1, D\]"):
+        grassmann.random_subspace_null(4, 5)
+    with pytest.raises(ValueError, match="statistic"):
+        grassmann.random_subspace_null(4, 2, n_samples=10).quantile("angle", 0.5)
