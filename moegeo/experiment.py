@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import torch
@@ -104,32 +105,33 @@ def _trajectory_rows(arm, cfg, model, x, step):
     The mean Jacobian J̄_e uses the whole batch; per-point norms use its first
     ``cfg.trajectory_points`` points (x is i.i.d., so these are a random subsample), exactly.
     """
-    rows = []
     trace = model.trace(x)
-    for layer in range(len(model.layers)):
-        h = model.layer_input(layer, trace[layer])
-        for i, seed in enumerate(cfg.seeds):
-            p = model.params(i, layer, torch.float32)
-            r = Rows(seed, arm, layer, step)
-            sub = h[i][: cfg.trajectory_points]
-            g, g_sub = p.gates(h[i]), p.gates(sub)
-            live, live_sub = probes.expert_mass(g) > 0, probes.expert_mass(g_sub) > 0
-            jbar = probes.mean_jacobian(p.W1[live], p.b1[live], p.W2[live], h[i], g[:, live])
-            J = probes.expert_jacobians(p.W1[live_sub], p.b1[live_sub], p.W2[live_sub], sub)
-            experts = {True: torch.nonzero(live).flatten().tolist(), False: torch.nonzero(live_sub).flatten().tolist()}
-            for norm, fn in ((Norm.SPECTRAL, _spectral), (Norm.FROBENIUS, torch.linalg.matrix_norm)):
-                r.add("jacobian_norm", reading(jacobian=JacobianSite.MEAN, norm=norm), fn(jbar), experts[True])
-                r.add("jacobian_norm", reading(jacobian=JacobianSite.POINTWISE, norm=norm),
-                      probes.weighted_mean(fn(J), g_sub[:, live_sub]), experts[False])
-            if p.Wr is not None:
-                Jm = probes.moe_jacobian(p.W1, p.b1, p.W2, p.b2, sub, g_sub, p.Wr, p.temperature)
-                for norm, fn in ((Norm.SPECTRAL, _spectral), (Norm.FROBENIUS, torch.linalg.matrix_norm)):
-                    r.add("jacobian_norm", reading(jacobian="effective", norm=norm), fn(Jm).mean())
-            if int(live.sum()) > 1:
-                c = probes.cosine_matrix(jbar)
-                r.add("cosine_abs_mean", reading(jacobian=JacobianSite.MEAN), c[_offdiag(len(c))].abs().mean())
-            rows += r
-    return rows
+    jobs = [(model.params(i, layer, torch.float32), model.layer_input(layer, trace[layer])[i], seed, layer)
+            for layer in range(len(model.layers)) for i, seed in enumerate(cfg.seeds)]
+    return per_seed(lambda p, h, seed, layer: _trajectory_layer(arm, cfg, p, h, seed, layer, step), jobs)
+
+
+def _trajectory_layer(arm, cfg, p, h, seed, layer, step):
+    """The trajectory rows of one seed's layer ``p`` at its input ``h: (N, d)``."""
+    r = Rows(seed, arm, layer, step)
+    sub = h[: cfg.trajectory_points]
+    g, g_sub = p.gates(h), p.gates(sub)
+    live, live_sub = probes.expert_mass(g) > 0, probes.expert_mass(g_sub) > 0
+    jbar = probes.mean_jacobian(p.W1[live], p.b1[live], p.W2[live], h, g[:, live])
+    J = probes.expert_jacobians(p.W1[live_sub], p.b1[live_sub], p.W2[live_sub], sub)
+    experts = {True: torch.nonzero(live).flatten().tolist(), False: torch.nonzero(live_sub).flatten().tolist()}
+    for norm, fn in ((Norm.SPECTRAL, _spectral), (Norm.FROBENIUS, torch.linalg.matrix_norm)):
+        r.add("jacobian_norm", reading(jacobian=JacobianSite.MEAN, norm=norm), fn(jbar), experts[True])
+        r.add("jacobian_norm", reading(jacobian=JacobianSite.POINTWISE, norm=norm),
+              probes.weighted_mean(fn(J), g_sub[:, live_sub]), experts[False])
+    if p.Wr is not None:
+        Jm = probes.moe_jacobian(p.W1, p.b1, p.W2, p.b2, sub, g_sub, p.Wr, p.temperature)
+        for norm, fn in ((Norm.SPECTRAL, _spectral), (Norm.FROBENIUS, torch.linalg.matrix_norm)):
+            r.add("jacobian_norm", reading(jacobian="effective", norm=norm), fn(Jm).mean())
+    if int(live.sum()) > 1:
+        c = probes.cosine_matrix(jbar)
+        r.add("cosine_abs_mean", reading(jacobian=JacobianSite.MEAN), c[_offdiag(len(c))].abs().mean())
+    return r
 
 
 def _spectral(J: torch.Tensor) -> torch.Tensor:
@@ -143,16 +145,31 @@ def _offdiag(n: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _checkpoint_rows(arm, cfg, model, x, step):
-    """Every probe of every layer at ``step`` (float64, whole batch)."""
-    rows = []
+    """Every probe of every layer at ``step`` (float64, whole batch), seeds in order."""
     trace = model.trace(x)
+    jobs = []
     for layer in range(len(model.layers)):
+        h = model.layer_input(layer, trace[layer])
         for i, seed in enumerate(cfg.seeds):
-            block_input = trace[layer][i].double()
             ln = model.ln_weight[layer][i].detach().double() if model.residual else None
-            h = model.layer_input(layer, trace[layer])[i].double()
-            rows += probe_rows(model.params(i, layer), h, seed, arm, step, layer, block_input, ln)
-    return rows
+            jobs.append((model.params(i, layer), h[i].double(), seed, arm, step, layer, trace[layer][i].double(), ln))
+    return per_seed(probe_rows, jobs)
+
+
+def per_seed(fn, jobs: list[tuple]) -> list[dict]:
+    """``fn(*job)`` for every job, concatenated in job order, one single-threaded worker per core.
+
+    The probes of one seed are dominated by LAPACK calls on thousands of small matrices, which
+    run on one core; seeds are independent, so running them side by side uses every core, and
+    each seed's arithmetic stays sequential and deterministic.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            return [row for rows in pool.map(lambda job: fn(*job), jobs) for row in rows]
+    finally:
+        torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- final probes

@@ -130,7 +130,7 @@ class MLPMoE(nn.Module):
         """f_MoE(x) = sum_e g_e(x) f_e(x) (§2.1): ``(S, N, d) -> (S, N, d)``; ``(N, d)`` if S = 1.
 
         Top-k routing computes each expert only on the tokens routed to it (``dispatch``);
-        soft and dense layers compute every expert on every token (``mix``).
+        soft layers compute every expert on every token (``mix``); a dense FFN has no gate.
         """
         single = x.dim() == 2
         if single:
@@ -141,8 +141,11 @@ class MLPMoE(nn.Module):
             raise ValueError(f"x must have shape (S={self.n_seeds}, N, d={self.W1.shape[-1]}), got {tuple(x.shape)}")
         if self.routing == "topk":
             out = self.dispatch(x, *topk_route(self.logits(x), self.top_k, self.temperature))
-        else:
+        elif self.routing == "soft":
             out = self.mix(x, self.gates(x))
+        else:
+            hidden = gelu(torch.baddbmm(self.b1[:, 0, None], x, self.W1[:, 0].transpose(1, 2)))
+            out = torch.baddbmm(self.b2[:, 0, None], hidden, self.W2[:, 0].transpose(1, 2))
         return out[0] if single else out
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -231,18 +234,22 @@ class MoENet(nn.Module):
         return self.layers[layer].params(seed_index, dtype)
 
 
+def ffn_layer(arm: Arm, n_experts: int, d_model: int, d_hidden: int, top_k: int, temperature: float,
+              seeds=(0,), stream: str = "init") -> MLPMoE:
+    """The feed-forward layer of one arm for all ``seeds``: E experts and a router (MoE arms),
+    or one FFN of width d_hidden (``dense``) or E * d_hidden (``dense_matched``)."""
+    if arm.is_moe:
+        return MLPMoE(n_experts, d_model, d_hidden, arm.routing, top_k, temperature, seeds, stream)
+    width = d_hidden * (n_experts if arm is Arm.DENSE_MATCHED else 1)
+    return MLPMoE(1, d_model, width, "dense", seeds=seeds, stream=stream)
+
+
 def build_arm(arm: Arm, n_experts: int, d_model: int, d_hidden: int, top_k: int, temperature: float,
               seeds=(0,)) -> MoENet:
     """The model of one arm for all ``seeds``. Each layer initialises from its own stream
     (``init/<arm>`` for the first layer), so a seed's model is independent of the others."""
-    width = d_hidden * (n_experts if arm is Arm.DENSE_MATCHED else 1)
-    layers = []
-    for l in range(arm.n_layers):
-        stream = f"init/{arm.value}" + (f"/layer{l}" if l else "")
-        if arm.is_moe:
-            layers.append(MLPMoE(n_experts, d_model, d_hidden, arm.routing, top_k, temperature, seeds, stream))
-        else:
-            layers.append(MLPMoE(1, d_model, width, "dense", seeds=seeds, stream=stream))
+    layers = [ffn_layer(arm, n_experts, d_model, d_hidden, top_k, temperature, seeds,
+                        f"init/{arm.value}" + (f"/layer{l}" if l else "")) for l in range(arm.n_layers)]
     return MoENet(layers, residual=arm.residual)
 
 

@@ -9,16 +9,19 @@ median, whose coverage is known for every n. With n seeds no p-value goes below 
 The decision rule, for a family of claims (``decide``):
 
 * Each claim is one hypothesis with two sides: the claimed side (``pvalue``) and the opposite
-  side (``pvalue_opposite``). Its p-value in the family is ``min(1, 2 min(pvalue,
-  pvalue_opposite))`` (Bonferroni over the two sides), so that declaring *either* side
-  significant is one error budget, not two.
-* Holm's step-down procedure over the family at ``alpha``; identical hypotheses (the same
-  observations under the same test) are counted once.
-* A significant claimed side is REPLICATED, or NEGLIGIBLE when the median effect is below the
-  claim's smallest meaningful effect; a significant opposite side is CONTRADICTED (direction
-  and equivalence claims) or DIFFERENT SIZE (magnitude claims, CONTRADICTED when the effect
-  is on the wrong side of "no effect"). Otherwise NOT REPLICATED (INCONCLUSIVE for magnitudes),
-  or TOO FEW SEEDS when not even a unanimous sweep could pass the first Holm step.
+  side (``pvalue_opposite``). Both one-sided p-values of every claim enter the family: Holm's
+  step-down procedure runs over the 2m one-sided p-values at ``alpha``, which controls the
+  family-wise rate of false and wrong-direction calls under any dependence between claims
+  (all claims share the same seeds and models); identical hypotheses (the same observations
+  under the same test) are counted once.
+* A significant claimed side is REPLICATED; a significant opposite side is CONTRADICTED
+  (direction and range claims) or DIFFERENT SIZE (magnitude claims). A significant direction
+  whose median effect is smaller than the claim's smallest meaningful effect, either way, is
+  NEGLIGIBLE. Otherwise NOT REPLICATED (INCONCLUSIVE for magnitudes), or TOO FEW SEEDS when
+  not even a unanimous sweep could pass the first Holm step (2^-n > alpha / 2m).
+* A claim made of parts that must all hold (a joint reading) is tested by intersection-union:
+  the claimed side's p is the largest part's (exact, no correction needed), the opposite side's
+  the smallest part's, Bonferroni-multiplied by the number of parts.
 """
 from __future__ import annotations
 
@@ -72,17 +75,6 @@ class TestResult:
     ci: Interval  # exact CI of the median
     n: int
     n_claimed: int
-
-    @property
-    def pvalue_family(self) -> float:
-        """The p-value that enters the Holm family: both sides, Bonferroni-combined."""
-        return min(1.0, 2 * min(self.pvalue, self.pvalue_opposite))
-
-    @property
-    def claimed_side(self) -> bool:
-        """Whether the smaller of the two one-sided p-values is the claimed side's."""
-        return self.pvalue <= self.pvalue_opposite
-
 
 def _finite(x) -> np.ndarray:
     x = np.asarray(x, dtype=float).ravel()
@@ -157,6 +149,17 @@ def equivalence_test(x, low: float, high: float) -> TestResult:
     return TestResult(p, q, float(np.median(x)), median_ci(x), len(x), int(((x > low) & (x < high)).sum()))
 
 
+def intersection_union(tests: list[TestResult]) -> TestResult:
+    """All parts must hold (Berger's intersection-union test): claimed p = the largest part p;
+    opposite p = the smallest part's, times the number of parts (any part contradicted).
+    Effect, CI and n are the first part's; ``n_claimed`` the smallest over parts."""
+    if len(tests) == 1:
+        return tests[0]
+    first = tests[0]
+    return TestResult(max(t.pvalue for t in tests), min(1.0, len(tests) * min(t.pvalue_opposite for t in tests)),
+                      first.effect, first.ci, first.n, min(t.n_claimed for t in tests))
+
+
 def holm(pvalues) -> np.ndarray:
     """Holm's step-down adjusted p-values (family-wise error rate control)."""
     p = np.asarray(pvalues, dtype=float)
@@ -182,45 +185,34 @@ def holm_unique(pvalues, keys) -> np.ndarray:
     return np.array([adj[k] for k in keys])
 
 
-def min_family_p(n: int) -> float:
-    """The smallest family p-value n seeds can give: a unanimous sweep, 2 * 2^-n."""
-    return min(1.0, 2.0 ** (1 - n))
+def min_p(n: int) -> float:
+    """The smallest one-sided p-value n seeds can give: a unanimous sweep, 2^-n."""
+    return 2.0 ** -n
 
 
-def decide(t: TestResult, p_adj: float, kind: str, m: int, alpha: float = ALPHA,
-           smallest_effect: float = 0.0, null: float | None = None,
-           interval: tuple[float, float] | None = None) -> Verdict:
-    """The verdict of one claim from its test and its Holm-adjusted family p-value.
+def decide(t: TestResult, p_adj: float, p_adj_opposite: float, kind: str, m: int, alpha: float = ALPHA,
+           smallest_effect: float = 0.0) -> Verdict:
+    """The verdict of one claim from its test and the Holm-adjusted p-values of its two sides.
 
     ``kind``: "direction", "equivalence" or "magnitude"; ``m``: the number of distinct
-    hypotheses in the family; ``smallest_effect``: direction claims whose median effect is
-    below it are NEGLIGIBLE; ``null``, ``interval``: magnitude claims whose CI lies wholly on
-    the other side of ``null`` (no effect) from the paper's ``interval`` are CONTRADICTED rather
-    than DIFFERENT SIZE.
+    hypotheses in the family (2m one-sided p-values); ``smallest_effect``: a significant
+    direction claim whose |median effect| is below it is NEGLIGIBLE, whichever its side.
     """
-    if p_adj <= alpha:
-        if t.claimed_side:
-            if kind == "direction" and t.effect < smallest_effect:
-                return Verdict.NEGLIGIBLE
+    claimed, opposite = p_adj <= alpha, p_adj_opposite <= alpha
+    if claimed or opposite:
+        if kind == "direction" and abs(t.effect) < smallest_effect:
+            return Verdict.NEGLIGIBLE
+        if claimed:
             return Verdict.REPLICATED
-        if kind == "magnitude":
-            return Verdict.CONTRADICTED if _reversed(t, null, interval) else Verdict.DIFFERENT_SIZE
-        return Verdict.CONTRADICTED
-    if min_family_p(t.n) > alpha / m:
+        return Verdict.DIFFERENT_SIZE if kind == "magnitude" else Verdict.CONTRADICTED
+    if min_p(t.n) > alpha / (2 * m):
         return Verdict.TOO_FEW_SEEDS
     return Verdict.INCONCLUSIVE if kind == "magnitude" else Verdict.NOT_REPLICATED
 
 
-def _reversed(t: TestResult, null: float | None, interval: tuple[float, float] | None) -> bool:
-    """The CI of the effect lies wholly on the side of ``null`` away from ``interval``."""
-    if null is None or interval is None:
-        return False
-    return t.ci.high < null if interval[0] > null else (t.ci.low > null if interval[1] < null else False)
-
-
 def power(effect_quantile: float, n: int, m: int, alpha: float = ALPHA) -> float:
     """Exact power of one direction claim under the worst case for Holm (every other hypothesis
-    of the m null): P(its family p <= alpha / m) when each seed points the claimed way with
-    probability ``effect_quantile``."""
-    k = next((k for k in range(n + 1) if 2 * scipy.stats.binom.sf(k - 1, n, 0.5) <= alpha / m), None)
+    of the m null): P(its claimed-side p <= alpha / 2m) when each seed points the claimed way
+    with probability ``effect_quantile``."""
+    k = next((k for k in range(n + 1) if scipy.stats.binom.sf(k - 1, n, 0.5) <= alpha / (2 * m)), None)
     return 0.0 if k is None else float(scipy.stats.binom.sf(k - 1, n, effect_quantile))

@@ -168,3 +168,10 @@ def test_sparse_topk_dispatch_equals_the_dense_compute_reference():
         grads.append([out.detach()] + [p.grad.clone() for p in layer.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_dense_ffn_is_the_plain_two_layer_mlp():
+    """A dense layer skips the (all-ones) gate; it must equal the gated formula exactly."""
+    layer = MLPMoE(1, 5, 9, "dense", seeds=(0, 1), dtype=torch.float64)
+    x = torch.randn(2, 11, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(layer(x), layer.mix(x, layer.gates(x)), rtol=1e-12, atol=1e-12)

@@ -112,20 +112,26 @@ def _t(p, q, effect=1.0, n=30, ci=(0.5, 1.5)):
     return stats.TestResult(p, q, effect, stats.Interval(*ci, 0.95), n, n)
 
 
-@pytest.mark.parametrize("t, p_adj, kind, kw, expected", [
-    (_t(1e-6, 1.0), 1e-4, "direction", {}, Verdict.REPLICATED),
-    (_t(1e-6, 1.0, effect=0.001), 1e-4, "direction", {"smallest_effect": 0.01}, Verdict.NEGLIGIBLE),
-    (_t(1.0, 1e-6, effect=-1), 1e-4, "direction", {}, Verdict.CONTRADICTED),
-    (_t(0.3, 0.7), 0.6, "direction", {}, Verdict.NOT_REPLICATED),
-    (_t(0.3, 0.7, n=3), 0.6, "direction", {}, Verdict.TOO_FEW_SEEDS),  # 2 * 2^-3 > 0.05 / 10
-    (_t(1e-6, 1.0), 1e-4, "magnitude", {}, Verdict.REPLICATED),
-    (_t(1.0, 1e-6, effect=2.0, ci=(1.9, 2.1)), 1e-4, "magnitude", {"null": 1.0, "interval": (1.5, 1.7)}, Verdict.DIFFERENT_SIZE),
-    (_t(1.0, 1e-6, effect=0.6, ci=(0.5, 0.7)), 1e-4, "magnitude", {"null": 1.0, "interval": (1.5, 1.7)}, Verdict.CONTRADICTED),
-    (_t(0.3, 0.7), 0.6, "magnitude", {}, Verdict.INCONCLUSIVE),
-    (_t(1.0, 1e-6), 1e-4, "equivalence", {}, Verdict.CONTRADICTED),
+@pytest.mark.parametrize("t, adj, kind, kw, expected", [
+    (_t(1e-6, 1.0), (1e-4, 1.0), "direction", {}, Verdict.REPLICATED),
+    (_t(1e-6, 1.0, effect=0.001), (1e-4, 1.0), "direction", {"smallest_effect": 0.01}, Verdict.NEGLIGIBLE),
+    (_t(1.0, 1e-6, effect=-0.001), (1.0, 1e-4), "direction", {"smallest_effect": 0.01}, Verdict.NEGLIGIBLE),
+    (_t(1.0, 1e-6, effect=-1), (1.0, 1e-4), "direction", {}, Verdict.CONTRADICTED),
+    (_t(0.3, 0.7), (0.6, 1.0), "direction", {}, Verdict.NOT_REPLICATED),
+    (_t(0.3, 0.7, n=3), (0.6, 1.0), "direction", {}, Verdict.TOO_FEW_SEEDS),  # 2^-3 > 0.05 / 20
+    (_t(1e-6, 1.0), (1e-4, 1.0), "magnitude", {}, Verdict.REPLICATED),
+    (_t(1.0, 1e-6, effect=2.0), (1.0, 1e-4), "magnitude", {}, Verdict.DIFFERENT_SIZE),
+    (_t(0.3, 0.7), (0.6, 1.0), "magnitude", {}, Verdict.INCONCLUSIVE),
+    (_t(1.0, 1e-6), (1.0, 1e-4), "equivalence", {}, Verdict.CONTRADICTED),
 ])
-def test_decide(t, p_adj, kind, kw, expected):
-    assert stats.decide(t, p_adj, kind, m=10, **kw) is expected
+def test_decide(t, adj, kind, kw, expected):
+    assert stats.decide(t, *adj, kind, m=10, **kw) is expected
+
+
+def test_intersection_union_takes_the_weakest_part():
+    a, b = _t(0.01, 0.5), _t(0.03, 0.2)
+    j = stats.intersection_union([a, b])
+    assert j.pvalue == 0.03 and j.pvalue_opposite == 0.4
 
 
 # --------------------------------------------------------------------------- the whole rule on planted frames
@@ -136,12 +142,12 @@ def planted(values: dict[str, np.ndarray]) -> Results:
     return Results({"main": pd.DataFrame(rows)})
 
 
-def planted_claims(n_sims: int, kind: str, paper=lambda i: f"sim{i}", **kw) -> list[Claim]:
+def planted_claims(n_sims: int, kind: str, paper=lambda i: f"sim{i}", prefix: str = "X", **kw) -> list[Claim]:
     """Claim i compares arm a{i} with arm b{i} (a log ratio), in family ``paper(i)``."""
     def observe(i):
         return lambda R, r: pair(R.per_seed(f"a{i}", "m"), R.per_seed(f"b{i}", "m"), "a", "b",
                                  "ratio" if kind == "magnitude" else "logratio")
-    return [Claim(f"X{i}", "planted", "", "", "", kind, "", {}, "", observe(i), paper=paper(i), steps=False, **kw)
+    return [Claim(f"{prefix}{i}", "planted", "", "", "", kind, "", {}, "", observe(i), paper=paper(i), steps=False, **kw)
             for i in range(n_sims)]
 
 
@@ -180,7 +186,8 @@ def test_exact_size_is_below_alpha_with_room_a_one_sided_bug_would_use():
 
 def test_direction_false_replication_rate_is_the_exact_size():
     """Two identical arms: REPLICATED exactly as often as the exact size (0.011 at 24 seeds).
-    Testing one side at alpha (0.032), or a normal approximation, would fail this."""
+    Testing one side at alpha (0.032), or a normal approximation without continuity correction,
+    would fail this."""
     assert _within(replication_rate(0.0, "direction", SIMS, seed=1), exact_size())
 
 
@@ -195,6 +202,22 @@ def test_magnitude_false_replication_rate_at_the_widened_boundary():
     seed noise small enough (sd 0.05) that the upper bound never binds: the exact size."""
     rate = replication_rate(math.log(1.45), "magnitude", SIMS, seed=3, sd=0.05, interval=(1.5, 1.7), tolerance=0.05)
     assert _within(rate, exact_size())
+
+
+def test_magnitude_opposite_side_is_calibrated_too():
+    """True ratio exactly on the upper widened bound 1.75: DIFFERENT SIZE at its exact size, the
+    opposite side being Bonferroni-doubled over the two bounds (at 20 seeds: 0.0059; without the
+    doubling it would be 0.021)."""
+    n = 20
+    k = next(k for k in range(n + 1) if scipy.stats.binom.sf(k - 1, n, 0.5) <= ALPHA / 4)
+    size = float(scipy.stats.binom.sf(k - 1, n, 0.5))
+    rng = np.random.default_rng(7)
+    vals = {}
+    for i in range(SIMS):
+        vals[f"a{i}"] = np.exp(math.log(1.75) + rng.normal(0, 0.05, n))
+        vals[f"b{i}"] = np.exp(rng.normal(0, 0.05, n))
+    v = evaluate(planted(vals), planted_claims(SIMS, "magnitude", interval=(1.5, 1.7), tolerance=0.05))
+    assert _within(float((v.verdict == "DIFFERENT SIZE").mean()), size)
 
 
 @pytest.mark.parametrize("true_ratio", [1.4, 2.0])
@@ -216,10 +239,16 @@ def _family(effects: list[float], sims: int, seed: int) -> pd.DataFrame:
 
 
 def test_family_wise_error_under_the_full_null_is_at_most_alpha():
-    m = len(CLAIMS)
-    v = _family([0.0] * m, 200, seed=5)
-    fwer = v.groupby("family").verdict.apply(lambda s: (s == "REPLICATED").any()).mean()
-    assert fwer <= ALPHA + 4 * math.sqrt(ALPHA * (1 - ALPHA) / 200)
+    """Every claim null: any REPLICATED or CONTRADICTED is an error. Holm's first step at
+    alpha/2m over m independent claims with 2 sides gives exactly 1 - (1 - 2s)^m (later steps
+    add almost nothing), s the one-sided size at alpha/2m; the simulation must match it."""
+    m, copies = len(CLAIMS), 400
+    k = next(k for k in range(N + 1) if scipy.stats.binom.sf(k - 1, N, 0.5) <= ALPHA / (2 * m))
+    exact = 1 - (1 - 2 * scipy.stats.binom.sf(k - 1, N, 0.5)) ** m
+    assert exact <= ALPHA
+    v = _family([0.0] * m, copies, seed=5)
+    fwer = v.groupby("family").verdict.apply(lambda s: s.isin(["REPLICATED", "CONTRADICTED"]).any()).mean()
+    assert abs(fwer - exact) <= 4 * math.sqrt(exact * (1 - exact) / copies)
 
 
 def test_power_for_the_papers_smallest_effect_under_the_real_holm_family():
@@ -235,9 +264,37 @@ def test_power_for_the_papers_smallest_effect_under_the_real_holm_family():
     assert abs(power - exact) <= 4 * math.sqrt(exact * (1 - exact) / sims)
 
 
-def test_reading_selection_never_changes_the_family():
-    """The family is declared by paper and primary/sensitivity, never by what is shown."""
-    from moegeo.claims import family
+def test_both_directions_share_one_family():
+    """Two claims, one unanimous for its side and one unanimous against (6 seeds: p = 2^-6 =
+    0.0156 each). Holm over the 4 one-sided p-values needs 0.0125 at its first step: neither is
+    significant. Correcting each direction in its own family (the old rule) would reject both."""
+    vals = {"a0": np.full(6, 2.0), "b0": np.ones(6), "a1": np.ones(6), "b1": np.full(6, 2.0)}
+    v = evaluate(planted(vals), planted_claims(2, "direction", paper=lambda i: "one"))
+    assert (v.p_adj.min(), v.p_opposite_adj.min()) == (pytest.approx(4 / 64), pytest.approx(4 / 64))
+    assert set(v.verdict) == {"TOO FEW SEEDS"}  # 2^-6 > 0.05 / 4: no sweep of 6 seeds could pass
 
-    c = CLAIMS[0]
-    assert family(c, True) == "dual_jacobian_pca/primary" and family(c, False) == "dual_jacobian_pca/sensitivity"
+
+def test_identical_hypotheses_enter_the_family_once():
+    """Two claims on the same observations (as dense and dense_matched at the input PCA site)."""
+    vals = {"a0": np.full(8, 2.0), "b0": np.ones(8)}
+    claims = [Claim(f"D{i}", "dup", "", "", "", "direction", "", {}, "",
+                    lambda R, r: pair(R.per_seed("a0", "m"), R.per_seed("b0", "m"), "a", "b", "logratio"),
+                    paper="dup", steps=False) for i in range(2)]
+    v = evaluate(planted(vals), claims)
+    assert set(v.m) == {1} and v.p_adj.tolist() == [pytest.approx(2 / 256)] * 2  # Holm over 2 p-values, not 4
+
+
+def test_negligible_and_condition_through_evaluate():
+    vals = {"a0": np.full(8, 1.001) * np.exp(np.linspace(0, 1e-4, 8)), "b0": np.ones(8)}
+    small = planted_claims(1, "direction", paper=lambda i: "small", smallest_effect=math.log(1.05))
+    premise = planted_claims(1, "direction", paper=lambda i: "premise", prefix="Y",
+                             condition=lambda R, r: (False, "the premise fails"))
+    v = evaluate(planted(vals), small + premise)
+    assert v.verdict.tolist() == ["NEGLIGIBLE", "CONDITION NOT MET"]
+    assert "the premise fails" in v.message.iloc[1]
+
+
+def test_a_paper_is_only_evaluated_whole():
+    """The family of a paper is all its registered claims, whatever a command line selects."""
+    with pytest.raises(ValueError, match="evaluated whole"):
+        evaluate(planted({"a0": np.ones(6), "b0": np.ones(6)}), CLAIMS[:3])

@@ -6,9 +6,14 @@ meaningful effect and every threshold with its source, and declares its reading 
 paper's sentence that makes it primary); every other combination, and every other checkpoint,
 is a **sensitivity reading**. Claims read only the tidy results frames.
 
+An axis option that is a tuple is a *joint* reading: the claim must hold under every one of
+its options at once (intersection-union test), used where the paper itself says "both" or where
+two of its sentences define the quantity differently.
+
 ``evaluate`` tests every reading and decides with ``moegeo.stats.decide`` under one Holm
 family per paper over its primary readings and one per paper over its sensitivity readings,
-declared here once (``family``): what is shown never changes what is corrected.
+declared here once (``family``; a paper registers all its claims with ``register`` and is only
+ever evaluated whole): what is shown never changes what is corrected.
 """
 from __future__ import annotations
 
@@ -112,7 +117,6 @@ class Claim:
     paper: str = "dual_jacobian_pca"
     interval: tuple[float, float] | None = None
     tolerance: float = 0.0
-    null: float | None = None
     smallest_effect: float = 0.0
     smallest_effect_source: str = "the threshold itself is the paper's"
     steps: bool = True
@@ -120,6 +124,7 @@ class Claim:
     condition: Callable[[Results, dict], tuple[bool, str]] | None = None
     note: str = ""
     hedged: bool = False  # the paper states it as an expectation (§4), not a result
+    diagnostic: bool = True  # False: settled by construction in this setting (see note)
 
     def readings(self, results: Results) -> list[dict]:
         """Primary reading first, then every other combination of axes and checkpoints."""
@@ -131,7 +136,13 @@ class Claim:
 
     @staticmethod
     def label(r: dict) -> str:
-        return ";".join(f"{k}={v}" for k, v in r.items())
+        return ";".join(f"{k}={'+'.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in r.items())
+
+    @staticmethod
+    def parts(r: dict) -> list[dict]:
+        """The single readings a (possibly joint) reading is made of."""
+        axes = {k: (v if isinstance(v, tuple) else (v,)) for k, v in r.items()}
+        return [dict(zip(axes, c)) for c in itertools.product(*axes.values())]
 
     @property
     def bounds(self) -> tuple[float, float] | None:
@@ -150,7 +161,7 @@ class Claim:
         if self.kind == "direction":
             s = "median > 0 (exact sign test)"
             if self.smallest_effect:
-                s += f"; a significant median below {self.smallest_effect:.4g} is NEGLIGIBLE ({self.smallest_effect_source})"
+                s += f"; a significant |median| below {self.smallest_effect:.4g} is NEGLIGIBLE ({self.smallest_effect_source})"
             return s
         lo, hi = self.bounds
         what = "the paper's interval" if self.kind == "equivalence" else (
@@ -164,6 +175,17 @@ def grid(**axes) -> dict:
 
 
 # --------------------------------------------------------------------------- the verdict
+#: paper -> the ids of all its claims; a paper's Holm family is always all of them
+REGISTRY: dict[str, tuple[str, ...]] = {}
+
+
+def register(claims) -> tuple:
+    """Declare a paper's claims (every claim of one paper): ``evaluate`` refuses a subset."""
+    for paper in {c.paper for c in claims}:
+        REGISTRY[paper] = tuple(c.id for c in claims if c.paper == paper)
+    return tuple(claims)
+
+
 def family(claim: Claim, primary: bool) -> str:
     """The Holm family a test belongs to: one per paper over its primary readings, one per
     paper over its sensitivity readings."""
@@ -177,26 +199,38 @@ def evaluate(results: Results, claims, alpha: float = stats.ALPHA) -> pd.DataFra
     the across-seed prediction interval, seeds in the claimed direction, raw and adjusted p,
     the family and its size, the verdict, and a message stating the rule in numbers.
     """
+    ids = [c.id for c in claims]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"claim ids must be unique, got duplicates {sorted({i for i in ids if ids.count(i) > 1})}")
+    for paper, ids in REGISTRY.items():
+        given = {c.id for c in claims if c.paper == paper}
+        if given and given != set(ids):
+            raise ValueError(f"paper {paper!r} must be evaluated whole (its Holm family is all its claims); "
+                             f"missing {sorted(set(ids) - given)}")
     rows = []
     for c in claims:
         for i, r in enumerate(c.readings(results)):
-            obs = c.observe(results, r)
-            x = obs.x.to_numpy(dtype=float)
-            t = c.test(x)
-            pi = stats.prediction_interval(x)
+            obs = [c.observe(results, part) for part in c.parts(r)]
+            xs = [o.x.to_numpy(dtype=float) for o in obs]
+            t = stats.intersection_union([c.test(x) for x in xs])
+            pi = stats.prediction_interval(xs[0])
             ok, cond_text = c.condition(results, r) if c.condition else (True, "")
-            key = hashlib.sha1(x.tobytes() + repr((c.kind, c.bounds)).encode()).hexdigest()
+            key = hashlib.sha1(b"".join(x.tobytes() for x in xs) + repr((c.kind, c.bounds)).encode()).hexdigest()
+            medians = "; ".join(f"{k} {np.median(v):.4g}" for o in obs for k, v in o.arms.items())
+            if len(obs) > 1:
+                medians += "; part effects " + ", ".join(f"{np.median(x):.4g}" for x in xs)
             rows.append(dict(
                 claim=c.id, paper=c.paper, title=c.title, reading=c.label(r), primary=i == 0, kind=c.kind,
                 family=family(c, i == 0), n=t.n, n_claimed=t.n_claimed, effect=t.effect, ci_low=t.ci.low,
                 ci_high=t.ci.high, ci_coverage=t.ci.coverage, pi_low=pi.low, pi_high=pi.high,
-                pi_coverage=pi.coverage, p=t.pvalue, p_opposite=t.pvalue_opposite, p_family=t.pvalue_family,
-                claimed_side=t.claimed_side, condition_met=ok, condition=cond_text, key=key,
-                medians="; ".join(f"{k} {np.median(v):.4g}" for k, v in obs.arms.items())))
+                pi_coverage=pi.coverage, p=t.pvalue, p_opposite=t.pvalue_opposite, condition_met=ok,
+                condition=cond_text, key=key, medians=medians))
     out = pd.DataFrame(rows)
-    out["p_adj"], out["m"] = np.nan, 0
+    out["p_adj"], out["p_opposite_adj"], out["m"] = np.nan, np.nan, 0
     for fam, g in out.groupby("family"):
-        out.loc[g.index, "p_adj"] = stats.holm_unique(g.p_family, g.key)
+        both = stats.holm_unique(np.concatenate([g.p, g.p_opposite]),
+                                 [(k, "claimed") for k in g.key] + [(k, "opposite") for k in g.key])
+        out.loc[g.index, "p_adj"], out.loc[g.index, "p_opposite_adj"] = both[: len(g)], both[len(g):]
         out.loc[g.index, "m"] = g.key.nunique()
     by_id = {c.id: c for c in claims}
     out["verdict"] = [_verdict(row, by_id[row.claim], alpha) for row in out.itertuples()]
@@ -209,7 +243,7 @@ def _verdict(row, c: Claim, alpha: float) -> str:
         return stats.Verdict.CONDITION_NOT_MET.value
     t = stats.TestResult(row.p, row.p_opposite, row.effect, stats.Interval(row.ci_low, row.ci_high, row.ci_coverage),
                          row.n, row.n_claimed)
-    return stats.decide(t, row.p_adj, c.kind, row.m, alpha, c.smallest_effect, c.null, c.interval).value
+    return stats.decide(t, row.p_adj, row.p_opposite_adj, c.kind, row.m, alpha, c.smallest_effect).value
 
 
 def paper_value_in_prediction_interval(row, c: Claim) -> bool | None:
@@ -225,16 +259,16 @@ def _message(row, c: Claim, alpha: float) -> str:
     text = (f"{c.id} {c.title} ({row.reading}): {row.verdict}. {c.statistic}: median {row.effect:.4g}, "
             f"exact {100 * row.ci_coverage:.1f}% CI [{row.ci_low:.4g}, {row.ci_high:.4g}]; "
             f"{row.n_claimed}/{row.n} seeds {'in the claimed direction' if c.kind == 'direction' else 'inside the interval'}; "
-            f"per-arm medians: {row.medians}. Rule: {c.rule()}; family p = 2 min(p, p_opposite) = {row.p_family:.3g} "
-            f"(p = {row.p:.3g}, p_opposite = {row.p_opposite:.3g}), Holm-adjusted {row.p_adj:.3g} over the {row.m} "
-            f"distinct tests of family {row.family} at alpha = {alpha:g}")
+            f"per-arm medians: {row.medians}. Rule: {c.rule()}; one-sided p = {row.p:.3g} (claimed), "
+            f"{row.p_opposite:.3g} (opposite), Holm-adjusted {row.p_adj:.3g} and {row.p_opposite_adj:.3g} over the "
+            f"2 x {row.m} one-sided tests of family {row.family} at alpha = {alpha:g}")
     inside = paper_value_in_prediction_interval(row, c)
     if inside is not None:
         text += (f"; our {100 * row.pi_coverage:.1f}% prediction interval for one seed [{row.pi_low:.4g}, {row.pi_high:.4g}] "
                  f"{'meets' if inside else 'excludes'} the paper's single-seed value")
     if row.verdict == stats.Verdict.TOO_FEW_SEEDS.value:
-        text += (f"; with {row.n} seeds the smallest possible family p is 2^(1-{row.n}) = {stats.min_family_p(row.n):.3g} "
-                 f"> alpha/m = {alpha / row.m:.3g}")
+        text += (f"; with {row.n} seeds the smallest possible p is 2^-{row.n} = {stats.min_p(row.n):.3g} "
+                 f"> alpha/2m = {alpha / (2 * row.m):.3g}")
     if row.verdict == stats.Verdict.CONDITION_NOT_MET.value:
         text += f"; premise not met: {row.condition}"
     elif row.condition:
