@@ -155,7 +155,9 @@ def _over_steps(verdicts: pd.DataFrame, claim_id: str) -> pd.DataFrame:
 def _git_revision() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+        # the report's own outputs (REPORT*.md, figures*/) are being rewritten by this very run
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!REPORT*.md",
+                                ":!figures*"], capture_output=True, text=True).stdout.strip()
         return rev + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -236,15 +238,16 @@ def render(verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dic
         "",
         "## Verdict by claim (primary reading)",
         "",
-        "| claim | the paper says | primary reading | statistic: median [exact CI] | seeds in claimed direction | rule | Holm p | verdict |",
+        "| claim | the paper says | primary reading | statistic: median [exact CI] | seeds in claimed direction | rule | Holm p (the significant or smaller side) | verdict |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in prim.itertuples():
         c = by_id[row.claim]
         flag = (" (§4 expectation)" if c.hedged else "") + ("" if c.diagnostic else " (non-diagnostic)")
+        parts = f" (binding part of a joint reading; {row.medians.split('effect by part: ')[1]})" if "effect by part" in row.medians else ""
         lines.append(f"| {c.id} {c.title}{flag} | \"{c.quote}\" ({c.source}) | `{row.reading or '-'}` | {c.statistic}: "
-                     f"{_fmt(row.effect)} [{_fmt(row.ci_low)}, {_fmt(row.ci_high)}] | {row.n_claimed}/{row.n} | "
-                     f"{c.rule()} | {_fmt(row.p_adj)} | **{row.verdict}** |")
+                     f"{_fmt(row.effect)} [{_fmt(row.ci_low)}, {_fmt(row.ci_high)}]{parts} | {row.n_claimed}/{row.n} | "
+                     f"{c.rule()} | {_fmt(min(row.p_adj, row.p_opposite_adj))} | **{row.verdict}** |")
     lines += ["", "## Plain-language summary", ""]
     for row in prim.itertuples():
         c = by_id[row.claim]
@@ -258,7 +261,8 @@ def render(verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dic
         if row.condition:
             extra += f" Premise: {row.condition}."
         lines.append(f"- **{c.id} {c.title}: {row.verdict}.** {c.statistic} has median {_fmt(row.effect)} "
-                     f"[{_fmt(row.ci_low)}, {_fmt(row.ci_high)}], {row.n_claimed}/{row.n} seeds in the claimed direction."
+                     f"[{_fmt(row.ci_low)}, {_fmt(row.ci_high)}], {row.n_claimed}/{row.n} seeds "
+                     f"{'in the claimed direction' if c.kind == 'direction' else 'inside the interval'}."
                      f"{extra} Sensitivity: {agree} of {len(sens)} other readings give the same verdict.")
     lines += ["", "## Primary readings and why", ""]
     for c in CLAIMS:
@@ -279,7 +283,7 @@ def render(verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dic
               "|---|---|---|---|---|---|---|"]
     for row in verdicts[~verdicts.primary].itertuples():
         lines.append(f"| {row.claim} | {row.reading} | {row.medians} | {_fmt(row.effect)} [{_fmt(row.ci_low)}, "
-                     f"{_fmt(row.ci_high)}] | {row.n_claimed}/{row.n} | {_fmt(row.p_adj)} | {row.verdict} |")
+                     f"{_fmt(row.ci_high)}] | {row.n_claimed}/{row.n} | {_fmt(min(row.p_adj, row.p_opposite_adj))} | {row.verdict} |")
     lines += ["", "## Claims, quotes and thresholds", "",
               "Each threshold, tolerance, smallest meaningful effect and primary reading is declared in "
               "`moegeo/claims/dual_jacobian_pca.py` with its source. Honest history: they were declared after an "

@@ -152,12 +152,13 @@ def equivalence_test(x, low: float, high: float) -> TestResult:
 def intersection_union(tests: list[TestResult]) -> TestResult:
     """All parts must hold (Berger's intersection-union test): claimed p = the largest part p;
     opposite p = the smallest part's, times the number of parts (any part contradicted).
-    Effect, CI and n are the first part's; ``n_claimed`` the smallest over parts."""
+    Effect, CI and counts are those of the binding part: the one with the weakest evidence for
+    the claim (largest claimed-side p, then smallest opposite p)."""
     if len(tests) == 1:
         return tests[0]
-    first = tests[0]
+    b = max(tests, key=lambda t: (t.pvalue, -t.pvalue_opposite))
     return TestResult(max(t.pvalue for t in tests), min(1.0, len(tests) * min(t.pvalue_opposite for t in tests)),
-                      first.effect, first.ci, first.n, min(t.n_claimed for t in tests))
+                      b.effect, b.ci, b.n, b.n_claimed)
 
 
 def holm(pvalues) -> np.ndarray:

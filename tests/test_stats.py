@@ -129,9 +129,9 @@ def test_decide(t, adj, kind, kw, expected):
 
 
 def test_intersection_union_takes_the_weakest_part():
-    a, b = _t(0.01, 0.5), _t(0.03, 0.2)
+    a, b = _t(0.01, 0.5), _t(0.03, 0.2, effect=-2.0)
     j = stats.intersection_union([a, b])
-    assert j.pvalue == 0.03 and j.pvalue_opposite == 0.4
+    assert j.pvalue == 0.03 and j.pvalue_opposite == 0.4 and j.effect == -2.0  # b binds
 
 
 # --------------------------------------------------------------------------- the whole rule on planted frames

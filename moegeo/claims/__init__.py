@@ -217,8 +217,9 @@ def evaluate(results: Results, claims, alpha: float = stats.ALPHA) -> pd.DataFra
             ok, cond_text = c.condition(results, r) if c.condition else (True, "")
             key = hashlib.sha1(b"".join(x.tobytes() for x in xs) + repr((c.kind, c.bounds)).encode()).hexdigest()
             medians = "; ".join(f"{k} {np.median(v):.4g}" for o in obs for k, v in o.arms.items())
-            if len(obs) > 1:
-                medians += "; part effects " + ", ".join(f"{np.median(x):.4g}" for x in xs)
+            if len(obs) > 1:  # a joint reading: each part's median effect, by its reading
+                medians += "; effect by part: " + ", ".join(f"{c.label(part)} {np.median(x):.4g}"
+                                                            for part, x in zip(c.parts(r), xs))
             rows.append(dict(
                 claim=c.id, paper=c.paper, title=c.title, reading=c.label(r), primary=i == 0, kind=c.kind,
                 family=family(c, i == 0), n=t.n, n_claimed=t.n_claimed, effect=t.effect, ci_low=t.ci.low,
