@@ -1,6 +1,6 @@
 """Training steps, the probe stage and the whole claims sweep against its floating-point floor.
 
-The floor of the default 20-seed sweep is its FLOP count divided by the sgemm rate measured in
+The floor of the main-arms sweep of `pytest claims/` is its FLOP count divided by the sgemm rate measured in
 the same run. The sweep is timed at 20 steps and extrapolated linearly in steps (the per-step
 cost is constant), plus the probe stage, which runs once per arm.
 """
@@ -11,9 +11,10 @@ import torch
 
 from moegeo import ExperimentConfig, experiment
 from moegeo.config import Arm
+from moegeo.claims.dual_jacobian_pca import SEEDS
 from moegeo.model import make_data
 
-CFG = ExperimentConfig(seeds=tuple(range(20)))  # the claims configuration
+CFG = ExperimentConfig(seeds=tuple(range(SEEDS)))  # the claims' main configuration
 SGEMM_N = 2048
 
 
@@ -61,14 +62,14 @@ def test_train_step_20_seeds(benchmark, arm, data):
         opt.step()
         return loss
 
-    benchmark.group = "one training step, 20 seeds"
+    benchmark.group = "one training step, main arms"
     loss = benchmark.pedantic(step, rounds=10, warmup_rounds=2)
     assert torch.isfinite(loss)
     benchmark.extra_info.update(method=arm.value, flops=train_flops(arm, CFG))
 
 
 def test_claims_sweep(benchmark):
-    """The default claims sweep (20 seeds, every arm, probes included) at 20 steps."""
+    """The main-arms sweep of `pytest claims/` (every main arm, probes included) at 20 steps."""
     cfg = dataclasses.replace(CFG, steps=20, record_every=10)
     benchmark.group = "claims sweep"
     df = benchmark.pedantic(experiment._compute, (cfg, False), rounds=1, warmup_rounds=0)

@@ -17,16 +17,13 @@ import pytest
 from moegeo import ExperimentConfig, run
 from moegeo.cache import cache_dir
 from moegeo.claims import Results, evaluate
-from moegeo.claims.dual_jacobian_pca import CLAIMS, FAILURE_STEP, HOT_TEMPERATURE
+from moegeo.claims.dual_jacobian_pca import CLAIMS, FAILURE_STEP, HOT_TEMPERATURE, SEEDS
 from moegeo.config import Arm
 
 VERDICTS = pytest.StashKey()
 STATE = pytest.StashKey()
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-#: the default seed count: the smallest that gives power >= 0.8 for the paper's smallest effect
-#: under the worst case of the primary Holm family (stats.power; tests/test_stats.py::test_power_*).
-SEEDS = 24
 QUICK_SEEDS = 3
 
 

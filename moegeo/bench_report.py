@@ -107,7 +107,7 @@ def targets(df: pd.DataFrame) -> list[str]:
     if len(sw) and len(gemm):
         rate = float(gemm.flops.iloc[0]) / float(gemm["median"].iloc[0])
         r = sw.iloc[0]
-        steps = df[df.group == "one training step, 20 seeds"]
+        steps = df[df.group == "one training step, main arms"]
         step_time = float(steps["median"].sum())
         other = float(r["median"]) - r.steps_timed * step_time  # final probes + trajectory records
         records = lambda steps, every: steps // every + 1  # noqa: E731
@@ -116,7 +116,8 @@ def targets(df: pd.DataFrame) -> list[str]:
         every = r.get("record_every_default", ExperimentConfig().record_every)
         high = r.steps_default * step_time + other * records(r.steps_default, every) / records(r.steps_timed, every_timed)
         floor = (r.steps_default * r.train_flops_per_step + r.probe_flops) / rate
-        rows.append(f"| default claims sweep within 3x of its FLOP floor: {low:.0f}-{high:.0f} s, extrapolated from a "
+        rows.append(f"| the main-arms sweep of `pytest claims/` within 3x of its FLOP floor: {low:.0f}-{high:.0f} s, "
+                    f"extrapolated from a "
                     f"{r.steps_timed:.0f}-step sweep ({r.steps_default:.0f} steps x {step_time:.3f} s of training; the "
                     f"other {other:.0f} s counted once, or scaled with the trajectory records) vs floor {floor:.0f} s at "
                     f"the measured sgemm rate {rate / 1e9:.0f} GFLOP/s | {low / floor:.2f}-{high / floor:.2f}x of floor | "

@@ -98,10 +98,11 @@ class Claim:
 
     ``kind``: "direction" (median x > 0), "equivalence" (median x inside ``interval``) or
     "magnitude" (median x inside the paper's ``interval`` widened by ``tolerance`` on each side,
-    declared from the paper's wording before running). ``axes``: reading axis -> options, the
+    declared in the claim from the paper's wording). ``axes``: reading axis -> options, the
     first one primary (``primary_because`` quotes why). ``steps``: whether the checkpoints are a
     reading axis (else the claim reads the step it names). ``condition``: the claim's premise,
-    checked on the primary reading's data; when it fails the verdict is CONDITION NOT MET.
+    checked for each reading; where it fails the verdict is CONDITION NOT MET (this only
+    withholds verdicts, so it cannot raise the rate of false replications).
     """
 
     id: str

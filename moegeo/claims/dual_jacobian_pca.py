@@ -45,6 +45,10 @@ from .. import stats
 from . import Claim, Observation, Results, grid, pair, register, single
 
 PAPER = "dual_jacobian_pca"
+#: the default seed count of `pytest claims/`: the smallest that gives power >= 0.8 for the
+#: paper's smallest effect under the worst case of this paper's primary Holm family
+#: (moegeo.stats.power; tests/test_stats.py::test_power_*).
+SEEDS = 24
 #: Fig. 1A: MoE norms "plateau after approximately 250 iterations".
 PLATEAU_STEP = 250
 #: the step at which the §4 failure-mode arms (trained this long) meet the main arms' checkpoint.
