@@ -110,15 +110,6 @@ def perplexity(loss: torch.Tensor) -> torch.Tensor:
     return torch.exp(loss)
 
 
-def flops_per_token(size: LMSize, arm: Arm, top_k: int = 2) -> float:
-    """Matrix-product FLOPs of one training token (forward x 3 for forward + backward): the
-    floor against which a training step is compared."""
-    d, T, L = size.d_model, size.context, size.n_layers
-    experts = {Arm.DENSE: 1, Arm.DENSE_MATCHED: size.n_experts, Arm.TOPK: top_k, Arm.SOFT: size.n_experts}[arm]
-    per_layer = 2 * 3 * d * d + 2 * d * d + 2 * 2 * T * d + 2 * 2 * d * size.d_hidden * experts
-    return 3 * (L * per_layer + 2 * d * size.vocab_size)
-
-
 def train(model: TransformerLM, train_ids: torch.Tensor, steps: int, batch_size: int = 16, lr: float = 3e-3,
           progress: bool | None = None) -> list[float]:
     """Adam on the next-token loss for every seed at once; each seed draws its own batches
