@@ -40,15 +40,14 @@ class Results:
     def __init__(self, frames: dict[str, pd.DataFrame]):
         self.frames = frames
         self._means = {name: df.groupby(self.KEYS, sort=True)["value"].mean() for name, df in frames.items()}
+        self._checkpoints = {name: sorted(set(df.step[df.metric == "sigma1"]), reverse=True) for name, df in frames.items()}
 
     def final_step(self, frame: str = "main") -> int:
         return int(self.frames[frame].steps.iloc[0])
 
     def checkpoints(self, frame: str = "main") -> list[int]:
         """Steps with full probes (``sigma1`` rows), final first."""
-        df = self.frames[frame]
-        steps = sorted(set(df.step[df.metric == "sigma1"]), reverse=True)
-        return steps
+        return self._checkpoints[frame]
 
     def per_seed(self, arm: str, metric: str, reading: str = "", step: int | None = None, index: int = -1,
                  layer: int = 0, frame: str = "main") -> pd.Series:
@@ -200,14 +199,14 @@ def evaluate(results: Results, claims, alpha: float = stats.ALPHA) -> pd.DataFra
     the across-seed prediction interval, seeds in the claimed direction, raw and adjusted p,
     the family and its size, the verdict, and a message stating the rule in numbers.
     """
-    ids = [c.id for c in claims]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"claim ids must be unique, got duplicates {sorted({i for i in ids if ids.count(i) > 1})}")
-    for paper, ids in REGISTRY.items():
+    names = [c.id for c in claims]
+    if len(set(names)) != len(names):
+        raise ValueError(f"claim ids must be unique, got duplicates {sorted({i for i in names if names.count(i) > 1})}")
+    for paper, registered in REGISTRY.items():
         given = {c.id for c in claims if c.paper == paper}
-        if given and given != set(ids):
+        if given and given != set(registered):
             raise ValueError(f"paper {paper!r} must be evaluated whole (its Holm family is all its claims); "
-                             f"missing {sorted(set(ids) - given)}")
+                             f"missing {sorted(set(registered) - given)}")
     rows = []
     for c in claims:
         for i, r in enumerate(c.readings(results)):
