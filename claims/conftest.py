@@ -17,14 +17,16 @@ import pytest
 from moegeo import ExperimentConfig, run
 from moegeo.cache import cache_dir
 from moegeo.claims import Results, evaluate
-from moegeo.claims.dual_jacobian_pca import CLAIMS, FAILURE_STEP, HOT_TEMPERATURE, SEEDS
-from moegeo.config import Arm
+from moegeo.claims.dual_jacobian_pca import CLAIMS, FAILURE_STEP, HOT_TEMPERATURE, LM_SEEDS, SEEDS
+from moegeo.config import Arm, LMConfig
 
 VERDICTS = pytest.StashKey()
 STATE = pytest.StashKey()
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 QUICK_SEEDS = 3
+#: --quick's LM run: long enough to record twice and probe, not to learn much
+QUICK_LM_STEPS = 30
 
 
 def pytest_addoption(parser):
@@ -32,8 +34,14 @@ def pytest_addoption(parser):
     g.addoption("--seeds", type=int, default=SEEDS, help=f"number of seeds (default {SEEDS})")
     g.addoption("--seed-offset", type=int, default=0, help="first seed (default 0)")
     g.addoption("--steps", type=int, default=None, help=f"training steps (default {ExperimentConfig().steps})")
+    g.addoption("--lm-seeds", type=int, default=LM_SEEDS, help=f"number of language-model seeds (default {LM_SEEDS})")
+    g.addoption("--lm-steps", type=int, default=None, help=f"language-model training steps (default {LMConfig().steps})")
+    g.addoption("--lm-data", default=None,
+                help="a directory with the full WikiText-2 (wiki.{train,valid,test}.tokens): train the LM on its train "
+                     "split (default: the shipped copy, training on valid)")
     g.addoption("--quick", action="store_true",
-                help=f"smoke run: {QUICK_SEEDS} seeds, {FAILURE_STEP} steps, report to REPORT-quick.md (verdicts: too few seeds)")
+                help=f"smoke run: {QUICK_SEEDS} seeds, {FAILURE_STEP} MLP steps and {QUICK_LM_STEPS} LM steps, report "
+                     "to REPORT-quick.md (verdicts: too few seeds)")
     g.addoption("--all-readings", action="store_true", help="also one test per sensitivity reading")
     g.addoption("--reading", action="append", default=[],
                 help="only show tests whose reading contains this text, e.g. pca_site=hidden (repeatable; "
@@ -41,9 +49,10 @@ def pytest_addoption(parser):
     g.addoption("--report", default=None, help="report path (default REPORT.md, REPORT-quick.md with --quick)")
 
 
-def configs(config) -> dict[str, ExperimentConfig]:
-    """The runs of the claims: the main arms, soft routing at T=10 (§4 failure mode 1) and the
-    coupled and deep Top-k arms (§4 failure modes 2 and 4), all on the same seeds."""
+def configs(config) -> dict:
+    """The runs of the claims: the MLP setting's main arms, soft routing at T=10 (§4 failure
+    mode 1) and the coupled and deep Top-k arms (§4 failure modes 2 and 4), all on the same
+    seeds; and the language model's arms (the later version)."""
     quick = config.getoption("--quick")
     n = QUICK_SEEDS if quick else config.getoption("--seeds")
     steps = config.getoption("--steps") or (FAILURE_STEP if quick else ExperimentConfig().steps)
@@ -52,9 +61,14 @@ def configs(config) -> dict[str, ExperimentConfig]:
     offset = config.getoption("--seed-offset")
     main = ExperimentConfig(steps=steps, seeds=tuple(range(offset, offset + n)))
     side = dataclasses.replace(main, steps=FAILURE_STEP, record_every=FAILURE_STEP, probe_steps=())
+    n_lm = QUICK_SEEDS if quick else config.getoption("--lm-seeds")
+    lm_steps = config.getoption("--lm-steps") or (QUICK_LM_STEPS if quick else LMConfig().steps)
+    lm = LMConfig(steps=lm_steps, record_every=min(LMConfig().record_every, max(1, lm_steps // 2)),
+                  seeds=tuple(range(offset, offset + n_lm)), data=config.getoption("--lm-data"))
     return {"main": main,
             "hot": dataclasses.replace(side, temperature=HOT_TEMPERATURE, arms=(Arm.SOFT,)),
-            "failure": dataclasses.replace(side, arms=(Arm.TOPK_COUPLED, Arm.TOPK_DEEP))}
+            "failure": dataclasses.replace(side, arms=(Arm.TOPK_COUPLED, Arm.TOPK_DEEP)),
+            "lm": lm}
 
 
 def collects_claims(config) -> bool:
@@ -75,8 +89,9 @@ def pytest_configure(config):
     timings = {}
     with capture.global_and_fixture_disabled():  # let the progress bars through on a terminal
         if not hasattr(config, "workerinput"):
-            print(f"moegeo: {len(cfgs['main'].seeds)} seeds x {cfgs['main'].steps} steps; finished runs are "
-                  f"reused from {cache_dir()}", flush=True)
+            print(f"moegeo: MLP {len(cfgs['main'].seeds)} seeds x {cfgs['main'].steps} steps, LM "
+                  f"{len(cfgs['lm'].seeds)} seeds x {cfgs['lm'].steps} steps; finished runs are reused from {cache_dir()}",
+                  flush=True)
         frames = {}
         for name, cfg in cfgs.items():  # xdist workers find these in the cache
             t = time.perf_counter()

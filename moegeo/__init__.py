@@ -2,9 +2,9 @@
 published claims about it (Dual Jacobian-PCA; Liu, 2025)."""
 __version__ = "0.1.0"
 
-from .config import Arm, DenseWidth, ExperimentConfig, JacobianSite, Norm, PCASite  # noqa: E402
+from .config import Arm, DenseWidth, ExperimentConfig, JacobianSite, LMConfig, Norm, PCASite  # noqa: E402
 from .experiment import run, summary_table  # noqa: E402
 from .model import MLPMoE, expert_params, make_data, route  # noqa: E402
 
-__all__ = ["Arm", "DenseWidth", "ExperimentConfig", "JacobianSite", "MLPMoE", "Norm", "PCASite",
+__all__ = ["Arm", "DenseWidth", "ExperimentConfig", "JacobianSite", "LMConfig", "MLPMoE", "Norm", "PCASite",
            "expert_params", "make_data", "route", "run", "summary_table"]

@@ -122,6 +122,14 @@ def targets(df: pd.DataFrame) -> list[str]:
                     f"other {other:.0f} s counted once, or scaled with the trajectory records) vs floor {floor:.0f} s at "
                     f"the measured sgemm rate {rate / 1e9:.0f} GFLOP/s | {low / floor:.2f}-{high / floor:.2f}x of floor | "
                     f"{'yes' if high / floor <= 3 else 'no' if low / floor > 3 else 'undecided'} |")
+    steps_lm = df[df.group.str.startswith("one LM training step")]
+    if len(steps_lm) and len(gemm):
+        rate = float(gemm.flops.iloc[0]) / float(gemm["median"].iloc[0])
+        for r in steps_lm.itertuples():
+            floor = r.flops / rate
+            rows.append(f"| one LM training step, arm {r.method} ({r.group.split(', ')[-1]}): {r.median * 1e3:.0f} ms vs its "
+                        f"FLOP floor {floor * 1e3:.0f} ms at {rate / 1e9:.0f} GFLOP/s (no goal set; shown to locate overhead) "
+                        f"| {r.median / floor:.1f}x of floor | — |")
     return rows
 
 

@@ -1,9 +1,12 @@
-"""config -> data -> model -> train -> probes -> one tidy results frame.
+"""config -> data -> model -> train -> probes -> one tidy results frame, for either setting.
 
-The frame (columns ``seed, arm, expert, reading, metric, step, index, value`` plus the full
-config) is the single interface the claims and the report read. ``expert = -1`` marks a
-whole-model quantity (the loss), ``index`` the position in a curve (1-based) or the partner
-expert of a cosine, ``-1`` for scalars.
+The frame (columns ``setting, seed, arm, layer, expert, reading, metric, step, index, value``
+plus the full config) is the single interface the claims and the report read. ``setting`` is
+``mlp`` (the controlled MLP-MoE, ``ExperimentConfig``) or ``lm`` (the Transformer language
+model, ``LMConfig``); ``layer`` is the MoE layer (0 for the MLP setting's single layer; -1 for a
+whole-model quantity such as the loss or the perplexity); ``expert = -1`` marks a quantity not
+of one expert; ``index`` the position in a curve (1-based) or the partner expert of a cosine,
+``-1`` for scalars. Both settings run the same probe functions on each MoE layer's input.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from tqdm.auto import tqdm
 
 from . import probes
 from .cache import cached
-from .config import Arm, ExperimentConfig, JacobianSite, Norm, PCASite
+from .config import Arm, ExperimentConfig, JacobianSite, LMConfig, Norm, PCASite, RunConfig
 from .model import MoENet, build_arm, make_data
 
 #: PCA thresholds of the paper: k@0.9 and cum-var@10 (A.4, B.5).
@@ -25,7 +28,7 @@ PCA_TAU, PCA_K = 0.9, 10
 #: Jacobian decay summaries: energy reached by 10 directions, sigma_10 / sigma_1, k at 90% energy.
 ENERGY_K, ENERGY_TAU = 10, 0.9
 
-COLUMNS = ["seed", "arm", "layer", "expert", "reading", "metric", "step", "index", "value"]
+COLUMNS = ["setting", "seed", "arm", "layer", "expert", "reading", "metric", "step", "index", "value"]
 
 
 def reading(**choices) -> str:
@@ -46,9 +49,9 @@ def _quiet(progress: bool | None) -> bool | None:
 class Rows(list):
     """The tidy rows of one (seed, arm, layer, step): ``add`` one metric for every listed expert."""
 
-    def __init__(self, seed: int, arm: Arm, layer: int, step: int):
+    def __init__(self, seed: int, arm: Arm | str, layer: int, step: int):
         super().__init__()
-        self.key = dict(seed=seed, arm=arm.value, layer=layer, step=step)
+        self.key = dict(seed=seed, arm=getattr(arm, "value", arm), layer=layer, step=step)
 
     def add(self, metric: str, reading_: str, values, experts=(-1,), index=None) -> None:
         """``values``: one scalar or curve per expert in ``experts`` (a curve's ``index`` is 1-based
@@ -111,6 +114,14 @@ def _trajectory_rows(arm, cfg, model, x, step):
     return per_seed(lambda p, h, seed, layer: _trajectory_layer(arm, cfg, p, h, seed, layer, step), jobs)
 
 
+def _spectral(J: torch.Tensor) -> torch.Tensor:
+    """sigma_1 of a batch of square Jacobians (Gram eigenvalues: exact up to rounding here)."""
+    return probes.singular_values(J, "gram")[..., 0]
+
+
+NORMS = ((Norm.SPECTRAL, _spectral), (Norm.FROBENIUS, torch.linalg.matrix_norm))
+
+
 def _trajectory_layer(arm, cfg, p, h, seed, layer, step):
     """The trajectory rows of one seed's layer ``p`` at its input ``h: (N, d)``."""
     r = Rows(seed, arm, layer, step)
@@ -119,14 +130,12 @@ def _trajectory_layer(arm, cfg, p, h, seed, layer, step):
     live, live_sub = probes.expert_mass(g) > 0, probes.expert_mass(g_sub) > 0
     jbar = probes.mean_jacobian(p.W1[live], p.b1[live], p.W2[live], h, g[:, live])
     J = probes.expert_jacobians(p.W1[live_sub], p.b1[live_sub], p.W2[live_sub], sub)
-    experts = {True: torch.nonzero(live).flatten().tolist(), False: torch.nonzero(live_sub).flatten().tolist()}
-    for norm, fn in ((Norm.SPECTRAL, _spectral), (Norm.FROBENIUS, torch.linalg.matrix_norm)):
-        r.add("jacobian_norm", reading(jacobian=JacobianSite.MEAN, norm=norm), fn(jbar), experts[True])
+    Jm = probes.moe_jacobian(p.W1, p.b1, p.W2, p.b2, sub, g_sub, p.Wr, p.temperature) if p.Wr is not None else None
+    for norm, fn in NORMS:
+        r.add("jacobian_norm", reading(jacobian=JacobianSite.MEAN, norm=norm), fn(jbar), _indices(live))
         r.add("jacobian_norm", reading(jacobian=JacobianSite.POINTWISE, norm=norm),
-              probes.weighted_mean(fn(J), g_sub[:, live_sub]), experts[False])
-    if p.Wr is not None:
-        Jm = probes.moe_jacobian(p.W1, p.b1, p.W2, p.b2, sub, g_sub, p.Wr, p.temperature)
-        for norm, fn in ((Norm.SPECTRAL, _spectral), (Norm.FROBENIUS, torch.linalg.matrix_norm)):
+              probes.weighted_mean(fn(J), g_sub[:, live_sub]), _indices(live_sub))
+        if Jm is not None:
             r.add("jacobian_norm", reading(jacobian="effective", norm=norm), fn(Jm).mean())
     if int(live.sum()) > 1:
         c = probes.cosine_matrix(jbar)
@@ -134,9 +143,8 @@ def _trajectory_layer(arm, cfg, p, h, seed, layer, step):
     return r
 
 
-def _spectral(J: torch.Tensor) -> torch.Tensor:
-    """sigma_1 of a batch of square Jacobians (Gram eigenvalues: exact up to rounding here)."""
-    return probes.singular_values(J, "gram")[..., 0]
+def _indices(mask: torch.Tensor) -> list[int]:
+    return torch.nonzero(mask).flatten().tolist()
 
 
 def _offdiag(n: int) -> torch.Tensor:
@@ -244,13 +252,27 @@ def probe_rows(p, x: torch.Tensor, seed: int, arm: Arm, step: int, layer: int = 
 
 
 # --------------------------------------------------------------------------- the whole run
-def run(cfg: ExperimentConfig = ExperimentConfig(), cache: bool = True, progress: bool | None = None) -> pd.DataFrame:
-    """Train every arm of ``cfg`` for every seed and probe it: the tidy results frame.
+def run(cfg: RunConfig = ExperimentConfig(), cache: bool = True, progress: bool | None = None) -> pd.DataFrame:
+    """Train every arm of ``cfg`` for every seed and probe it: the tidy results frame of its
+    setting (``ExperimentConfig``: the MLP-MoE; ``LMConfig``: the language model).
 
     Results are cached on disk under the config's hash (see ``moegeo.cache``); ``cache=False``
     recomputes. ``progress``: None shows bars only on a terminal, False never.
     """
-    return cached(cfg, lambda: _compute(cfg, progress)) if cache else _compute(cfg, progress)
+    if not isinstance(cfg, (ExperimentConfig, LMConfig)):
+        raise TypeError(f"cfg must be an ExperimentConfig or an LMConfig, got {type(cfg).__name__}")
+    compute = {"mlp": _compute, "lm": _compute_lm}[cfg.setting]
+    return cached(cfg, lambda: compute(cfg, progress)) if cache else compute(cfg, progress)
+
+
+def _frame(rows: list[dict], cfg: RunConfig) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df["setting"] = cfg.setting
+    for k, v in cfg.to_dict().items():
+        if k not in ("seeds", "arms", "probe_steps"):
+            df[k] = v
+    df["config_key"] = cfg.key()
+    return df
 
 
 def _compute(cfg: ExperimentConfig, progress) -> pd.DataFrame:
@@ -261,12 +283,54 @@ def _compute(cfg: ExperimentConfig, progress) -> pd.DataFrame:
     rows = []
     for arm in tqdm(cfg.arms, desc="arms", disable=_quiet(progress)):
         rows += train_arm(arm, cfg, x, y, progress)[1]
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    for k, v in cfg.to_dict().items():
-        if k not in ("seeds", "arms", "probe_steps"):
-            df[k] = v
-    df["config_key"] = cfg.key()
-    return df
+    return _frame(rows, cfg)
+
+
+# --------------------------------------------------------------------------- the language model
+def _compute_lm(cfg: LMConfig, progress) -> pd.DataFrame:
+    """Train every LM arm on WikiText-2 for all seeds at once, recording the training loss, the
+    held-out perplexity and every FFN layer's trajectory probes every ``record_every`` steps, and
+    every probe of every FFN layer at the final step. The probes read each layer's FFN input
+    (post-LayerNorm) on the first ``probe_tokens`` held-out tokens (whole windows); the unigram
+    model of the training split is the row ``arm="unigram"``."""
+    from . import lm
+    from .wikitext import heldout_windows, load_wikitext, unigram_perplexity
+
+    _keep_freed_memory()
+    torch.manual_seed(0)
+    corpus = load_wikitext(cfg.data, cfg.vocab_size)
+    windows, targets = heldout_windows(corpus.heldout, cfg.context)
+    if len(windows) < max(cfg.eval_windows, cfg.probe_tokens // cfg.context):
+        raise ValueError(f"the held-out split has {len(windows)} windows of {cfg.context} tokens; eval_windows = "
+                         f"{cfg.eval_windows} and probe_tokens = {cfg.probe_tokens} need more")
+    probe_idx = windows[: cfg.probe_tokens // cfg.context]
+    unigram = unigram_perplexity(corpus.train, targets[: cfg.eval_windows].flatten(), cfg.vocab_size)
+    rows = []
+    for seed in cfg.seeds:
+        r = Rows(seed, "unigram", -1, cfg.steps)
+        r.add("perplexity", "", unigram)
+        rows += r
+    record_at = set(range(0, cfg.steps + 1, cfg.record_every)) | {cfg.steps}
+    for arm in tqdm(cfg.arms, desc="lm arms", disable=_quiet(progress)):
+        def record(step, model, loss):
+            with torch.no_grad():
+                ppl = lm.perplexity(lm.heldout_loss(model, corpus.heldout, cfg.eval_windows))
+                _, inputs = model.trace(probe_idx.expand(model.n_seeds, -1, -1))
+            for i, seed in enumerate(cfg.seeds):
+                r = Rows(seed, arm, -1, step)
+                r.add("loss", "", loss[i])
+                r.add("perplexity", "", ppl[i])
+                rows.extend(r)
+            jobs = [(model.params(i, layer, torch.float32), h[i], seed, layer)
+                    for layer, h in enumerate(inputs) for i, seed in enumerate(cfg.seeds)]
+            rows.extend(per_seed(lambda p, h, seed, layer: _trajectory_layer(arm, cfg, p, h, seed, layer, step), jobs))
+            if step in cfg.checkpoints():
+                jobs = [(model.params(i, layer), h[i].double(), seed, arm, step, layer)
+                        for layer, h in enumerate(inputs) for i, seed in enumerate(cfg.seeds)]
+                rows.extend(per_seed(probe_rows, jobs))
+
+        lm.train(lm.TransformerLM(arm, cfg), corpus.train, cfg.steps, cfg.batch_size, cfg.lr, progress, record, record_at)
+    return _frame(rows, cfg)
 
 
 def _keep_freed_memory() -> None:
@@ -286,9 +350,16 @@ def _keep_freed_memory() -> None:
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Final-step scalar probes averaged over experts and seeds: rows (metric, reading), columns arms."""
+    """Final-step scalar probes averaged over experts and seeds: rows (metric, reading), and the
+    MoE layer first when there are several (the language model), columns arms."""
     final = df[(df["index"] == -1) & (df["step"] == df["steps"]) & (df["expert"] >= 0)]
     final = final[~final["metric"].isin(["jacobian_norm", "load", "excluded"])]
-    t = final.groupby(["metric", "reading", "arm"])["value"].mean().unstack("arm")
+    rows = (["layer"] if final["layer"].nunique() > 1 else []) + ["metric", "reading"]
+    t = final.groupby(rows + ["arm"])["value"].mean().unstack("arm")
     return t[[a for a in (x.value for x in Arm) if a in t.columns]]
 
+
+def perplexity_table(df: pd.DataFrame) -> pd.Series:
+    """The language model's final held-out perplexity per arm (mean over seeds), unigram included."""
+    final = df[(df["metric"] == "perplexity") & (df["step"] == df["steps"])]
+    return final.groupby("arm")["value"].mean()

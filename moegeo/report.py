@@ -124,8 +124,11 @@ def make_figures(frames: dict, outdir: Path, verdicts: pd.DataFrame | None = Non
     axes[1, 0].set_ylabel("cumulative")
     save(fig, "fig3_topk_vs_soft_pca")
 
+    if "lm" in frames:
+        make_lm_figures(frames["lm"], save)
+
     if verdicts is not None:
-        stepped = [c for c in CLAIMS if c.steps and (verdicts.claim == c.id).any()]
+        stepped = [c for c in CLAIMS if c.steps and c.frame == "main" and (verdicts.claim == c.id).any()]
         cols = 4
         fig, axes = plt.subplots(-(-len(stepped) // cols), cols, figsize=(16, 3.0 * -(-len(stepped) // cols)), squeeze=False)
         for ax, c in zip(axes.flat, stepped):
@@ -140,6 +143,72 @@ def make_figures(frames: dict, outdir: Path, verdicts: pd.DataFrame | None = Non
             ax.axis("off")
         save(fig, "fig_claims_over_steps")
     return figs
+
+
+def make_lm_figures(df: pd.DataFrame, save) -> None:
+    """The language model's figures, one panel per FFN layer: held-out perplexity and training
+    loss over training (with the unigram model), Jacobian norms over training, the singular
+    spectra, the cross-expert cosines and the weighted-PCA curves at the final step."""
+    import matplotlib.pyplot as plt
+
+    arms = [a.value for a in Arm if a.value in set(df.arm)]
+    layers = sorted(int(l) for l in set(df.layer) if l >= 0)
+    final = int(df.steps.iloc[0])
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, metric in zip(axes, ("perplexity", "loss")):
+        for arm in arms:
+            _band(ax, df[(df.arm == arm) & (df.metric == metric) & (df.layer == -1)], "step", arm, ARM_COLORS[arm])
+        ax.set_xlabel("training step")
+        ax.set_yscale("log")
+    unigram = df[(df.arm == "unigram") & (df.metric == "perplexity")].value.median()
+    axes[0].axhline(unigram, color="green", ls="--", label=f"unigram ({unigram:.0f})")
+    axes[0].set_ylabel("held-out perplexity")
+    axes[1].set_ylabel("training loss (nats)")
+    axes[0].legend(fontsize=8)
+    save(fig, "lm_perplexity")
+
+    panels = {
+        "lm_jacobian_norm": ("jacobian_norm", [reading(jacobian=JacobianSite.POINTWISE, norm=Norm.SPECTRAL),
+                                               reading(jacobian="effective", norm=Norm.SPECTRAL)], "step"),
+        "lm_jacobian_spectrum": ("sigma", [reading(jacobian=s) for s in JacobianSite], "index"),
+        "lm_pca_cumulative": ("explained_variance", [reading(pca_site=s) for s in (PCASite.INPUT, PCASite.HIDDEN)], "index"),
+    }
+    for name, (metric, readings_, x) in panels.items():
+        fig, axes = plt.subplots(len(readings_), len(layers), figsize=(4.2 * len(layers), 3.2 * len(readings_)), squeeze=False)
+        for row, rd in zip(axes, readings_):
+            for ax, layer in zip(row, layers):
+                sel = df[(df.metric == metric) & (df.reading == rd) & (df.layer == layer)]
+                if x == "index":
+                    sel = sel[sel.step == final]
+                if metric == "explained_variance":
+                    sel = sel.sort_values("index").assign(value=lambda t: t.groupby(["seed", "expert"]).value.cumsum())
+                for arm in arms:
+                    if (sel.arm == arm).any():
+                        _band(ax, sel[sel.arm == arm], x, arm, ARM_COLORS[arm])
+                ax.set_title(f"layer {layer}: {rd}", fontsize=9)
+                ax.set_xlabel("training step" if x == "step" else "component / direction")
+                if metric != "explained_variance":
+                    ax.set_yscale("log")
+                else:
+                    ax.set_xscale("log")
+        axes[0, 0].legend(fontsize=8)
+        save(fig, name)
+
+    fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 3.4), squeeze=False)
+    d = int(df.d_model.iloc[0])
+    grid = np.linspace(-5 / d, 5 / d, 200)
+    for ax, layer in zip(axes[0], layers):
+        R = Results({"lm": df}).view("lm", layer)
+        for arm in ("topk", "soft"):
+            if arm in arms:
+                c = R.cosines(arm, "jacobian=mean", final).value
+                ax.hist(c, bins=40, density=True, alpha=0.5, color=ARM_COLORS[arm], label=f"{arm} ({len(c)} pairs)")
+        ax.plot(grid, cosine_null(d * d).pdf(grid), "k--", label=f"independent random {d}x{d}")
+        ax.set_title(f"layer {layer}: cross-expert cosine of mean Jacobians", fontsize=9)
+        ax.set_xlabel("cos(vec J̄_e1, vec J̄_e2)")
+    axes[0, 0].legend(fontsize=7)
+    save(fig, "lm_cross_expert_cosine")
 
 
 def _over_steps(verdicts: pd.DataFrame, claim_id: str) -> pd.DataFrame:
@@ -191,9 +260,11 @@ def _fmt(x: float) -> str:
 
 
 def render(verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dict[str, Path], report_path: Path,
-           timings: dict | None = None, peak_gib: float | None = None) -> str:
+           timings: dict | None = None, peak_gib: float | None = None, frames: dict | None = None) -> str:
     """The Markdown text of the report."""
     by_id = {c.id: c for c in CLAIMS}
+    general = verdicts.claim.map(lambda i: bool(by_id[i].generalises))
+    gen, verdicts = verdicts[general], verdicts[~general]
     prim = verdicts[verdicts.primary]
     kind = prim.claim.map(lambda i: "hedged" if by_id[i].hedged else ("results" if by_id[i].diagnostic else "nondiag"))
     res = prim[kind == "results"]
@@ -223,9 +294,13 @@ def render(verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dic
         f"**{int((res.verdict == 'REPLICATED').sum())} of {len(res)} result claims replicated** at their primary "
         f"reading ({tally(res)}). The paper's §4 expectations: {tally(prim[kind == 'hedged'])} "
         f"({', '.join(prim[kind == 'hedged'].claim)}). Non-diagnostic claims, settled by construction in this "
-        f"setting: {tally(prim[kind == 'nondiag'])} ({', '.join(prim[kind == 'nondiag'].claim)}).",
+        f"setting: {tally(prim[kind == 'nondiag'])} ({', '.join(prim[kind == 'nondiag'].claim)})."
+        + (f" The language-model setting (C12, C13 above, tested on a 3-layer Transformer trained on WikiText-2) "
+           f"also re-tests {gen.claim.nunique()} MLP-setting claims on language: {tally(gen[gen.primary])} "
+           "(section *The language-model setting*)." if len(gen) else ""),
         "",
-        f"Seeds are the unit of analysis ({int(prim.n.max())} seeds). Every claim is one exact, distribution-free test "
+        f"Seeds are the unit of analysis ({int(prim.n.max())} seeds in the MLP setting"
+        + (f", {int(gen.n.max())} in the language model" if len(gen) else "") + "). Every claim is one exact, distribution-free test "
         "of a median over seeds (sign tests; two one-sided tests for ranges and magnitudes; intersection-union for "
         "joint readings `a+b`, which must hold under both), with Holm's correction at alpha = 0.05 over both "
         f"one-sided p-values of the {int(prim.m.iloc[0])} distinct primary tests of the paper (family `{fam}`). Every "
@@ -264,12 +339,16 @@ def render(verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dic
                      f"[{_fmt(row.ci_low)}, {_fmt(row.ci_high)}], {row.n_claimed}/{row.n} seeds "
                      f"{'in the claimed direction' if c.kind == 'direction' else 'inside the interval'}."
                      f"{extra} Sensitivity: {agree} of {len(sens)} other readings give the same verdict.")
+    if frames is not None and "lm" in frames:
+        lines += _lm_section(frames["lm"], verdicts, gen, by_id, figures, report_path)
     lines += ["", "## Primary readings and why", ""]
     for c in CLAIMS:
-        lines.append(f"- **{c.id}**: {c.primary_because}.")
+        if not c.generalises:
+            lines.append(f"- **{c.id}**: {c.primary_because}.")
     lines += ["", "## Sensitivity analyses", "",
               "Every other reading and checkpoint of every claim, Holm-corrected over the paper's sensitivity family "
-              f"({int(verdicts[~verdicts.primary].m.max()) if (~verdicts.primary).any() else 0} distinct tests). "
+              f"({int(verdicts[~verdicts.primary].m.max()) if (~verdicts.primary).any() else 0} distinct tests; the "
+              "generalisation tests' other readings are in the language-model section). "
               "These show how much each verdict depends on the paper's ambiguities and on training length.", "",
               "| claim | verdicts over sensitivity readings |", "|---|---|"]
     for c in CLAIMS:
@@ -290,7 +369,7 @@ def render(verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dic
               "earlier report of this harness (500 steps, every reading) had been published; most make replication "
               "harder (the magnitude tolerance of half a reported digit, the joint primaries that need both of the "
               "paper's definitions to agree); check each against the paper, not against its timing.", ""]
-    for c in CLAIMS:
+    for c in (c for c in CLAIMS if not c.generalises):
         lines.append(f"- **{c.id} {c.title}** ({c.source}): \"{c.quote}\". Statistic per seed: {c.statistic}. "
                      f"Test: {c.kind}. Threshold: {c.threshold}. Rule: {c.rule()}." + (f" Note: {c.note}." if c.note else ""))
     lines += ["", "## What the paper states that is not tested here", ""]
@@ -299,9 +378,75 @@ def render(verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dic
               "Medians over seeds of expert means, with 10-90% seed bands; the claims figure shows each claim's "
               "median statistic with its exact CI at every checkpoint (primary reading's other axes).", ""]
     for name, path in figures.items():
+        if name.startswith("lm_"):
+            continue  # in the language-model section
         rel = os.path.relpath(path, report_path.parent)
         lines += [f"### {name}", "", f"![{name}]({rel})", ""]
     return "\n".join(lines) + "\n"
+
+
+def _lm_section(df: pd.DataFrame, verdicts: pd.DataFrame, gen: pd.DataFrame, by_id: dict, figures: dict,
+                report_path: Path) -> list[str]:
+    """The language-model setting: perplexity against the unigram model, the paper's two LM
+    claims, the generalisation tests and the per-layer figures."""
+    final = int(df.steps.iloc[0])
+    ppl = df[(df.metric == "perplexity") & (df.step == final)]
+    unigram = float(ppl[ppl.arm == "unigram"].value.median())
+    out = ["", "## The language-model setting (the later version's 3-layer Transformer on WikiText-2)", "",
+           f"A pre-LayerNorm decoder of {int(df.n_layers.iloc[0])} layers (d_model {int(df.d_model.iloc[0])}, context "
+           f"{int(df.context.iloc[0])}, vocabulary {int(df.vocab_size.iloc[0])}) whose every FFN is the MLP setting's "
+           f"layer, {final} Adam steps of batch {int(df.batch_size.iloc[0])}, trained on the shipped WikiText-2 "
+           "validation split and evaluated on the test split (`moegeo/lm.py`, `moegeo/wikitext.py`; sizes and reasons in "
+           "`moegeo.config.LMConfig`). The probes are the MLP setting's, on each FFN layer's input (post-LayerNorm) for "
+           f"the first {int(df.probe_tokens.iloc[0])} held-out tokens.", "",
+           f"**Is it a language model?** Held-out perplexity at step {final} ({int(df.eval_windows.iloc[0])} held-out "
+           f"windows), median over seeds [10%, 90%], against the unigram model of the training split ({unigram:.1f}):", "",
+           "| arm | held-out perplexity | seeds below unigram |", "|---|---|---|"]
+    for arm in [a.value for a in Arm if a.value in set(ppl.arm)]:
+        v = ppl[ppl.arm == arm].groupby("seed").value.mean()
+        out.append(f"| {arm} | {v.median():.1f} [{v.quantile(0.1):.1f}, {v.quantile(0.9):.1f}] | "
+                   f"{int((v < unigram).sum())}/{len(v)} |")
+    dead = df[(df.metric == "excluded") & (df.step == final)].groupby(["arm", "layer"]).size()
+    if len(dead):
+        n_seeds = df.seed.nunique()
+        out += ["", "Experts that received no routing weight on the probe tokens at the final step (no load-balancing loss "
+                "is used, as in the paper's setting; such experts are excluded from the probes): "
+                + "; ".join(f"{arm} layer {layer}: {n} of {n_seeds * int(df.n_experts.iloc[0])}" for (arm, layer), n in dead.items())
+                + "."]
+    out += ["", "**The paper's two claims on language** (in the paper's primary family above):", ""]
+    for row in verdicts[verdicts.primary & verdicts.claim.map(lambda i: by_id[i].frame == "lm")].itertuples():
+        out.append(f"- {row.message}")
+    per_layer = verdicts[~verdicts.primary & verdicts.claim.map(lambda i: by_id[i].frame == "lm")]
+    per_layer = per_layer[~per_layer.reading.str.contains("layer=pooled")]
+    out += ["", "Per layer (sensitivity readings, at the primary reading's other axes):", "",
+            "| claim | reading | effect (median) [exact CI] | seeds | Holm p | verdict |", "|---|---|---|---|---|---|"]
+    for cid in per_layer.claim.unique():
+        base = verdicts[verdicts.primary & (verdicts.claim == cid)].reading.iloc[0].split(";", 1)
+        rest = base[1] if len(base) > 1 else ""
+        for row in per_layer[(per_layer.claim == cid) & (per_layer.reading.str.split(";", n=1).str[1].fillna("") == rest)].itertuples():
+            out.append(f"| {row.claim} | {row.reading} | {_fmt(row.effect)} [{_fmt(row.ci_low)}, {_fmt(row.ci_high)}] | "
+                       f"{row.n_claimed}/{row.n} | {_fmt(min(row.p_adj, row.p_opposite_adj))} | {row.verdict} |")
+    if len(gen):
+        gp = gen[gen.primary]
+        out += ["", "**Generalisation tests: the paper claims these for the MLP setting; here tested on language.** "
+                "Same statistic, rule and primary reading as the MLP claim, with every layer pooled; Holm over both "
+                f"one-sided p-values of their {int(gp.m.iloc[0])} distinct primary tests (family `{gp.family.iloc[0]}`); "
+                "other readings in family `" + gen[~gen.primary].family.iloc[0] + "`.", "",
+                "| test | MLP claim | primary reading | statistic: median [exact CI] | seeds | Holm p | verdict | MLP-setting verdict | other readings |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        mlp = verdicts[verdicts.primary].set_index("claim").verdict
+        for row in gp.itertuples():
+            c = by_id[row.claim]
+            sens = gen[(gen.claim == c.id) & ~gen.primary].verdict.value_counts()
+            out.append(f"| {c.id} | {c.generalises} {c.title} | `{row.reading}` | {c.statistic}: {_fmt(row.effect)} "
+                       f"[{_fmt(row.ci_low)}, {_fmt(row.ci_high)}] | {row.n_claimed}/{row.n} | "
+                       f"{_fmt(min(row.p_adj, row.p_opposite_adj))} | **{row.verdict}** | {mlp.get(c.generalises, '—')} | "
+                       + ", ".join(f"{k}: {n}" for k, n in sens.items()) + " |")
+    out += ["", "Figures: medians over seeds with 10-90% seed bands, one panel per FFN layer.", ""]
+    for name, path in figures.items():
+        if name.startswith("lm_"):
+            out += [f"### {name}", "", f"![{name}]({os.path.relpath(path, report_path.parent)})", ""]
+    return out
 
 
 def _readings_section(verdicts: pd.DataFrame) -> list[str]:
@@ -315,7 +460,8 @@ def _readings_section(verdicts: pd.DataFrame) -> list[str]:
     out += ["", "Axes: `jacobian` = which Jacobian the spectrum is of (per-point vs the averaged J̄_e); "
             "`pca_site` = which hidden state is PCA'd (`input` is the paper's literal h(x)); `dense` = the dense "
             "baseline's width (`expert`: as B.1 says, `matched`: E x d_hidden parameters); `norm` = the trajectory's "
-            f"norm; `moe` = routing; `step` = the checkpoint; `null`, `chart`, `layer`: see C4n, C10, C11. The C9 claims "
+            f"norm; `moe` = routing; `step` = the checkpoint; `null`, `chart`: see C4n, C10; `layer`: the second layer "
+            f"of C11's stack, or the language model's FFN layer (C12, C13; `pooled` = every layer's experts). The C9 claims "
             f"compare against soft routing at temperature {HOT_TEMPERATURE:g}."]
     return out
 
@@ -327,7 +473,7 @@ def write_report(path: Path, frames: dict, verdicts: pd.DataFrame, configs: dict
     path = Path(path)
     stem = "figures" if path.stem == "REPORT" else f"figures-{path.stem}"
     figures = make_figures(frames, path.parent / stem, verdicts)
-    text = render(verdicts, configs, wall_time, figures, path, timings, peak_gib)
+    text = render(verdicts, configs, wall_time, figures, path, timings, peak_gib, frames)
     if path.exists():  # keep the benchmark section, which `pytest --benchmark-only` owns
         section = existing_section(path.read_text())
         text = text + ("\n" + section if section else "")

@@ -1,13 +1,14 @@
 """The language-model setting's model: a seed-stacked Transformer whose FFNs are moegeo's MoE layer."""
 import dataclasses
 
+import pandas as pd
 import pytest
 import torch
 
 from moegeo import lm, probes, wikitext
-from moegeo.config import Arm
+from moegeo.config import Arm, LMConfig
 
-TINY = lm.LMSize(vocab_size=50, d_model=16, n_layers=2, n_heads=2, context=8, n_experts=4, d_hidden=12)
+TINY = LMConfig(vocab_size=50, d_model=16, n_layers=2, n_heads=2, context=8, n_experts=4, d_hidden=12)
 
 
 def tokens(S, B, T, seed=0, V=TINY.vocab_size):
@@ -76,9 +77,95 @@ def test_captured_jacobians_match_autograd_of_the_ffn():
 
 def test_a_short_run_on_the_shipped_data_beats_the_unigram_baseline():
     corpus = wikitext.load_wikitext(vocab_size=512)
-    size = lm.LMSize(vocab_size=512, d_model=32, n_layers=2, n_heads=2, context=32, n_experts=4, d_hidden=64)
+    size = LMConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=2, context=32, n_experts=4, d_hidden=64)
     model = lm.TransformerLM(Arm.TOPK, size, seeds=(0,))
     lm.train(model, corpus.train, steps=300, batch_size=16, lr=3e-3, progress=False)
     ppl = float(lm.perplexity(lm.heldout_loss(model, corpus.heldout, windows=64))[0])
     unigram = wikitext.unigram_perplexity(corpus.train, corpus.heldout, 512)
     assert ppl < unigram, (ppl, unigram)
+
+
+# --------------------------------------------------------------------------- the LM setting's results frame
+SMALL = LMConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, context=8, n_experts=4, d_hidden=12, steps=4,
+                 record_every=2, eval_windows=4, probe_tokens=32, trajectory_points=8, seeds=(0, 1))
+
+
+@pytest.fixture(scope="module")
+def small_frame():
+    from moegeo.experiment import run
+
+    return run(SMALL, cache=False, progress=False)
+
+
+def test_lm_frame_is_tidy_with_setting_and_layers(small_frame):
+    df = small_frame
+    assert set(df.setting) == {"lm"}
+    assert set(df.arm) == {a.value for a in SMALL.arms} | {"unigram"}
+    probed = df[df.metric == "sigma1"]
+    assert set(probed.layer) == {0, 1} and set(probed.step) == {SMALL.steps}
+    assert set(df[df.metric == "perplexity"].step) == {0, 2, 4}
+    assert set(df[df.metric.isin(["loss", "perplexity"])].layer) == {-1}
+    for arm in ("topk", "soft"):
+        assert (df[(df.arm == arm) & (df.metric == "cosine")].layer.nunique()) == 2
+
+
+def test_lm_frame_probes_equal_the_probes_of_the_captured_layers(small_frame):
+    """The frame's final sigma_1 of every layer and expert is the probe of that layer's own
+    experts at its captured FFN input, recomputed here from a model retrained from scratch (so
+    it also checks that the LM run is deterministic for a seed)."""
+    corpus = wikitext.load_wikitext(vocab_size=SMALL.vocab_size)
+    model = lm.TransformerLM(Arm.SOFT, SMALL)
+    lm.train(model, corpus.train, SMALL.steps, SMALL.batch_size, SMALL.lr, progress=False)
+    x, _ = wikitext.heldout_windows(corpus.heldout, SMALL.context)
+    with torch.no_grad():
+        _, inputs = model.trace(x[: SMALL.probe_tokens // SMALL.context].expand(2, -1, -1))
+    df = small_frame
+    for layer, h in enumerate(inputs):
+        for i, seed in enumerate(SMALL.seeds):
+            p = model.params(i, layer)
+            hd = h[i].double()
+            g = p.gates(hd)
+            J = probes.expert_jacobians(p.W1, p.b1, p.W2, hd)
+            ref = probes.weighted_mean(torch.linalg.svdvals(J)[..., 0], g)  # (E,)
+            got = df[(df.arm == "soft") & (df.layer == layer) & (df.seed == seed) & (df.metric == "sigma1")
+                     & (df.reading == "jacobian=pointwise")].sort_values("expert").value.to_numpy()
+            torch.testing.assert_close(torch.as_tensor(got), ref, rtol=1e-6, atol=1e-9)
+
+
+def test_lm_cli_prints_the_probe_table_per_layer(capsys):
+    from moegeo.__main__ import main
+
+    assert main(["--setting", "lm", "--steps", "2", "--no-cache", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "moegeo (lm)" in out and "held-out perplexity" in out and "unigram" in out
+    for layer in range(LMConfig().n_layers):
+        assert f"\n{layer} " in out or f"\n{layer}  " in out
+
+
+def test_lm_config_rejects_what_the_setting_cannot_run():
+    with pytest.raises(ValueError, match="dense, dense_matched, topk and soft"):
+        LMConfig(arms=(Arm.TOPK_DEEP,))
+    with pytest.raises(ValueError, match="multiple of context"):
+        LMConfig(probe_tokens=100)
+    with pytest.raises(ValueError, match="lr must be"):
+        LMConfig(lr=float("nan"))
+
+
+def test_lm_run_names_a_missing_data_directory(tmp_path):
+    from moegeo.experiment import run
+
+    with pytest.raises(FileNotFoundError):
+        run(dataclasses.replace(SMALL, data=str(tmp_path / "nowhere")), cache=False, progress=False)
+
+
+def test_pooled_view_is_every_expert_of_every_layer_and_a_layer_view_is_that_layer(small_frame):
+    from moegeo.claims import Results
+
+    df, R = small_frame, Results({"lm": small_frame})
+    sel = df[(df.arm == "soft") & (df.metric == "sigma1") & (df.reading == "jacobian=mean") & (df.step == SMALL.steps)]
+    pooled = R.view("lm", "pooled").per_seed("soft", "sigma1", "jacobian=mean")
+    pd.testing.assert_series_equal(pooled, sel.groupby("seed").value.mean(), check_names=False)
+    one = R.view("lm", 1).per_seed("soft", "sigma1", "jacobian=mean")
+    pd.testing.assert_series_equal(one, sel[sel.layer == 1].groupby("seed").value.mean(), check_names=False)
+    with pytest.raises(LookupError, match="no rows"):
+        R.view("lm", 7)

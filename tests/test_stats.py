@@ -10,9 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from moegeo import stats
-from moegeo.claims import Claim, Results, evaluate, pair
+from moegeo.claims import Claim, Results, evaluate, family, pair
 from moegeo.claims.dual_jacobian_pca import CLAIMS, SEEDS
 from moegeo.stats import Verdict
+
+#: the paper's own claims: its primary Holm family (the generalisation tests have their own)
+PAPER_CLAIMS = [c for c in CLAIMS if not c.generalises]
 
 ALPHA = stats.ALPHA
 N = SEEDS  # the default seed count of `pytest claims/`
@@ -232,7 +235,7 @@ def test_family_wise_error_under_the_full_null_is_at_most_alpha():
     """Every claim null: any REPLICATED or CONTRADICTED is an error. Holm's first step at
     alpha/2m over m independent claims with 2 sides gives exactly 1 - (1 - 2s)^m (later steps
     add almost nothing), s the one-sided size at alpha/2m; the simulation must match it."""
-    m, copies = len(CLAIMS), 400
+    m, copies = len(PAPER_CLAIMS), 400
     k = next(k for k in range(N + 1) if scipy.stats.binom.sf(k - 1, N, 0.5) <= ALPHA / (2 * m))
     exact = 1 - (1 - 2 * scipy.stats.binom.sf(k - 1, N, 0.5)) ** m
     assert exact <= ALPHA
@@ -245,7 +248,7 @@ def test_power_for_the_papers_smallest_effect_under_the_real_holm_family():
     """README: power >= 0.8 (exactly 0.82) at the default 24 seeds for the paper's smallest
     effect, a 1.5x ratio, when every other primary claim of the paper is null (the worst case
     for Holm), under the planted noise model; the whole rule reaches the computed power."""
-    m = len(CLAIMS)
+    m = len(PAPER_CLAIMS)
     exact = stats.power(scipy.stats.norm.cdf(PAPER_EFFECT / (SD * math.sqrt(2))), N, m)
     assert exact >= 0.8
     sims = 300
@@ -288,3 +291,11 @@ def test_a_paper_is_only_evaluated_whole():
     """The family of a paper is all its registered claims, whatever a command line selects."""
     with pytest.raises(ValueError, match="evaluated whole"):
         evaluate(planted({"a0": np.ones(6), "b0": np.ones(6)}), CLAIMS[:3])
+
+
+def test_generalisation_tests_have_their_own_families_and_the_lm_claims_join_the_papers():
+    fams = {c.id: family(c, True) for c in CLAIMS}
+    assert fams["C12"] == fams["C13"] == fams["C1"] == "dual_jacobian_pca/primary"
+    assert fams["C2-lm"] == "dual_jacobian_pca/generalisation-primary"
+    assert family(next(c for c in CLAIMS if c.id == "C2-lm"), False) == "dual_jacobian_pca/generalisation-sensitivity"
+    assert len(PAPER_CLAIMS) == 25

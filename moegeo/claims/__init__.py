@@ -41,6 +41,20 @@ class Results:
         self.frames = frames
         self._means = {name: df.groupby(self.KEYS, sort=True)["value"].mean() for name, df in frames.items()}
         self._checkpoints = {name: sorted(set(df.step[df.metric == "sigma1"]), reverse=True) for name, df in frames.items()}
+        self._views = {}
+
+    def view(self, frame: str, layer: int | str = "pooled") -> "Results":
+        """The results of a multi-layer setting (e.g. ``"lm"``) as a one-layer ``main`` frame, so
+        every claim of the MLP setting reads it unchanged: one MoE ``layer``, or ``"pooled"``:
+        every layer's experts as one population (a per-seed expert mean becomes the mean over
+        all experts of all layers; cosines stay within a layer and every layer's pairs pool)."""
+        if (frame, layer) not in self._views:
+            df = self.frames[frame]
+            df = df[df.layer >= 0] if layer == "pooled" else df[df.layer == int(layer)]
+            if df.empty:
+                raise LookupError(f"frame {frame!r} has no rows for layer {layer!r}")
+            self._views[frame, layer] = Results({"main": df.assign(layer=0)})
+        return self._views[frame, layer]
 
     def final_step(self, frame: str = "main") -> int:
         return int(self.frames[frame].steps.iloc[0])
@@ -125,12 +139,23 @@ class Claim:
     note: str = ""
     hedged: bool = False  # the paper states it as an expectation (§4), not a result
     diagnostic: bool = True  # False: settled by construction in this setting (see note)
+    #: the frame the claim reads: "main" (the MLP setting's main arms; the §4 claims name their
+    #: own frames) or a multi-layer setting read through ``Results.view`` with the reading's
+    #: ``layer`` (e.g. "lm": the language model)
+    frame: str = "main"
+    #: the id of the MLP-setting claim this one re-tests in another setting (a generalisation
+    #: test, corrected in its own family); "" for the paper's own claims
+    generalises: str = ""
+
+    def results_for(self, results: Results, r: dict) -> Results:
+        """What the claim reads under reading ``r``: the results, or the view of its setting."""
+        return results if self.frame == "main" else results.view(self.frame, r.get("layer", "pooled"))
 
     def readings(self, results: Results) -> list[dict]:
         """Primary reading first, then every other combination of axes and checkpoints."""
         axes = dict(self.axes)
         if self.steps:
-            axes["step"] = [s for s in results.checkpoints() if s >= self.min_step]
+            axes["step"] = [s for s in self.results_for(results, {}).checkpoints() if s >= self.min_step]
         combos = [dict(zip(axes, c)) for c in itertools.product(*axes.values())]
         return combos
 
@@ -188,8 +213,9 @@ def register(claims) -> tuple:
 
 def family(claim: Claim, primary: bool) -> str:
     """The Holm family a test belongs to: one per paper over its primary readings, one per
-    paper over its sensitivity readings."""
-    return f"{claim.paper}/{'primary' if primary else 'sensitivity'}"
+    paper over its sensitivity readings, and the same two for its generalisation tests (a claim
+    re-tested in a setting the paper did not make it for)."""
+    return f"{claim.paper}/{'generalisation-' if claim.generalises else ''}{'primary' if primary else 'sensitivity'}"
 
 
 def evaluate(results: Results, claims, alpha: float = stats.ALPHA) -> pd.DataFrame:
@@ -210,11 +236,11 @@ def evaluate(results: Results, claims, alpha: float = stats.ALPHA) -> pd.DataFra
     rows = []
     for c in claims:
         for i, r in enumerate(c.readings(results)):
-            obs = [c.observe(results, part) for part in c.parts(r)]
+            obs = [c.observe(c.results_for(results, part), part) for part in c.parts(r)]
             xs = [o.x.to_numpy(dtype=float) for o in obs]
             t = stats.intersection_union([c.test(x) for x in xs])
             pi = stats.prediction_interval(xs[0])
-            ok, cond_text = c.condition(results, r) if c.condition else (True, "")
+            ok, cond_text = c.condition(c.results_for(results, r), r) if c.condition else (True, "")
             key = hashlib.sha1(b"".join(x.tobytes() for x in xs) + repr((c.kind, c.bounds)).encode()).hexdigest()
             medians = "; ".join(f"{k} {np.median(v):.4g}" for o in obs for k, v in o.arms.items())
             if len(obs) > 1:  # a joint reading: each part's median effect, by its reading

@@ -1,0 +1,55 @@
+"""One training step of each language-model arm (the claims' LM configuration, seeds batched)
+against its floating-point floor: its matrix-product FLOPs at the sgemm rate measured in the same
+run (``test_bench_training.py::test_sgemm_rate``)."""
+import pytest
+import torch
+
+from moegeo import lm
+from moegeo.claims.dual_jacobian_pca import LM_SEEDS
+from moegeo.config import Arm, LMConfig
+from moegeo.experiment import _keep_freed_memory
+from moegeo.wikitext import batches, load_wikitext
+
+CFG = LMConfig(seeds=tuple(range(LM_SEEDS)))  # the claims' LM configuration
+
+
+def lm_flops(arm: Arm, cfg: LMConfig) -> float:
+    """Matrix-product FLOPs of one training step for all seeds (forward x 3 for forward +
+    backward): per layer the attention projections (8 n d^2), the attention products
+    (4 B T^2 d, the causal mask not discounted) and the FFN (4 n d width; Top-k counts only its
+    k routed experts) with its router; then the tied unembedding (2 n d V). n = B T tokens."""
+    S, B, T, d = len(cfg.seeds), cfg.batch_size, cfg.context, cfg.d_model
+    n = B * T
+    experts = {Arm.DENSE: 1, Arm.DENSE_MATCHED: cfg.n_experts, Arm.TOPK: cfg.top_k, Arm.SOFT: cfg.n_experts}[arm]
+    ffn = 4 * n * d * cfg.d_hidden * experts + (2 * n * d * cfg.n_experts if arm.is_moe else 0)
+    layer = 8 * n * d * d + 4 * B * T * T * d + ffn
+    return 3 * S * (cfg.n_layers * layer + 2 * n * d * cfg.vocab_size)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return load_wikitext(CFG.data, CFG.vocab_size)
+
+
+@pytest.mark.parametrize("arm", CFG.arms, ids=[a.value for a in CFG.arms])
+def test_lm_train_step(benchmark, arm, corpus):
+    _keep_freed_memory()
+    model = lm.TransformerLM(arm, CFG)
+    opt = torch.optim.Adam(model.parameters(), lr=CFG.lr)
+    gens = [torch.Generator().manual_seed(s) for s in CFG.seeds]
+    xs, ys = zip(*(batches(corpus.train, CFG.context, CFG.batch_size, g) for g in gens))
+    x, y = torch.stack(xs), torch.stack(ys)
+
+    def step():
+        loss = model.loss(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        opt.step()
+        return loss
+
+    benchmark.group = f"one LM training step, {LM_SEEDS} seeds"
+    loss = benchmark.pedantic(step, rounds=10, warmup_rounds=2)
+    # accuracy beside the timing: a finite loss per seed, below log V after 12 Adam steps on one batch
+    assert loss.shape == (LM_SEEDS,) and torch.isfinite(loss).all()
+    assert (loss < torch.log(torch.tensor(float(CFG.vocab_size)))).all()
+    benchmark.extra_info.update(method=arm.value, flops=lm_flops(arm, CFG))
