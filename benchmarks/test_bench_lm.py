@@ -1,6 +1,6 @@
-"""One training step of each language-model arm (the claims' LM configuration, seeds batched)
-against its floating-point floor: its matrix-product FLOPs at the sgemm rate measured in the same
-run (``test_bench_training.py::test_sgemm_rate``)."""
+"""One training step of each language-model arm and of each router of the routers paper (the
+claims' LM configuration, seeds batched) against its floating-point floor: its matrix-product
+FLOPs at the sgemm rate measured in the same run (``test_bench_training.py::test_sgemm_rate``)."""
 import pytest
 import torch
 
@@ -11,6 +11,7 @@ from moegeo.experiment import _keep_freed_memory
 from moegeo.wikitext import batches, load_wikitext
 
 CFG = LMConfig(seeds=tuple(range(LM_SEEDS)))  # the claims' LM configuration
+ARMS = CFG.arms + (Arm.TOPK_AUX, Arm.TOPK_LOSS_FREE, Arm.KMEANS)  # + the routers paper's balancing routers
 
 
 def lm_flops(arm: Arm, cfg: LMConfig) -> float:
@@ -20,7 +21,7 @@ def lm_flops(arm: Arm, cfg: LMConfig) -> float:
     k routed experts) with its router; then the tied unembedding (2 n d V). n = B T tokens."""
     S, B, T, d = len(cfg.seeds), cfg.batch_size, cfg.context, cfg.d_model
     n = B * T
-    experts = {Arm.DENSE: 1, Arm.DENSE_MATCHED: cfg.n_experts, Arm.TOPK: cfg.top_k, Arm.SOFT: cfg.n_experts}[arm]
+    experts = cfg.top_k if arm.routing == "topk" else {Arm.DENSE: 1, Arm.DENSE_MATCHED: cfg.n_experts, Arm.SOFT: cfg.n_experts}[arm]
     ffn = 4 * n * d * cfg.d_hidden * experts + (2 * n * d * cfg.n_experts if arm.is_moe else 0)
     layer = 8 * n * d * d + 4 * B * T * T * d + ffn
     return 3 * S * (cfg.n_layers * layer + 2 * n * d * cfg.vocab_size)
@@ -31,7 +32,7 @@ def corpus():
     return load_wikitext(CFG.data, CFG.vocab_size)
 
 
-@pytest.mark.parametrize("arm", CFG.arms, ids=[a.value for a in CFG.arms])
+@pytest.mark.parametrize("arm", ARMS, ids=[a.value for a in ARMS])
 def test_lm_train_step(benchmark, arm, corpus):
     _keep_freed_memory()
     model = lm.TransformerLM(arm, CFG)
@@ -43,7 +44,7 @@ def test_lm_train_step(benchmark, arm, corpus):
     def step():
         loss = model.loss(x, y)
         opt.zero_grad(set_to_none=True)
-        loss.sum().backward()
+        (loss + model.balance_loss()).sum().backward()
         opt.step()
         return loss
 

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from moegeo import ExperimentConfig, run
+from moegeo import ExperimentConfig
+from moegeo.experiment import run_many
 from moegeo.cache import cache_dir
 from moegeo.claims import Results, evaluate
+from moegeo.claims import routers_geometry
 from moegeo.claims.dual_jacobian_pca import CLAIMS, FAILURE_STEP, HOT_TEMPERATURE, LM_SEEDS, SEEDS
 from moegeo.config import Arm, LMConfig
 
@@ -36,6 +38,9 @@ def pytest_addoption(parser):
     g.addoption("--steps", type=int, default=None, help=f"training steps (default {ExperimentConfig().steps})")
     g.addoption("--lm-seeds", type=int, default=LM_SEEDS, help=f"number of language-model seeds (default {LM_SEEDS})")
     g.addoption("--lm-steps", type=int, default=None, help=f"language-model training steps (default {LMConfig().steps})")
+    g.addoption("--router-seeds", type=int, default=routers_geometry.ROUTER_SEEDS,
+                help=f"seeds of the balancing routers (default {routers_geometry.ROUTER_SEEDS}; at most --lm-seeds: the "
+                     "learned router is the language model's topk arm)")
     g.addoption("--lm-data", default=None,
                 help="a directory with the full WikiText-2 (wiki.{train,valid,test}.tokens): train the LM on its train "
                      "split (default: the shipped copy, training on valid)")
@@ -52,7 +57,8 @@ def pytest_addoption(parser):
 def configs(config) -> dict:
     """The runs of the claims: the MLP setting's main arms, soft routing at T=10 (§4 failure
     mode 1) and the coupled and deep Top-k arms (§4 failure modes 2 and 4), all on the same
-    seeds; and the language model's arms (the later version)."""
+    seeds; the language model's arms (the later version); and the routers paper's balancing
+    routers on the same language model (its learned router is the LM's ``topk`` arm)."""
     quick = config.getoption("--quick")
     n = QUICK_SEEDS if quick else config.getoption("--seeds")
     steps = config.getoption("--steps") or (FAILURE_STEP if quick else ExperimentConfig().steps)
@@ -65,10 +71,16 @@ def configs(config) -> dict:
     lm_steps = config.getoption("--lm-steps") or (QUICK_LM_STEPS if quick else LMConfig().steps)
     lm = LMConfig(steps=lm_steps, record_every=min(LMConfig().record_every, max(1, lm_steps // 2)),
                   seeds=tuple(range(offset, offset + n_lm)), data=config.getoption("--lm-data"))
+    n_routers = QUICK_SEEDS if quick else config.getoption("--router-seeds")
+    if n_routers > n_lm:
+        raise pytest.UsageError(f"--router-seeds ({n_routers}) must not exceed --lm-seeds ({n_lm}): the learned router "
+                                "is the language model's topk arm on the same seeds")
+    routers = dataclasses.replace(lm, arms=(Arm.TOPK_AUX, Arm.TOPK_LOSS_FREE, Arm.KMEANS),
+                                  seeds=tuple(range(offset, offset + n_routers)))
     return {"main": main,
             "hot": dataclasses.replace(side, temperature=HOT_TEMPERATURE, arms=(Arm.SOFT,)),
             "failure": dataclasses.replace(side, arms=(Arm.TOPK_COUPLED, Arm.TOPK_DEEP)),
-            "lm": lm}
+            "lm": lm, "routers": routers}
 
 
 def collects_claims(config) -> bool:
@@ -86,18 +98,16 @@ def pytest_configure(config):
     t0 = time.perf_counter()
     cfgs = configs(config)
     capture = config.pluginmanager.getplugin("capturemanager")
-    timings = {}
     with capture.global_and_fixture_disabled():  # let the progress bars through on a terminal
         if not hasattr(config, "workerinput"):
             print(f"moegeo: MLP {len(cfgs['main'].seeds)} seeds x {cfgs['main'].steps} steps, LM "
                   f"{len(cfgs['lm'].seeds)} seeds x {cfgs['lm'].steps} steps; finished runs are reused from {cache_dir()}",
                   flush=True)
-        frames = {}
-        for name, cfg in cfgs.items():  # xdist workers find these in the cache
-            t = time.perf_counter()
-            frames[name] = run(cfg)
-            timings[name] = time.perf_counter() - t
-    config.stash[VERDICTS] = evaluate(Results(frames), CLAIMS)
+        # uncached runs train side by side, one single-threaded process per core, longest first;
+        # xdist workers find them in the cache
+        order = ["main", "lm", "routers", "failure", "hot"]
+        frames, timings = run_many({name: cfgs[name] for name in order})
+    config.stash[VERDICTS] = evaluate(Results(frames), CLAIMS + routers_geometry.CLAIMS)
     config.stash[STATE] = dict(frames=frames, configs=cfgs, t0=t0, timings=timings)
 
 
@@ -127,7 +137,8 @@ def pytest_sessionfinish(session):
     state = config.stash[STATE]
     default = "REPORT-quick.md" if config.getoption("--quick") else "REPORT.md"
     path = Path(config.getoption("--report") or ROOT / default)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB on Linux
+    # KiB -> GiB on Linux; the training workers are children
+    peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 2**20
     write_report(path, state["frames"], config.stash[VERDICTS], state["configs"], time.perf_counter() - state["t0"],
                  state["timings"], peak)
     config.stash[STATE]["written"] = path

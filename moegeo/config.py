@@ -55,6 +55,28 @@ class DenseWidth(str, Enum):
     MATCHED = "matched"  # parameter-matched: hidden width E * d_hidden
 
 
+#: the Switch Transformer's load-balancing loss coefficient (Fedus et al. 2022, §2.2: "alpha = 10^-2
+#: ... throughout this work"), for Router.AUX_LOSS
+AUX_COEF = 0.01
+#: DeepSeek-V3's bias update speed (DeepSeek-AI 2024, §4.2: "the bias update speed gamma is set to
+#: 0.001"), for Router.LOSS_FREE and the K-Means router's balancing biases
+BIAS_RATE = 0.001
+#: the online K-Means router's per-step EMA rate of each centroid toward the mean of the hidden
+#: states routed to it in that step (not given in the routers paper's abstract; declared: a time
+#: constant of 20 steps, a tenth of the language model's 200-step run, so the centroids follow
+#: the moving hidden states)
+CENTROID_EMA = 0.05
+
+
+class Router(str, Enum):
+    """How a Top-k layer picks its experts (the routers paper, arXiv 2605.12476)."""
+
+    LEARNED = "learned"  # a linear router, softmax over the top k, no balancing (B.3)
+    AUX_LOSS = "aux_loss"  # + the Switch Transformer load-balancing loss, AUX_COEF
+    LOSS_FREE = "loss_free"  # + DeepSeek-V3 per-expert selection biases, sign-updated at BIAS_RATE
+    KMEANS = "kmeans"  # parameter-free: cosine to EMA centroids (CENTROID_EMA) + sign-updated biases
+
+
 class Arm(str, Enum):
     """The trained models of one seed. All arms share that seed's data."""
 
@@ -67,6 +89,10 @@ class Arm(str, Enum):
     TOPK_COUPLED = "topk_coupled"
     # §4 expected failure mode 4, "Deep or multi-layer MoEs": two Top-k layers stacked
     TOPK_DEEP = "topk_deep"
+    # the routers paper's balancing routers (Top-k; ``topk`` is its learned router)
+    TOPK_AUX = "topk_aux"
+    TOPK_LOSS_FREE = "topk_loss_free"
+    KMEANS = "kmeans"
 
     @property
     def is_moe(self) -> bool:
@@ -75,6 +101,11 @@ class Arm(str, Enum):
     @property
     def routing(self) -> str:
         return "soft" if self is Arm.SOFT else ("topk" if self.is_moe else "dense")
+
+    @property
+    def router(self) -> Router:
+        return {Arm.TOPK_AUX: Router.AUX_LOSS, Arm.TOPK_LOSS_FREE: Router.LOSS_FREE,
+                Arm.KMEANS: Router.KMEANS}.get(self, Router.LEARNED)
 
     @property
     def n_layers(self) -> int:

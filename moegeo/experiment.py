@@ -11,6 +11,7 @@ of one expert; ``index`` the position in a curve (1-based) or the partner expert
 from __future__ import annotations
 
 import ctypes
+import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,6 +28,9 @@ from .model import MoENet, build_arm, make_data
 PCA_TAU, PCA_K = 0.9, 10
 #: Jacobian decay summaries: energy reached by 10 directions, sigma_10 / sigma_1, k at 90% energy.
 ENERGY_K, ENERGY_TAU = 10, 0.9
+
+#: tokens per expert whose router score and activation are kept for the scatter plots
+SAMPLE_TOKENS = 32
 
 COLUMNS = ["setting", "seed", "arm", "layer", "expert", "reading", "metric", "step", "index", "value"]
 
@@ -94,7 +98,7 @@ def train_arm(arm: Arm, cfg: ExperimentConfig, x: torch.Tensor, y: torch.Tensor,
         if step == cfg.steps:
             break
         opt.zero_grad(set_to_none=True)
-        loss.sum().backward()
+        (loss + model.balance_loss()).sum().backward()
         opt.step()
     return model, rows
 
@@ -140,6 +144,45 @@ def _trajectory_layer(arm, cfg, p, h, seed, layer, step):
     if int(live.sum()) > 1:
         c = probes.cosine_matrix(jbar)
         r.add("cosine_abs_mean", reading(jacobian=JacobianSite.MEAN), c[_offdiag(len(c))].abs().mean())
+    if p.router_vectors is not None:
+        r += _router_rows(p, h, g, seed, arm, layer, step)
+    return r
+
+
+def _router_rows(p, x, g, seed, arm, layer, step, full: bool = False, experts: list[int] | None = None) -> Rows:
+    """The routers paper's metrics of one seed's layer at its input ``x`` with gates ``g``: load
+    per expert, its imbalance and router-direction similarity (every trajectory record), or
+    (``full``, the checkpoints; only the live ``experts``) router-expert coupling: the router
+    directions' |cos| matrix, each router's |cos| with its own expert's input direction and with
+    the others', and the score-activation rank correlation per expert. Cosines are skipped when
+    a router vector is zero (they are undefined)."""
+    r = Rows(seed, arm, layer, step)
+    R = p.router_vectors
+    nonzero = bool((R.norm(dim=-1) > 0).all())
+    if not full:
+        r.add("load_fraction", "", probes.load_fractions(g), list(range(g.shape[1])))
+        r.add("load_imbalance", "", probes.load_imbalance(g))
+        if nonzero:
+            r.add("router_similarity", "", probes.router_similarity(R))
+        return r
+    experts = list(range(g.shape[1])) if experts is None else experts
+    if len(experts) > 1 and nonzero:
+        R, W1 = R[experts], p.W1[experts]
+        r.add("router_cosine", "", probes.cosine_matrix(R), experts, index=experts)
+        C = probes.router_expert_cosines(R, W1)
+        n = len(experts)
+        r.add("router_expert_cos", "pair=matched", C.diagonal(), experts)
+        r.add("router_expert_cos", "pair=mismatched", (C.sum(1) - C.diagonal()) / (n - 1), experts)
+    scores, gl = p.scores(x)[:, experts], g[:, experts]
+    rho = probes.score_activation_correlation(scores, p.W1[experts], p.b1[experts], x, gl)
+    ok = torch.nonzero(~rho.isnan()).flatten().tolist()
+    r.add("score_activation_rho", "", rho[ok], [experts[i] for i in ok])
+    # the first SAMPLE_TOKENS tokens routed to each expert: its score and activation norm (figure)
+    act = probes.gelu(probes.expert_preactivations(p.W1[experts], p.b1[experts], x)).norm(dim=-1)
+    for i, e in enumerate(experts):
+        n = torch.nonzero(gl[:, i] > 0).flatten()[:SAMPLE_TOKENS]
+        r.add("sample_score", "", scores[n, i][None], [e])
+        r.add("sample_activation", "", act[i, n][None], [e])
     return r
 
 
@@ -203,6 +246,8 @@ def probe_rows(p, x: torch.Tensor, seed: int, arm: Arm, step: int, layer: int = 
         rows.add("excluded", "", 1.0, [e])
     rows.add("load", "", mass[live] / x.shape[0], experts)
     rows.add("routing_entropy", "", probes.routing_entropy(g).mean())
+    if p.router_vectors is not None:
+        rows += _router_rows(p, x, g, seed, arm, layer, step, full=True, experts=experts)
 
     W1, b1, W2, gl = p.W1[live], p.b1[live], p.W2[live], g[:, live]
     # Jacobian spectra under both readings of which Jacobian (§2.2 vs B.4)
@@ -263,6 +308,48 @@ def run(cfg: RunConfig = ExperimentConfig(), cache: bool = True, progress: bool 
         raise TypeError(f"cfg must be an ExperimentConfig or an LMConfig, got {type(cfg).__name__}")
     compute = {"mlp": _compute, "lm": _compute_lm}[cfg.setting]
     return cached(cfg, lambda: compute(cfg, progress)) if cache else compute(cfg, progress)
+
+
+def run_many(cfgs: dict, processes: int | None = None) -> tuple[dict, dict]:
+    """Every config of ``cfgs`` (name -> config) as ``run`` gives it: returns the frames and the
+    seconds each took here (about 0 when cached).
+
+    Uncached configs are computed side by side, each in its own worker process with one torch
+    thread (``processes`` workers, default one per core; configs are started in the given
+    order, so put the longest first). Much of the training is per-operation overhead that a
+    second thread barely speeds up, so two single-threaded runs at once finish sooner than the
+    same two runs one after the other with two threads each. Every config computed here runs
+    single-threaded, so its numbers do not depend on which other configs were cached.
+    """
+    import multiprocessing
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    from .cache import cache_dir
+
+    todo = [name for name, cfg in cfgs.items() if not (cache_dir() / f"{cfg.key()}.pkl").exists()]
+    seconds = {}
+    if todo:
+        workers = min(len(todo), processes or os.cpu_count() or 1)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for name, t in zip(todo, pool.map(_run_single_threaded, [cfgs[n] for n in todo])):
+                seconds[name] = t
+    frames = {}
+    for name, cfg in cfgs.items():
+        t = time.perf_counter()
+        frames[name] = run(cfg)
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
+    return frames, seconds
+
+
+def _run_single_threaded(cfg: RunConfig) -> float:
+    """Compute and cache one config with one torch thread (a ``run_many`` worker); its seconds."""
+    import time
+
+    torch.set_num_threads(1)
+    t = time.perf_counter()
+    run(cfg, progress=False)
+    return time.perf_counter() - t
 
 
 def _frame(rows: list[dict], cfg: RunConfig) -> pd.DataFrame:

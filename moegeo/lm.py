@@ -79,6 +79,10 @@ class TransformerLM(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.trace(idx)[0]
 
+    def balance_loss(self) -> torch.Tensor:
+        """The FFN layers' load-balancing losses of the last training forward, summed: ``(S,)``."""
+        return sum(ffn.balance_loss for ffn in self.ffn)
+
     def params(self, seed_index: int = 0, layer: int = 0, dtype=torch.float64):
         """Detached tensors of one seed's FFN (MoE) layer ``layer``, as the probes take them."""
         return self.ffn[layer].params(seed_index, dtype)
@@ -120,7 +124,7 @@ def train(model: TransformerLM, train_ids: torch.Tensor, steps: int, batch_size:
         if step == steps:
             break
         opt.zero_grad(set_to_none=True)
-        loss.sum().backward()
+        (loss + model.balance_loss()).sum().backward()
         opt.step()
         history.append(float(loss.detach().mean()))
     return history

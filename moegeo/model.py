@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import Arm
+from .config import AUX_COEF, BIAS_RATE, CENTROID_EMA, Arm, Router
 from .probes import gelu, layer_norm
 
 ROUTINGS = ("topk", "soft", "dense")
@@ -37,27 +37,40 @@ def make_data(seed: int, n_samples: int = 512, d_model: int = 64, dtype=torch.fl
     return x, y
 
 
-def route(logits: torch.Tensor, routing: str, top_k: int = 2, temperature: float = 1.0) -> torch.Tensor:
-    """Routing weights g(x) on the simplex from router logits s(x) (A.1, B.3).
+def route(logits: torch.Tensor, routing: str, top_k: int = 2, temperature: float = 1.0,
+          bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Routing weights g(x) on the simplex from router scores s(x) (A.1, B.3).
 
-    "topk": softmax, keep the top k, renormalise (= softmax over the k largest logits);
-    "soft": softmax over all E. ``logits: (*, E) -> (*, E)``.
+    "topk": softmax, keep the top k, renormalise (= softmax over the k largest scores; with a
+    selection ``bias``, over the k largest of s + bias, weighted by s alone); "soft": softmax
+    over all E. ``logits: (*, E) -> (*, E)``.
     """
     if routing == "soft":
         return torch.softmax(logits / temperature, -1)
     if routing == "topk":
-        w, idx = topk_route(logits, top_k, temperature)
+        w, idx = topk_route(logits, top_k, temperature, bias)
         return torch.zeros_like(logits).scatter(-1, idx, w)
     raise ValueError(f"routing must be 'topk' or 'soft', got {routing!r}")
 
 
-def topk_route(logits: torch.Tensor, top_k: int, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_route(logits: torch.Tensor, top_k: int, temperature: float = 1.0,
+               bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k routing as (weights, expert indices), each ``(*, k)``: the softmax over the k
-    largest logits (B.3: softmax, keep the top k, renormalise)."""
+    largest scores (B.3: softmax, keep the top k, renormalise). A ``bias`` (broadcast to the
+    scores) changes which k are selected but not their weights (DeepSeek-V3's loss-free
+    balancing: "the bias term is only used for routing")."""
     if not 1 <= top_k <= logits.shape[-1]:
         raise ValueError(f"top_k must satisfy 1 <= k <= E = {logits.shape[-1]}, got k = {top_k}")
-    vals, idx = (logits / temperature).topk(top_k, dim=-1)
-    return torch.softmax(vals, -1), idx
+    if bias is None:
+        vals, idx = (logits / temperature).topk(top_k, dim=-1)
+        return torch.softmax(vals, -1), idx
+    idx = (logits + bias).topk(top_k, dim=-1).indices
+    return torch.softmax(logits.gather(-1, idx) / temperature, -1), idx
+
+
+def cosine_scores(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """The K-Means router's scores, cos(x, c_e): ``x (*, N, d)``, ``centroids (*, E, d) -> (*, N, E)``."""
+    return torch.nn.functional.normalize(x, dim=-1) @ torch.nn.functional.normalize(centroids, dim=-1).transpose(-1, -2)
 
 
 @dataclass(frozen=True)
@@ -68,17 +81,29 @@ class ExpertParams:
     b1: torch.Tensor  # (E, h)
     W2: torch.Tensor  # (E, d, h)
     b2: torch.Tensor  # (E, d)
-    Wr: torch.Tensor | None  # (E, d), None for a dense FFN
+    Wr: torch.Tensor | None  # (E, d), None for a dense FFN and the K-Means router
     br: torch.Tensor | None  # (E,)
     routing: str
     top_k: int
     temperature: float
+    router: str = Router.LEARNED.value
+    bias: torch.Tensor | None = None  # (E,) selection biases (loss-free, K-Means)
+    centroids: torch.Tensor | None = None  # (E, d) the K-Means router's centroids
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Router scores s(x): ``(N, d) -> (N, E)`` (logits; cosines to the centroids for K-Means)."""
+        return cosine_scores(x, self.centroids) if self.centroids is not None else x @ self.Wr.T + self.br
+
+    @property
+    def router_vectors(self) -> torch.Tensor | None:
+        """The router's direction per expert, ``(E, d)``: the rows of Wr, or the centroids."""
+        return self.centroids if self.centroids is not None else self.Wr
 
     def gates(self, x: torch.Tensor) -> torch.Tensor:
         """g(x): ``(N, d) -> (N, E)``; all ones for a dense FFN (E = 1)."""
-        if self.Wr is None:
+        if self.router_vectors is None:
             return torch.ones(x.shape[0], 1, dtype=x.dtype)
-        return route(x @ self.Wr.T + self.br, self.routing, self.top_k, self.temperature)
+        return route(self.scores(x), self.routing, self.top_k, self.temperature, self.bias)
 
 
 class MLPMoE(nn.Module):
@@ -87,23 +112,43 @@ class MLPMoE(nn.Module):
     ``routing="dense"`` with ``n_experts=1`` is the dense FFN baseline. Parameters are
     initialised as ``nn.Linear`` does (U(-1/sqrt(fan_in), 1/sqrt(fan_in))), each seed from its
     own generator, so a seed's model does not depend on which other seeds share the stack.
+
+    ``router`` (Top-k only; ``moegeo.config.Router``) adds load balancing:
+
+    * ``aux_loss``: each training forward sets ``balance_loss`` (S,) to the Switch Transformer
+      loss AUX_COEF * E * sum_e f_e P_e, with f_e the fraction of the N k token slots routed to
+      e and P_e the mean softmax probability of e over all E (the training loops add it);
+    * ``loss_free``: a selection bias b_e per expert (a buffer, no gradient) is added to the
+      scores for choosing the top k only; after each training forward b_e += BIAS_RATE *
+      sign(1/E - f_e);
+    * ``kmeans``: no router parameters. Scores are cos(x, c_e) to per-expert centroids c_e
+      (buffers, initialised as independent random unit vectors from the seed's generator), with
+      the same selection biases; after each training forward every centroid that received
+      tokens moves to (1 - CENTROID_EMA) c_e + CENTROID_EMA * (mean of its routed inputs), with
+      no gradient.
+
+    The state updates happen in a forward pass only in training mode with gradients enabled,
+    so evaluation passes (``torch.no_grad``) never change the router.
     """
 
     def __init__(self, n_experts=8, d_model=64, d_hidden=128, routing="topk", top_k=2, temperature=1.0,
-                 seeds=(0,), stream="init", dtype=torch.float32):
+                 seeds=(0,), stream="init", dtype=torch.float32, router: str = Router.LEARNED.value):
         super().__init__()
         if routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+        router = Router(router).value
+        if router != Router.LEARNED.value and routing != "topk":
+            raise ValueError(f"router {router!r} balances a Top-k selection; routing must be 'topk', got {routing!r}")
         if routing == "dense" and n_experts != 1:
             raise ValueError(f"a dense FFN has one expert, got n_experts = {n_experts}")
         if routing != "dense":
             route(torch.zeros(1, n_experts), routing, top_k)  # validates k against E
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.routing, self.top_k, self.temperature = routing, top_k, temperature
+        self.routing, self.top_k, self.temperature, self.router = routing, top_k, temperature, router
         S, E, d, h = len(seeds), n_experts, d_model, d_hidden
         shapes = {"W1": ((E, h, d), d), "b1": ((E, h), d), "W2": ((E, d, h), h), "b2": ((E, d), h)}
-        if routing != "dense":
+        if routing != "dense" and router != Router.KMEANS.value:
             shapes.update(Wr=((E, d), d), br=((E,), d))
         init = {name: [] for name in shapes}
         for seed in seeds:
@@ -113,8 +158,18 @@ class MLPMoE(nn.Module):
                 init[name].append((torch.rand(shape, generator=gen, dtype=dtype) * 2 - 1) * bound)
         for name, tensors in init.items():
             setattr(self, name, nn.Parameter(torch.stack(tensors)))
-        if routing == "dense":
+        if "Wr" not in shapes:
             self.Wr = self.br = None
+        if router == Router.KMEANS.value:
+            c = torch.stack([torch.randn(E, d, generator=seed_generator(s, f"{stream}/centroids"), dtype=dtype) for s in seeds])
+            self.register_buffer("centroids", torch.nn.functional.normalize(c, dim=-1))
+        else:
+            self.centroids = None
+        if router in (Router.LOSS_FREE.value, Router.KMEANS.value):
+            self.register_buffer("bias", torch.zeros(S, E, dtype=dtype))
+        else:
+            self.bias = None
+        self.balance_loss = torch.zeros(S, dtype=dtype)
 
     @property
     def n_seeds(self) -> int:
@@ -122,9 +177,12 @@ class MLPMoE(nn.Module):
 
     def gates(self, x: torch.Tensor) -> torch.Tensor:
         """Routing weights ``(S, N, d) -> (S, N, E)``."""
-        if self.Wr is None:
+        if self.routing == "dense":
             return x.new_ones(*x.shape[:2], 1)
-        return route(self.logits(x), self.routing, self.top_k, self.temperature)
+        return route(self.logits(x), self.routing, self.top_k, self.temperature, self._selection_bias())
+
+    def _selection_bias(self) -> torch.Tensor | None:
+        return None if self.bias is None else self.bias[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """f_MoE(x) = sum_e g_e(x) f_e(x) (§2.1): ``(S, N, d) -> (S, N, d)``; ``(N, d)`` if S = 1.
@@ -140,7 +198,11 @@ class MLPMoE(nn.Module):
         if x.shape[0] != self.n_seeds or x.shape[-1] != self.W1.shape[-1]:
             raise ValueError(f"x must have shape (S={self.n_seeds}, N, d={self.W1.shape[-1]}), got {tuple(x.shape)}")
         if self.routing == "topk":
-            out = self.dispatch(x, *topk_route(self.logits(x), self.top_k, self.temperature))
+            scores = self.logits(x)
+            w, idx = topk_route(scores, self.top_k, self.temperature, self._selection_bias())
+            out = self.dispatch(x, w, idx)
+            if self.training and torch.is_grad_enabled():
+                self._balance(x, scores, idx)
         elif self.routing == "soft":
             out = self.mix(x, self.gates(x))
         else:
@@ -149,8 +211,29 @@ class MLPMoE(nn.Module):
         return out[0] if single else out
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Router logits s(x) = Wr x + br: ``(S, N, d) -> (S, N, E)``."""
+        """Router scores s(x): logits Wr x + br, or cosines to the centroids for the K-Means
+        router: ``(S, N, d) -> (S, N, E)``."""
+        if self.centroids is not None:
+            return cosine_scores(x, self.centroids)
         return torch.einsum("snd,sed->sne", x, self.Wr) + self.br[:, None]
+
+    def _balance(self, x: torch.Tensor, scores: torch.Tensor, idx: torch.Tensor) -> None:
+        """The router's load balancing after one training forward (class docstring)."""
+        S, N, E = scores.shape
+        routed = torch.zeros(S, N, E, dtype=x.dtype).scatter(-1, idx, 1.0)  # (S, N, E) 0/1
+        load = routed.sum(1) / (N * self.top_k)  # f_e, sums to 1 per seed
+        if self.router == Router.AUX_LOSS.value:
+            P = torch.softmax(scores / self.temperature, -1).mean(1)
+            self.balance_loss = AUX_COEF * E * (load * P).sum(-1)
+        if self.bias is not None:
+            with torch.no_grad():
+                self.bias = self.bias + BIAS_RATE * torch.sign(1 / E - load)
+        if self.centroids is not None:
+            with torch.no_grad():
+                count = routed.sum(1)  # (S, E)
+                mean = torch.einsum("sne,snd->sed", routed, x.detach()) / count.clamp_min(1)[..., None]
+                step = CENTROID_EMA * (count > 0).to(x.dtype)[..., None]
+                self.centroids = (1 - step) * self.centroids + step * mean
 
     def mix(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """sum_e g_e f_e(x) with every expert computed on every token: ``g: (S, N, E)``.
@@ -188,8 +271,8 @@ class MLPMoE(nn.Module):
     def params(self, seed_index: int = 0, dtype=torch.float64) -> ExpertParams:
         """Detached tensors of one seed, as the probes take them."""
         t = {n: (None if getattr(self, n) is None else getattr(self, n)[seed_index].detach().to(dtype))
-             for n in ("W1", "b1", "W2", "b2", "Wr", "br")}
-        return ExpertParams(**t, routing=self.routing, top_k=self.top_k, temperature=self.temperature)
+             for n in ("W1", "b1", "W2", "b2", "Wr", "br", "bias", "centroids")}
+        return ExpertParams(**t, routing=self.routing, top_k=self.top_k, temperature=self.temperature, router=self.router)
 
 
 class MoENet(nn.Module):
@@ -222,6 +305,10 @@ class MoENet(nn.Module):
             out.append(x)
         return out
 
+    def balance_loss(self) -> torch.Tensor:
+        """The layers' load-balancing losses of the last training forward, summed: ``(S,)``."""
+        return sum(layer.balance_loss for layer in self.layers)
+
     def layer_input(self, l: int, x: torch.Tensor) -> torch.Tensor:
         """The hidden state entering MoE layer ``l`` from its block input: LN(x) in a residual block."""
         return layer_norm(x, self.ln_weight[l][:, None], self.ln_bias[l][:, None]) if self.residual else x
@@ -239,7 +326,7 @@ def ffn_layer(arm: Arm, n_experts: int, d_model: int, d_hidden: int, top_k: int,
     """The feed-forward layer of one arm for all ``seeds``: E experts and a router (MoE arms),
     or one FFN of width d_hidden (``dense``) or E * d_hidden (``dense_matched``)."""
     if arm.is_moe:
-        return MLPMoE(n_experts, d_model, d_hidden, arm.routing, top_k, temperature, seeds, stream)
+        return MLPMoE(n_experts, d_model, d_hidden, arm.routing, top_k, temperature, seeds, stream, router=arm.router.value)
     width = d_hidden * (n_experts if arm is Arm.DENSE_MATCHED else 1)
     return MLPMoE(1, d_model, width, "dense", seeds=seeds, stream=stream)
 

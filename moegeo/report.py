@@ -18,6 +18,7 @@ import pandas as pd
 from . import __version__
 from .bench_report import existing_section, write_atomic
 from .claims import Results, paper_value_in_prediction_interval
+from .claims import routers_geometry
 from .claims.dual_jacobian_pca import CLAIMS, HOT_TEMPERATURE, UNTESTED
 from .config import Arm, JacobianSite, Norm, PCASite
 from .experiment import reading
@@ -126,6 +127,8 @@ def make_figures(frames: dict, outdir: Path, verdicts: pd.DataFrame | None = Non
 
     if "lm" in frames:
         make_lm_figures(frames["lm"], save)
+    if "routers" in frames and "lm" in frames:
+        make_router_figures(frames, save)
 
     if verdicts is not None:
         stepped = [c for c in CLAIMS if c.steps and c.frame == "main" and (verdicts.claim == c.id).any()]
@@ -211,6 +214,63 @@ def make_lm_figures(df: pd.DataFrame, save) -> None:
     save(fig, "lm_cross_expert_cosine")
 
 
+def make_router_figures(frames: dict, save) -> None:
+    """The routers paper's figures, for the first seed: each router's load per expert over
+    training (one panel per layer), its router-direction |cos| matrices, and router score against
+    the expert's activation norm for tokens routed to each expert."""
+    import matplotlib.pyplot as plt
+
+    routers = routers_geometry.ARMS
+    frame = {k: frames[routers_geometry.frame_of(k)] for k in routers}
+    seed = {k: int(df[df.arm == routers[k]].seed.min()) for k, df in frame.items()}
+    layers = sorted(int(l) for l in set(frames["routers"].layer) if l >= 0)
+
+    def rows(k, metric, **eq):
+        df = frame[k]
+        sel = (df.arm == routers[k]) & (df.metric == metric) & (df.seed == seed[k])
+        for col, v in eq.items():
+            sel &= df[col] == v
+        return df[sel]
+
+    fig, axes = plt.subplots(len(routers), len(layers), figsize=(4 * len(layers), 2.6 * len(routers)), squeeze=False,
+                             sharey=True)
+    for ax_row, k in zip(axes, routers):
+        for ax, layer in zip(ax_row, layers):
+            t = rows(k, "load_fraction", layer=layer).pivot_table(index="step", columns="expert", values="value")
+            ax.plot(t.index, t.to_numpy(), lw=1)
+            ax.axhline(1 / t.shape[1], color="k", ls="--", lw=0.8)
+            ax.set_title(f"{k}, layer {layer} (seed {seed[k]})", fontsize=9)
+        ax_row[0].set_ylabel("fraction of token slots")
+    for ax in axes[-1]:
+        ax.set_xlabel("training step")
+    save(fig, "routers_load_over_training")
+
+    fig, axes = plt.subplots(len(layers), len(routers), figsize=(3.4 * len(routers), 3.0 * len(layers)), squeeze=False)
+    for ax_row, layer in zip(axes, layers):
+        for ax, k in zip(ax_row, routers):
+            c = rows(k, "router_cosine", layer=layer)
+            c = c[c.step == c.steps].pivot_table(index="expert", columns="index", values="value").abs()
+            im = ax.imshow(c.to_numpy(), vmin=0, vmax=1, cmap="viridis")
+            ax.set_title(f"{k}, layer {layer}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.colorbar(im, ax=axes, shrink=0.6, label="|cos| between router directions")
+    save(fig, "routers_similarity_matrices")
+
+    fig, axes = plt.subplots(1, len(routers), figsize=(3.6 * len(routers), 3.2), squeeze=False)
+    layer = layers[len(layers) // 2]
+    for ax, k in zip(axes[0], routers):
+        s = rows(k, "sample_score", layer=layer)
+        a = rows(k, "sample_activation", layer=layer)
+        m = s.merge(a, on=["expert", "index", "step"], suffixes=("_s", "_a"))
+        m = m[m.step == m.steps_s]
+        ax.scatter(m.value_s, m.value_a, c=m.expert, cmap="tab10", s=6)
+        ax.set_title(f"{k}, layer {layer}", fontsize=9)
+        ax.set_xlabel("router score of the expert")
+    axes[0, 0].set_ylabel("||expert hidden activation||")
+    save(fig, "routers_score_vs_activation")
+
+
 def _over_steps(verdicts: pd.DataFrame, claim_id: str) -> pd.DataFrame:
     """A claim's rows at its primary reading's other axes, one per checkpoint."""
     v = verdicts[verdicts.claim == claim_id]
@@ -261,8 +321,10 @@ def _fmt(x: float) -> str:
 
 def render(verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dict[str, Path], report_path: Path,
            timings: dict | None = None, peak_gib: float | None = None, frames: dict | None = None) -> str:
-    """The Markdown text of the report."""
+    """The Markdown text of the report: the Dual Jacobian-PCA paper's sections, then the routers
+    paper's (when its claims were run)."""
     by_id = {c.id: c for c in CLAIMS}
+    others, verdicts = verdicts[~verdicts.claim.isin(by_id)], verdicts[verdicts.claim.isin(by_id)]
     general = verdicts.claim.map(lambda i: bool(by_id[i].generalises))
     gen, verdicts = verdicts[general], verdicts[~general]
     prim = verdicts[verdicts.primary]
@@ -274,7 +336,8 @@ def render(verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dic
 
     fam = prim.family.iloc[0]
     lines = [
-        "# moegeo replication report: Dual Jacobian-PCA (Liu, 2025)",
+        "# moegeo replication report: Dual Jacobian-PCA (Liu, 2025)"
+        + (" and the routers paper (Ahrac et al., 2026)" if len(others) else ""),
         "",
         "Generated by `pytest claims/`; do not edit by hand.",
         "",
@@ -283,10 +346,11 @@ def render(verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dic
         f"- versions: {_versions()}",
         f"- CPU: {_cpu()}",
         f"- wall time of this run: {wall_time:.0f} s (cached runs are reused)"
-        + (" — " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) if timings else ""),
+        + (" — per config (uncached configs train side by side, one single-threaded process per core): "
+           + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) if timings else ""),
     ]
     if peak_gib is not None:
-        lines.append(f"- peak resident memory of the run: {peak_gib:.2f} GiB")
+        lines.append(f"- peak resident memory of the run (the largest of the main and worker processes): {peak_gib:.2f} GiB")
     for name, cfg in configs.items():
         lines.append(f"- config `{name}`: `{cfg.to_dict()}` (key {cfg.key()})")
     lines += [
@@ -297,7 +361,9 @@ def render(verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dic
         f"setting: {tally(prim[kind == 'nondiag'])} ({', '.join(prim[kind == 'nondiag'].claim)})."
         + (f" The language-model setting (C12, C13 above, tested on a 3-layer Transformer trained on WikiText-2) "
            f"also re-tests {gen.claim.nunique()} MLP-setting claims on language: {tally(gen[gen.primary])} "
-           "(section *The language-model setting*)." if len(gen) else ""),
+           "(section *The language-model setting*)." if len(gen) else "")
+        + (f" **The routers paper** (its own section at the end): {int((others[others.primary].verdict == 'REPLICATED').sum())} "
+           f"of {int(others.primary.sum())} claims replicated ({tally(others[others.primary])})." if len(others) else ""),
         "",
         f"Seeds are the unit of analysis ({int(prim.n.max())} seeds in the MLP setting"
         + (f", {int(gen.n.max())} in the language model" if len(gen) else "") + "). Every claim is one exact, distribution-free test "
@@ -378,11 +444,70 @@ def render(verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dic
               "Medians over seeds of expert means, with 10-90% seed bands; the claims figure shows each claim's "
               "median statistic with its exact CI at every checkpoint (primary reading's other axes).", ""]
     for name, path in figures.items():
-        if name.startswith("lm_"):
-            continue  # in the language-model section
+        if name.startswith(("lm_", "routers_")):
+            continue  # in the language-model and routers sections
         rel = os.path.relpath(path, report_path.parent)
         lines += [f"### {name}", "", f"![{name}]({rel})", ""]
+    if len(others):
+        lines += _routers_section(others, frames or {}, figures, report_path)
     return "\n".join(lines) + "\n"
+
+
+def _routers_section(verdicts: pd.DataFrame, frames: dict, figures: dict, report_path: Path) -> list[str]:
+    """The routers paper: its verdicts, the routers' metrics and its figures."""
+    by_id = {c.id: c for c in routers_geometry.CLAIMS}
+    prim = verdicts[verdicts.primary]
+    out = ["", "# The routers paper: *Routers Learn the Geometry of Their Experts* (Ahrac, Hochwald, Geva; arXiv "
+           "2605.12476)", "",
+           "Tested on moegeo's 3-layer language model (the section above), with four Top-2 routers: `learned` (the "
+           "`topk` arm: linear router, no balancing), `aux_loss` (+ the Switch Transformer loss), `loss_free` "
+           "(DeepSeek-V3 selection biases) and `kmeans` (parameter-free online K-Means: cosine to EMA centroids, "
+           "sign-updated biases); hyperparameters and their sources in `moegeo/config.py`. Only the paper's abstract "
+           "and a summary exist here, so every metric is a **named reading declared by moegeo**, not the paper's "
+           "definition (`moegeo/claims/routers_geometry.py`).", "",
+           f"**{int((prim.verdict == 'REPLICATED').sum())} of {len(prim)} claims replicated** at their primary reading "
+           f"({', '.join(f'{n} {k}' for k, n in prim.verdict.value_counts().items())}); Holm over both one-sided "
+           f"p-values of the {int(prim.m.iloc[0])} distinct primary tests (family `{prim.family.iloc[0]}`), "
+           f"{int(prim.n.max())} seeds.", "",
+           "| claim | the paper says | primary reading | statistic: median [exact CI] | seeds | rule | Holm p | verdict |",
+           "|---|---|---|---|---|---|---|---|"]
+    for row in prim.itertuples():
+        c = by_id[row.claim]
+        out.append(f"| {c.id} {c.title} | \"{c.quote}\" ({c.source}) | `{row.reading}` | {c.statistic}: {_fmt(row.effect)} "
+                   f"[{_fmt(row.ci_low)}, {_fmt(row.ci_high)}] | {row.n_claimed}/{row.n} | {c.rule()} | "
+                   f"{_fmt(min(row.p_adj, row.p_opposite_adj))} | **{row.verdict}** |")
+    out += ["", "Per-arm medians behind each primary verdict:", ""]
+    out += [f"- **{row.claim}**: {row.medians}." for row in prim.itertuples()]
+    if "routers" in frames and "lm" in frames:
+        out += ["", "Router metrics at the final step (every layer pooled; median over seeds):", "",
+                "| router | held-out perplexity | load std | router-direction mean abs cos | score-activation rho | "
+                "coupling: own expert | coupling: other experts |", "|---|---|---|---|---|---|---|"]
+        for k, arm in routers_geometry.ARMS.items():
+            df = frames[routers_geometry.frame_of(k)]
+            f = df[(df.arm == arm) & (df.step == df.steps)]
+
+            def med(metric, reading=""):
+                v = f[(f.metric == metric) & (f.reading == reading)].groupby("seed").value.mean()
+                return _fmt(v.median()) if len(v) else "—"
+            out.append(f"| {k} | {med('perplexity')} | {med('load_imbalance')} | {med('router_similarity')} | "
+                       f"{med('score_activation_rho')} | {med('router_expert_cos', 'pair=matched')} | "
+                       f"{med('router_expert_cos', 'pair=mismatched')} |")
+    sens = verdicts[~verdicts.primary]
+    out += ["", f"Sensitivity readings (each layer alone, the other comparators; Holm over {int(sens.m.max()) if len(sens) else 0} "
+            "distinct tests):", "", "| claim | reading | effect [exact CI] | seeds | Holm p | verdict |", "|---|---|---|---|---|---|"]
+    for row in sens.itertuples():
+        out.append(f"| {row.claim} | {row.reading} | {_fmt(row.effect)} [{_fmt(row.ci_low)}, {_fmt(row.ci_high)}] | "
+                   f"{row.n_claimed}/{row.n} | {_fmt(min(row.p_adj, row.p_opposite_adj))} | {row.verdict} |")
+    out += ["", "## Claims, quotes and thresholds (routers paper)", ""]
+    for c in routers_geometry.CLAIMS:
+        out.append(f"- **{c.id} {c.title}** ({c.source}): \"{c.quote}\". Statistic per seed: {c.statistic}. Threshold: "
+                   f"{c.threshold}. Rule: {c.rule()}. Primary reading: {c.primary_because}.")
+    out += ["", "Not tested:", ""] + [f"- {what}: {why}." for what, why in routers_geometry.UNTESTED]
+    out += ["", "## Figures (routers paper)", ""]
+    for name, path in figures.items():
+        if name.startswith("routers_"):
+            out += [f"### {name}", "", f"![{name}]({os.path.relpath(path, report_path.parent)})", ""]
+    return out
 
 
 def _lm_section(df: pd.DataFrame, verdicts: pd.DataFrame, gen: pd.DataFrame, by_id: dict, figures: dict,
