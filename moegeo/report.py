@@ -315,6 +315,12 @@ def _cpu() -> str:
     return f"{model}; {os.cpu_count()} logical CPUs; torch threads {torch.get_num_threads()}"
 
 
+def _seed_range(n: pd.Series) -> str:
+    """'10' or '10-12': the numbers of seeds behind a set of tests."""
+    lo, hi = int(n.min()), int(n.max())
+    return str(hi) if lo == hi else f"{lo}-{hi}"
+
+
 def _fmt(x: float) -> str:
     return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3g}"
 
@@ -468,7 +474,8 @@ def _routers_section(verdicts: pd.DataFrame, frames: dict, figures: dict, report
            f"**{int((prim.verdict == 'REPLICATED').sum())} of {len(prim)} claims replicated** at their primary reading "
            f"({', '.join(f'{n} {k}' for k, n in prim.verdict.value_counts().items())}); Holm over both one-sided "
            f"p-values of the {int(prim.m.iloc[0])} distinct primary tests (family `{prim.family.iloc[0]}`), "
-           f"{int(prim.n.max())} seeds.", "",
+           f"{_seed_range(prim.n)} seeds per test (a comparison uses the seeds both arms have; the `learned` "
+           "router is the language model's `topk` arm, with its seeds).", "",
            "| claim | the paper says | primary reading | statistic: median [exact CI] | seeds | rule | Holm p | verdict |",
            "|---|---|---|---|---|---|---|---|"]
     for row in prim.itertuples():

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from moegeo import stats
 from moegeo.claims import Claim, Results, evaluate, family, pair
-from moegeo.claims.dual_jacobian_pca import CLAIMS, SEEDS
+from moegeo.claims import routers_geometry
+from moegeo.claims.dual_jacobian_pca import CLAIMS, LM_SEEDS, SEEDS
 from moegeo.stats import Verdict
 
 #: the paper's own claims: its primary Holm family (the generalisation tests have their own)
@@ -220,13 +221,14 @@ def test_magnitude_outside_the_interval_is_not_replicated(true_ratio):
     assert rate <= ALPHA
 
 
-def _family(effects: list[float], sims: int, seed: int) -> pd.DataFrame:
-    """sims independent copies of one paper's family: claim j of copy i has log effect effects[j]."""
+def _family(effects: list[float], sims: int, seed: int, n: int = N) -> pd.DataFrame:
+    """sims independent copies of one paper's family of n-seed claims: claim j of copy i has log
+    effect effects[j]."""
     rng = np.random.default_rng(seed)
     m, vals = len(effects), {}
     for i in range(sims * m):
-        vals[f"a{i}"] = np.exp(effects[i % m] + rng.normal(0, SD, N))
-        vals[f"b{i}"] = np.exp(rng.normal(0, SD, N))
+        vals[f"a{i}"] = np.exp(effects[i % m] + rng.normal(0, SD, n))
+        vals[f"b{i}"] = np.exp(rng.normal(0, SD, n))
     claims = planted_claims(sims * m, "direction", paper=lambda i: f"copy{i // m}")
     return evaluate(planted(vals), claims)
 
@@ -242,6 +244,21 @@ def test_family_wise_error_under_the_full_null_is_at_most_alpha():
     v = _family([0.0] * m, copies, seed=5)
     fwer = v.groupby("family").verdict.apply(lambda s: s.isin(["REPLICATED", "CONTRADICTED"]).any()).mean()
     assert abs(fwer - exact) <= 4 * math.sqrt(exact * (1 - exact) / copies)
+
+
+@pytest.mark.parametrize("m, n", [(len(routers_geometry.CLAIMS), routers_geometry.ROUTER_SEEDS), (len(PAPER_CLAIMS), LM_SEEDS)],
+                         ids=["routers-family", "lm-seeds"])
+def test_family_wise_error_at_the_other_seed_counts_is_its_exact_value(m, n):
+    """The same check at the routers paper's family (its m, its default seeds) and at the language
+    model's seed count: with few seeds the exact sign test's discreteness makes the family-wise
+    error far below alpha, and the simulation must find exactly that value, not alpha."""
+    copies = 600
+    ks = [k for k in range(n + 1) if scipy.stats.binom.sf(k - 1, n, 0.5) <= ALPHA / (2 * m)]
+    exact = 1 - (1 - 2 * scipy.stats.binom.sf(ks[0] - 1, n, 0.5)) ** m if ks else 0.0
+    assert exact <= ALPHA
+    v = _family([0.0] * m, copies, seed=8, n=n)
+    fwer = v.groupby("family").verdict.apply(lambda s: s.isin(["REPLICATED", "CONTRADICTED"]).any()).mean()
+    assert abs(fwer - exact) <= max(4 * math.sqrt(exact * (1 - exact) / copies), 2 / copies)
 
 
 def test_power_for_the_papers_smallest_effect_under_the_real_holm_family():
