@@ -18,7 +18,7 @@ from moegeo import ExperimentConfig
 from moegeo.experiment import run_many
 from moegeo.cache import cache_dir
 from moegeo.claims import Results, evaluate
-from moegeo.claims import routers_geometry
+from moegeo.claims import geometric_asymmetry, routers_geometry
 from moegeo.claims.dual_jacobian_pca import CLAIMS, FAILURE_STEP, HOT_TEMPERATURE, LM_SEEDS, SEEDS
 from moegeo.config import Arm, LMConfig
 
@@ -107,7 +107,7 @@ def pytest_configure(config):
         # xdist workers find them in the cache
         order = ["main", "lm", "routers", "failure", "hot"]
         frames, timings = run_many({name: cfgs[name] for name in order})
-    config.stash[VERDICTS] = evaluate(Results(frames), CLAIMS + routers_geometry.CLAIMS)
+    config.stash[VERDICTS] = evaluate(Results(frames), CLAIMS + routers_geometry.CLAIMS + geometric_asymmetry.CLAIMS)
     config.stash[STATE] = dict(frames=frames, configs=cfgs, t0=t0, timings=timings)
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import probes
+from . import grassmann, probes
 from .cache import cached
 from .config import Arm, ExperimentConfig, JacobianSite, LMConfig, Norm, PCASite, RunConfig
 from .model import MoENet, build_arm, make_data
@@ -28,6 +28,13 @@ from .model import MoENet, build_arm, make_data
 PCA_TAU, PCA_K = 0.9, 10
 #: Jacobian decay summaries: energy reached by 10 directions, sigma_10 / sigma_1, k at 90% energy.
 ENERGY_K, ENERGY_TAU = 10, 0.9
+
+#: the expert subspace of the Grassmann probes: the top 10 principal directions, the dual paper's
+#: own count of leading directions (cum-var@10, B.5); each expert's k@0.9 is the other reading.
+SUBSPACE_R = PCA_K
+#: PCA sites whose coordinates all experts share (a subspace of the layer's input or output
+#: space); the hidden sites are each expert's own coordinates, where angles mean nothing.
+SUBSPACE_SITES = (PCASite.INPUT, PCASite.OUTPUT)
 
 #: tokens per expert whose router score and activation are kept for the scatter plots
 SAMPLE_TOKENS = 32
@@ -250,13 +257,43 @@ def probe_rows(p, x: torch.Tensor, seed: int, arm: Arm, step: int, layer: int = 
         rows += _router_rows(p, x, g, seed, arm, layer, step, full=True, experts=experts)
 
     W1, b1, W2, gl = p.W1[live], p.b1[live], p.W2[live], g[:, live]
-    # Jacobian spectra under both readings of which Jacobian (§2.2 vs B.4)
     J = probes.expert_jacobians(W1, b1, W2, x)
+    pre = probes.expert_preactivations(W1, b1, x)
+    hidden = probes.gelu(pre)
+    sites = {
+        PCASite.INPUT: x,
+        PCASite.PRE_ACTIVATION: pre,
+        PCASite.HIDDEN: hidden,
+        PCASite.OUTPUT: torch.einsum("edh,enh->end", W2, hidden) + p.b2[live][:, None],
+    }
+    expert_geometry_rows(rows, x, gl, J, sites, experts)
+    if ln_weight is not None and len(live) > 1:  # the expert charts seen from the block input
+        J_ln = torch.einsum("enoi,nij->enoj", J, probes.layer_norm_jacobian(block_input, ln_weight))
+        charts = {reading(jacobian=JacobianSite.MEAN, chart="ln"): probes.weighted_mean(J_ln, gl)}
+        charts[reading(jacobian=JacobianSite.MEAN, chart="residual")] = (
+            charts[reading(jacobian=JacobianSite.MEAN, chart="ln")] + torch.eye(x.shape[-1], dtype=x.dtype))
+        for r, M in charts.items():
+            rows.add("cosine", r, probes.cosine_matrix(M), experts, index=experts)
+    return rows
+
+
+def expert_geometry_rows(rows: Rows, x: torch.Tensor, g: torch.Tensor, J: torch.Tensor, sites: dict,
+                         experts: list[int]) -> torch.Tensor:
+    """The probes every setting shares, from one layer's tensors, appended to ``rows``.
+
+    ``x: (N, d)`` the layer input, ``g: (N, E)`` the routing weights of the ``E`` live experts
+    (ids ``experts``), ``J: (E, N, d_out, d)`` their per-point Jacobians, ``sites``: a
+    representation ``(N, D)`` or ``(E, N, D)`` per ``PCASite``. Adds the Jacobian spectra under
+    both readings of which Jacobian (§2.2's per-point spectra, B.4's J̄_e), the cross-expert
+    cosine of vec(J̄_e) (A.3), the weighted PCA of every site (A.4/B.5) and, at the sites whose
+    coordinates experts share (``SUBSPACE_SITES``), the Grassmann geometry between expert
+    subspaces (``subspace_rows``). Returns J̄_e ``(E, d_out, d)``.
+    """
     s_point = probes.singular_values(J, "gram")  # (E, N, d); float64, so Gram is accurate here
-    jbar = probes.mean_jacobian(W1, b1, W2, x, gl)
+    jbar = probes.weighted_mean(J, g)
     spectra = {
-        JacobianSite.POINTWISE: (probes.weighted_mean(s_point, gl),
-                                 probes.weighted_mean(probes.energy_curve(s_point), gl)),
+        JacobianSite.POINTWISE: (probes.weighted_mean(s_point, g),
+                                 probes.weighted_mean(probes.energy_curve(s_point), g)),
         JacobianSite.MEAN: (probes.singular_values(jbar), None),
     }
     for site, (s, energy) in spectra.items():
@@ -268,32 +305,47 @@ def probe_rows(p, x: torch.Tensor, seed: int, arm: Arm, step: int, layer: int = 
         rows.add("energy", r, energy, experts)
         rows.add(f"energy@{k}", r, probes.value_at(energy, k), experts)
         rows.add(f"energy_k@{ENERGY_TAU}", r, probes.k_at(energy, ENERGY_TAU).double(), experts)
-    if len(live) > 1:  # cross-expert cosine of vec(J̄_e) (A.3)
-        charts = {reading(jacobian=JacobianSite.MEAN): jbar}
-        if ln_weight is not None:
-            J_ln = torch.einsum("enoi,nij->enoj", J, probes.layer_norm_jacobian(block_input, ln_weight))
-            charts[reading(jacobian=JacobianSite.MEAN, chart="ln")] = probes.weighted_mean(J_ln, gl)
-            charts[reading(jacobian=JacobianSite.MEAN, chart="residual")] = (
-                charts[reading(jacobian=JacobianSite.MEAN, chart="ln")] + torch.eye(x.shape[-1], dtype=x.dtype))
-        for r, M in charts.items():
-            rows.add("cosine", r, probes.cosine_matrix(M), experts, index=experts)
-
-    # weighted PCA at each site (A.4/B.5)
-    pre = probes.expert_preactivations(W1, b1, x)
-    hidden = probes.gelu(pre)
-    sites = {
-        PCASite.INPUT: x,
-        PCASite.PRE_ACTIVATION: pre,
-        PCASite.HIDDEN: hidden,
-        PCASite.OUTPUT: torch.einsum("edh,enh->end", W2, hidden) + p.b2[live][:, None],
-    }
+    if len(experts) > 1:
+        rows.add("cosine", reading(jacobian=JacobianSite.MEAN), probes.cosine_matrix(jbar), experts, index=experts)
     for site, h in sites.items():
-        pca = probes.weighted_pca(h, gl.T)
+        pca = probes.weighted_pca(h, g.T, vectors=site in SUBSPACE_SITES)
         r, k = reading(pca_site=site), min(PCA_K, h.shape[-1])
         rows.add("explained_variance", r, pca.explained_variance_ratio, experts)
         rows.add(f"cumvar@{k}", r, pca.cumvar_at(k), experts)
         rows.add(f"k@{PCA_TAU}", r, pca.k_at(PCA_TAU).double(), experts)
-    return rows
+        if site in SUBSPACE_SITES and len(experts) > 1:
+            subspace_rows(rows, pca, site, experts)
+    return jbar
+
+
+def subspace_rows(rows: Rows, pca: probes.PCAResult, site: PCASite, experts: list[int]) -> None:
+    """Grassmann geometry between the experts' principal subspaces (the geometric asymmetry
+    paper's "routed representations ... occupy distinct but partially overlapping subspaces").
+
+    Two readings of an expert's subspace: its top ``SUBSPACE_R`` principal directions
+    (``subspace=r10``) and its own k@0.9 directions (``subspace=k90``). Rows per expert pair
+    (``index`` the partner): ``geodesic``, ``chordal``, ``overlap`` and the same quantities'
+    means for independent uniformly random subspaces of the pair's dimensions
+    (``geodesic_null`` ...; ``moegeo.grassmann.null_means``), the largest principal angle
+    ``max_angle``; for ``r10`` at the input site
+    also the principal angles, one metric ``angle@i`` per i.
+    """
+    D = pca.components.shape[-1]
+    ks = pca.k_at(PCA_TAU).tolist()
+    for name, bases in ((f"r{SUBSPACE_R}", pca.subspace(min(SUBSPACE_R, D))),
+                        ("k90", [pca.components[i, :, :k] for i, k in enumerate(ks)])):
+        r = reading(pca_site=site, subspace=name)
+        geo = grassmann.pairwise(bases)
+        dims = [b.shape[-1] for b in bases]
+        null = {(a, b): grassmann.null_means(D, min(a, b), max(a, b)) for a in set(dims) for b in set(dims)}
+        for stat in grassmann.STATISTICS:
+            rows.add(stat, r, getattr(geo, stat), experts, index=experts)
+            rows.add(f"{stat}_null", r, torch.tensor([[null[a, b][stat] for b in dims] for a in dims]), experts,
+                     index=experts)
+        rows.add("max_angle", r, geo.angles.nan_to_num(-1.0).amax(-1), experts, index=experts)
+        if name != "k90" and site == PCASite.INPUT:
+            for i in range(geo.angles.shape[-1]):
+                rows.add(f"angle@{i + 1}", r, geo.angles[..., i], experts, index=experts)
 
 
 # --------------------------------------------------------------------------- the whole run

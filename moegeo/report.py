@@ -18,12 +18,15 @@ import pandas as pd
 from . import __version__
 from .bench_report import existing_section, write_atomic
 from .claims import Results, paper_value_in_prediction_interval
-from .claims import routers_geometry
+from .claims import geometric_asymmetry, routers_geometry
 from .claims.dual_jacobian_pca import CLAIMS, HOT_TEMPERATURE, UNTESTED
 from .config import Arm, JacobianSite, Norm, PCASite
 from .experiment import reading
 from .probes import cosine_null
 
+#: the later papers, in the order of their report sections
+LATER_PAPERS = {routers_geometry.PAPER: "the routers paper (Ahrac et al., 2026)",
+                geometric_asymmetry.PAPER: "the geometric asymmetry paper (arXiv 2605.16349)"}
 ARM_COLORS = {"dense": "tab:gray", "dense_matched": "black", "topk": "tab:blue", "soft": "tab:orange"}
 
 
@@ -129,6 +132,8 @@ def make_figures(frames: dict, outdir: Path, verdicts: pd.DataFrame | None = Non
         make_lm_figures(frames["lm"], save)
     if "routers" in frames and "lm" in frames:
         make_router_figures(frames, save)
+    if "lm" in frames or "main" in frames:
+        make_asymmetry_figures(frames, save)
 
     if verdicts is not None:
         stepped = [c for c in CLAIMS if c.steps and c.frame == "main" and (verdicts.claim == c.id).any()]
@@ -325,6 +330,54 @@ def _fmt(x: float) -> str:
     return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3g}"
 
 
+def make_asymmetry_figures(frames: dict, save) -> None:
+    """The asymmetry paper's figures at the final step, primary site and subspace (input, top 10):
+    the principal angles between expert subspaces against those of random subspaces, and per
+    seed (and LM layer) the functional alignment against the subspace distance, each relative to
+    its chance level."""
+    import matplotlib.pyplot as plt
+
+    from . import grassmann
+
+    ga, rd = geometric_asymmetry, "pca_site=input;subspace=r10"
+    settings = [(s, n) for s, n in (("language model", "lm"), ("MLP-MoE", "main")) if n in frames]
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.2 * len(settings), 3.6), squeeze=False)
+    for ax, (title, name) in zip(axes[0], settings):
+        df = frames[name]
+        df = df[(df.step == df.steps) & (df.reading == rd) & df.metric.str.startswith("angle@") & (df.expert < df["index"])]
+        for arm in ga.MOE:
+            a = df[df.arm == arm].value
+            ax.hist(np.degrees(a), bins=45, range=(0, 90), density=True, alpha=0.5, color=ARM_COLORS[arm],
+                    label=f"{arm} ({len(a)} angles)")
+        D = int(frames[name].d_model.iloc[0])
+        null = grassmann.random_subspace_null(D, 10, n_samples=2000)
+        ax.hist(np.degrees(null.angles.flatten().numpy()), bins=45, range=(0, 90), density=True, histtype="step",
+                color="black", ls="--", label=f"random 10-dim subspaces of R^{D}")
+        ax.set_title(f"{title}: principal angles between expert subspaces", fontsize=9)
+        ax.set_xlabel("principal angle [degrees]")
+    axes[0, 0].legend(fontsize=7)
+    save(fig, "asymmetry_principal_angles")
+
+    fig, ax = plt.subplots(figsize=(6, 4.4))
+    for (title, name), marker in zip(settings, ("o", "s")):
+        layers = sorted(int(l) for l in set(frames[name].layer) if l >= 0)
+        for layer in layers:
+            R = Results(frames).view(name, layer) if name == "lm" else Results(frames)
+            for arm in ga.MOE:
+                fun = ga.alignment(R, arm, {}) / ga.alignment_chance(R)
+                geo = ga.mean_over_pairs(R, arm, "geodesic", rd, {}) / ga.mean_over_pairs(R, arm, "geodesic_null", rd, {})
+                ax.scatter(fun, geo.reindex(fun.index), s=14, marker=marker, color=ARM_COLORS[arm], alpha=0.6,
+                           label=f"{title}, {arm}" if layer == layers[0] else None)
+    ax.axvline(1, color="gray", ls="--", lw=0.8)
+    ax.axhline(1, color="gray", ls="--", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("functional alignment: mean |cos| of J̄_e / its chance level")
+    ax.set_ylabel("subspace distance: mean geodesic / random-subspace mean")
+    ax.set_title("one point per seed (and LM layer); chance at 1 on both axes", fontsize=9)
+    ax.legend(fontsize=7)
+    save(fig, "asymmetry_alignment_vs_distance")
+
+
 def render(verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dict[str, Path], report_path: Path,
            timings: dict | None = None, peak_gib: float | None = None, frames: dict | None = None) -> str:
     """The Markdown text of the report: the Dual Jacobian-PCA paper's sections, then the routers
@@ -343,7 +396,7 @@ def render(verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dic
     fam = prim.family.iloc[0]
     lines = [
         "# moegeo replication report: Dual Jacobian-PCA (Liu, 2025)"
-        + (" and the routers paper (Ahrac et al., 2026)" if len(others) else ""),
+        + "".join(f", {title}" for paper, title in LATER_PAPERS.items() if (others.paper == paper).any()),
         "",
         "Generated by `pytest claims/`; do not edit by hand.",
         "",
@@ -368,8 +421,10 @@ def render(verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dic
         + (f" The language-model setting (C12, C13 above, tested on a 3-layer Transformer trained on WikiText-2) "
            f"also re-tests {gen.claim.nunique()} MLP-setting claims on language: {tally(gen[gen.primary])} "
            "(section *The language-model setting*)." if len(gen) else "")
-        + (f" **The routers paper** (its own section at the end): {int((others[others.primary].verdict == 'REPLICATED').sum())} "
-           f"of {int(others.primary.sum())} claims replicated ({tally(others[others.primary])})." if len(others) else ""),
+        + "".join(f" **{title}** (its own section at the end): {int((p.verdict == 'REPLICATED').sum())} of {len(p)} "
+                  f"claims replicated ({tally(p)})." for paper, title in LATER_PAPERS.items()
+                  for p in [others[(others.paper == paper) & others.primary & others.family.str.endswith("/primary")
+                                   & ~others.family.str.contains("generalisation")]] if len(p)),
         "",
         f"Seeds are the unit of analysis ({int(prim.n.max())} seeds in the MLP setting"
         + (f", {int(gen.n.max())} in the language model" if len(gen) else "") + "). Every claim is one exact, distribution-free test "
@@ -450,45 +505,90 @@ def render(verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dic
               "Medians over seeds of expert means, with 10-90% seed bands; the claims figure shows each claim's "
               "median statistic with its exact CI at every checkpoint (primary reading's other axes).", ""]
     for name, path in figures.items():
-        if name.startswith(("lm_", "routers_")):
-            continue  # in the language-model and routers sections
+        if name.startswith(("lm_", routers_geometry.FIGURES, geometric_asymmetry.FIGURES)):
+            continue  # in the language-model and the later papers' sections
         rel = os.path.relpath(path, report_path.parent)
         lines += [f"### {name}", "", f"![{name}]({rel})", ""]
-    if len(others):
-        lines += _routers_section(others, frames or {}, figures, report_path)
+    if (others.paper == routers_geometry.PAPER).any():
+        lines += _routers_section(others[others.paper == routers_geometry.PAPER], frames or {}, figures, report_path)
+    if (others.paper == geometric_asymmetry.PAPER).any():
+        lines += _asymmetry_section(others[others.paper == geometric_asymmetry.PAPER], frames or {}, figures, report_path)
     return "\n".join(lines) + "\n"
 
 
-def _routers_section(verdicts: pd.DataFrame, frames: dict, figures: dict, report_path: Path) -> list[str]:
-    """The routers paper: its verdicts, the routers' metrics and its figures."""
-    by_id = {c.id: c for c in routers_geometry.CLAIMS}
-    prim = verdicts[verdicts.primary]
-    out = ["", "# The routers paper: *Routers Learn the Geometry of Their Experts* (Ahrac, Hochwald, Geva; arXiv "
-           "2605.12476)", "",
-           "Tested on moegeo's 3-layer language model (the section above), with four Top-2 routers: `learned` (the "
-           "`topk` arm: linear router, no balancing), `aux_loss` (+ the Switch Transformer loss), `loss_free` "
-           "(DeepSeek-V3 selection biases) and `kmeans` (parameter-free online K-Means: cosine to EMA centroids, "
-           "sign-updated biases); hyperparameters and their sources in `moegeo/config.py`. Only the paper's abstract "
-           "and a summary exist here, so every metric is a **named reading declared by moegeo**, not the paper's "
-           "definition (`moegeo/claims/routers_geometry.py`).", "",
+def _paper_section(module, heading: str, intro: str, verdicts: pd.DataFrame, figures: dict, report_path: Path,
+                   extra: list[str] = ()) -> list[str]:
+    """A later paper's section: its primary verdicts, per-arm medians, ``extra`` (tables of its
+    own), its generalisation tests, its sensitivity readings, claims with quotes, what is not
+    tested and its figures (named ``<module's figure prefix>_*``)."""
+    by_id = {c.id: c for c in module.CLAIMS}
+    general = verdicts.claim.map(lambda i: bool(by_id[i].generalises))
+    own, gen = verdicts[~general], verdicts[general]
+    prim = own[own.primary]
+    out = ["", heading, "", intro, "",
            f"**{int((prim.verdict == 'REPLICATED').sum())} of {len(prim)} claims replicated** at their primary reading "
-           f"({', '.join(f'{n} {k}' for k, n in prim.verdict.value_counts().items())}); Holm over both one-sided "
-           f"p-values of the {int(prim.m.iloc[0])} distinct primary tests (family `{prim.family.iloc[0]}`), "
-           f"{_seed_range(prim.n)} seeds per test (a comparison uses the seeds both arms have; the `learned` "
-           "router is the language model's `topk` arm, with its seeds).", "",
-           "| claim | the paper says | primary reading | statistic: median [exact CI] | seeds | rule | Holm p | verdict |",
+           f"({_tally(prim)}); Holm over both one-sided p-values of the {int(prim.m.iloc[0])} distinct primary tests "
+           f"(family `{prim.family.iloc[0]}`), {_seed_range(prim.n)} seeds per test (a comparison uses the seeds both "
+           "arms have).", ""]
+    out += _verdict_table(prim, by_id)
+    out += ["", "Per-arm medians behind each primary verdict:", ""]
+    out += [f"- **{row.claim}**: {row.medians}." for row in prim.itertuples()]
+    out += list(extra)
+    if len(gen):
+        gp = gen[gen.primary]
+        out += ["", f"Generalisation tests: {gen.claim.nunique()} claims re-tested in another setting, Holm over their "
+                f"own family (`{gp.family.iloc[0]}`): {_tally(gp)}.", ""]
+        out += _verdict_table(gp, by_id)
+    sens = verdicts[~verdicts.primary]
+    out += ["", f"Sensitivity readings (every other reading and checkpoint; Holm over each sensitivity family, "
+            f"{int(sens.m.max()) if len(sens) else 0} distinct tests in the largest):", "",
+            "| claim | reading | effect [exact CI] | seeds | Holm p | verdict |", "|---|---|---|---|---|---|"]
+    for row in sens.itertuples():
+        out.append(f"| {row.claim} | {row.reading} | {_fmt(row.effect)} [{_fmt(row.ci_low)}, {_fmt(row.ci_high)}] | "
+                   f"{row.n_claimed}/{row.n} | {_fmt(min(row.p_adj, row.p_opposite_adj))} | {row.verdict} |")
+    out += ["", "Claims, quotes and thresholds:", ""]
+    for c in module.CLAIMS:
+        if not c.generalises:
+            out.append(f"- **{c.id} {c.title}** ({c.source}): \"{c.quote}\". Statistic per seed: {c.statistic}. "
+                       f"Threshold: {c.threshold}. Rule: {c.rule()}. Primary reading: {c.primary_because}.")
+    out += ["", "Not tested:", ""] + [f"- {what}: {why}." for what, why in module.UNTESTED]
+    prefix = module.FIGURES
+    out += ["", "Figures:", ""]
+    for name, path in figures.items():
+        if name.startswith(prefix):
+            out += [f"### {name}", "", f"![{name}]({os.path.relpath(path, report_path.parent)})", ""]
+    return out
+
+
+def _tally(v: pd.DataFrame) -> str:
+    return ", ".join(f"{n} {k}" for k, n in v.verdict.value_counts().items())
+
+
+def _verdict_table(prim: pd.DataFrame, by_id: dict) -> list[str]:
+    out = ["| claim | the paper says | primary reading | statistic: median [exact CI] | seeds | rule | Holm p | verdict |",
            "|---|---|---|---|---|---|---|---|"]
     for row in prim.itertuples():
         c = by_id[row.claim]
         out.append(f"| {c.id} {c.title} | \"{c.quote}\" ({c.source}) | `{row.reading}` | {c.statistic}: {_fmt(row.effect)} "
                    f"[{_fmt(row.ci_low)}, {_fmt(row.ci_high)}] | {row.n_claimed}/{row.n} | {c.rule()} | "
                    f"{_fmt(min(row.p_adj, row.p_opposite_adj))} | **{row.verdict}** |")
-    out += ["", "Per-arm medians behind each primary verdict:", ""]
-    out += [f"- **{row.claim}**: {row.medians}." for row in prim.itertuples()]
+    return out
+
+
+def _routers_section(verdicts: pd.DataFrame, frames: dict, figures: dict, report_path: Path) -> list[str]:
+    """The routers paper: its verdicts, the routers' metrics and its figures."""
+    intro = ("Tested on moegeo's 3-layer language model, with four Top-2 routers: `learned` (the "
+             "`topk` arm: linear router, no balancing), `aux_loss` (+ the Switch Transformer loss), `loss_free` "
+             "(DeepSeek-V3 selection biases) and `kmeans` (parameter-free online K-Means: cosine to EMA centroids, "
+             "sign-updated biases); hyperparameters and their sources in `moegeo/config.py`. Only the paper's abstract "
+             "and a summary exist here, so every metric is a **named reading declared by moegeo**, not the paper's "
+             "definition (`moegeo/claims/routers_geometry.py`). The `learned` router is the language model's `topk` "
+             "arm, with its seeds.")
+    extra = []
     if "routers" in frames and "lm" in frames:
-        out += ["", "Router metrics at the final step (every layer pooled; median over seeds):", "",
-                "| router | held-out perplexity | load std | router-direction mean abs cos | score-activation rho | "
-                "coupling: own expert | coupling: other experts |", "|---|---|---|---|---|---|---|"]
+        extra += ["", "Router metrics at the final step (every layer pooled; median over seeds):", "",
+                  "| router | held-out perplexity | load std | router-direction mean abs cos | score-activation rho | "
+                  "coupling: own expert | coupling: other experts |", "|---|---|---|---|---|---|---|"]
         for k, arm in routers_geometry.ARMS.items():
             df = frames[routers_geometry.frame_of(k)]
             f = df[(df.arm == arm) & (df.step == df.steps)]
@@ -496,25 +596,39 @@ def _routers_section(verdicts: pd.DataFrame, frames: dict, figures: dict, report
             def med(metric, reading=""):
                 v = f[(f.metric == metric) & (f.reading == reading)].groupby("seed").value.mean()
                 return _fmt(v.median()) if len(v) else "—"
-            out.append(f"| {k} | {med('perplexity')} | {med('load_imbalance')} | {med('router_similarity')} | "
-                       f"{med('score_activation_rho')} | {med('router_expert_cos', 'pair=matched')} | "
-                       f"{med('router_expert_cos', 'pair=mismatched')} |")
-    sens = verdicts[~verdicts.primary]
-    out += ["", f"Sensitivity readings (each layer alone, the other comparators; Holm over {int(sens.m.max()) if len(sens) else 0} "
-            "distinct tests):", "", "| claim | reading | effect [exact CI] | seeds | Holm p | verdict |", "|---|---|---|---|---|---|"]
-    for row in sens.itertuples():
-        out.append(f"| {row.claim} | {row.reading} | {_fmt(row.effect)} [{_fmt(row.ci_low)}, {_fmt(row.ci_high)}] | "
-                   f"{row.n_claimed}/{row.n} | {_fmt(min(row.p_adj, row.p_opposite_adj))} | {row.verdict} |")
-    out += ["", "## Claims, quotes and thresholds (routers paper)", ""]
-    for c in routers_geometry.CLAIMS:
-        out.append(f"- **{c.id} {c.title}** ({c.source}): \"{c.quote}\". Statistic per seed: {c.statistic}. Threshold: "
-                   f"{c.threshold}. Rule: {c.rule()}. Primary reading: {c.primary_because}.")
-    out += ["", "Not tested:", ""] + [f"- {what}: {why}." for what, why in routers_geometry.UNTESTED]
-    out += ["", "## Figures (routers paper)", ""]
-    for name, path in figures.items():
-        if name.startswith("routers_"):
-            out += [f"### {name}", "", f"![{name}]({os.path.relpath(path, report_path.parent)})", ""]
-    return out
+            extra.append(f"| {k} | {med('perplexity')} | {med('load_imbalance')} | {med('router_similarity')} | "
+                         f"{med('score_activation_rho')} | {med('router_expert_cos', 'pair=matched')} | "
+                         f"{med('router_expert_cos', 'pair=mismatched')} |")
+    return _paper_section(routers_geometry, "# The routers paper: *Routers Learn the Geometry of Their Experts* (Ahrac, "
+                          "Hochwald, Geva; arXiv 2605.12476)", intro, verdicts, figures, report_path, extra)
+
+
+def _asymmetry_section(verdicts: pd.DataFrame, frames: dict, figures: dict, report_path: Path) -> list[str]:
+    """The asymmetry paper: its verdicts, the subspace geometry against its null, its figures."""
+    ga = geometric_asymmetry
+    intro = ("Jacobian-PCA-Grassmann geometry on moegeo's language model (primary: every FFN layer pooled, Top-2, "
+             "the final step) and, as generalisation tests, on the controlled MLP-MoE. An expert's subspace is the "
+             "top 10 (or its own k@0.9) principal directions of its routing-weighted PCA; principal angles, geodesic "
+             "and chordal distances and the overlap index are in `moegeo/grassmann.py`, with a random-subspace null "
+             "(exact overlap mean, Monte Carlo distances). Only the paper's abstract exists here, so every definition "
+             "is a **named reading declared by moegeo** (`moegeo/claims/geometric_asymmetry.py`), not the paper's. "
+             f"Pretrained checkpoints: **not run: needs a local checkpoint** ({ga.PRETRAINED}; "
+             "`pytest claims/ --hf-model DIR`, section *Probing your own Hugging Face MoE model* of the README).")
+    extra = ["", "Geometry at the final step (primary site and subspace, every layer pooled; median over seeds):", "",
+             "| setting | arm | mean abs cos of J̄_e | chance | overlap index | its random-subspace mean | geodesic "
+             "distance | its random-subspace mean |", "|---|---|---|---|---|---|---|---|"]
+    for setting, name in (("lm", "lm"), ("mlp", "main")):
+        if name not in frames:
+            continue
+        R = Results(frames).view(name) if name == "lm" else Results(frames)
+        rd = {"pca_site": "input", "subspace": "r10"}
+        for arm in ga.MOE:
+            cells = [ga.alignment(R, arm, {}).median(), ga.alignment_chance(R)]
+            cells += [ga.mean_over_pairs(R, arm, m, ga._rd(rd), {}).median()
+                      for m in ("overlap", "overlap_null", "geodesic", "geodesic_null")]
+            extra.append(f"| {setting} | {arm} | " + " | ".join(_fmt(v) for v in cells) + " |")
+    return _paper_section(ga, "# The geometric asymmetry paper: *Geometric Asymmetry in MoE Specialization* (arXiv "
+                          "2605.16349)", intro, verdicts, figures, report_path, extra)
 
 
 def _lm_section(df: pd.DataFrame, verdicts: pd.DataFrame, gen: pd.DataFrame, by_id: dict, figures: dict,

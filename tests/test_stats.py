@@ -316,3 +316,15 @@ def test_generalisation_tests_have_their_own_families_and_the_lm_claims_join_the
     assert fams["C2-lm"] == "dual_jacobian_pca/generalisation-primary"
     assert family(next(c for c in CLAIMS if c.id == "C2-lm"), False) == "dual_jacobian_pca/generalisation-sensitivity"
     assert len(PAPER_CLAIMS) == 25
+
+
+def test_the_asymmetry_paper_has_its_own_families_with_the_mlp_re_tests_apart():
+    from moegeo.claims import geometric_asymmetry as ga
+
+    own = [c for c in ga.CLAIMS if not c.generalises]
+    assert {family(c, True) for c in own} == {"geometric_asymmetry/primary"} and len(own) == 6
+    assert {family(c, True) for c in ga.CLAIMS if c.generalises} == {"geometric_asymmetry/generalisation-primary"}
+    assert all(c.frame == "lm" for c in own) and all(c.frame == "main" and "layer" not in c.axes
+                                                     for c in ga.CLAIMS if c.generalises)
+    # 12 LM seeds can pass Holm over the 2 x 6 one-sided tests of the primary family
+    assert stats.min_p(LM_SEEDS) <= ALPHA / (2 * len(own))

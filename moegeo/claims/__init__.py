@@ -80,8 +80,15 @@ class Results:
 
     def cosines(self, arm: str, reading: str, step: int, layer: int = 0, frame: str = "main") -> pd.DataFrame:
         """Each unordered expert pair's cosine once: columns seed, expert, index, value."""
+        return self.pairs(arm, "cosine", reading, step, layer, frame)
+
+    def pairs(self, arm: str, metric: str, reading: str, step: int | None = None, layer: int = 0,
+              frame: str = "main") -> pd.DataFrame:
+        """Each unordered expert pair's value of a pairwise metric (``index`` the partner) once,
+        at ``step`` (default final): columns seed, expert, index, value."""
+        step = self.final_step(frame) if step is None else step
         df = self.frames[frame]
-        c = df[(df.arm == arm) & (df.layer == layer) & (df.metric == "cosine") & (df.reading == reading) & (df.step == step)]
+        c = df[(df.arm == arm) & (df.layer == layer) & (df.metric == metric) & (df.reading == reading) & (df.step == step)]
         return c[c.expert < c["index"]]
 
 

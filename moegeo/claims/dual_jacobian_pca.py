@@ -424,7 +424,8 @@ MLP_CLAIMS: tuple[Claim, ...] = (
 
 
 # --------------------------------------------------------------------------- the language model (later version)
-def _lower_topk_alignment(R: Results, r: dict) -> Observation:
+def lower_topk_alignment(R: Results, r: dict) -> Observation:
+    """soft mean |cos| - Top-k mean |cos| per seed (C13; the asymmetry paper's G4)."""
     step = _step(r)
     return pair(mean_abs_cos(R, "soft", step), mean_abs_cos(R, "topk", step), "soft mean |cos|", "topk mean |cos|")
 
@@ -450,7 +451,7 @@ LM_CLAIMS: tuple[Claim, ...] = (
           "soft mean |cos| - Top-k mean |cos| of the experts' mean Jacobians (pairs within a layer, every layer's "
           "pairs pooled)", "direction",
           "direction: > 0; 'lower' read as lower than fully-soft routing, the paper's other routing regime (a named "
-          "reading)", grid(layer=LAYERS), POOLED + "; " + because("step=final"), _lower_topk_alignment, frame="lm",
+          "reading)", grid(layer=LAYERS), POOLED + "; " + because("step=final"), lower_topk_alignment, frame="lm",
           smallest_effect=COSINE_SESOI, smallest_effect_source=COSINE_RULE),
 )
 

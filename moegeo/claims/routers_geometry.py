@@ -38,6 +38,8 @@ PAPER = "routers_geometry"
 ROUTER_SEEDS = 10
 LAYERS = ("pooled", 0, 1, 2)
 ARMS = {"learned": "topk", "aux_loss": "topk_aux", "loss_free": "topk_loss_free", "kmeans": "kmeans"}
+#: prefix of this paper's figures in REPORT.md
+FIGURES = "routers_"
 SOURCE = "abstract"
 RHO_SESOI, COS_SESOI, STD_SESOI, PPL_SESOI = 0.1, 0.005, 0.0005, 0.0005
 LOG_RATIO_SESOI = math.log(1.05)

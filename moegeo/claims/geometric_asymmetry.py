@@ -1,0 +1,206 @@
+"""The claims of "Geometric Asymmetry in MoE Specialization: Functional Decorrelation and
+Representational Overlap" (arXiv 2605.16349; "the asymmetry paper"), tested on moegeo's two
+trained settings.
+
+Only the paper's abstract is available (``../shared/papers/geometric_asymmetry.txt``), so every
+definition below is a **named reading declared by moegeo**, not the paper's:
+
+* cross-expert Jacobian alignment: mean |cos| of vec(J̄_e) over a layer's expert pairs (the dual
+  Jacobian-PCA paper's A.3 quantity, ``moegeo.probes.cosine_matrix``); its chance level is the
+  mean |cos| of two independent isotropic d x d matrices (``moegeo.probes.cosine_null``);
+* an expert's subspace: the top 10 principal directions of its routing-weighted PCA
+  (``subspace=r10``; the dual paper's own count of leading directions, cum-var@10) or its own
+  k@0.9 directions (``subspace=k90``), at the layer input (``pca_site=input``: "routed
+  representations", the hidden states routed to the expert) or at the expert output;
+* representational overlap: the overlap index mean cos^2 theta over principal angles, against
+  its exact mean for independent uniformly random subspaces of the same dimensions
+  (``moegeo.grassmann``); the geodesic distance ||theta||_2 against its Monte Carlo null mean is
+  the other reading of the same sentence;
+* "distinct" subspaces: the largest principal angle of a pair exceeds 45 degrees (at least one
+  direction of one subspace is mostly outside the other), for most pairs;
+* "near-zero" alignment: mean |cos| below 0.1, Cohen's small correlation (the paper gives no
+  number; the same convention as the routers paper's R1);
+* the asymmetry: representational overlap exceeds its chance level by a larger factor than
+  functional alignment exceeds its own: log(overlap / chance) - log(mean |cos| / chance) > 0.
+
+Setting: the paper's measurements are on Transformers (pretrained Mistral and Qwen; "controlled
+routing experiments" of unstated architecture), so the primary setting is moegeo's language model
+(every FFN layer pooled, Top-2 routing as in those models, the final step); the same claims on
+the controlled MLP-MoE are generalisation tests in their own family. Claims on a user's pretrained
+checkpoint (``pytest claims/ --hf-model DIR``) are not part of the default run: without a local
+checkpoint they are reported as "not run", never as a verdict. Smallest meaningful effects follow
+the rule of ``dual_jacobian_pca``: half a unit of the reporting precision (ratios: log 1.05;
+fractions: 0.005). All are declared before the first run of these claims.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pandas as pd
+
+from ..probes import cosine_null
+from . import Claim, Observation, Results, grid, pair, register, single
+from .dual_jacobian_pca import lower_topk_alignment, mean_abs_cos
+
+PAPER = "geometric_asymmetry"
+#: prefix of this paper's figures in REPORT.md
+FIGURES = "asymmetry_"
+SOURCE = "abstract"
+LAYERS = ("pooled", 0, 1, 2)
+MOE = ("topk", "soft")
+SITES = ("input", "output")
+SUBSPACES = ("r10", "k90")
+#: "near-zero" alignment: Cohen's small correlation (the paper gives no number)
+NEAR_ZERO = 0.1
+#: "distinct": a pair's largest principal angle above 45 degrees (cos^2 < 1/2)
+DISTINCT_ANGLE = math.pi / 4
+#: "distinct ... subspaces" read as holding for most pairs: the fraction of pairs minus one half
+MOST = 0.5
+LOG_RATIO_SESOI, FRACTION_SESOI = math.log(1.05), 0.005
+RATIO_RULE = "half a unit of one-decimal ratios, log 1.05 (the rule of dual_jacobian_pca)"
+FRACTION_RULE = "half a unit of whole percents, 0.005 (the rule of dual_jacobian_pca)"
+WHY = {
+    "layer": "layer=pooled: the abstract speaks of MoE layers in general (every FFN layer's pairs pooled; each layer "
+             "alone is a sensitivity reading)",
+    "moe": "moe=topk: the pretrained models the abstract measures (Mistral/Mixtral, Qwen MoE) route Top-k",
+    "site": 'pca_site=input: "routed representations", the hidden states routed to each expert',
+    "subspace": "subspace=r10: the top 10 principal directions, the dual paper's own count of leading directions "
+                "(cum-var@10)",
+}
+
+
+def because(*keys: str) -> str:
+    return "; ".join(WHY[k] for k in keys)
+
+
+def _rd(r: dict) -> str:
+    return f"pca_site={r['pca_site']};subspace={r['subspace']}"
+
+
+def mean_over_pairs(R: Results, arm: str, metric: str, reading: str, r: dict) -> pd.Series:
+    """Per seed: the mean of a pairwise metric over every expert pair (of every pooled layer)."""
+    c = R.pairs(arm, metric, reading, r.get("step"))
+    return c.value.groupby(c.seed).mean()
+
+
+def alignment(R: Results, arm: str, r: dict) -> pd.Series:
+    """Per seed: mean |cos| of the experts' mean Jacobians over expert pairs."""
+    return mean_abs_cos(R, arm, r.get("step"))
+
+
+def alignment_chance(R: Results) -> float:
+    """E|cos| of vec of two independent isotropic d x d matrices (d the model width)."""
+    d = int(R.frames["main"].d_model.iloc[0])
+    return float(cosine_null(d * d).expect(abs))
+
+
+def overlap_excess(R: Results, arm: str, r: dict) -> pd.Series:
+    """Per seed: log(observed / chance) of the representational overlap: the overlap index
+    (``measure=overlap``) or the null's geodesic distance over the observed one
+    (``measure=geodesic``, closer than chance is more overlap)."""
+    if r.get("measure", "overlap") == "overlap":
+        obs, null = (mean_over_pairs(R, arm, m, _rd(r), r) for m in ("overlap", "overlap_null"))
+    else:
+        null, obs = (mean_over_pairs(R, arm, m, _rd(r), r) for m in ("geodesic", "geodesic_null"))
+    return np.log(obs / null)
+
+
+# --------------------------------------------------------------------------- observations
+def _near_zero(R: Results, r: dict) -> Observation:
+    return single(alignment(R, r["moe"], r), f"{r['moe']} mean |cos|")
+
+
+def _above_chance(R: Results, r: dict) -> Observation:
+    x = overlap_excess(R, r["moe"], r)
+    return single(x, f"{r['moe']} log({r['measure']} relative to random subspaces)")
+
+
+def _distinct(R: Results, r: dict) -> Observation:
+    c = R.pairs(r["moe"], "max_angle", _rd(r), r.get("step"))
+    frac = (c.value > DISTINCT_ANGLE).groupby(c.seed).mean()
+    return Observation(frac - MOST, {f"{r['moe']} fraction of pairs with a principal angle > 45 deg": frac})
+
+
+def _asymmetry(R: Results, r: dict) -> Observation:
+    rep = overlap_excess(R, r["moe"], r | {"measure": "overlap"})
+    fun = np.log(alignment(R, r["moe"], r) / alignment_chance(R))
+    return pair(rep, fun, f"{r['moe']} log(overlap / chance)", f"{r['moe']} log(mean |cos| / chance)")
+
+
+def _larger_divergence(R: Results, r: dict) -> Observation:
+    t, s = (mean_over_pairs(R, arm, "geodesic", _rd(r), r) for arm in ("topk", "soft"))
+    return pair(t, s, "topk mean geodesic distance", "soft mean geodesic distance", "logratio")
+
+
+COMMON = dict(paper=PAPER, frame="lm")
+LM_CLAIMS: tuple[Claim, ...] = (
+    Claim("G1", "Functional decorrelation: near-zero cross-expert Jacobian alignment",
+          "experts exhibit strong functional decorrelation (consistently low, near-zero cross-expert Jacobian "
+          "alignment)", SOURCE, "mean |cos| of vec(J̄_e) over expert pairs", "equivalence",
+          f"'near-zero' read as mean |cos| in [0, {NEAR_ZERO}] (Cohen's small correlation; the paper gives no number)",
+          grid(layer=LAYERS, moe=MOE), because("layer", "moe"), _near_zero, interval=(0.0, NEAR_ZERO), **COMMON),
+    Claim("G2", "Representational overlap: expert subspaces overlap more than random subspaces",
+          "their routed representations occupy distinct but partially overlapping subspaces", SOURCE,
+          "log(mean overlap index over expert pairs / its exact mean for random subspaces of the same dimensions)",
+          "direction", "direction: > 0 ('partially overlapping' read as above the random-subspace level: the Grassmann "
+          "distance below the random-subspace null)",
+          grid(layer=LAYERS, moe=MOE, pca_site=SITES, subspace=SUBSPACES, measure=("overlap", "geodesic")),
+          because("layer", "moe", "site", "subspace") + "; measure=overlap: its chance level is exact",
+          _above_chance, smallest_effect=LOG_RATIO_SESOI, smallest_effect_source=RATIO_RULE, **COMMON),
+    Claim("G2d", "... distinct subspaces",
+          "their routed representations occupy distinct but partially overlapping subspaces", SOURCE,
+          "fraction of expert pairs whose largest principal angle exceeds 45 degrees, minus 1/2", "direction",
+          "direction: > 0 ('distinct' read as: for most pairs, some direction of one subspace lies mostly outside the "
+          "other)", grid(layer=LAYERS, moe=MOE, pca_site=SITES, subspace=SUBSPACES),
+          because("layer", "moe", "site", "subspace"), _distinct, smallest_effect=FRACTION_SESOI,
+          smallest_effect_source=FRACTION_RULE, **COMMON),
+    Claim("G3", "The asymmetry: representations overlap beyond chance more than functions align beyond it",
+          "functional decorrelation and representation overlap coexist rather than coincide in MoE specialization",
+          SOURCE, "log(overlap index / chance) - log(mean |cos| / chance), in the same runs", "direction",
+          "direction: > 0 (a named reading of 'asymmetry')",
+          grid(layer=LAYERS, moe=MOE, pca_site=SITES, subspace=SUBSPACES),
+          because("layer", "moe", "site", "subspace"), _asymmetry, smallest_effect=LOG_RATIO_SESOI,
+          smallest_effect_source=RATIO_RULE, **COMMON),
+    Claim("G4", "Top-k gives sharper functional separation than soft routing",
+          "top-k routing induces sharper functional separation and larger subspace divergence, whereas fully soft "
+          "routing yields more entangled expert structure", SOURCE,
+          "soft mean |cos| - Top-k mean |cos| of the experts' mean Jacobians", "direction", "direction: > 0",
+          grid(layer=LAYERS), because("layer"), lower_topk_alignment, smallest_effect=0.005,
+          smallest_effect_source="half a unit of a two-decimal cosine, 0.005 (the paper gives no number)", **COMMON),
+    Claim("G5", "Top-k gives larger subspace divergence than soft routing",
+          "top-k routing induces sharper functional separation and larger subspace divergence", SOURCE,
+          "log(Top-k mean geodesic distance / soft mean geodesic distance) between expert subspaces", "direction",
+          "direction: > 0", grid(layer=LAYERS, pca_site=SITES, subspace=SUBSPACES),
+          because("layer", "site", "subspace"), _larger_divergence, smallest_effect=LOG_RATIO_SESOI,
+          smallest_effect_source=RATIO_RULE, **COMMON),
+)
+
+ON_MLP = "the paper measures Transformers; here re-tested on the controlled MLP-MoE (a generalisation test)"
+
+
+def on_mlp(c: Claim) -> Claim:
+    """Claim ``c`` on the controlled MLP-MoE: the same statistic and rule, its single layer read
+    at every checkpoint (the final one primary), in the paper's generalisation family."""
+    axes = {k: v for k, v in c.axes.items() if k != "layer"}
+    why = "; ".join(p for p in c.primary_because.split("; ") if not p.startswith("layer="))
+    return dataclasses.replace(c, id=f"{c.id}-mlp", frame="main", generalises=c.id, axes=axes,
+                               primary_because=why + "; step=final", note=ON_MLP)
+
+
+CLAIMS: tuple[Claim, ...] = register(LM_CLAIMS + tuple(on_mlp(c) for c in LM_CLAIMS))
+
+#: what a pretrained checkpoint would add (``--hf-model``); not part of the default verdict
+PRETRAINED = ("G1, G2, G2d and G3 on a pretrained MoE Transformer (the abstract: 'Across pretrained MoE Transformers "
+              "(Mistral, Qwen)')")
+
+#: statements of the abstract that no claim tests, with the reason
+UNTESTED: tuple[tuple[str, str], ...] = (
+    ("'routing sparsity appears to be a key factor shaping this geometry'",
+     "an interpretation of G4/G5 (two routing regimes, not a sweep of sparsity)"),
+    ("'MoE layers may be viewed as implementing locally decorrelated operators over overlapping submanifolds'",
+     "an interpretation, not a measurement"),
+    ("'Across pretrained MoE Transformers (Mistral, Qwen)'",
+     "needs a local checkpoint (pytest claims/ --hf-model DIR); nothing is downloaded at run time"),
+)
