@@ -51,6 +51,11 @@ def pytest_addoption(parser):
     g.addoption("--reading", action="append", default=[],
                 help="only show tests whose reading contains this text, e.g. pca_site=hidden (repeatable; "
                      "never changes what is corrected)")
+    g.addoption("--hf-model", default=None, metavar="DIR",
+                help="also test the asymmetry paper's pretrained-model claims on this local Hugging Face checkpoint "
+                     "(needs the [hf] extra; without it they are reported as not run)")
+    g.addoption("--hf-tokens", type=int, default=512, help="tokens of the shipped WikiText-2 test split fed to --hf-model "
+                                                           "(default 512)")
     g.addoption("--report", default=None, help="report path (default REPORT.md, REPORT-quick.md with --quick)")
 
 
@@ -83,6 +88,20 @@ def configs(config) -> dict:
             "lm": lm, "routers": routers}
 
 
+def pretrained_frame(path: str, tokens: int):
+    """The probes of every MoE layer of the checkpoint at ``path`` on the shipped text, layers as
+    units (``geometric_asymmetry.layers_as_seeds``)."""
+    try:
+        from moegeo import hf
+    except ImportError as err:
+        raise pytest.UsageError(f'--hf-model needs the [hf] extra (pip install -e ".[hf]"): {err}') from None
+    try:
+        df = hf.probe_checkpoint(path, tokens=tokens)
+    except (FileNotFoundError, ValueError, MemoryError, OSError) as err:
+        raise pytest.UsageError(f"--hf-model {path}: {err}") from None
+    return geometric_asymmetry.layers_as_seeds(df).assign(checkpoint=path)
+
+
 def collects_claims(config) -> bool:
     """Whether this session collects claims/ (explicitly, from inside it, or from a parent)."""
     for arg in config.args or [str(config.invocation_params.dir)]:
@@ -107,7 +126,11 @@ def pytest_configure(config):
         # xdist workers find them in the cache
         order = ["main", "lm", "routers", "failure", "hot"]
         frames, timings = run_many({name: cfgs[name] for name in order})
-    config.stash[VERDICTS] = evaluate(Results(frames), CLAIMS + routers_geometry.CLAIMS + geometric_asymmetry.CLAIMS)
+    claims = CLAIMS + routers_geometry.CLAIMS + geometric_asymmetry.CLAIMS
+    if config.getoption("--hf-model"):
+        frames = dict(frames, hf=pretrained_frame(config.getoption("--hf-model"), config.getoption("--hf-tokens")))
+        claims += geometric_asymmetry.PRETRAINED_CLAIMS
+    config.stash[VERDICTS] = evaluate(Results(frames), claims)
     config.stash[STATE] = dict(frames=frames, configs=cfgs, t0=t0, timings=timings)
 
 

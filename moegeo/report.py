@@ -512,7 +512,8 @@ def render(verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dic
     if (others.paper == routers_geometry.PAPER).any():
         lines += _routers_section(others[others.paper == routers_geometry.PAPER], frames or {}, figures, report_path)
     if (others.paper == geometric_asymmetry.PAPER).any():
-        lines += _asymmetry_section(others[others.paper == geometric_asymmetry.PAPER], frames or {}, figures, report_path)
+        lines += _asymmetry_section(others[others.paper.str.startswith(geometric_asymmetry.PAPER)], frames or {}, figures,
+                                    report_path)
     return "\n".join(lines) + "\n"
 
 
@@ -606,14 +607,17 @@ def _routers_section(verdicts: pd.DataFrame, frames: dict, figures: dict, report
 def _asymmetry_section(verdicts: pd.DataFrame, frames: dict, figures: dict, report_path: Path) -> list[str]:
     """The asymmetry paper: its verdicts, the subspace geometry against its null, its figures."""
     ga = geometric_asymmetry
+    pre, verdicts = verdicts[verdicts.paper == ga.PRETRAINED_PAPER], verdicts[verdicts.paper == ga.PAPER]
     intro = ("Jacobian-PCA-Grassmann geometry on moegeo's language model (primary: every FFN layer pooled, Top-2, "
              "the final step) and, as generalisation tests, on the controlled MLP-MoE. An expert's subspace is the "
              "top 10 (or its own k@0.9) principal directions of its routing-weighted PCA; principal angles, geodesic "
              "and chordal distances and the overlap index are in `moegeo/grassmann.py`, with a random-subspace null "
              "(exact overlap mean, Monte Carlo distances). Only the paper's abstract exists here, so every definition "
              "is a **named reading declared by moegeo** (`moegeo/claims/geometric_asymmetry.py`), not the paper's. "
-             f"Pretrained checkpoints: **not run: needs a local checkpoint** ({ga.PRETRAINED}; "
-             "`pytest claims/ --hf-model DIR`, section *Probing your own Hugging Face MoE model* of the README).")
+             "Pretrained checkpoints: " + ("see the table *On the pretrained checkpoint* below." if len(pre) else
+                                           f"**not run: needs a local checkpoint** ({ga.PRETRAINED}; `pytest claims/ "
+                                           "--hf-model DIR`, section *Probing your own Hugging Face MoE model* of the "
+                                           "README)."))
     extra = ["", "Geometry at the final step (primary site and subspace, every layer pooled; median over seeds):", "",
              "| setting | arm | mean abs cos of J̄_e | chance | overlap index | its random-subspace mean | geodesic "
              "distance | its random-subspace mean |", "|---|---|---|---|---|---|---|---|"]
@@ -627,6 +631,14 @@ def _asymmetry_section(verdicts: pd.DataFrame, frames: dict, figures: dict, repo
             cells += [ga.mean_over_pairs(R, arm, m, ga._rd(rd), {}).median()
                       for m in ("overlap", "overlap_null", "geodesic", "geodesic_null")]
             extra.append(f"| {setting} | {arm} | " + " | ".join(_fmt(v) for v in cells) + " |")
+    if len(pre):
+        hf = frames.get("hf")
+        what = f"`{hf.model_type.iloc[0]}` from `{hf.checkpoint.iloc[0]}`" if hf is not None else "the given checkpoint"
+        pp = pre[pre.primary]
+        extra += ["", f"### On the pretrained checkpoint ({what})", "",
+                  f"{ga.LAYERS_AS_UNITS}. Holm over the {int(pp.m.iloc[0])} primary tests of family "
+                  f"`{pp.family.iloc[0]}`: {_tally(pp)}.", ""]
+        extra += _verdict_table(pp, {c.id: c for c in ga.PRETRAINED_CLAIMS})
     return _paper_section(ga, "# The geometric asymmetry paper: *Geometric Asymmetry in MoE Specialization* (arXiv "
                           "2605.16349)", intro, verdicts, figures, report_path, extra)
 

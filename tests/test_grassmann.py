@@ -305,6 +305,17 @@ def test_null_means_are_the_exact_overlap_and_the_monte_carlo_distances():
     assert grassmann.null_means(16, 3, 5) is m  # cached: the same object
 
 
+@pytest.mark.parametrize("D, r, s", [(10, 7, 6), (12, 9, 9), (8, 8, 3)])
+def test_null_means_of_large_subspaces_come_from_their_complements(D, r, s):
+    """r + s > D: the same law as drawing the large subspaces themselves, within 4 standard errors."""
+    m = grassmann.null_means(D, r, s)
+    direct = grassmann.random_subspace_null(D, r, s, 4000, seed=3)
+    for stat in ("geodesic", "chordal"):
+        x = getattr(direct, stat)
+        assert abs(m[stat] - x.mean().item()) < 4 * x.std().item() * math.sqrt(1 / 4000 + 1 / grassmann.NULL_SAMPLES) + 1e-12
+    assert m["overlap"] == pytest.approx(direct.mean_overlap)
+
+
 def _layer_rows(h: torch.Tensor, g: torch.Tensor):
     from moegeo.config import PCASite
     from moegeo.experiment import Rows, subspace_rows

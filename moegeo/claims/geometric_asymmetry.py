@@ -204,3 +204,33 @@ UNTESTED: tuple[tuple[str, str], ...] = (
     ("'Across pretrained MoE Transformers (Mistral, Qwen)'",
      "needs a local checkpoint (pytest claims/ --hf-model DIR); nothing is downloaded at run time"),
 )
+
+# --------------------------------------------------------------------------- a user's pretrained checkpoint
+#: the pretrained-model claims are their own "paper" (own registry entry and Holm family): they
+#: run only with ``pytest claims/ --hf-model DIR`` and never change the default run's families
+PRETRAINED_PAPER = f"{PAPER}-pretrained"
+PRETRAINED_IDS = ("G1", "G2", "G2d", "G3")
+LAYERS_AS_UNITS = ("unit of analysis: the MoE layer (one checkpoint has no seeds; the abstract's 'consistently' read as "
+                   "across layers), each layer's statistic over its expert pairs")
+
+
+def layers_as_seeds(df: pd.DataFrame) -> pd.DataFrame:
+    """A pretrained model's probe frame (``moegeo.hf.probe_model``) in the shape the claims read:
+    each MoE layer becomes one unit (``seed``), its routing ``topk``; shared experts dropped
+    (they are not routed experts); ``d_model`` the width of the layer input."""
+    df = df[(df.expert != -2) & (df.layer >= 0)]
+    if df.empty:
+        raise ValueError("the probe frame has no routed-expert rows of any MoE layer")
+    d = int(df[(df.metric == "explained_variance") & (df.reading == "pca_site=input")]["index"].max())
+    return df.assign(seed=df.layer, layer=0, arm="topk", steps=int(df.step.max()), d_model=d)
+
+
+def on_pretrained(c: Claim) -> Claim:
+    """Claim ``c`` on a pretrained checkpoint, layers as units, Top-k as routed."""
+    axes = {k: (["topk"] if k == "moe" else v) for k, v in c.axes.items() if k != "layer"}
+    why = "; ".join(p for p in c.primary_because.split("; ") if not p.startswith(("layer=", "moe=")))
+    return dataclasses.replace(c, id=f"{c.id}-hf", paper=PRETRAINED_PAPER, frame="hf", axes=axes,
+                               primary_because=f"{LAYERS_AS_UNITS}; {why}", note="on the checkpoint given by --hf-model")
+
+
+PRETRAINED_CLAIMS: tuple[Claim, ...] = register(tuple(on_pretrained(c) for c in LM_CLAIMS if c.id in PRETRAINED_IDS))
