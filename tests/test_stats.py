@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from moegeo import stats
 from moegeo.claims import Claim, Results, evaluate, family, pair
-from moegeo.claims import routers_geometry
+from moegeo.claims import geometric_asymmetry, routers_geometry
 from moegeo.claims.dual_jacobian_pca import CLAIMS, LM_SEEDS, SEEDS
 from moegeo.stats import Verdict
 
@@ -246,8 +246,9 @@ def test_family_wise_error_under_the_full_null_is_at_most_alpha():
     assert abs(fwer - exact) <= 4 * math.sqrt(exact * (1 - exact) / copies)
 
 
-@pytest.mark.parametrize("m, n", [(len(routers_geometry.CLAIMS), routers_geometry.ROUTER_SEEDS), (len(PAPER_CLAIMS), LM_SEEDS)],
-                         ids=["routers-family", "lm-seeds"])
+@pytest.mark.parametrize("m, n", [(len(routers_geometry.CLAIMS), routers_geometry.ROUTER_SEEDS), (len(PAPER_CLAIMS), LM_SEEDS),
+                                  (len([c for c in geometric_asymmetry.CLAIMS if not c.generalises]), LM_SEEDS)],
+                         ids=["routers-family", "lm-seeds", "asymmetry-family"])
 def test_family_wise_error_at_the_other_seed_counts_is_its_exact_value(m, n):
     """The same check at the routers paper's family (its m, its default seeds) and at the language
     model's seed count: with few seeds the exact sign test's discreteness makes the family-wise
@@ -319,8 +320,7 @@ def test_generalisation_tests_have_their_own_families_and_the_lm_claims_join_the
 
 
 def test_the_asymmetry_paper_has_its_own_families_with_the_mlp_re_tests_apart():
-    from moegeo.claims import geometric_asymmetry as ga
-
+    ga = geometric_asymmetry
     own = [c for c in ga.CLAIMS if not c.generalises]
     assert {family(c, True) for c in own} == {"geometric_asymmetry/primary"} and len(own) == 6
     assert {family(c, True) for c in ga.CLAIMS if c.generalises} == {"geometric_asymmetry/generalisation-primary"}
