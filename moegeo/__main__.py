@@ -3,11 +3,15 @@
 ``--setting mlp`` (default): the controlled MLP-MoE of the paper's Appendix B. ``--setting lm``:
 the 3-layer Transformer language model on the shipped WikiText-2 (or ``--lm-data DIR``), probed
 layer by layer, with its held-out perplexity against the unigram model.
+
+``python -m moegeo probe --hf-model DIR``: probe a local Hugging Face MoE checkpoint (needs the
+``[hf]`` extra) on a text and write a report; ``python -m moegeo probe --help`` for its options.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 
@@ -18,6 +22,9 @@ from .experiment import perplexity_table, run, summary_table
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["probe"]:
+        return probe_main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m moegeo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--setting", choices=("mlp", "lm"), default="mlp",
@@ -56,6 +63,51 @@ def main(argv=None) -> int:
     if args.csv:
         df.to_csv(args.csv, index=False)
         print(f"results frame written to {args.csv}")
+    return 0
+
+
+def probe_main(argv) -> int:
+    """``python -m moegeo probe``: every probe of a local Hugging Face MoE checkpoint on a text."""
+    ap = argparse.ArgumentParser(prog="python -m moegeo probe", description=probe_main.__doc__)
+    ap.add_argument("--hf-model", required=True, metavar="DIR",
+                    help="a local checkpoint directory (config.json, weights and tokenizer, as save_pretrained writes)")
+    ap.add_argument("--text", metavar="FILE", help="UTF-8 text to run the model on (default: the shipped WikiText-2 test split)")
+    ap.add_argument("--layers", type=int, nargs="+", help="decoder-layer indices to probe (default: every MoE layer)")
+    ap.add_argument("--tokens", type=int, default=512, help="tokens probed (default 512)")
+    ap.add_argument("--context", type=int, default=None,
+                    help="tokens per sequence (default: min(--tokens, 512, the model's max_position_embeddings))")
+    ap.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="dtype to load and probe in (default float64)")
+    ap.add_argument("--out", metavar="DIR", help="report directory (default: probe-<checkpoint name>)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    if args.tokens < 1:
+        ap.error(f"--tokens must be >= 1, got {args.tokens}")
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        ap.error('the probe needs transformers: pip install -e ".[hf]"')
+    import torch
+
+    from . import hf, probe_report
+
+    t0 = time.perf_counter()
+    try:
+        text = None
+        if args.text:
+            with open(args.text, encoding="utf-8") as f:
+                text = f.read()
+        df = hf.probe_checkpoint(args.hf_model, text, args.tokens, args.layers, args.context,
+                                 getattr(torch, args.dtype), progress=False if args.quiet else None)
+    except (FileNotFoundError, ValueError, MemoryError, OSError, UnicodeDecodeError) as err:
+        print(f"python -m moegeo probe: error: {err}", file=sys.stderr)
+        return 2
+    name = os.path.basename(os.path.normpath(args.hf_model))
+    n_tokens = int(df[df["metric"] == "n_tokens"]["value"].iloc[0])
+    source = (f"Checkpoint `{args.hf_model}` ({df['model_type'].iloc[0]}, {args.dtype}) on the first {n_tokens} "
+              f"tokens of {args.text or 'the shipped WikiText-2 test split'}.")
+    path = probe_report.write(df, args.out or f"probe-{name}", name, source)
+    print(f"moegeo probe: {df['layer'].nunique()} MoE layer(s) of {args.hf_model} probed in "
+          f"{time.perf_counter() - t0:.1f} s; report written to {path}")
     return 0
 
 

@@ -102,6 +102,111 @@ def expert_jacobians(W1, b1, W2, x, max_bytes: int = MAX_JACOBIAN_BYTES) -> torc
     return torch.einsum("eoh,enh,ehi->enoi", W2, a, W1)
 
 
+# --------------------------------------------------------------------------- SwiGLU experts
+def _check_swiglu(Wg, Wu, Wd, x, bg=None, bu=None) -> None:
+    check_finite(Wg=Wg, Wu=Wu, Wd=Wd, x=x, **{k: v for k, v in (("bg", bg), ("bu", bu)) if v is not None})
+    check_shape("Wg", Wg, (None, None, None), " = (E, h, d)")
+    E, h, d = Wg.shape
+    check_shape("Wu", Wu, (E, h, d), f" = (E, h, d) = ({E}, {h}, {d}) from Wg")
+    check_shape("Wd", Wd, (E, None, h), f" = (E, d_out, h) with E = {E}, h = {h} from Wg")
+    check_shape("x", x, (None, d), f" = (N, d) with d = {d} from Wg")
+    for name, b in (("bg", bg), ("bu", bu)):
+        if b is not None:
+            check_shape(name, b, (E, h), f" = (E, h) = ({E}, {h})")
+
+
+def silu_grad(z: torch.Tensor) -> torch.Tensor:
+    """d SiLU / dz = s (1 + z (1 - s)) with s = sigmoid(z)."""
+    s = torch.sigmoid(z)
+    return s * (1 + z * (1 - s))
+
+
+def swiglu_hidden(Wg, Wu, x, bg=None, bu=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gate and up pre-activations and the hidden activation of SwiGLU experts,
+    a = W_g x + b_g, u = W_u x + b_u and SiLU(a) ⊙ u (Shazeer, 2020, "GLU Variants Improve Transformer").
+
+    ``Wg, Wu: (E, h, d)``, ``bg, bu: (E, h)`` or None, ``x: (N, d)`` -> three ``(E, N, h)``.
+    """
+    a = torch.matmul(x, Wg.transpose(-1, -2)) + (0 if bg is None else bg[:, None, :])
+    u = torch.matmul(x, Wu.transpose(-1, -2)) + (0 if bu is None else bu[:, None, :])
+    return a, u, torch.nn.functional.silu(a) * u
+
+
+def swiglu_jacobians(Wg, Wu, Wd, x, bg=None, bu=None, max_bytes: int = MAX_JACOBIAN_BYTES) -> torch.Tensor:
+    """Closed-form Jacobians of SwiGLU experts f_e(x) = W_d (SiLU(W_g x + b_g) ⊙ (W_u x + b_u)) + b_d,
+
+    J_e(x_i) = W_d [diag(SiLU'(a) ⊙ u) W_g + diag(SiLU(a)) W_u],  a = W_g x_i + b_g, u = W_u x_i + b_u,
+
+    the SwiGLU counterpart of ``expert_jacobians`` (A.2) for the experts of Mixtral, Qwen-MoE,
+    OLMoE, DeepSeek and most ``transformers`` MoE models (``moegeo.hf``).
+
+    Parameters
+    ----------
+    Wg, Wu : (E, h, d)
+        Gate and up projections, stacked over experts.
+    Wd : (E, d_out, h)
+        Down projection (its bias does not enter the Jacobian).
+    x : (N, d)
+    bg, bu : (E, h), optional
+        Gate and up biases (GPT-OSS has them; most models do not).
+    max_bytes : refuse (``MemoryError``) to materialise a larger result.
+
+    Returns
+    -------
+    J : (E, N, d_out, d)
+
+    Notes
+    -----
+    GPT-OSS's gate differs (clamped gate and up, SiLU with a slope alpha, ``up + 1``); its
+    Jacobians come from autograd through the model's own expert forward (``moegeo.hf``), which
+    follows whatever activation a model defines rather than a re-implementation of each.
+    """
+    _check_swiglu(Wg, Wu, Wd, x, bg, bu)
+    E, N, d_out, d = Wg.shape[0], x.shape[0], Wd.shape[1], x.shape[1]
+    need = E * N * d_out * d * x.element_size()
+    if need > max_bytes:
+        raise MemoryError(
+            f"the SwiGLU expert Jacobians would need {need / 2**30:.2f} GiB (E={E}, N={N}, {d_out}x{d}) "
+            f"> max_bytes = {max_bytes / 2**30:.2f} GiB; use swiglu_jacobian_operator (matrix-free "
+            "JVP/VJP) with lanczos_sigma1 instead, or fewer points")
+    a, u, _ = swiglu_hidden(Wg, Wu, x, bg, bu)
+    return (torch.einsum("eoh,enh,ehi->enoi", Wd, silu_grad(a) * u, Wg)
+            + torch.einsum("eoh,enh,ehi->enoi", Wd, torch.nn.functional.silu(a), Wu))
+
+
+def swiglu_jacobian_operator(Wg, Wu, Wd, x, bg=None, bu=None) -> JacobianOperator:
+    """The E x N SwiGLU expert Jacobians of ``swiglu_jacobians`` as a matrix-free operator,
+    batch ``(E, N)``: J v = W_d (p ⊙ W_g v + q ⊙ W_u v) and J^T w = W_g^T (p ⊙ W_d^T w) +
+    W_u^T (q ⊙ W_d^T w) with p = SiLU'(a) ⊙ u, q = SiLU(a). Memory O(E N (h + d))."""
+    _check_swiglu(Wg, Wu, Wd, x, bg, bu)
+    a, u, _ = swiglu_hidden(Wg, Wu, x, bg, bu)
+    p, q = silu_grad(a) * u, torch.nn.functional.silu(a)  # (E, N, h)
+
+    def matvec(v):
+        return torch.einsum("eoh,enh->eno", Wd, p * torch.einsum("ehi,eni->enh", Wg, v)
+                            + q * torch.einsum("ehi,eni->enh", Wu, v))
+
+    def rmatvec(w):
+        t = torch.einsum("eoh,eno->enh", Wd, w)
+        return torch.einsum("ehi,enh->eni", Wg, p * t) + torch.einsum("ehi,enh->eni", Wu, q * t)
+
+    return JacobianOperator(matvec, rmatvec, batch_shape=(Wg.shape[0], x.shape[0]), d_in=Wg.shape[2],
+                            d_out=Wd.shape[1])
+
+
+def swiglu_mean_jacobian(Wg, Wu, Wd, x, g, bg=None, bu=None) -> torch.Tensor:
+    """Routing-weighted average Jacobian J̄_e (A.2, B.4) of SwiGLU experts without any per-point
+    Jacobian: J is linear in (SiLU'(a) ⊙ u, SiLU(a)), so J̄_e = W_d [diag(p̄_e) W_g + diag(q̄_e) W_u]
+    with p̄_e, q̄_e their routing-weighted means. ``g: (N, E)`` non-negative weights (any scale:
+    each expert is normalised by its own N_e). Returns ``(E, d_out, d)``."""
+    _check_swiglu(Wg, Wu, Wd, x, bg, bu)
+    check_shape("g", g, (x.shape[0], Wg.shape[0]), " = (N, E)")
+    a, u, _ = swiglu_hidden(Wg, Wu, x, bg, bu)
+    p_bar = weighted_mean(silu_grad(a) * u, g)  # (E, h)
+    q_bar = weighted_mean(torch.nn.functional.silu(a), g)
+    return torch.einsum("eoh,eh,ehi->eoi", Wd, p_bar, Wg) + torch.einsum("eoh,eh,ehi->eoi", Wd, q_bar, Wu)
+
+
 def jacobians(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, mode: str = "rev") -> torch.Tensor:
     """Generic per-point Jacobians of any callable ``fn: (d,) -> (d_out,)`` with torch.func.
 

@@ -231,6 +231,14 @@ def heldout_windows(ids: torch.Tensor, context: int) -> tuple[torch.Tensor, torc
 
 # --- reading -----------------------------------------------------------------------------
 
+def shipped_text(split: str = "test") -> str:
+    """The raw text of a shipped WikiText-2 split (``"valid"`` or ``"test"``), checksum-checked:
+    e.g. text to run a Hugging Face model on (``python -m moegeo probe``)."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test' (the shipped splits), got {split!r}")
+    return _read_shipped(f"{split}.txt.gz")[1]
+
+
 def _read_shipped(name: str) -> tuple[str, str]:
     """(label, text) of a shipped file, its decompressed sha256 checked."""
     file = _SHIPPED_DIR / name

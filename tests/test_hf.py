@@ -1,0 +1,403 @@
+"""moegeo.hf on tiny random Hugging Face MoE models built offline (float64, eager experts).
+
+Every model type is checked against quantities computed here independently of the adapter:
+the block output rebuilt from the captured routing and weights by this file's own expert
+formulas, the routing rebuilt from the router weights, Jacobians by autograd.
+"""
+import functools
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from moegeo import hf, probes  # noqa: E402
+from moegeo.__main__ import main  # noqa: E402
+
+SMALL = dict(hidden_size=32, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, vocab_size=64, max_position_embeddings=64)
+GROUPED = dict(n_routed_experts=8, num_experts_per_tok=2, first_k_dense_replace=0, n_shared_experts=1)
+#: model type -> config overrides: the six of issue 10, then five more that need no code of their own
+CONFIGS = {
+    "mixtral": dict(num_local_experts=8, num_experts_per_tok=2),
+    "qwen2_moe": dict(num_experts=8, num_experts_per_tok=2, shared_expert_intermediate_size=24),
+    "qwen3_moe": dict(num_experts=8, num_experts_per_tok=2, norm_topk_prob=False),
+    "olmoe": dict(num_experts=8, num_experts_per_tok=2, pad_token_id=0, eos_token_id=1),
+    "deepseek_v3": dict(GROUPED, n_group=4, topk_group=2, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8,
+                        qk_nope_head_dim=8, v_head_dim=8, num_key_value_heads=4,
+                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+    # a small swiglu_limit so that the clamps are active on these tiny activations
+    "gpt_oss": dict(num_local_experts=8, num_experts_per_tok=2, head_dim=8, swiglu_limit=0.02,
+                    layer_types=["sliding_attention", "full_attention"]),
+    "glm4_moe": dict(GROUPED, n_group=2, topk_group=1),
+    "dots1": dict(GROUPED, n_group=2, topk_group=1),
+    "ernie4_5_moe": dict(moe_num_experts=8, moe_k=2),
+    "phimoe": dict(num_local_experts=8, num_experts_per_tok=2),
+    "minimax": dict(num_local_experts=8, num_experts_per_tok=2),
+}
+SHARED = {"qwen2_moe", "deepseek_v3", "glm4_moe", "dots1", "ernie4_5_moe"}
+
+
+def build(model_type, **overrides):
+    cfg = transformers.AutoConfig.for_model(model_type, **{**SMALL, **CONFIGS[model_type], **overrides})
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float64, experts_implementation="eager")
+    with torch.no_grad():  # spread the routers out of their near-uniform initial state
+        for m in hf.moe_layers(model):
+            router = next(mod for name, mod in m.block.named_children() if name in ("gate", "router"))
+            router.weight.mul_(20)
+    return model.eval()
+
+
+def ids(B=4, T=16, seed=0):
+    return torch.randint(0, SMALL["vocab_size"], (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+@functools.lru_cache(maxsize=None)
+def captured(model_type):
+    model = build(model_type)
+    return model, hf.capture(model, ids())
+
+
+@functools.lru_cache(maxsize=None)
+def frame(model_type):
+    model, _ = captured(model_type)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return hf.probe_model(model, ids(), progress=False)
+
+
+# --------------------------------------------------------------------------- this file's own expert formulas
+def swiglu(w, x):
+    """Every expert's output by the textbook SwiGLU formula: (E, N, d)."""
+    h = torch.nn.functional.silu(x @ w.Wg.transpose(1, 2)) * (x @ w.Wu.transpose(1, 2))
+    return h @ w.Wd.transpose(1, 2)
+
+
+def gpt_oss_expert(w, e, limit, alpha):
+    """GPT-OSS's expert e (modeling_gpt_oss.GptOssExperts, 5.24): clamped gate and up, gate *
+    sigmoid(alpha gate), times (up + 1), biases on both projections. ``(d,) -> (d,)``."""
+    def f(x):
+        a = (w.Wg[e] @ x + w.bg[e]).clamp(max=limit)
+        u = (w.Wu[e] @ x + w.bu[e]).clamp(-limit, limit)
+        return w.Wd[e] @ ((u + 1) * a * torch.sigmoid(alpha * a)) + w.bd[e]
+    return f
+
+
+def expert_outputs(model, cap):
+    if model.config.model_type == "gpt_oss":
+        fns = [gpt_oss_expert(cap.weights, e, model.config.swiglu_limit, model.config.swiglu_alpha)
+               for e in range(cap.g.shape[1])]
+        return torch.stack([torch.func.vmap(f)(cap.x) for f in fns])
+    return swiglu(cap.weights, cap.x)
+
+
+def shared_output(block, x):
+    """The shared experts by their own modules: Qwen2-MoE's sigmoid-gated shared expert, the plain
+    shared experts of DeepSeek, GLM-4-MoE, dots1 and ERNIE-4.5-MoE."""
+    mlp = getattr(block, "shared_expert", None) or block.shared_experts
+    out = mlp(x)
+    gate = getattr(block, "shared_expert_gate", None)
+    return out if gate is None else torch.sigmoid(gate(x)) * out
+
+
+# --------------------------------------------------------------------------- the oracle, per model type
+@pytest.mark.parametrize("model_type", CONFIGS)
+def test_captured_routing_and_experts_rebuild_the_block_output(model_type):
+    model, caps = captured(model_type)
+    assert caps, "no layer captured"
+    for cap in caps:
+        block = model.get_submodule(cap.name.rpartition(".")[0])
+        with torch.no_grad():
+            shared = shared_output(block, cap.block_input) if model_type in SHARED else 0
+            rebuilt = torch.einsum("ne,end->nd", cap.g, expert_outputs(model, cap)) + shared
+        torch.testing.assert_close(rebuilt, cap.output, rtol=1e-9, atol=1e-12)
+        assert (cap.shared is not None) == (model_type in SHARED)
+        assert ((cap.g > 0).sum(1) == model.config.num_experts_per_tok if model_type != "ernie4_5_moe"
+                else (cap.g > 0).sum(1) == model.config.moe_k).all()
+
+
+def test_gpt_oss_weights_are_read_interleaved_with_their_clamps_active():
+    model, (cap, *_) = captured("gpt_oss")
+    raw = model.get_submodule(cap.name).gate_up_proj.detach()  # (E, d, 2h): gate, up, gate, up, ...
+    torch.testing.assert_close(cap.weights.Wg, raw[:, :, 0::2].transpose(1, 2))
+    torch.testing.assert_close(cap.weights.Wu, raw[:, :, 1::2].transpose(1, 2))
+    limit = model.config.swiglu_limit
+    a = cap.x @ cap.weights.Wg.transpose(1, 2) + cap.weights.bg[:, None]
+    assert (a > limit).any() and (a < limit).any(), "the clamp must bind on some entries for the test to mean anything"
+    assert not cap.silu_swiglu
+
+
+@pytest.mark.parametrize("model_type", [t for t in CONFIGS if t != "gpt_oss"])
+def test_closed_form_jacobian_matches_autograd_through_the_models_expert(model_type):
+    model, (cap, *_) = captured(model_type)
+    assert cap.silu_swiglu
+    x = cap.x[:3]
+    J = probes.swiglu_jacobians(cap.weights.Wg, cap.weights.Wu, cap.weights.Wd, x)
+    for e in range(J.shape[0]):
+        full = torch.autograd.functional.jacobian(cap.expert_fn(e), x)  # (N, d, N, d)
+        n = torch.arange(len(x))
+        torch.testing.assert_close(J[e], full[n, :, n, :], rtol=1e-9, atol=1e-12)
+        full[n, :, n, :] = 0
+        assert full.abs().max() == 0, "an expert's output must depend on its own token only"
+
+
+def test_gpt_oss_jacobian_by_autograd_through_its_expert_matches_its_formula():
+    model, (cap, *_) = captured("gpt_oss")
+    x = cap.x[:6]
+    for e in (0, 5):
+        f = gpt_oss_expert(cap.weights, e, model.config.swiglu_limit, model.config.swiglu_alpha)
+        torch.testing.assert_close(hf.tokenwise_jacobians(cap.expert_fn(e), x),
+                                   torch.func.vmap(torch.func.jacrev(f))(x), rtol=1e-9, atol=1e-12)
+
+
+def test_tokenwise_operator_applies_the_tokenwise_jacobians():
+    model, (cap, *_) = captured("gpt_oss")
+    x, fn = cap.x[:5], cap.expert_fn(2)
+    J, op = hf.tokenwise_jacobians(fn, x), hf.tokenwise_operator(fn, x)
+    g = torch.Generator().manual_seed(1)
+    v, u = torch.randn(5, 32, generator=g, dtype=torch.float64), torch.randn(5, 32, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(op.matvec(v), torch.einsum("noi,ni->no", J, v))
+    torch.testing.assert_close(op.rmatvec(u), torch.einsum("noi,no->ni", J, u))
+    w = torch.rand(5, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(hf.tokenwise_jacobians(fn, x, w), torch.einsum("n,noi->oi", w, J) / w.sum())
+
+
+def test_swiglu_operator_and_mean_jacobian_agree_with_the_dense_jacobians():
+    g = torch.Generator().manual_seed(0)
+    E, h, d, N = 3, 7, 5, 11
+    Wg, Wu, Wd = (torch.randn(E, h, d, generator=g, dtype=torch.float64) for _ in range(3))
+    Wd = Wd.transpose(1, 2).contiguous()
+    bg, bu = torch.randn(E, h, generator=g, dtype=torch.float64), torch.randn(E, h, generator=g, dtype=torch.float64)
+    x, w = torch.randn(N, d, generator=g, dtype=torch.float64), torch.rand(N, E, generator=g, dtype=torch.float64)
+    J = probes.swiglu_jacobians(Wg, Wu, Wd, x, bg, bu)
+    f = lambda e: lambda xi: Wd[e] @ (torch.nn.functional.silu(Wg[e] @ xi + bg[e]) * (Wu[e] @ xi + bu[e]))  # noqa: E731
+    torch.testing.assert_close(J[1], torch.func.vmap(torch.func.jacrev(f(1)))(x))
+    op, v = probes.swiglu_jacobian_operator(Wg, Wu, Wd, x, bg, bu), torch.randn(E, N, d, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(op.matvec(v), torch.einsum("enoi,eni->eno", J, v))
+    torch.testing.assert_close(op.rmatvec(v), torch.einsum("enoi,eno->eni", J, v))
+    torch.testing.assert_close(probes.swiglu_mean_jacobian(Wg, Wu, Wd, x, w, bg, bu), probes.weighted_mean(J, w))
+    with pytest.raises(ValueError, match=r"Wu must have shape \(3, 7, 5\)"):
+        probes.swiglu_jacobians(Wg, Wu[:, :6], Wd, x)
+    with pytest.raises(MemoryError, match="swiglu_jacobian_operator"):
+        probes.swiglu_jacobians(Wg, Wu, Wd, x, max_bytes=100)
+
+
+# --------------------------------------------------------------------------- routing, recomputed from the router
+def test_mixtral_routing_is_softmax_top2_renormalised():
+    model, caps = captured("mixtral")
+    for cap in caps:
+        router = model.get_submodule(cap.name.rpartition(".")[0]).gate
+        p = torch.softmax(cap.x @ router.weight.T, -1)
+        top, idx = p.topk(2, -1)
+        want = torch.zeros_like(p).scatter(1, idx, top / top.sum(-1, keepdim=True))
+        torch.testing.assert_close(cap.g, want, rtol=1e-5, atol=1e-6)  # the router runs in float32
+
+
+def _deepseek_routing(x, router, with_bias=True):
+    """DeepSeek-V3 (arXiv 2412.19437 §2.1.2): sigmoid affinities, selection on affinity + bias within
+    the top groups (each group scored by its two best), weights the affinities without the bias,
+    renormalised and scaled."""
+    s = torch.sigmoid(x @ router.weight.T.double())  # the router keeps its weight in float32
+    choice = s + router.e_score_correction_bias.double() if with_bias else s
+    E, G = s.shape[1], router.num_group
+    groups = choice.view(-1, G, E // G).topk(2, -1).values.sum(-1).topk(router.topk_group, -1).indices
+    allowed = torch.zeros(len(s), G, dtype=torch.bool).scatter(1, groups, True).repeat_interleave(E // G, 1)
+    idx = choice.masked_fill(~allowed, float("-inf")).topk(router.top_k, -1).indices
+    w = s.gather(1, idx)
+    return torch.zeros_like(s).scatter(1, idx, w / w.sum(-1, keepdim=True) * router.routed_scaling_factor)
+
+
+def test_deepseek_v3_routing_is_sigmoid_group_limited_and_bias_corrected():
+    model = build("deepseek_v3")
+    g = torch.Generator().manual_seed(3)
+    for m in hf.moe_layers(model):
+        m.block.gate.e_score_correction_bias.copy_(0.3 * torch.randn(8, generator=g))
+    for cap in hf.capture(model, ids()):
+        router = model.get_submodule(cap.name.rpartition(".")[0]).gate
+        torch.testing.assert_close(cap.g, _deepseek_routing(cap.x, router), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(cap.g, _deepseek_routing(cap.x, router, with_bias=False)), \
+            "the planted bias must change the selection"
+        assert cap.g.sum(1).mean() == pytest.approx(model.config.routed_scaling_factor, rel=1e-6)
+
+
+# --------------------------------------------------------------------------- the frame
+@pytest.mark.parametrize("model_type", CONFIGS)
+def test_frame_has_every_layer_expert_and_probe(model_type):
+    df, (model, caps) = frame(model_type), captured(model_type)
+    assert set(df["setting"]) == {"hf"} and set(df["model_type"]) == {model_type} == set(df["arm"])
+    assert list(df.columns[:10]) == ["setting", "seed", "arm", "layer", "expert", "reading", "metric", "step", "index", "value"]
+    assert sorted(df["layer"].unique()) == [c.layer for c in caps]
+    for cap in caps:
+        d = df[df["layer"] == cap.layer]
+        live = set(torch.nonzero(cap.g.sum(0) > 0).flatten().tolist())
+        assert set(d[d["metric"] == "sigma1"]["expert"]) == live | ({hf.SHARED_EXPERT} if model_type in SHARED else set())
+        assert set(d[d["metric"] == "excluded"]["expert"]) == set(range(cap.g.shape[1])) - live
+        for metric in ("load", "sigma", "energy@10", "cosine", "explained_variance", "cumvar@10", "k@0.9", "geodesic"):
+            assert metric in set(d["metric"]), metric
+        assert set(d[d["metric"] == "cumvar@10"]["reading"]) >= {"pca_site=input", "pca_site=hidden", "pca_site=output"}
+        assert hf.SHARED_EXPERT not in set(d[d["metric"] == "cosine"]["expert"])
+
+
+def test_frame_sigma1_is_that_of_the_autograd_jacobians():
+    model, (cap, *_) = captured("mixtral")
+    df = frame("mixtral")
+    got = df[(df["layer"] == cap.layer) & (df["metric"] == "sigma1") & (df["reading"] == "jacobian=pointwise")]
+    e = int(got["expert"].iloc[0])
+    J = hf.tokenwise_jacobians(cap.expert_fn(e), cap.x)
+    w = cap.g[:, e]
+    assert got["value"].iloc[0] == pytest.approx(float(w @ torch.linalg.matrix_norm(J, 2) / w.sum()), rel=1e-9)
+
+
+@pytest.mark.parametrize("model_type", ["deepseek_v3", "gpt_oss"])
+def test_matrix_free_path_agrees_with_the_dense_one(model_type):
+    model = build(model_type)
+    x = ids(2, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dense = hf.probe_model(model, x, layers=[1], progress=False)
+        free = hf.probe_model(model, x, layers=[1], progress=False, max_bytes=1_000_000)
+    assert dense.query("metric == 'jacobian_path'")["value"].tolist() == [0.0]
+    assert free.query("metric == 'jacobian_path'")["value"].tolist() == [1.0]
+    assert (free.query("metric == 'sigma1_converged'")["value"] == 1).all()
+    for metric in ("sigma1", "cosine", "cumvar@10", "geodesic"):
+        a, b = (f[f["metric"] == metric].set_index(["expert", "reading", "index"])["value"].sort_index() for f in (dense, free))
+        assert a.index.equals(b.index), metric
+        assert (a - b).abs().max() < 1e-9, metric
+
+
+# --------------------------------------------------------------------------- errors and checks
+def test_a_model_without_moe_layers_is_refused_saying_what_it_holds():
+    cfg = transformers.LlamaConfig(**{k: SMALL[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                             "num_attention_heads", "num_key_value_heads", "vocab_size")})
+    model = transformers.LlamaForCausalLM(cfg)
+    with pytest.raises(ValueError, match=r"LlamaForCausalLM \(model_type 'llama'\) has no MoE layer.*LlamaMLP"):
+        hf.probe_model(model, ids())
+
+
+def test_an_unreadable_expert_layout_is_refused_with_its_shapes():
+    experts = torch.nn.Module()
+    experts.gate_up_proj = torch.nn.Parameter(torch.zeros(4, 10, 6))  # 2h = 10, but down_proj says h = 4
+    experts.down_proj = torch.nn.Parameter(torch.zeros(4, 6, 4))
+    with pytest.raises(ValueError, match=r"cannot read gate_up_proj \(4, 10, 6\) and down_proj \(4, 6, 4\)"):
+        hf.expert_weights(experts, d=6)
+    experts.has_gate = False
+    with pytest.raises(ValueError, match="ungated experts"):
+        hf.expert_weights(experts, d=6)
+
+
+def test_a_scaled_block_is_read_and_a_nonlinear_one_refused():
+    model = build("qwen3_moe")
+    block = hf.moe_layers(model)[0].block
+    handle = block.register_forward_hook(lambda mod, args, out: 2.5 * out)
+    cap = hf.capture(model, ids(), layers=[0])[0]
+    assert cap.scale == pytest.approx(2.5)
+    torch.testing.assert_close(torch.einsum("ne,end->nd", cap.g, swiglu(cap.weights, cap.x)), cap.output)
+    handle.remove()
+    block.register_forward_hook(lambda mod, args, out: torch.tanh(50 * out))
+    with pytest.raises(ValueError, match="not a constant times its experts' output"):
+        hf.capture(model, ids(), layers=[0])
+
+
+def test_bad_arguments_are_named_and_no_hook_is_left_behind():
+    model = build("olmoe")
+    with pytest.raises(ValueError, match=r"layers \[5\] are not MoE layers of this model; its MoE layers are \[0, 1\]"):
+        hf.probe_model(model, ids(), layers=[5])
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 64\)"):
+        hf.capture(model, ids() + 64)
+    with pytest.raises(TypeError, match="integer torch.Tensor"):
+        hf.capture(model, ids().double())
+    model.get_submodule("model.layers.1.mlp").register_forward_hook(lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        hf.capture(model, ids())
+    hooks = [(n, len(m._forward_pre_hooks)) for n, m in model.named_modules() if m._forward_pre_hooks]
+    assert hooks == [], hooks
+    assert [n for n, m in model.named_modules() if m._forward_hooks] == ["model.layers.1.mlp"]
+
+
+def test_a_float64_model_on_the_default_experts_kernel_is_probed_on_eager_and_restored():
+    cfg = transformers.AutoConfig.for_model("qwen3_moe", **{**SMALL, **CONFIGS["qwen3_moe"]})
+    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float64)
+    assert model.config._experts_implementation != "eager"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        df = hf.probe_model(model, ids(1, 8), layers=[0], progress=False)
+    assert (df["metric"] == "sigma1").any()
+    assert model.config._experts_implementation == cfg._experts_implementation != "eager"
+
+
+def test_max_tokens_keeps_the_first_tokens():
+    model, _ = captured("mixtral")
+    cap = hf.capture(model, ids(4, 16), layers=[1], max_tokens=20)[0]
+    assert cap.x.shape == (20, 32) and cap.g.shape == (20, 8)
+    full = hf.capture(model, ids(4, 16), layers=[1], max_tokens=None)[0]
+    torch.testing.assert_close(cap.x, full.x[:20])
+
+
+# --------------------------------------------------------------------------- loading and the CLI
+def _save_checkpoint(path, tokenizer=True):
+    model = build("mixtral")
+    model.to(torch.float32).save_pretrained(path)
+    if tokenizer:
+        from tokenizers import Tokenizer, models, pre_tokenizers
+
+        from moegeo.wikitext import shipped_text
+        counts = {}
+        for w in shipped_text("test").split()[:20000]:
+            counts[w] = counts.get(w, 0) + 1
+        vocab = ["<unk>"] + sorted(counts, key=counts.get, reverse=True)[: SMALL["vocab_size"] - 1]
+        tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(path)
+    return model
+
+
+def test_load_gives_a_float64_eager_model_and_refuses_one_too_large(tmp_path, monkeypatch):
+    _save_checkpoint(tmp_path, tokenizer=False)
+    model = hf.load(tmp_path)
+    assert next(model.parameters()).dtype == torch.float64 and model.config._experts_implementation == "eager"
+    n, need = hf.estimate_bytes(model.config)
+    assert n == sum(p.numel() for p in model.parameters()) and need == 8 * n
+    monkeypatch.setattr(hf, "available_memory", lambda: 2**16)
+    with pytest.raises(MemoryError, match=r"needs about 0\.0 GiB in torch.float64 but only 0\.0 GiB"):
+        hf.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        hf.load(tmp_path / "missing")
+
+
+def test_cli_probes_a_saved_checkpoint_as_a_new_user_would(tmp_path):
+    _save_checkpoint(tmp_path / "tiny-mixtral")
+    out = tmp_path / "report"
+    env = dict(os.environ, TQDM_DISABLE="1")
+    run = subprocess.run([sys.executable, "-m", "moegeo", "probe", "--hf-model", str(tmp_path / "tiny-mixtral"),
+                          "--tokens", "64", "--out", str(out)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "2 MoE layer(s)" in run.stdout and "PROBE.md" in run.stdout
+    report = (out / "PROBE.md").read_text()
+    assert "## Layer 0" in report and "## Layer 1" in report and "shipped WikiText-2" in report
+    assert "| expert | load | σ₁ pointwise |" in report
+    assert (out / "figures" / "sigma1.png").stat().st_size > 0 and (out / "figures" / "cosine.png").stat().st_size > 0
+    assert (out / "probe.csv").stat().st_size > 0
+
+
+def test_cli_without_a_tokenizer_says_so(tmp_path, capsys):
+    _save_checkpoint(tmp_path, tokenizer=False)
+    assert main(["probe", "--hf-model", str(tmp_path), "--tokens", "8", "--out", str(tmp_path / "r")]) == 2
+    assert "no usable tokenizer" in capsys.readouterr().err
+
+
+def test_probe_checkpoint_probes_the_given_text_in_sequences(tmp_path):
+    _save_checkpoint(tmp_path)
+    text = "the , . of and in " * 20
+    ids = hf.tokenize(tmp_path, text, tokens=30, context=8)
+    assert ids.shape == (3, 8) and (ids > 0).all(), "known words, whole sequences of 8"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        df = hf.probe_checkpoint(tmp_path, text, tokens=24, layers=[1], context=8, progress=False)
+    assert set(df["layer"]) == {1} and df.query("metric == 'n_tokens'")["value"].tolist() == [24.0]
+    with pytest.raises(ValueError, match="gives no tokens"):
+        hf.tokenize(tmp_path, "", tokens=8)
