@@ -1,6 +1,9 @@
 """The benchmark section of REPORT.md: rendered from pytest-benchmark JSON, spliced in place."""
 import json
 
+import numpy as np
+import scipy.stats
+
 from moegeo import bench_report
 
 
@@ -34,3 +37,43 @@ def test_section_is_replaced_not_appended_twice(tmp_path):
     assert "2.00x | no |" in text
     assert bench_report.existing_section(text).startswith(bench_report.BEGIN)
     assert bench_report.splice("# new claims report\n", bench_report.existing_section(text)).count("## Benchmarks") == 1
+
+
+def _bench(group, method, median, minimum=None, **extra):
+    return dict(group=group, name=method, stats=dict(median=median, min=median if minimum is None else minimum, rounds=3),
+                extra_info=dict(method=method, baseline=False, **extra))
+
+
+def test_flop_floor_uses_the_fastest_sgemm_round_and_states_the_rate(tmp_path):
+    results, report = tmp_path / "r.json", tmp_path / "REPORT.md"
+    # 1 GFLOP in 10 ms at best (100 GFLOP/s), 20 ms median (a busy neighbour): the floor uses the best
+    step = _bench("one LM training step, arm x", "soft", 0.05, flops=2e9)
+    results.write_text(json.dumps(dict(machine_info={}, benchmarks=[
+        _bench("floating-point floor", "sgemm", 0.02, 0.01, flops=1e9), step])))
+    bench_report.update_report(results, report)
+    text = report.read_text()
+    assert "FLOP floor 20 ms at 100 GFLOP/s" in text
+    assert "| 2.5x of floor at 100 GFLOP/s | yes |" in text
+
+
+def test_growth_plot_recovers_a_planted_power_law(tmp_path):
+    # t = c * size^1.5 along every axis: the fitted exponent is 1.5 to rounding
+    base = dict(N=512, E=8, d=64)
+    benches = [_bench(bench_report.GROWTH, f"probe_rows ({axis})", 1e-4 * v**1.5, axis=axis, **{**base, axis: v})
+               for axis, values in dict(N=[128, 256, 512, 1024], E=[2, 4, 8, 16], d=[32, 64, 128]).items()
+               for v in values]
+    results, report = tmp_path / "r.json", tmp_path / "REPORT.md"
+    results.write_text(json.dumps(dict(machine_info={}, benchmarks=benches)))
+    df, _ = bench_report.load(results)
+    fig, table = bench_report.growth_plot(df, tmp_path / "figures" / "growth.png")
+    assert fig.exists() and fig.stat().st_size > 0
+    slopes = {row.split("|")[1].strip(): float(row.split("|")[5]) for row in table[2:]}
+    assert set(slopes) == {"N", "E", "d"}
+    for axis, values in dict(N=[128, 256, 512, 1024], E=[2, 4, 8, 16], d=[32, 64, 128]).items():
+        t = df[df.axis == axis].sort_values(axis)["time"].to_numpy()
+        assert abs(scipy.stats.linregress(np.log(values), np.log(t)).slope - 1.5) <= 1e-6
+        assert abs(slopes[axis] - 1.5) <= 5e-3  # the table rounds to 2 decimals
+    bench_report.update_report(results, report)
+    text = report.read_text()
+    assert text.count(f"### {bench_report.GROWTH}") == 1  # rendered once, not again by the per-group loop
+    assert "bench_probe_cost_growth.png" in text and (tmp_path / "figures" / "bench_probe_cost_growth.png").exists()
