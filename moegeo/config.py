@@ -251,7 +251,8 @@ class LMConfig(RunConfig):
 
 
 #: the modules whose code decides the numbers of a run (claims and report only read them)
-RESULT_MODULES = ("cache.py", "config.py", "experiment.py", "lm.py", "model.py", "probes.py", "validate.py", "wikitext.py")
+RESULT_MODULES = ("cache.py", "config.py", "experiment.py", "grassmann.py", "lm.py", "model.py", "probes.py", "validate.py",
+                  "wikitext.py")
 
 
 @functools.cache

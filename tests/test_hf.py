@@ -401,3 +401,21 @@ def test_probe_checkpoint_probes_the_given_text_in_sequences(tmp_path):
     assert set(df["layer"]) == {1} and df.query("metric == 'n_tokens'")["value"].tolist() == [24.0]
     with pytest.raises(ValueError, match="gives no tokens"):
         hf.tokenize(tmp_path, "", tokens=8)
+
+
+def test_pretrained_claims_take_the_moe_layers_as_units():
+    """``pytest claims/ --hf-model``'s claims on a probe frame: one unit per MoE layer, shared
+    experts left out, every primary reading tested on every layer."""
+    from moegeo.claims import Results, evaluate
+    from moegeo.claims import geometric_asymmetry as ga
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        df = ga.layers_as_seeds(frame("deepseek_v3"))
+    assert (df.expert != hf.SHARED_EXPERT).all() and set(df.seed) == {0, 1} and set(df.layer) == {0}
+    assert int(df.d_model.iloc[0]) == SMALL["hidden_size"]
+    v = evaluate(Results({"hf": df}), ga.PRETRAINED_CLAIMS)
+    prim = v[v.primary]
+    assert sorted(prim.claim) == sorted(c.id for c in ga.PRETRAINED_CLAIMS)
+    assert (prim.n == 2).all() and set(prim.verdict) == {"TOO FEW SEEDS"}  # two layers can never pass
+    assert set(prim.family) == {"geometric_asymmetry-pretrained/primary"}

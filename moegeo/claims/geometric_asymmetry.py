@@ -229,7 +229,7 @@ def on_pretrained(c: Claim) -> Claim:
     """Claim ``c`` on a pretrained checkpoint, layers as units, Top-k as routed."""
     axes = {k: (["topk"] if k == "moe" else v) for k, v in c.axes.items() if k != "layer"}
     why = "; ".join(p for p in c.primary_because.split("; ") if not p.startswith(("layer=", "moe=")))
-    return dataclasses.replace(c, id=f"{c.id}-hf", paper=PRETRAINED_PAPER, frame="hf", axes=axes,
+    return dataclasses.replace(c, id=f"{c.id}-hf", paper=PRETRAINED_PAPER, frame="hf", axes=axes, steps=False,
                                primary_because=f"{LAYERS_AS_UNITS}; {why}", note="on the checkpoint given by --hf-model")
 
 
