@@ -25,6 +25,11 @@ def _lanczos(op):
     return r.values, r.iterations
 
 
+def _mlp_lanczos(args):
+    r = probes.mlp_lanczos_sigma1(*args, tol=1e-6, generator=torch.Generator().manual_seed(0))
+    return r.values, r.iterations
+
+
 def materialised_op(J):
     return probes.JacobianOperator(lambda v: torch.einsum("...oi,...i->...o", J, v),
                                    lambda u: torch.einsum("...oi,...o->...i", J, u), J.shape[:-2], J.shape[-1], J.shape[-2])
@@ -38,6 +43,7 @@ SIGMA1 = {
     "closed_form+lanczos": lambda a: _lanczos(materialised_op(probes.expert_jacobians(*a))),
     "matrix_free_power": lambda a: _power(probes.mlp_jacobian_operator(*a)),
     "matrix_free_lanczos": lambda a: _lanczos(probes.mlp_jacobian_operator(*a)),
+    "matrix_free_batched_lanczos": _mlp_lanczos,
 }
 
 
