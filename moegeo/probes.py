@@ -575,8 +575,9 @@ def mlp_lanczos_sigma1(
     a = gelu_grad(expert_preactivations(W1, b1, x)).repeat(1, starts, 1)  # (E, S N, h): starts stacked
     W1t, W2t = W1.transpose(1, 2), W2.transpose(1, 2)
 
-    def gram(v):  # J^T J v for every start of every point: (E, S N, d)
-        return torch.bmm(a * torch.bmm(torch.bmm(a * torch.bmm(v, W1t), W2t), W2), W1)
+    def gram(v):  # J^T J v for every start of every point: (E, S N, d); in place, no temporaries
+        u = torch.bmm(torch.bmm(torch.bmm(v, W1t).mul_(a), W2t), W2).mul_(a)
+        return torch.bmm(u, W1)
 
     q = torch.randn(E, starts, N, d, generator=generator, dtype=x.dtype)
     if v0 is not None:
@@ -591,12 +592,12 @@ def mlp_lanczos_sigma1(
     steps = 8 - int(math.log2(torch.finfo(x.dtype).eps))  # bisection to below the input's rounding
     converged, k = False, 0
     for k in range(1, d + 1):
-        w = gram(q) - beta * q_prev
-        alpha = (q * w).sum(-1, keepdim=True)
-        w = w - alpha * q
-        beta = w.norm(dim=-1, keepdim=True)
+        w = gram(q).addcmul_(beta, q_prev, value=-1)
+        alpha = torch.linalg.vecdot(q, w)[..., None]
+        w.addcmul_(alpha, q, value=-1)
+        beta = torch.linalg.vector_norm(w, dim=-1, keepdim=True)
         alphas.append(alpha.reshape(-1))
-        q_prev, q = q, w / beta.clamp_min(tiny)
+        q_prev, q = q, w.div_(beta.clamp_min(tiny))
         if k == d or (k >= min_iter and (k - min_iter) % check_every == 0):
             A = torch.stack(alphas, 1).double()
             b2 = torch.stack(betas, 1).double().square() if betas else A[:, :0]
