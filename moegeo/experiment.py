@@ -326,8 +326,7 @@ def subspace_rows(rows: Rows, pca: probes.PCAResult, site: PCASite, experts: lis
     (``subspace=r10``) and its own k@0.9 directions (``subspace=k90``). Rows per expert pair
     (``index`` the partner): ``geodesic``, ``chordal``, ``overlap`` and the same quantities'
     means for independent uniformly random subspaces of the pair's dimensions
-    (``geodesic_null`` ...; ``moegeo.grassmann.null_means``), the largest principal angle
-    ``max_angle``; for ``r10`` at the input site
+    (``geodesic_null`` ...; ``moegeo.grassmann.null_means``); for ``r10`` at the input site
     also the principal angles, one metric ``angle@i`` per i.
     """
     D = pca.components.shape[-1]
@@ -342,7 +341,6 @@ def subspace_rows(rows: Rows, pca: probes.PCAResult, site: PCASite, experts: lis
             rows.add(stat, r, getattr(geo, stat), experts, index=experts)
             rows.add(f"{stat}_null", r, torch.tensor([[null[a, b][stat] for b in dims] for a in dims]), experts,
                      index=experts)
-        rows.add("max_angle", r, geo.angles.nan_to_num(-1.0).amax(-1), experts, index=experts)
         if name != "k90" and site == PCASite.INPUT:
             for i in range(geo.angles.shape[-1]):
                 rows.add(f"angle@{i + 1}", r, geo.angles[..., i], experts, index=experts)

@@ -618,7 +618,14 @@ def _asymmetry_section(verdicts: pd.DataFrame, frames: dict, figures: dict, repo
                                            f"**not run: needs a local checkpoint** ({ga.PRETRAINED}; `pytest claims/ "
                                            "--hf-model DIR`, section *Probing your own Hugging Face MoE model* of the "
                                            "README)."))
-    extra = ["", "Geometry at the final step (primary site and subspace, every layer pooled; median over seeds):", "",
+    extra = ["", "**Known limit of these readings.** The chance levels are those of isotropic, independent objects "
+             "(random matrices, uniformly random subspaces). A randomly initialised model already shows Jacobian "
+             "alignment at chance and subspace overlap above the random-subspace level, because every expert reads the "
+             "same anisotropic hidden states; so G1-G3 describe the geometry, they do not show that training made it. "
+             "Only G1's `null=init` reading compares with the same model at step 0; an init-matched subspace null, a "
+             "routing-permutation null and a split-half noise floor are not built. The readings were revised once, "
+             "before the first full run, after an independent statistical review (module docstring).",
+             "", "Geometry at the final step (primary site and subspace, every layer pooled; median over seeds):", "",
              "| setting | arm | mean abs cos of J̄_e | chance | overlap index | its random-subspace mean | geodesic "
              "distance | its random-subspace mean |", "|---|---|---|---|---|---|---|---|"]
     for setting, name in (("lm", "lm"), ("mlp", "main")):

@@ -343,9 +343,8 @@ def test_subspace_rows_find_a_planted_shared_subspace_and_chance_for_isotropic_i
     r = "pca_site=input;subspace=r10"
     assert planted[r, "overlap"] > 0.9 and planted[r, "overlap_null"] == pytest.approx(10 / D)
     assert planted[r, "geodesic"] < 0.3 * planted[r, "geodesic_null"]
-    assert planted[r, "max_angle"] < math.pi / 4
     # isotropic inputs: each expert's top-10 subspace is sampling noise, i.e. close to random
     assert abs(chance[r, "overlap"] - chance[r, "overlap_null"]) < 0.1
-    assert chance[r, "max_angle"] > math.pi / 4
+    assert chance[r, "overlap"] < 0.5 < planted[r, "overlap"]  # G2d's "distinct" tells the two apart
     assert {"angle@1", "angle@10"} <= set(planted.loc[r].index)
     assert (planted.loc["pca_site=input;subspace=k90"].index.str.startswith("angle@")).sum() == 0

@@ -152,7 +152,10 @@ def _cos_in_range(R: Results, r: dict) -> Observation:
     return Observation(frac - TYPICALLY, {f"{r['moe']} fraction of pairs in [-0.01, 0.015]": frac})
 
 
-def _cos_to_chance(R: Results, r: dict) -> Observation:
+def cos_to_chance(R: Results, r: dict) -> Observation:
+    """C4n: chance_upper minus (mean |cos| over a seed's expert pairs / its chance level), the
+    chance level of independent random matrices (``null=random``) or the same model at step 0
+    (``null=init``)."""
     d = int(R.frames["main"].d_model.iloc[0])
     c = R.cosines(r["moe"], "jacobian=mean", _step(r))
     ours, pairs = c.value.abs().groupby(c.seed).mean(), c.groupby(c.seed).size()
@@ -322,7 +325,7 @@ MLP_CLAIMS: tuple[Claim, ...] = (
           f"the seed's pairs (= {chance_upper(64, 28):.3f} at d = 64 for the E(E-1)/2 = 28 pairs of E = 8; null: independent random d x d matrices, "
           "moegeo.probes.cosine_null; reading null=init: the same model at step 0)",
           grid(moe=REGIMES, null=("random", "init")), because("moe=topk+soft", "step=final") + '; the null of A.3',
-          _cos_to_chance),
+          cos_to_chance),
     Claim("C5", "Higher effective rank than dense",
           "expert-local representations showed higher effective rank under weighted PCA than dense representations",
           "§5, §3.2 (Fig. 2B), abstract", "MoE expert k@0.9 - dense k@0.9", "direction", "direction", PCA,
