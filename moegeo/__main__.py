@@ -14,6 +14,7 @@ import dataclasses
 import os
 import sys
 import time
+import warnings
 
 import pandas as pd
 
@@ -66,22 +67,37 @@ def main(argv=None) -> int:
     return 0
 
 
+def _positive_int(s: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
 def probe_main(argv) -> int:
     """``python -m moegeo probe``: every probe of a local Hugging Face MoE checkpoint on a text."""
-    ap = argparse.ArgumentParser(prog="python -m moegeo probe", description=probe_main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m moegeo probe",
+                                 description="Every probe of a local Hugging Face MoE checkpoint on a text: writes "
+                                             "PROBE.md, figures/ and probe.csv (the tidy frame) to --out.")
     ap.add_argument("--hf-model", required=True, metavar="DIR",
                     help="a local checkpoint directory (config.json, weights and tokenizer, as save_pretrained writes)")
     ap.add_argument("--text", metavar="FILE", help="UTF-8 text to run the model on (default: the shipped WikiText-2 test split)")
-    ap.add_argument("--layers", type=int, nargs="+", help="decoder-layer indices to probe (default: every MoE layer)")
-    ap.add_argument("--tokens", type=int, default=512, help="tokens probed (default 512)")
-    ap.add_argument("--context", type=int, default=None,
-                    help="tokens per sequence (default: min(--tokens, 512, the model's max_position_embeddings))")
+    ap.add_argument("--layers", type=int, nargs="+", metavar="L", help="decoder-layer indices to probe (default: every MoE layer)")
+    ap.add_argument("--tokens", type=_positive_int, default=512, metavar="N",
+                    help="tokens probed: exactly the first N of the text, fewer only if the text is shorter; the output "
+                         "and the report state the number (default 512)")
+    ap.add_argument("--context", type=_positive_int, default=None, metavar="C",
+                    help="tokens per sequence, at most the model's max_position_embeddings (default: min(N, 512, "
+                         "max_position_embeddings)); the last sequence is completed with the following tokens of "
+                         "the text, which are not probed")
     ap.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="dtype to load and probe in (default float64)")
     ap.add_argument("--out", metavar="DIR", help="report directory (default: probe-<checkpoint name>)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
-    if args.tokens < 1:
-        ap.error(f"--tokens must be >= 1, got {args.tokens}")
     try:
         import transformers  # noqa: F401
     except ImportError:
@@ -96,18 +112,18 @@ def probe_main(argv) -> int:
         if args.text:
             with open(args.text, encoding="utf-8") as f:
                 text = f.read()
-        df = hf.probe_checkpoint(args.hf_model, text, args.tokens, args.layers, args.context,
-                                 getattr(torch, args.dtype), progress=False if args.quiet else None)
+        with warnings.catch_warnings():  # one line each on stderr, without the source line of the warning
+            warnings.showwarning = lambda message, *_, **__: print(f"{ap.prog}: warning: {message}", file=sys.stderr)
+            df = hf.probe_checkpoint(args.hf_model, text, args.tokens, args.layers, args.context,
+                                     getattr(torch, args.dtype), progress=False if args.quiet else None)
     except (FileNotFoundError, ValueError, MemoryError, OSError, UnicodeDecodeError) as err:
-        print(f"python -m moegeo probe: error: {err}", file=sys.stderr)
+        print(f"{ap.prog}: error: {err}", file=sys.stderr)
         return 2
     name = os.path.basename(os.path.normpath(args.hf_model))
-    n_tokens = int(df[df["metric"] == "n_tokens"]["value"].iloc[0])
-    source = (f"Checkpoint `{args.hf_model}` ({df['model_type'].iloc[0]}, {args.dtype}) on the first {n_tokens} "
-              f"tokens of {args.text or 'the shipped WikiText-2 test split'}.")
+    source = probe_report.source_line(df, args.hf_model, args.dtype, args.text, args.tokens)
     path = probe_report.write(df, args.out or f"probe-{name}", name, source)
-    print(f"moegeo probe: {df['layer'].nunique()} MoE layer(s) of {args.hf_model} probed in "
-          f"{time.perf_counter() - t0:.1f} s; report written to {path}")
+    print(f"{ap.prog}: {df['layer'].nunique()} MoE layer(s) probed in {time.perf_counter() - t0:.1f} s. {source}\n"
+          f"Report written to {path}")
     return 0
 
 

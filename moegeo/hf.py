@@ -69,6 +69,11 @@ LANCZOS_TOL, LANCZOS_STEPS = 1e-8, 100
 MEMORY_FRACTION = 0.8
 #: default number of tokens probed
 MAX_TOKENS = 512
+#: default tokens per sequence (fewer when the model's max_position_embeddings is smaller)
+CONTEXT = 512
+#: fraction of unknown tokens in the probed text above which the probe warns: a few rare words are
+#: normal for a word-level vocabulary, more means the text does not suit the tokenizer
+UNKNOWN_TOKENS_WARN = 0.05
 
 
 # --------------------------------------------------------------------------- finding MoE layers
@@ -370,7 +375,8 @@ def _check_ids(model, input_ids) -> torch.Tensor:
         raise ValueError(f"input_ids must have shape (B, T) or (T,) with at least one token, got {tuple(input_ids.shape)}")
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if vocab is not None and (ids.min() < 0 or ids.max() >= vocab):
-        raise ValueError(f"token ids must lie in [0, {vocab}) (the model's vocab_size), got [{ids.min()}, {ids.max()}]")
+        raise ValueError(f"token ids must lie in [0, {vocab}) (the model's vocab_size), got [{ids.min()}, {ids.max()}]; "
+                         "is the tokenizer the model's own?")
     return ids.long()
 
 
@@ -473,8 +479,11 @@ def probe_model(model: torch.nn.Module, input_ids: torch.Tensor, layers: list[in
     layer. Routed experts keep their ids; the shared experts of a layer are ``expert=-2``
     (``SHARED_EXPERT``), probed with weight 1 on every token, input and output sites only.
     Experts without routing weight on the batch get an ``excluded`` row and a warning, nothing
-    else. Per layer also ``n_tokens``, ``load`` (mean routing weight per token) and ``routing_weight_sum`` (mean
-    sum_e g_e: 1 for renormalised Top-k, not for DeepSeek-V3's scaled sigmoid weights).
+    else. Per layer also ``n_tokens``, ``d_model`` (the width d of the layer input) and
+    ``routing_weight_sum`` (mean sum_e g_e over tokens: 1 for renormalised Top-k, not for Qwen2-MoE
+    with ``norm_topk_prob=False`` or DeepSeek-V3's scaled sigmoid weights); per routed expert
+    ``load``, its mean routing weight (1/N) sum_i g_e(x_i) with g as applied (so the loads of a
+    layer sum to its ``routing_weight_sum``), and ``routed_tokens``, the tokens with g_e > 0.
     Without the matrix-free path these are exactly the rows of the other settings; with it
     (``jacobian_path`` metric 1) only sigma_1 of the per-point Jacobians (and
     ``sigma1_converged``) and the full spectrum of J̄_e.
@@ -517,10 +526,12 @@ def layer_rows(cap: MoECapture, arm: str, seed: int = 0, max_bytes: int = MAX_BY
         warnings.warn(f"{arm}, layer {cap.layer}: expert {e} received zero routing weight on these "
                       f"{g.shape[0]} tokens; excluded")
         rows.add("excluded", "", 1.0, [e])
-    rows.add("n_tokens", "", float(g.shape[0]))
-    rows.add("load", "", mass[live] / g.shape[0], experts)
-    rows.add("routing_weight_sum", "", g.sum(1).mean())
     x, w, gl = cap.x.double(), cap.weights[live].to(torch.float64), g[:, live]
+    rows.add("n_tokens", "", float(g.shape[0]))
+    rows.add("d_model", "", float(x.shape[1]))
+    rows.add("load", "", mass[live] / g.shape[0], experts)
+    rows.add("routed_tokens", "", (gl > 0).sum(0).double(), experts)
+    rows.add("routing_weight_sum", "", g.sum(1).mean())
     pre, hidden = cap.hidden()
     sites = {PCASite.INPUT: x, PCASite.PRE_ACTIVATION: pre[live].double(), PCASite.OUTPUT: cap.expert_outputs[live].double()}
     if hidden is not None:
@@ -637,21 +648,35 @@ def estimate_bytes(config, dtype: torch.dtype = torch.float64) -> tuple[int, int
     return n, n * torch.empty((), dtype=dtype).element_size()
 
 
+def checkpoint_config(path: str | os.PathLike):
+    """The ``transformers`` config of the local checkpoint directory ``path``. Raises
+    ``FileNotFoundError`` naming ``path`` when it is not a directory or holds no ``config.json``."""
+    from transformers import AutoConfig
+
+    path = os.fspath(path)
+    expected = ("expected a Hugging Face checkpoint directory saved with save_pretrained (config.json, the weights "
+                "and the tokenizer)")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path} is not a directory; {expected}")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        held = sorted(os.listdir(path))
+        raise FileNotFoundError(f"{path} has no config.json; {expected}. It holds: "
+                                f"{', '.join(held[:8]) + (' ...' if len(held) > 8 else '') if held else 'nothing'}")
+    return AutoConfig.from_pretrained(path, local_files_only=True)
+
+
 def load(path: str | os.PathLike, dtype: torch.dtype = torch.float64, memory_fraction: float = MEMORY_FRACTION):
     """Load a local ``transformers`` causal-LM checkpoint directory for probing.
 
-    The size is checked from the config first: a model whose parameters in ``dtype`` would take
-    more than ``memory_fraction`` of the available memory raises ``MemoryError`` with the
-    estimate, before anything is materialised. Loads with ``experts_implementation="eager"``
-    (float64 needs it on the CPU) and never touches the network (``local_files_only``).
+    The size is checked from the config (``checkpoint_config``) first: a model whose parameters in
+    ``dtype`` would take more than ``memory_fraction`` of the available memory raises
+    ``MemoryError`` with the estimate, before anything is materialised. Loads with
+    ``experts_implementation="eager"`` (float64 needs it on the CPU) and never touches the network
+    (``local_files_only``).
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path} is not a directory; expected a local checkpoint directory "
-                                "(config.json and the weights, as written by save_pretrained)")
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    config = checkpoint_config(path)
     n, need = estimate_bytes(config, dtype)
     have = available_memory()
     if need > memory_fraction * have:
@@ -659,47 +684,121 @@ def load(path: str | os.PathLike, dtype: torch.dtype = torch.float64, memory_fra
                           f"{need / 2**30:.1f} GiB in {dtype} but only {have / 2**30:.1f} GiB of memory is available "
                           f"(at most {memory_fraction:.0%} of it may hold the model); load it in a smaller dtype "
                           "(e.g. dtype=torch.float32) or on a larger machine")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, experts_implementation="eager",
+    model = AutoModelForCausalLM.from_pretrained(os.fspath(path), dtype=dtype, experts_implementation="eager",
                                                  local_files_only=True)
     return model.eval()
 
 
-def tokenize(path: str | os.PathLike, text: str | None = None, tokens: int = MAX_TOKENS,
-             context: int | None = None, max_context: int = 512) -> torch.Tensor:
-    """The first ``tokens`` tokens of ``text`` (default: the shipped WikiText-2 test split) by the
-    checkpoint's own tokenizer in ``path``, as ``(B, context)`` sequences (``context`` default:
-    ``max_context``, at most the number of tokens; a trailing partial sequence is dropped).
-    Raises ``ValueError`` when ``path`` holds no usable tokenizer or the text gives no tokens."""
+@dataclass(frozen=True)
+class TokenBatch:
+    """Token ids to probe, from ``tokenize``.
+
+    Attributes
+    ----------
+    input_ids : (B, context) token ids: ``B = ceil(n_tokens / context)`` sequences.
+    n_tokens : the tokens probed: the first ``n_tokens`` of ``input_ids.flatten()``. The rest of
+        the last sequence only completes it (the text's following tokens); a causal LM's hidden
+        states at a token do not depend on later tokens, so they change nothing that is probed.
+        Pass ``max_tokens=n_tokens`` to ``probe_model`` / ``capture``.
+    unknown : the fraction of the ``n_tokens`` tokens that are the tokenizer's unknown token
+        (0 for a tokenizer without one, e.g. byte-level BPE).
+    """
+
+    input_ids: torch.Tensor
+    n_tokens: int
+    unknown: float
+
+
+def _tokenizer_files(path: str) -> list[str]:
+    """The files of ``path`` that ``save_pretrained`` of some tokenizer writes."""
+    return sorted(f for f in os.listdir(path) if re.match(r"(tokenizer|vocab|merges|spiece|special_tokens_map)", f))
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """The checkpoint's own tokenizer, from ``path`` only. Raises ``ValueError`` saying what was
+    found when there is no usable one: no tokenizer file, one that does not load, or a vocabulary
+    of at most one token (``transformers`` >= 5 builds such an empty tokenizer from ``config.json``
+    alone, e.g. for Qwen2-MoE or OLMoE saved without a tokenizer)."""
     from transformers import AutoTokenizer
 
+    path = os.fspath(path)
+    files = _tokenizer_files(path)
+    found = (f"tokenizer files: {', '.join(files)}" if files
+             else "no tokenizer file (tokenizer.json, tokenizer_config.json, ...)")
+    problem = None
+    if files:
+        try:
+            tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            problem = f"loading it fails ({type(err).__name__}: {err})"
+        else:
+            if len(tok) <= 1:
+                problem = f"it loads as {type(tok).__name__} with a vocabulary of {len(tok)} token(s)"
+    if not files or problem:
+        raise ValueError(f"no usable tokenizer found in {path}: {found}{'; ' + problem if problem else ''}. The probe "
+                         "tokenises the text with the checkpoint's own tokenizer: save it with the model, e.g. "
+                         "tokenizer.save_pretrained(DIR)")
+    return tok
+
+
+def tokenize(path: str | os.PathLike, text: str | None = None, tokens: int = MAX_TOKENS,
+             context: int | None = None, max_context: int | None = None) -> TokenBatch:
+    """The first ``tokens`` tokens of ``text`` (default: the shipped WikiText-2 test split) by the
+    checkpoint's own tokenizer in ``path`` (``load_tokenizer``), in sequences of ``context``
+    tokens (default ``CONTEXT``, or ``max_context`` if smaller, at most the tokens probed).
+
+    All ``tokens`` are probed, none are dropped: the last sequence is completed with the text's
+    following tokens (from its start again when the text ends), which are run but not probed (see
+    ``TokenBatch``). A text shorter than ``tokens`` gives all its tokens (``n_tokens`` says how
+    many). Warns when more than ``UNKNOWN_TOKENS_WARN`` of them are the unknown token. Raises
+    ``ValueError`` for ``tokens`` or ``context`` below 1, ``context`` above ``max_context`` (the
+    model's ``max_position_embeddings``), no usable tokenizer, or a text that gives no tokens.
+    """
     from .wikitext import shipped_text
 
     if tokens < 1:
         raise ValueError(f"tokens must be >= 1, got {tokens}")
-    try:
-        tok = AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=True)
-    except (OSError, ValueError, TypeError) as err:
-        raise ValueError(f"no usable tokenizer in {path} ({type(err).__name__}: {err}); the probe tokenises the "
-                         "text with the checkpoint's own tokenizer: save it beside the model with "
-                         "tokenizer.save_pretrained(DIR)") from None
+    if context is not None and context < 1:
+        raise ValueError(f"context must be >= 1, got {context}")
+    if context is not None and max_context is not None and context > max_context:
+        raise ValueError(f"context {context} exceeds the model's max_position_embeddings ({max_context})")
+    tok = load_tokenizer(path)
     text = shipped_text("test") if text is None else text
+    context = context or min(CONTEXT, max_context or CONTEXT)
     # a token is far shorter than 64 characters: tokenising a prefix is enough and fast
-    ids = tok(text[: 64 * tokens], add_special_tokens=False)["input_ids"][:tokens]
+    ids = tok(text[: 64 * (tokens + context)], add_special_tokens=False)["input_ids"]
     if not ids:
-        raise ValueError("the text gives no tokens")
-    context = min(context or max_context, len(ids))
-    n = len(ids) // context
-    return torch.tensor(ids[: n * context]).reshape(n, context)
+        raise ValueError(f"the text gives no tokens with the tokenizer of {path} (is it empty?)")
+    n = min(tokens, len(ids))
+    context = min(context, n)
+    B = -(-n // context)
+    unknown = sum(i == tok.unk_token_id for i in ids[:n]) / n if tok.unk_token_id is not None else 0.0
+    if unknown > UNKNOWN_TOKENS_WARN:
+        warnings.warn(unknown_tokens_warning(unknown))
+    return TokenBatch(torch.tensor((ids + ids)[: B * context]).reshape(B, context), n, unknown)
+
+
+def unknown_tokens_warning(unknown: float) -> str:
+    """What a text with this fraction of unknown tokens means for the probe (above ``UNKNOWN_TOKENS_WARN``)."""
+    return (f"{unknown:.0%} of the probed tokens are the tokenizer's unknown token (more than "
+            f"{UNKNOWN_TOKENS_WARN:.0%}): there the model sees one and the same token, not the text; probe a text that "
+            "suits the tokenizer (--text FILE), or check that the tokenizer is the model's own")
 
 
 def probe_checkpoint(path: str | os.PathLike, text: str | None = None, tokens: int = MAX_TOKENS,
                      layers: list[int] | None = None, context: int | None = None,
                      dtype: torch.dtype = torch.float64, progress: bool | None = None) -> pd.DataFrame:
-    """``load`` the checkpoint at ``path``, ``tokenize`` ``text`` (default: the shipped WikiText-2
-    test split) with its tokenizer and ``probe_model`` it: the tidy frame. Sequences are at most
-    ``context`` tokens (default 512, or the model's ``max_position_embeddings`` if smaller)."""
+    """What ``python -m moegeo probe`` runs: ``tokenize`` ``text`` (default: the shipped WikiText-2
+    test split) with the checkpoint's tokenizer in sequences of at most ``context`` tokens (default
+    ``CONTEXT``, or the model's ``max_position_embeddings`` if smaller), ``load`` the checkpoint at
+    ``path`` and ``probe_model`` it on exactly ``tokens`` tokens (fewer only when the text is
+    shorter): the tidy frame. Beside ``n_tokens`` each layer gets the rows ``context`` (tokens per
+    sequence) and ``unknown_tokens`` (``TokenBatch.unknown``). The config and the tokenizer are
+    checked before the model is loaded."""
+    limit = getattr(checkpoint_config(path), "max_position_embeddings", None)
+    batch = tokenize(path, text, tokens, context, max_context=limit)
     model = load(path, dtype)
-    limit = getattr(model.config, "max_position_embeddings", None) or 512
-    ids = tokenize(path, text, tokens, context, max_context=min(512, limit))
-    return probe_model(model, ids, layers, max_tokens=tokens, progress=progress)
-
+    df = probe_model(model, batch.input_ids, layers, max_tokens=batch.n_tokens, progress=progress)
+    per_layer = df[df["metric"] == "n_tokens"]
+    return pd.concat([df, per_layer.assign(metric="context", value=float(batch.input_ids.shape[1])),
+                      per_layer.assign(metric="unknown_tokens", value=batch.unknown)], ignore_index=True)

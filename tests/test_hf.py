@@ -6,18 +6,21 @@ formulas, the routing rebuilt from the router weights, Jacobians by autograd.
 """
 import functools
 import os
+import re
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 
-from moegeo import hf, probes  # noqa: E402
+from moegeo import hf, probe_report, probes  # noqa: E402
 from moegeo.__main__ import main  # noqa: E402
 
+README = Path(__file__).resolve().parents[1] / "README.md"
 SMALL = dict(hidden_size=32, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, vocab_size=64, max_position_embeddings=64)
 GROUPED = dict(n_routed_experts=8, num_experts_per_tok=2, first_k_dense_replace=0, n_shared_experts=1)
@@ -339,21 +342,31 @@ def test_max_tokens_keeps_the_first_tokens():
 
 
 # --------------------------------------------------------------------------- loading and the CLI
-def _save_checkpoint(path, tokenizer=True):
-    model = build("mixtral")
+def _word_tokenizer(words):
+    """A word-level tokenizer over ``words`` (id 0 is ``<unk>``), built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<unk>", *words])}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
+def _save_checkpoint(path, tokenizer=True, model_type="mixtral"):
+    """A tiny random model saved as a new user would, with a tokenizer over the most frequent words
+    of the shipped WikiText-2 test split (unless ``tokenizer=False``)."""
+    from moegeo.wikitext import shipped_text
+
+    model = build(model_type)
     model.to(torch.float32).save_pretrained(path)
     if tokenizer:
-        from tokenizers import Tokenizer, models, pre_tokenizers
-
-        from moegeo.wikitext import shipped_text
         counts = {}
         for w in shipped_text("test").split()[:20000]:
             counts[w] = counts.get(w, 0) + 1
-        vocab = ["<unk>"] + sorted(counts, key=counts.get, reverse=True)[: SMALL["vocab_size"] - 1]
-        tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
-        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(path)
+        _word_tokenizer(sorted(counts, key=counts.get, reverse=True)[: SMALL["vocab_size"] - 1]).save_pretrained(path)
     return model
+
+
+TEXT = "the , . of and in " * 20  # 120 tokens, every one in the saved tokenizer's vocabulary
 
 
 def test_load_gives_a_float64_eager_model_and_refuses_one_too_large(tmp_path, monkeypatch):
@@ -369,38 +382,173 @@ def test_load_gives_a_float64_eager_model_and_refuses_one_too_large(tmp_path, mo
         hf.load(tmp_path / "missing")
 
 
+def test_a_directory_without_config_json_is_refused_as_such(tmp_path, capsys):
+    _word_tokenizer(["the"]).save_pretrained(tmp_path)  # a tokenizer alone is not a checkpoint
+    want = (f"{tmp_path} has no config.json; expected a Hugging Face checkpoint directory saved with "
+            "save_pretrained")
+    with pytest.raises(FileNotFoundError, match=re.escape(want)):
+        hf.load(tmp_path)
+    assert main(["probe", "--hf-model", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert want in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_moe", "olmoe", "mixtral"])
+def test_a_checkpoint_saved_without_a_tokenizer_is_refused_saying_so(tmp_path, model_type):
+    _save_checkpoint(tmp_path, tokenizer=False, model_type=model_type)
+    with pytest.raises(ValueError, match=rf"no usable tokenizer found in {re.escape(str(tmp_path))}: no tokenizer "
+                                         r"file .* save it with the model, e\.g\. tokenizer\.save_pretrained\(DIR\)"):
+        hf.tokenize(tmp_path, TEXT, tokens=8)
+
+
+@pytest.mark.parametrize("save, found", [
+    (lambda path: _word_tokenizer([]).save_pretrained(path), r"tokenizer files: .*tokenizer\.json.*vocabulary of 1 token"),
+    # transformers 5 builds Qwen2's tokenizer with a one-token vocabulary when the files are missing
+    (lambda path: (path / "tokenizer_config.json").write_text('{"tokenizer_class": "Qwen2Tokenizer"}'),
+     r"tokenizer files: tokenizer_config\.json; it loads as Qwen2Tokenizer with a vocabulary of 1 token"),
+], ids=["unk-only-vocabulary", "config-without-vocabulary"])
+def test_a_tokenizer_with_an_empty_vocabulary_is_refused_saying_so(tmp_path, save, found):
+    _save_checkpoint(tmp_path, tokenizer=False, model_type="qwen2_moe")
+    save(tmp_path)
+    with pytest.raises(ValueError, match=f"no usable tokenizer found in .*: {found}"):
+        hf.tokenize(tmp_path, TEXT, tokens=8)
+
+
+def test_cli_without_a_tokenizer_says_so_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    _save_checkpoint(tmp_path, tokenizer=False)
+    monkeypatch.setattr(hf, "load", lambda *a, **k: pytest.fail("the model was loaded before the tokenizer was checked"))
+    assert main(["probe", "--hf-model", str(tmp_path), "--tokens", "8", "--out", str(tmp_path / "r")]) == 2
+    assert f"no usable tokenizer found in {tmp_path}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--context", "0"], "argument --context: must be >= 1, got 0"),
+    (["--context", "-3"], "argument --context: must be >= 1, got -3"),
+    (["--tokens", "0"], "argument --tokens: must be >= 1, got 0"),
+    (["--tokens", "many"], "argument --tokens: expected a positive integer, got 'many'"),
+])
+def test_cli_refuses_counts_below_one(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["probe", "--hf-model", "DIR", *args])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_exactly_the_requested_tokens_are_probed(tmp_path):
+    _save_checkpoint(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no unknown token, no warning
+        batch = hf.tokenize(tmp_path, TEXT, tokens=30, context=8)
+    first = hf.tokenize(tmp_path, TEXT, tokens=120, context=120).input_ids.flatten()
+    assert batch.input_ids.shape == (4, 8) and batch.n_tokens == 30 and batch.unknown == 0
+    assert torch.equal(batch.input_ids.flatten(), first[:32]), "the first 30 tokens, then 2 completing the last sequence"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        df = hf.probe_checkpoint(tmp_path, TEXT, tokens=30, layers=[1], context=8, progress=False)
+    assert set(df["layer"]) == {1} and df.query("metric == 'n_tokens'")["value"].tolist() == [30.0]
+    assert df.query("metric == 'context'")["value"].tolist() == [8.0]
+    assert df.query("metric == 'routed_tokens'")["value"].sum() == 30 * 2, "Top-2 of 30 tokens"
+    short = hf.tokenize(tmp_path, "the , . of and", tokens=30, context=8)
+    assert short.n_tokens == 5 and short.input_ids.shape == (1, 5)
+    wrapped = hf.tokenize(tmp_path, "the , . of and", tokens=5, context=3)  # the text ends: its start completes it
+    five = short.input_ids.flatten().tolist()
+    assert wrapped.n_tokens == 5 and wrapped.input_ids.flatten().tolist() == five + five[:1]
+    with pytest.raises(ValueError, match=r"context 65 exceeds the model's max_position_embeddings \(64\)"):
+        hf.probe_checkpoint(tmp_path, TEXT, tokens=8, context=65)
+    with pytest.raises(ValueError, match="gives no tokens"):
+        hf.tokenize(tmp_path, "", tokens=8)
+
+
+def test_the_tokens_completing_the_last_sequence_do_not_change_the_probed_ones():
+    model, _ = captured("mixtral")
+    x = ids(3, 16)
+    y = x.clone()
+    y[-1, 5:] = (y[-1, 5:] + 1) % SMALL["vocab_size"]
+    for a, b in zip(*(hf.capture(model, t, max_tokens=2 * 16 + 5) for t in (x, y))):
+        assert a.x.shape[0] == 37
+        torch.testing.assert_close(a.x, b.x)
+        torch.testing.assert_close(a.g, b.g)
+
+
 def test_cli_probes_a_saved_checkpoint_as_a_new_user_would(tmp_path):
     _save_checkpoint(tmp_path / "tiny-mixtral")
     out = tmp_path / "report"
     env = dict(os.environ, TQDM_DISABLE="1")
     run = subprocess.run([sys.executable, "-m", "moegeo", "probe", "--hf-model", str(tmp_path / "tiny-mixtral"),
-                          "--tokens", "64", "--out", str(out)], capture_output=True, text=True, env=env, cwd=tmp_path)
+                          "--tokens", "100", "--context", "32", "--out", str(out)],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert "2 MoE layer(s)" in run.stdout and "PROBE.md" in run.stdout
+    said = "on the first 100 tokens of the shipped WikiText-2 test split, run in sequences of 32 tokens"
     report = (out / "PROBE.md").read_text()
-    assert "## Layer 0" in report and "## Layer 1" in report and "shipped WikiText-2" in report
-    assert "| expert | load | σ₁ pointwise |" in report
+    assert said in run.stdout and said in report
+    assert "## Layer 0" in report and "## Layer 1" in report and probe_report.LOAD in report
+    assert "| expert | tokens | load | σ₁ pointwise |" in report
     assert (out / "figures" / "sigma1.png").stat().st_size > 0 and (out / "figures" / "cosine.png").stat().st_size > 0
     assert (out / "probe.csv").stat().st_size > 0
 
 
-def test_cli_without_a_tokenizer_says_so(tmp_path, capsys):
-    _save_checkpoint(tmp_path, tokenizer=False)
-    assert main(["probe", "--hf-model", str(tmp_path), "--tokens", "8", "--out", str(tmp_path / "r")]) == 2
-    assert "no usable tokenizer" in capsys.readouterr().err
+def test_a_text_of_unknown_words_is_warned_on_stderr_and_in_the_report(tmp_path, capsys):
+    _save_checkpoint(tmp_path / "m")
+    text = "the zyzzyva , quokka " * 10  # half the words are not in the vocabulary
+    (tmp_path / "t.txt").write_text(text)
+    with pytest.warns(UserWarning, match="50% of the probed tokens are the tokenizer's unknown token"):
+        assert hf.tokenize(tmp_path / "m", text, tokens=40).unknown == 0.5
+    assert main(["probe", "--hf-model", str(tmp_path / "m"), "--text", str(tmp_path / "t.txt"), "--tokens", "16",
+                 "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    assert "moegeo probe: warning: 50% of the probed tokens are the tokenizer's unknown token" in capsys.readouterr().err
+    assert "**Warning:** 50% of the probed tokens" in (tmp_path / "r" / "PROBE.md").read_text()
 
 
-def test_probe_checkpoint_probes_the_given_text_in_sequences(tmp_path):
+def test_readme_python_example_runs_on_a_saved_checkpoint(tmp_path):
+    code = re.search(r"From Python:\n\n```python\n(.*?)```", README.read_text(), re.S).group(1)
     _save_checkpoint(tmp_path)
-    text = "the , . of and in " * 20
-    ids = hf.tokenize(tmp_path, text, tokens=30, context=8)
-    assert ids.shape == (3, 8) and (ids > 0).all(), "known words, whole sequences of 8"
+    env = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        df = hf.probe_checkpoint(tmp_path, text, tokens=24, layers=[1], context=8, progress=False)
-    assert set(df["layer"]) == {1} and df.query("metric == 'n_tokens'")["value"].tolist() == [24.0]
-    with pytest.raises(ValueError, match="gives no tokens"):
-        hf.tokenize(tmp_path, "", tokens=8)
+        exec(compile(code.replace("path/to/checkpoint", str(tmp_path)), str(README), "exec"), env)
+    assert env["df"].query("metric == 'n_tokens'")["value"].tolist() == [256.0, 256.0]
+    assert len(env["caps"]) == 2 and env["caps"][0].x.shape == (256, SMALL["hidden_size"])
+
+
+# --------------------------------------------------------------------------- the report
+def test_report_defines_load_and_counts_each_experts_tokens(tmp_path):
+    df, (model, caps) = frame("qwen2_moe"), captured("qwen2_moe")  # norm_topk_prob=False: weights sum below 1
+    for cap in caps:
+        d = df[df["layer"] == cap.layer]
+        count = (cap.g > 0).sum(0)
+        assert d[d["metric"] == "routed_tokens"].set_index("expert")["value"].to_dict() == \
+            {e: float(n) for e, n in enumerate(count.tolist()) if n > 0}
+        total = d[d["metric"] == "routing_weight_sum"]["value"].item()
+        assert d[d["metric"] == "load"]["value"].sum() == pytest.approx(total) and total < 0.99
+    report = probe_report.write(df, tmp_path, "qwen2_moe", "a test frame").read_text()
+    assert probe_report.LOAD in report and f"Mean Σ_e g_e per token (the sum of the loads): {total:.4g}." in report
+    assert "| expert | tokens | load |" in report
+
+
+def test_experts_with_fewer_tokens_than_d_are_flagged():
+    model = build("mixtral")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        df = hf.probe_model(model, ids(8, 16), layers=[1], progress=False)
+    tokens = df[df["metric"] == "routed_tokens"].set_index("expert")["value"]
+    few = probe_report.few_token_experts(df, 1)
+    assert few == sorted(e for e, n in tokens.items() if n < probe_report.FEW_TOKENS_PER_DIM * SMALL["hidden_size"])
+    assert 0 < len(few) < len(tokens), "the test needs experts on both sides of the threshold"
+    table = probe_report.layer_table(df, 1)
+    assert [i for i in table.index if i.endswith(probe_report.FEW)] == [f"{e}{probe_report.FEW}" for e in few]
+
+
+def test_figures_label_the_experts_and_the_signed_cosine_and_draw_no_lines():
+    import matplotlib.pyplot as plt
+
+    df = frame("mixtral")
+    fig = probe_report.cosine_figure(df, [0, 1])
+    live = probe_report.cosine_matrix(df, 0).index
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [str(e) for e in live]
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [str(e) for e in live]
+    assert "signed cosine" in fig.axes[-1].get_ylabel()
+    sig = probe_report.sigma1_figure(df, [0, 1])
+    assert all(line.get_linestyle() == "None" and line.get_marker() == "o" for line in sig.axes[0].get_lines())
+    plt.close("all")
 
 
 def test_pretrained_claims_take_the_moe_layers_as_units():
