@@ -5,7 +5,9 @@ process, evaluates every claim under every reading (the Holm families never depe
 command line), and puts the verdict table in ``config.stash``. Each test asserts one claim at
 its primary reading; ``--all-readings`` adds one test per sensitivity reading; ``--reading``
 only filters which tests are shown. pytest_sessionfinish writes REPORT.md. Under pytest-xdist
-the workers read the same cached runs, so the verdicts are the same.
+the workers read the same cached runs, so the verdicts are the same. Uncached runs train through
+``moegeo.sweeps`` on ``--executor`` (default one process per core), one single-threaded task per
+run, so the numbers, and the verdicts, are the same on every executor.
 """
 import dataclasses
 import os

@@ -24,6 +24,8 @@ TINY = ExperimentConfig(n_experts=4, d_model=8, d_hidden=16, n_samples=64, steps
 TINY_LM = LMConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, context=8, n_experts=4, d_hidden=12, steps=4,
                    record_every=2, eval_windows=4, probe_tokens=32, trajectory_points=8, seeds=(0, 1))
 GRID = {"mlp": TINY, "lm": TINY_LM}
+#: the cheapest run, for tests about the machinery rather than the numbers
+FAST = dataclasses.replace(TINY, steps=10, record_every=5, arms=(Arm.TOPK,))
 KEYS = ["setting", "seed", "arm", "layer", "expert", "reading", "metric", "step", "index"]
 
 
@@ -156,14 +158,14 @@ def test_a_dask_cluster_equals_the_serial_run_bit_for_bit(dask_cluster, serial_c
     assert len(res.computed) == 5
     with distributed.Client(address) as client:  # a Client object works too
         assert len(client.scheduler_info()["workers"]) == 2
-        res = sweeps.sweep(GRID, client, chunk=1, cache=False, progress=False)
-    assert_same_frames(res, serial_chunked)
+        res = sweeps.sweep({"lm": TINY_LM}, client, chunk=1, cache=False, progress=False)
+    pd.testing.assert_frame_equal(res.frames["lm"], serial_chunked.frames["lm"], check_exact=True)
 
 
 def test_dask_local_starts_its_own_cluster():
     pytest.importorskip("distributed")
-    res = sweeps.sweep({"a": TINY}, "dask-local:2", cache=False, progress=False)
-    ref = sweeps.sweep({"a": TINY}, "serial", cache=False, progress=False)
+    res = sweeps.sweep({"a": FAST}, "dask-local:2", cache=False, progress=False)
+    ref = sweeps.sweep({"a": FAST}, "serial", cache=False, progress=False)
     assert_same_frames(res, ref)
 
 
@@ -172,13 +174,14 @@ def test_a_submitit_executor_is_polled(tmp_path):
     submitit = pytest.importorskip("submitit")
     ex = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="local")
     ex.update_parameters(timeout_min=10)
-    res = sweeps.sweep({"a": TINY}, ex, chunk=2, cache=False, progress=False)
-    assert_same_frames(res, sweeps.sweep({"a": TINY}, "serial", chunk=2, cache=False, progress=False))
+    res = sweeps.sweep({"a": FAST}, ex, cache=False, progress=False)
+    assert_same_frames(res, sweeps.sweep({"a": FAST}, "serial", cache=False, progress=False))
 
 
 def test_a_chunked_config_agrees_with_its_unchunked_run_to_rounding(serial_chunked):
     """Seeds train batched: a chunk of one seed need not round like the same seed inside the
-    batch of all seeds (README, Sweeps). The rows are the same and the values agree to float32
+    batch of all seeds (README, Sweeps; measured here for the tiny MLP config: about a fifth of
+    its values differ in the last bits). The rows are the same and the values agree to float32
     rounding; this is why the default task holds all the seeds of a config."""
     whole = sweeps.sweep(GRID, "serial", cache=False, progress=False)
     for name, df in whole.frames.items():
@@ -207,7 +210,7 @@ class FailsOnSecond(sweeps.SerialExecutor):
 
 
 def test_a_failed_sweep_keeps_its_finished_tasks():
-    cfg = dataclasses.replace(TINY, seeds=(0, 1, 2))
+    cfg = FAST
     keys = [t.key for t in sweeps.tasks(cfg, chunk=1)]
     with pytest.raises(RuntimeError, match="worker lost"):
         sweeps.sweep(cfg, FailsOnSecond(), chunk=1, progress=False)
@@ -226,7 +229,7 @@ sweeps.sweep(cfg, "serial", chunk=1, progress=False)
 def test_a_killed_sweep_reruns_only_its_missing_tasks(tmp_path):
     """SIGKILL a sweep (a real process) once its first task is stored; the rerun computes only
     the tasks without an entry, and the frame equals an uninterrupted run."""
-    cfg = dataclasses.replace(TINY, seeds=tuple(range(6)))
+    cfg = dataclasses.replace(FAST, seeds=tuple(range(4)))
     (tmp_path / "cfg.pkl").write_bytes(pickle.dumps(cfg))
     keys = [t.key for t in sweeps.tasks(cfg, chunk=1)]
     d = cache.cache_dir()
@@ -250,7 +253,7 @@ def test_a_killed_sweep_reruns_only_its_missing_tasks(tmp_path):
 
 
 def test_progress_counts_tasks_done_of_the_total_with_an_eta(capsys):
-    sweeps.sweep({"a": TINY}, "serial", chunk=1, progress=True)
+    sweeps.sweep({"a": FAST}, "serial", chunk=1, progress=True)
     err = capsys.readouterr().err
     assert "sweep on serial" in err and "3/3" in err and "<00:00" in err  # elapsed<remaining
 
