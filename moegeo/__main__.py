@@ -20,7 +20,7 @@ import time
 
 import pandas as pd
 
-from .config import ExperimentConfig, LMConfig
+from .config import Arm, ExperimentConfig, LMConfig
 from .experiment import perplexity_table, run, summary_table
 
 
@@ -219,6 +219,7 @@ def sweep_main(argv) -> int:
                    & (df.expert >= 0) & (df["index"] == -1)]
         table[name] = final.groupby("arm")["value"].mean()
     table = pd.DataFrame(table).T
+    table = table[[a.value for a in Arm if a.value in table.columns]]
     print(f"{args.metric} [{args.reading}] at the final step, mean over layers, experts and seeds:")
     with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
                            "display.float_format", "{:.4g}".format):
