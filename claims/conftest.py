@@ -5,17 +5,19 @@ process, evaluates every claim under every reading (the Holm families never depe
 command line), and puts the verdict table in ``config.stash``. Each test asserts one claim at
 its primary reading; ``--all-readings`` adds one test per sensitivity reading; ``--reading``
 only filters which tests are shown. pytest_sessionfinish writes REPORT.md. Under pytest-xdist
-the workers read the same cached runs, so the verdicts are the same.
+the workers read the same cached runs, so the verdicts are the same. Uncached runs train through
+``moegeo.sweeps`` on ``--executor`` (default one process per core), one single-threaded task per
+run, so the numbers, and the verdicts, are the same on every executor.
 """
 import dataclasses
+import os
 import resource
 import time
 from pathlib import Path
 
 import pytest
 
-from moegeo import ExperimentConfig
-from moegeo.experiment import run_many
+from moegeo import ExperimentConfig, sweeps
 from moegeo.cache import cache_dir
 from moegeo.claims import Results, evaluate
 from moegeo.claims import geometric_asymmetry, routers_geometry
@@ -57,6 +59,10 @@ def pytest_addoption(parser):
     g.addoption("--hf-tokens", type=int, default=512, help="tokens of the shipped WikiText-2 test split fed to --hf-model "
                                                            "(default 512)")
     g.addoption("--report", default=None, help="report path (default REPORT.md, REPORT-quick.md with --quick)")
+    g.addoption("--executor", default=None, metavar="SPEC",
+                help="where uncached runs train: serial, processes:N (default: one process per core), dask://host:port, "
+                     "dask-local:N (the [dask] extra), slurm[:partition] (the [slurm] extra); the verdicts do not "
+                     "depend on it")
 
 
 def configs(config) -> dict:
@@ -88,6 +94,16 @@ def configs(config) -> dict:
             "lm": lm, "routers": routers}
 
 
+def executor_spec(config) -> str:
+    """``--executor``, checked (a bad spec is a usage error), default one process per core."""
+    spec = config.getoption("--executor") or f"processes:{os.cpu_count() or 1}"
+    try:
+        sweeps.parse_executor(spec)
+    except ValueError as err:
+        raise pytest.UsageError(f"--executor: {err}") from None
+    return spec
+
+
 def pretrained_frame(path: str, tokens: int):
     """The probes of every MoE layer of the checkpoint at ``path`` on the shipped text, layers as
     units (``geometric_asymmetry.layers_as_seeds``)."""
@@ -116,16 +132,22 @@ def pytest_configure(config):
         return
     t0 = time.perf_counter()
     cfgs = configs(config)
+    spec = executor_spec(config)
     capture = config.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():  # let the progress bars through on a terminal
         if not hasattr(config, "workerinput"):
             print(f"moegeo: MLP {len(cfgs['main'].seeds)} seeds x {cfgs['main'].steps} steps, LM "
-                  f"{len(cfgs['lm'].seeds)} seeds x {cfgs['lm'].steps} steps; finished runs are reused from {cache_dir()}",
-                  flush=True)
-        # uncached runs train side by side, one single-threaded process per core, longest first;
-        # xdist workers find them in the cache
+                  f"{len(cfgs['lm'].seeds)} seeds x {cfgs['lm'].steps} steps; finished runs are reused from {cache_dir()}; "
+                  f"uncached runs train on {spec}", flush=True)
+        # uncached runs train side by side, one single-threaded task per worker, longest first, one
+        # task per config (all its seeds: the unchunked run, so the verdicts never depend on the
+        # executor); xdist workers find them in the cache
         order = ["main", "lm", "routers", "failure", "hot"]
-        frames, timings = run_many({name: cfgs[name] for name in order})
+        try:
+            result = sweeps.sweep({name: cfgs[name] for name in order}, executor=spec)
+        except ImportError as err:
+            raise pytest.UsageError(f"--executor {spec}: {err}") from None
+        frames, timings = result.frames, result.seconds
     claims = CLAIMS + routers_geometry.CLAIMS + geometric_asymmetry.CLAIMS
     if config.getoption("--hf-model"):
         frames = dict(frames, hf=pretrained_frame(config.getoption("--hf-model"), config.getoption("--hf-tokens")))

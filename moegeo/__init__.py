@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 from .config import Arm, DenseWidth, ExperimentConfig, JacobianSite, LMConfig, Norm, PCASite  # noqa: E402
 from .experiment import run, summary_table  # noqa: E402
 from .model import MLPMoE, expert_params, make_data, route  # noqa: E402
+from .sweeps import sweep  # noqa: E402
 
 __all__ = ["Arm", "DenseWidth", "ExperimentConfig", "JacobianSite", "LMConfig", "MLPMoE", "Norm", "PCASite",
-           "expert_params", "make_data", "route", "run", "summary_table"]
+           "expert_params", "make_data", "route", "run", "summary_table", "sweep"]

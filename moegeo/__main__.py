@@ -6,6 +6,9 @@ layer by layer, with its held-out perplexity against the unigram model.
 
 ``python -m moegeo probe --hf-model DIR``: probe a local Hugging Face MoE checkpoint (needs the
 ``[hf]`` extra) on a text and write a report; ``python -m moegeo probe --help`` for its options.
+
+``python -m moegeo sweep --executor SPEC [--grid FIELD=V1,V2 ...]``: a grid of configs as
+independent tasks on an executor (``moegeo.sweeps``); ``python -m moegeo sweep --help``.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import warnings
 
 import pandas as pd
 
-from .config import ExperimentConfig, LMConfig
+from .config import Arm, ExperimentConfig, LMConfig
 from .experiment import perplexity_table, run, summary_table
 
 
@@ -26,6 +29,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["probe"]:
         return probe_main(argv[1:])
+    if argv[:1] == ["sweep"]:
+        return sweep_main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m moegeo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--setting", choices=("mlp", "lm"), default="mlp",
@@ -124,6 +129,120 @@ def probe_main(argv) -> int:
     path = probe_report.write(df, args.out or f"probe-{name}", name, source)
     print(f"{ap.prog}: {df['layer'].nunique()} MoE layer(s) probed in {time.perf_counter() - t0:.1f} s. {source}\n"
           f"Report written to {path}")
+    return 0
+
+
+def _field_value(cls, name: str, text: str):
+    """The value of config field ``name`` of ``cls`` written as ``text`` (tuples joined by ``+``,
+    ``none`` for None); ValueError naming the field."""
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "seeds"]
+    if name not in names:
+        raise ValueError(f"{cls.__name__} has no field {name!r} to set (seeds: --seeds, --seed-offset); "
+                         f"fields: {', '.join(names)}")
+    default = getattr(cls(), name)
+    try:
+        if isinstance(default, tuple):
+            parts = tuple(p for p in text.split("+") if p)
+            return parts if name == "arms" else tuple(int(p) for p in parts)
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        raise ValueError(f"{name} takes {type(default).__name__} values, got {text!r}") from None
+    return None if text.lower() == "none" else text
+
+
+def _assignments(items, many: bool) -> dict:
+    """``FIELD=VALUE`` (``--set``) or ``FIELD=V1,V2`` (``--grid``) strings as a dict."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise ValueError(f"expected FIELD={'V1,V2,...' if many else 'VALUE'}, got {item!r}")
+        if name in out:
+            raise ValueError(f"field {name!r} given twice")
+        out[name] = value.split(",") if many else value
+    return out
+
+
+def sweep_main(argv) -> int:
+    """``python -m moegeo sweep``: a grid of configs of one setting, every combination of the
+    ``--grid`` axes, computed as independent tasks (a config x a chunk of its seeds) on an
+    executor, cached task by task (a rerun computes only what is missing). Prints one table of a
+    final-step metric (mean over layers, experts and seeds) per config and arm."""
+    import itertools
+
+    from . import sweeps
+
+    ap = argparse.ArgumentParser(
+        prog="python -m moegeo sweep", description=sweep_main.__doc__,
+        epilog="executors: serial; processes:N (local processes); dask://host:port (a running Dask scheduler, the "
+               "[dask] extra); dask-local:N (a Dask LocalCluster started here); slurm[:partition] (submitit, the "
+               "[slurm] extra). Example: python -m moegeo sweep --seeds 4 --set steps=500 --grid top_k=1,2 "
+               "temperature=0.5,1,2 --executor dask-local:2")
+    ap.add_argument("--setting", choices=("mlp", "lm"), default="mlp", help="mlp (default) or lm")
+    ap.add_argument("--seeds", type=int, default=1, help="number of seeds of every config (default 1)")
+    ap.add_argument("--seed-offset", type=int, default=0, help="first seed (default 0)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                    help="fixed config fields, e.g. steps=500 n_experts=4 arms=topk+soft (tuples joined by +)")
+    ap.add_argument("--grid", nargs="+", default=[], metavar="FIELD=V1,V2",
+                    help="one axis per field, e.g. top_k=1,2 lr=1e-3,3e-3; every combination is a config")
+    ap.add_argument("--executor", default=None, metavar="SPEC",
+                    help="where tasks run (default processes:N, one per core); see below")
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="seeds per task (default: all seeds of a config; a chunked config agrees with its unchunked "
+                         "run to rounding, not bit for bit)")
+    ap.add_argument("--metric", default="sigma1", help="metric of the printed table (default sigma1)")
+    ap.add_argument("--reading", default="jacobian=pointwise", help="its reading (default jacobian=pointwise)")
+    ap.add_argument("--no-cache", action="store_true", help="recompute every task and store none")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--csv", help="write every config's tidy frame to this CSV file (column config: the grid name)")
+    args = ap.parse_args(argv)
+    if args.seeds < 1:
+        ap.error(f"--seeds must be >= 1, got {args.seeds}")
+    cls = LMConfig if args.setting == "lm" else ExperimentConfig
+    spec = args.executor or f"processes:{os.cpu_count() or 1}"
+    try:
+        sweeps.parse_executor(spec)
+        fixed = {k: _field_value(cls, k, v) for k, v in _assignments(args.set, False).items()}
+        axes = {k: [_field_value(cls, k, v) for v in vs] for k, vs in _assignments(args.grid, True).items()}
+        both = set(fixed) & set(axes)
+        if both:
+            raise ValueError(f"{sorted(both)} given in both --set and --grid")
+        base = cls(seeds=tuple(range(args.seed_offset, args.seed_offset + args.seeds)), **fixed)
+        grid = {}
+        for combo in itertools.product(*axes.values()):
+            choice = dict(zip(axes, combo))
+            name = ",".join(f"{k}={'+'.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in choice.items())
+            grid[name or "base"] = dataclasses.replace(base, **choice)
+        sweeps.tasks(grid, args.chunk)
+    except (ValueError, TypeError) as err:
+        ap.error(str(err))
+    t0 = time.perf_counter()
+    try:
+        result = sweeps.sweep(grid, executor=spec, chunk=args.chunk, cache=not args.no_cache,
+                              progress=False if args.quiet else None)
+    except ImportError as err:
+        print(f"python -m moegeo sweep: error: {err}", file=sys.stderr)
+        return 2
+    print(f"moegeo sweep ({args.setting}): {len(grid)} config(s) x {args.seeds} seed(s), {len(result.tasks)} task(s) on "
+          f"{spec}: {len(result.computed)} computed, {len(result.cached)} from the cache "
+          f"({time.perf_counter() - t0:.1f} s)")
+    table = {}
+    for name, df in result.frames.items():
+        final = df[(df.step == df.steps) & (df.metric == args.metric) & (df.reading == args.reading)
+                   & (df.expert >= 0) & (df["index"] == -1)]
+        table[name] = final.groupby("arm")["value"].mean()
+    table = pd.DataFrame(table).T
+    table = table[[a.value for a in Arm if a.value in table.columns]]
+    print(f"{args.metric} [{args.reading}] at the final step, mean over layers, experts and seeds:")
+    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
+                           "display.float_format", "{:.4g}".format):
+        print(table.to_string() if not table.empty else "(no such rows)")
+    if args.csv:
+        result.tidy().to_csv(args.csv, index=False)
+        print(f"results frame written to {args.csv}")
     return 0
 
 

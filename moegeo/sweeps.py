@@ -1,0 +1,400 @@
+"""Sweeps on an executor you already run.
+
+``sweep(grid, executor=...)`` splits every config of ``grid`` into independent **tasks** (a
+config x a chunk of its seeds: ``dataclasses.replace(cfg, seeds=chunk)``), submits each task to
+a ``concurrent.futures``-style executor, and merges the frames that come back into the tidy
+frame of ``moegeo.experiment.run`` and into the on-disk cache (``moegeo.cache``), one entry per
+task under the task's own ``cfg.key()``.
+
+- **Bit-identical to the serial run.** Every task is computed with one torch thread, whatever
+  executes it (``compute_task``), so a task gives the same bits in this process, in a local
+  worker process, on a Dask worker or on a Slurm node (tested against the serial run on a
+  ``ProcessPoolExecutor`` and on a Dask ``LocalCluster``).
+- **Chunks.** ``chunk=None`` (the default) makes one task of all the seeds of a config: its
+  cache entry and its frame are exactly those of ``run(cfg)`` computed single-threaded, as
+  ``pytest claims/`` has always trained them. Seeds train batched (stacked along a leading seed
+  dimension), and a batched matrix product over S seeds need not round like the same product
+  over a subset of them, so a chunked config agrees with its unchunked run only to float32
+  rounding, not bit for bit (``tests/test_sweeps.py`` measures it): the verdicts of
+  ``pytest claims/`` therefore always use the default. ``chunk=K`` (K seeds per task) spreads
+  one config over several workers; its merged frame is the concatenation of its chunks' frames,
+  in seed order, and each row keeps the ``config_key`` of the chunk that computed it.
+- **Resumable.** Finished tasks are read from the cache; every task is stored the moment its
+  frame comes back, so a sweep killed midway and run again computes only the missing tasks.
+- **Progress.** A tqdm bar counts tasks done out of the tasks to compute, with an ETA.
+
+Executors, by spec string (``parse_executor``/``open_executor``: the one place that turns a spec
+into an executor) or as an object:
+
+=====================  ==================================================================
+``serial``             in this process, one task after another
+``processes[:N]``      ``ProcessPoolExecutor``, N spawned single-threaded workers (default:
+                       one per core)
+``dask://host:port``   a running Dask scheduler (``distributed.Client("tcp://host:port")``;
+                       also ``dask://tls://host:port``); the ``[dask]`` extra
+``dask-local[:N]``     a Dask ``LocalCluster`` of N single-threaded worker processes started
+                       here (default: one per core); the ``[dask]`` extra
+``slurm[:partition]``  submitit's ``AutoExecutor`` on Slurm, one job per task; the ``[slurm]``
+                       extra
+=====================  ==================================================================
+
+An object is any executor with ``submit(fn, *args)`` returning futures: a
+``concurrent.futures.Executor``, a ``distributed.Client`` (its ``get_executor()`` is used), or a
+submitit executor configured as you like (its jobs are polled).
+
+``moegeo.experiment.run_many`` does the processes case on its own; it should delegate to
+``sweep`` in a follow-up. experiment.py is a result module (its source is part of every cache
+key), so that change invalidates the cache and needs a cold ``pytest claims/`` rerun; until then
+``pytest claims/`` and ``python -m moegeo sweep`` use this module directly.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import importlib
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import cache as cache_mod
+from . import experiment
+from .config import ExperimentConfig, LMConfig, RunConfig
+
+#: the executor specs, as an error message shows them
+SPECS = ("serial", "processes[:N]", "dask://host:port", "dask-local[:N]", "slurm[:partition]")
+#: seconds between two looks at futures that are not ``concurrent.futures.Future`` (submitit jobs)
+POLL_SECONDS = 1.0
+#: submitit defaults for ``slurm[:partition]``: one core per task (tasks are single-threaded); the largest task of
+#: ``pytest claims/`` (the main MLP config, 24 seeds) takes about 12 minutes on one core of the reference machine,
+#: and the whole claims run peaked at 5.8 GB with two tasks at once
+SLURM_PARAMETERS = dict(cpus_per_task=1, timeout_min=120, mem_gb=8)
+
+
+# --------------------------------------------------------------------------- tasks
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: ``cfg`` is the grid entry ``name`` restricted to chunk ``index`` of its
+    seeds. Its frame is cached under ``cfg.key()``."""
+
+    name: str
+    index: int
+    cfg: RunConfig
+
+    @property
+    def key(self) -> str:
+        return self.cfg.key()
+
+
+def named_grid(grid) -> dict[str, RunConfig]:
+    """``grid`` as name -> config: a mapping is kept, a single config is ``{"0": cfg}``, any
+    other iterable of configs is named by position ("0", "1", ...)."""
+    if isinstance(grid, RunConfig):
+        grid = {"0": grid}
+    elif not isinstance(grid, Mapping):
+        grid = {str(i): cfg for i, cfg in enumerate(grid)}
+    if not grid:
+        raise ValueError("the grid holds no config")
+    for name, cfg in grid.items():
+        if not isinstance(cfg, (ExperimentConfig, LMConfig)):
+            raise TypeError(f"grid entry {name!r} must be an ExperimentConfig or an LMConfig, got {type(cfg).__name__}")
+    return {str(name): cfg for name, cfg in grid.items()}
+
+
+def tasks(grid, chunk: int | None = None) -> list[Task]:
+    """The tasks of ``grid`` (see ``named_grid``), config by config in the grid's order.
+
+    ``chunk``: seeds per task, consecutive in the config's seed order; None (default) makes one
+    task of all the seeds of a config, whose ``cfg`` is the config itself.
+    """
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"chunk must be None (all seeds of a config) or an integer >= 1, got {chunk!r}")
+    out = []
+    for name, cfg in named_grid(grid).items():
+        seeds = cfg.seeds
+        if chunk is None or chunk >= len(seeds):
+            out.append(Task(name, 0, cfg))
+            continue
+        for i in range(0, len(seeds), chunk):
+            out.append(Task(name, i // chunk, dataclasses.replace(cfg, seeds=seeds[i:i + chunk])))
+    return out
+
+
+def compute_task(cfg: RunConfig, key: str | None = None) -> tuple[pd.DataFrame, float]:
+    """Compute one task's frame with one torch thread, without the cache; returns the frame and
+    the seconds it took. This is what every executor runs (it must be importable where it runs:
+    moegeo installed on the workers). The thread count is left at 1 (a worker process may run
+    other tasks in other threads); ``SerialExecutor`` restores this process's count.
+
+    ``key``: the task's cache key as the sweep computed it. A worker whose moegeo (version or
+    result-module source) differs computes another key for the same config, and raises rather
+    than return numbers that the sweep would store under the sweep's key.
+    """
+    if key is not None and cfg.key() != key:
+        raise RuntimeError(f"this worker's moegeo gives the task key {cfg.key()}, the sweep expected {key}: install the "
+                           "same moegeo (version and source) on every worker as where the sweep runs")
+    torch.set_num_threads(1)
+    t = time.perf_counter()
+    frame = experiment.run(cfg, cache=False, progress=False)
+    return frame, time.perf_counter() - t
+
+
+# --------------------------------------------------------------------------- executors
+class SerialExecutor(concurrent.futures.Executor):
+    """Runs each submitted call at once, in this process, and returns its finished future. Torch's
+    thread count is restored after every call (``compute_task`` sets it to 1)."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = concurrent.futures.Future()
+        threads = torch.get_num_threads()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as err:  # delivered through the future, as by any executor
+            future.set_exception(err)
+        finally:
+            torch.set_num_threads(threads)
+        return future
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    """A parsed executor spec: ``kind`` in serial, processes, dask, dask-local, slurm, and its
+    argument (workers, the scheduler's address such as ``tcp://host:port``, or the Slurm
+    partition; None for the default)."""
+
+    kind: str
+    arg: int | str | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "dask":
+            return f"dask://{self.arg.removeprefix('tcp://')}"
+        return self.kind if self.arg is None else f"{self.kind}:{self.arg}"
+
+
+def parse_executor(spec: str) -> ExecutorSpec:
+    """Check an executor spec string (see the module docstring) without importing or starting
+    anything; raises ``ValueError`` naming the valid forms."""
+    if not isinstance(spec, str):
+        raise TypeError(f"an executor spec is a string, got {type(spec).__name__}")
+    s = spec.strip()
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"bad executor spec {spec!r}: {why}; expected one of {', '.join(SPECS)}")
+
+    def count(text: str, what: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise bad(f"{what} must be a whole number, got {text!r}") from None
+        if n < 1:
+            raise bad(f"{what} must be >= 1, got {n}")
+        return n
+
+    if s == "serial":
+        return ExecutorSpec("serial")
+    if s.startswith("dask://"):
+        address = s[len("dask://"):]
+        if "://" not in address:
+            host, sep, port = address.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise bad(f"a Dask scheduler is dask://host:port, got {address!r}")
+            address = f"tcp://{address}"
+        elif not address.split("://", 1)[1]:
+            raise bad("the scheduler address is empty")
+        return ExecutorSpec("dask", address)
+    kind, sep, arg = s.partition(":")
+    if kind in ("processes", "dask-local"):
+        return ExecutorSpec(kind, count(arg, "the number of workers") if sep else None)
+    if kind == "slurm":
+        if sep and not arg:
+            raise bad("the Slurm partition is empty (write slurm for the default partition)")
+        return ExecutorSpec("slurm", arg or None)
+    raise bad("unknown executor")
+
+
+def _require(module: str, extra: str, spec) -> Any:
+    """Import an optional dependency, or fail naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"executor {str(spec)!r} needs the {module} package: pip install 'moegeo[{extra}]' "
+                          f"({err})") from None
+
+
+@dataclass
+class Handle:
+    """An open executor: ``submit(fn, *args)`` gives futures; at most ``in_flight`` of them are
+    outstanding at once (None: all tasks are submitted at once)."""
+
+    executor: Any
+    name: str
+    in_flight: int | None = None
+
+
+@contextlib.contextmanager
+def open_executor(executor="serial", n_tasks: int | None = None) -> Iterator[Handle]:
+    """An executor from a spec string (see the module docstring) or an executor object, open
+    for the duration of the ``with`` block; what this function started it also stops (a
+    process pool, a Dask client and its ``LocalCluster``). ``n_tasks`` caps the local workers
+    started. Optional packages are imported only here, and a missing one is an ``ImportError``
+    naming the extra that installs it."""
+    if not isinstance(executor, str):
+        yield _wrap(executor)
+        return
+    spec = parse_executor(executor)
+    local = os.cpu_count() or 1
+    if spec.kind == "serial":
+        yield Handle(SerialExecutor(), "serial", in_flight=1)
+    elif spec.kind == "processes":
+        n = min(spec.arg or local, n_tasks or spec.arg or local)
+        pool = concurrent.futures.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            yield Handle(pool, f"{n} processes")
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    elif spec.kind in ("dask", "dask-local"):
+        distributed = _require("distributed", "dask", spec)
+        with contextlib.ExitStack() as stack:
+            if spec.kind == "dask":
+                client = stack.enter_context(distributed.Client(spec.arg))
+                name = f"dask scheduler {spec.arg}"
+            else:
+                n = min(spec.arg or local, n_tasks or spec.arg or local)
+                cluster = stack.enter_context(distributed.LocalCluster(
+                    n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None))
+                client = stack.enter_context(distributed.Client(cluster))
+                name = f"dask LocalCluster of {n} workers"
+            yield Handle(client.get_executor(pure=False), name)
+    elif spec.kind == "slurm":
+        submitit = _require("submitit", "slurm", spec)
+        folder = Path(os.environ.get("MOEGEO_SUBMITIT_DIR", cache_mod.cache_dir() / "submitit"))
+        ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        params = dict(SLURM_PARAMETERS, **({"slurm_partition": spec.arg} if spec.arg else {}))
+        ex.update_parameters(**params)
+        yield Handle(ex, f"slurm{':' + spec.arg if spec.arg else ''} (submitit, logs in {folder})")
+    else:  # pragma: no cover - parse_executor knows every kind
+        raise AssertionError(spec)
+
+
+def _wrap(executor) -> Handle:
+    """An executor object as a Handle (a Dask client through its concurrent.futures facade)."""
+    if not hasattr(executor, "submit"):
+        raise TypeError(f"an executor must have submit(fn, *args) (a concurrent.futures.Executor, a "
+                        f"distributed.Client, a submitit executor), got {type(executor).__name__}")
+    if hasattr(executor, "get_executor") and type(executor).__module__.startswith("distributed"):
+        address = getattr(getattr(executor, "scheduler", None), "address", "?")
+        return Handle(executor.get_executor(pure=False), f"dask scheduler {address}")
+    return Handle(executor, type(executor).__name__, in_flight=1 if isinstance(executor, SerialExecutor) else None)
+
+
+def _wait_first(pending: set) -> set:
+    """The futures of ``pending`` that are done, waiting until at least one is."""
+    if all(isinstance(f, concurrent.futures.Future) for f in pending):
+        done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+        return done
+    while True:  # e.g. submitit jobs: poll
+        done = {f for f in pending if f.done()}
+        if done:
+            return done
+        time.sleep(POLL_SECONDS)
+
+
+def execute(handle: Handle, todo: list[Task], progress: bool | None = None,
+            desc: str = "sweep") -> Iterator[tuple[Task, pd.DataFrame, float]]:
+    """Run ``compute_task`` for every task on ``handle``; yield ``(task, frame, seconds)`` as each
+    finishes (any order). A failed task raises here after the outstanding ones are cancelled.
+    ``progress``: a tqdm bar of tasks done out of ``len(todo)`` with an ETA (None: only on a
+    terminal; False: never)."""
+    queue = list(reversed(todo))
+    pending: dict[Any, Task] = {}
+    bar = tqdm(total=len(todo), desc=desc, unit="task", disable=None if progress is None else not progress)
+    try:
+        while queue or pending:
+            while queue and (handle.in_flight is None or len(pending) < handle.in_flight):
+                task = queue.pop()
+                pending[handle.executor.submit(compute_task, task.cfg, task.key)] = task
+            for future in _wait_first(set(pending)):
+                task = pending.pop(future)
+                frame, seconds = future.result()
+                bar.set_postfix_str(f"{task.name}[{task.index}] {seconds:.0f} s", refresh=False)
+                bar.update(1)
+                yield task, frame, seconds
+    finally:
+        for future in pending:
+            with contextlib.suppress(Exception):
+                future.cancel()
+        bar.close()
+
+
+# --------------------------------------------------------------------------- the sweep
+@dataclass
+class SweepResult:
+    """What ``sweep`` returns.
+
+    ``frames``: name -> the config's tidy frame (its chunks' frames concatenated in seed order;
+    with one task per config, exactly ``run(cfg)``). ``seconds``: name -> seconds its tasks took
+    to compute (in the workers) plus to read from the cache here. ``computed`` / ``cached``: the
+    tasks computed by this call (in order of completion) and those read from the cache.
+    """
+
+    frames: dict[str, pd.DataFrame]
+    seconds: dict[str, float]
+    tasks: list[Task]
+    computed: list[Task] = field(default_factory=list)
+    cached: list[Task] = field(default_factory=list)
+
+    def tidy(self) -> pd.DataFrame:
+        """Every config's frame in one, with a ``config`` column holding its grid name."""
+        return pd.concat([df.assign(config=name) for name, df in self.frames.items()], ignore_index=True)
+
+
+def sweep(grid, executor="serial", chunk: int | None = None, cache: bool = True,
+          progress: bool | None = None) -> SweepResult:
+    """Compute every config of ``grid`` (name -> config, a list of configs, or one config) as
+    independent tasks of ``chunk`` seeds (None: all seeds of a config, one task per config) on
+    ``executor`` (a spec string or an executor object, see the module docstring).
+
+    With ``cache`` (default), tasks already in the cache are read, not computed, and every task
+    computed is stored the moment it returns, so an interrupted sweep resumes where it stopped;
+    the executor is not even opened when every task is cached. Identical tasks (same key) are
+    computed once. Returns a ``SweepResult``.
+    """
+    plan = tasks(grid, chunk)
+    names = list(dict.fromkeys(t.name for t in plan))
+    if isinstance(executor, str):
+        parse_executor(executor)  # a bad spec fails before anything is loaded or computed
+    unique: dict[str, Task] = {}
+    for t in plan:
+        unique.setdefault(t.key, t)
+    done: dict[str, pd.DataFrame] = {}
+    seconds: dict[str, float] = {}  # per task key
+    result = SweepResult({}, {}, plan)
+    if cache:
+        for key, t in unique.items():
+            t0 = time.perf_counter()
+            frame = cache_mod.load(key)
+            if frame is not None:
+                done[key], seconds[key] = frame, time.perf_counter() - t0
+                result.cached.append(t)
+    todo = [t for key, t in unique.items() if key not in done]
+    if todo:
+        with open_executor(executor, n_tasks=len(todo)) as handle:
+            desc = f"sweep on {handle.name}" + (f" ({len(result.cached)} cached)" if result.cached else "")
+            for t, frame, secs in execute(handle, todo, progress, desc):
+                if cache:
+                    cache_mod.store(t.key, frame)
+                done[t.key], seconds[t.key] = frame, secs
+                result.computed.append(t)
+    for name in names:
+        mine = [t for t in plan if t.name == name]
+        parts = [done[t.key] for t in mine]
+        result.frames[name] = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+        result.seconds[name] = sum(seconds[t.key] for t in mine)
+    return result
