@@ -25,6 +25,20 @@ from .config import Arm, ExperimentConfig, LMConfig
 from .experiment import perplexity_table, run, summary_table
 
 
+
+def _setting_and_seeds(ap: argparse.ArgumentParser, setting_help: str, seeds_help: str) -> None:
+    """The ``--setting``, ``--seeds`` and ``--seed-offset`` options of a training command."""
+    ap.add_argument("--setting", choices=("mlp", "lm"), default="mlp", help=setting_help)
+    ap.add_argument("--seeds", type=int, default=1, help=seeds_help)
+    ap.add_argument("--seed-offset", type=int, default=0, help="first seed (default 0)")
+
+
+def _seeds(ap: argparse.ArgumentParser, args) -> tuple[int, ...]:
+    """The seeds ``--seed-offset`` ... ``--seed-offset + --seeds - 1`` (a usage error below one)."""
+    if args.seeds < 1:
+        ap.error(f"--seeds must be >= 1, got {args.seeds}")
+    return tuple(range(args.seed_offset, args.seed_offset + args.seeds))
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["probe"]:
@@ -33,10 +47,8 @@ def main(argv=None) -> int:
         return sweep_main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m moegeo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--setting", choices=("mlp", "lm"), default="mlp",
-                    help="mlp: the controlled MLP-MoE (default); lm: the Transformer language model on WikiText-2")
-    ap.add_argument("--seeds", type=int, default=1, help="number of seeds (default 1)")
-    ap.add_argument("--seed-offset", type=int, default=0, help="first seed (default 0)")
+    _setting_and_seeds(ap, "mlp: the controlled MLP-MoE (default); lm: the Transformer language model on WikiText-2",
+                       "number of seeds (default 1)")
     ap.add_argument("--steps", type=int, default=None,
                     help=f"training steps (default {ExperimentConfig().steps} for mlp, {LMConfig().steps} for lm)")
     ap.add_argument("--lm-data", default=None, help="lm: a directory with the full WikiText-2 (default: the shipped copy)")
@@ -44,9 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--csv", help="also write the tidy results frame to this CSV file")
     args = ap.parse_args(argv)
-    if args.seeds < 1:
-        ap.error(f"--seeds must be >= 1, got {args.seeds}")
-    seeds = tuple(range(args.seed_offset, args.seed_offset + args.seeds))
+    seeds = _seeds(ap, args)
     try:
         if args.setting == "lm":
             cfg = LMConfig(seeds=seeds, data=args.lm_data, **({"steps": args.steps} if args.steps else {}))
@@ -181,9 +191,7 @@ def sweep_main(argv) -> int:
                "[dask] extra); dask-local:N (a Dask LocalCluster started here); slurm[:partition] (submitit, the "
                "[slurm] extra). Example: python -m moegeo sweep --seeds 4 --set steps=500 --grid top_k=1,2 "
                "temperature=0.5,1,2 --executor dask-local:2")
-    ap.add_argument("--setting", choices=("mlp", "lm"), default="mlp", help="mlp (default) or lm")
-    ap.add_argument("--seeds", type=int, default=1, help="number of seeds of every config (default 1)")
-    ap.add_argument("--seed-offset", type=int, default=0, help="first seed (default 0)")
+    _setting_and_seeds(ap, "mlp (default) or lm", "number of seeds of every config (default 1)")
     ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                     help="fixed config fields, e.g. steps=500 n_experts=4 arms=topk+soft (tuples joined by +)")
     ap.add_argument("--grid", nargs="+", default=[], metavar="FIELD=V1,V2",
@@ -199,8 +207,7 @@ def sweep_main(argv) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--csv", help="write every config's tidy frame to this CSV file (column config: the grid name)")
     args = ap.parse_args(argv)
-    if args.seeds < 1:
-        ap.error(f"--seeds must be >= 1, got {args.seeds}")
+    seeds = _seeds(ap, args)
     cls = LMConfig if args.setting == "lm" else ExperimentConfig
     spec = args.executor or f"processes:{os.cpu_count() or 1}"
     try:
@@ -210,7 +217,7 @@ def sweep_main(argv) -> int:
         both = set(fixed) & set(axes)
         if both:
             raise ValueError(f"{sorted(both)} given in both --set and --grid")
-        base = cls(seeds=tuple(range(args.seed_offset, args.seed_offset + args.seeds)), **fixed)
+        base = cls(seeds=seeds, **fixed)
         grid = {}
         for combo in itertools.product(*axes.values()):
             choice = dict(zip(axes, combo))
