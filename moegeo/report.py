@@ -405,7 +405,7 @@ def render(verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dic
         f"- versions: {_versions()}",
         f"- CPU: {_cpu()}",
         f"- wall time of this run: {wall_time:.0f} s (cached runs are reused)"
-        + (" — per config (uncached configs train side by side, one single-threaded process per core): "
+        + (" — per config (uncached configs train side by side, one single-threaded task per worker of `--executor`, default one process per core): "
            + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) if timings else ""),
     ]
     if peak_gib is not None:
