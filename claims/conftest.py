@@ -28,9 +28,13 @@ VERDICTS = pytest.StashKey()
 STATE = pytest.StashKey()
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-QUICK_SEEDS = 3
+QUICK_SEEDS = 2
 #: --quick's LM run: long enough to record twice and probe, not to learn much
 QUICK_LM_STEPS = 30
+#: --quick's smaller probe samples (a smoke run: half the points and tokens of the default, still
+#: several times d = 64 so every PCA and Jacobian mean is well posed)
+QUICK_MLP_SIZES = dict(n_samples=256, trajectory_points=32)
+QUICK_LM_SIZES = dict(probe_tokens=256, eval_windows=32, trajectory_points=32)
 
 
 def pytest_addoption(parser):
@@ -47,7 +51,7 @@ def pytest_addoption(parser):
                 help="a directory with the full WikiText-2 (wiki.{train,valid,test}.tokens): train the LM on its train "
                      "split (default: the shipped copy, training on valid)")
     g.addoption("--quick", action="store_true",
-                help=f"smoke run: {QUICK_SEEDS} seeds, {FAILURE_STEP} MLP steps and {QUICK_LM_STEPS} LM steps, report "
+                help=f"smoke run: {QUICK_SEEDS} seeds, {FAILURE_STEP} MLP steps and {QUICK_LM_STEPS} LM steps, half the probe points and tokens, report "
                      "to REPORT-quick.md (verdicts: too few seeds)")
     g.addoption("--all-readings", action="store_true", help="also one test per sensitivity reading")
     g.addoption("--reading", action="append", default=[],
@@ -76,12 +80,13 @@ def configs(config) -> dict:
     if steps < FAILURE_STEP:
         raise pytest.UsageError(f"--steps must be at least {FAILURE_STEP}: the §4 claims compare with the main arms at that step")
     offset = config.getoption("--seed-offset")
-    main = ExperimentConfig(steps=steps, seeds=tuple(range(offset, offset + n)))
+    main = ExperimentConfig(steps=steps, seeds=tuple(range(offset, offset + n)), **(QUICK_MLP_SIZES if quick else {}))
     side = dataclasses.replace(main, steps=FAILURE_STEP, record_every=FAILURE_STEP, probe_steps=())
     n_lm = QUICK_SEEDS if quick else config.getoption("--lm-seeds")
     lm_steps = config.getoption("--lm-steps") or (QUICK_LM_STEPS if quick else LMConfig().steps)
     lm = LMConfig(steps=lm_steps, record_every=min(LMConfig().record_every, max(1, lm_steps // 2)),
-                  seeds=tuple(range(offset, offset + n_lm)), data=config.getoption("--lm-data"))
+                  seeds=tuple(range(offset, offset + n_lm)), data=config.getoption("--lm-data"),
+                  **(QUICK_LM_SIZES if quick else {}))
     n_routers = QUICK_SEEDS if quick else config.getoption("--router-seeds")
     if n_routers > n_lm:
         raise pytest.UsageError(f"--router-seeds ({n_routers}) must not exceed --lm-seeds ({n_lm}): the learned router "
