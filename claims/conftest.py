@@ -10,7 +10,6 @@ the workers read the same cached runs, so the verdicts are the same. Uncached ru
 run, so the numbers, and the verdicts, are the same on every executor.
 """
 import dataclasses
-import os
 import resource
 import time
 from pathlib import Path
@@ -101,7 +100,7 @@ def configs(config) -> dict:
 
 def executor_spec(config) -> str:
     """``--executor``, checked (a bad spec is a usage error), default one process per core."""
-    spec = config.getoption("--executor") or f"processes:{os.cpu_count() or 1}"
+    spec = config.getoption("--executor") or sweeps.DEFAULT_EXECUTOR
     try:
         sweeps.parse_executor(spec)
     except ValueError as err:

@@ -209,7 +209,7 @@ def sweep_main(argv) -> int:
     args = ap.parse_args(argv)
     seeds = _seeds(ap, args)
     cls = LMConfig if args.setting == "lm" else ExperimentConfig
-    spec = args.executor or f"processes:{os.cpu_count() or 1}"
+    spec = args.executor or sweeps.DEFAULT_EXECUTOR
     try:
         sweeps.parse_executor(spec)
         fixed = {k: _field_value(cls, k, v) for k, v in _assignments(args.set, False).items()}

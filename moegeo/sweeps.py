@@ -70,6 +70,8 @@ from .config import ExperimentConfig, LMConfig, RunConfig
 
 #: the executor specs, as an error message shows them
 SPECS = ("serial", "processes[:N]", "dask://host:port", "dask-local[:N]", "slurm[:partition]")
+#: the executor of ``pytest claims/`` and ``python -m moegeo sweep`` when none is given: one process per core
+DEFAULT_EXECUTOR = f"processes:{os.cpu_count() or 1}"
 #: seconds between two looks at futures that are not ``concurrent.futures.Future`` (submitit jobs)
 POLL_SECONDS = 1.0
 #: submitit defaults for ``slurm[:partition]``: one core per task (tasks are single-threaded); the largest task of
@@ -249,11 +251,15 @@ def open_executor(executor="serial", n_tasks: int | None = None) -> Iterator[Han
         yield _wrap(executor)
         return
     spec = parse_executor(executor)
-    local = os.cpu_count() or 1
+
+    def local_workers() -> int:  # the spec's count (default one per core), at most one per task
+        n = spec.arg or os.cpu_count() or 1
+        return min(n, n_tasks) if n_tasks else n
+
     if spec.kind == "serial":
         yield Handle(SerialExecutor(), "serial", in_flight=1)
     elif spec.kind == "processes":
-        n = min(spec.arg or local, n_tasks or spec.arg or local)
+        n = local_workers()
         pool = concurrent.futures.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
         try:
             yield Handle(pool, f"{n} processes")
@@ -266,7 +272,7 @@ def open_executor(executor="serial", n_tasks: int | None = None) -> Iterator[Han
                 client = stack.enter_context(distributed.Client(spec.arg))
                 name = f"dask scheduler {spec.arg}"
             else:
-                n = min(spec.arg or local, n_tasks or spec.arg or local)
+                n = local_workers()
                 cluster = stack.enter_context(distributed.LocalCluster(
                     n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None))
                 client = stack.enter_context(distributed.Client(cluster))
