@@ -82,6 +82,30 @@ def test_sigma1_paper_arpack(benchmark):
     benchmark.extra_info["scale"] = P.E * P.N / sub.N
 
 
+TRAP_SEEDS = range(100, 120)  # 20 paper-size problems none of the development runs used (they used 0-60)
+
+
+def test_sigma1_paper_batched_lanczos_many_problems(benchmark):
+    """The trap check of ``mlp_lanczos_sigma1`` at its defaults (one Gaussian start): 20 further
+    paper-size problems, 81,920 Jacobians, each against exact float64 SVD; asserts that none is
+    off by more than 1e-4 (a start that settles on sigma_2 would be), records the worst error."""
+    problems = [Problem(**PAPER, seed=s) for s in TRAP_SEEDS]
+
+    def run():
+        out = [probes.mlp_lanczos_sigma1(*p.args, tol=1e-6, generator=torch.Generator().manual_seed(p.seed))
+               for p in problems]
+        return out
+
+    benchmark.group = f"sigma1 trap check: {len(problems)} problems [{P.label}]"
+    results = benchmark.pedantic(run, rounds=1, warmup_rounds=0)
+    errors = torch.cat([((r.values.double() - p.exact_sigma1).abs() / p.exact_sigma1).reshape(-1)
+                        for r, p in zip(results, problems)])
+    benchmark.extra_info.update(method="matrix_free_batched_lanczos", matrices=errors.numel(),
+                                above_tol=int((errors > TOL).sum()), max_rel_error=float(errors.max()),
+                                iterations=max(r.iterations for r in results))
+    assert int((errors > TOL).sum()) == 0, f"{int((errors > TOL).sum())} of {errors.numel()} off by more than {TOL}"
+
+
 @pytest.mark.parametrize("method", ["svdvals", "gram_eigvalsh"])
 def test_full_spectra_paper(benchmark, method):
     """In float64, as the probes run them: Gram eigenvalues lose the small singular values in
@@ -107,6 +131,7 @@ SCALING = {
     "closed_form+gram_eigvalsh": (EXACT_D, SIGMA1["closed_form+gram_eigvalsh"]),
     "matrix_free_power": (EXACT_D, SIGMA1["matrix_free_power"]),  # thousands of iterations beyond
     "matrix_free_lanczos": (FREE_D, SIGMA1["matrix_free_lanczos"]),
+    "matrix_free_batched_lanczos": (FREE_D, SIGMA1["matrix_free_batched_lanczos"]),
 }
 PROBLEMS = {}
 
@@ -125,3 +150,26 @@ def test_sigma1_scaling(benchmark, d, method):
     result = benchmark.pedantic(SCALING[method][1], (p.args,), rounds=1 if d >= 512 or "power" in method else 3,
                                 warmup_rounds=0)
     record(benchmark, p, method, result, baseline=method == "closed_form+svdvals")
+
+
+def test_gram_product_memory_floor(benchmark):
+    """One J^T J product for all N = 8 points at d = 1024 (h = 2d), the four GEMMs of a
+    matrix-free Lanczos step: it streams W1 and W2 twice (4 d h float32 = 32 MB) for only 8
+    vectors, so it is bound by memory bandwidth, not FLOPs. A matrix-free method needs one such
+    product per iteration, so iterations x this time is its floor on this machine."""
+    p = scaled(1024)
+    W1, b1, W2, x = p.args
+    a = probes.gelu_grad(probes.expert_preactivations(W1, b1, x))
+    W1t, W2t = W1.transpose(1, 2), W2.transpose(1, 2)
+    v = torch.randn(1, p.N, p.d, generator=torch.Generator().manual_seed(0))
+
+    def product():
+        return torch.bmm(torch.bmm(torch.bmm(torch.bmm(v, W1t).mul_(a), W2t), W2).mul_(a), W1)
+
+    benchmark.group = "memory floor: one J^T J product (d=1024, h=2d, E=1, N=8)"
+    out = benchmark.pedantic(product, rounds=20, warmup_rounds=2)
+    J = probes.expert_jacobians(W1.double(), b1.double(), W2.double(), x.double())
+    ref = torch.einsum("enji,enjk,enk->eni", J, J, v.double())  # J^T J v, materialised in float64
+    err = float(((out.double() - ref).norm(dim=-1) / ref.norm(dim=-1)).max())
+    benchmark.extra_info.update(method="gram_product", d=p.d, bytes=4 * p.d * p.h * 4, max_rel_error=err)
+    assert err <= TOL
