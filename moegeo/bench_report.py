@@ -17,6 +17,9 @@ import pandas as pd
 from .config import ExperimentConfig
 
 BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
+#: issue 11: the default claims sweep within 2x of its FLOP floor, measured (an extrapolation can
+#: show the goal missed, never met)
+SWEEP_GOAL = 2
 
 
 def load(path: Path) -> tuple[pd.DataFrame, dict]:
@@ -172,13 +175,14 @@ def targets(df: pd.DataFrame) -> list[str]:
         every = r.get("record_every_default", ExperimentConfig().record_every)
         high = r.steps_default * step_time + other * records(r.steps_default, every) / records(r.steps_timed, every_timed)
         floor = (r.steps_default * r.train_flops_per_step + r.probe_flops) / rate
-        rows.append(f"| the main-arms sweep of `pytest claims/` within 3x of its FLOP floor: {low:.0f}-{high:.0f} s, "
+        rows.append(f"| the main-arms sweep of `pytest claims/` within {SWEEP_GOAL:g}x of its FLOP floor (goal: measured, not "
+                    f"extrapolated; this row is extrapolated): {low:.0f}-{high:.0f} s, "
                     f"extrapolated from a "
                     f"{r.steps_timed:.0f}-step sweep ({r.steps_default:.0f} steps x {step_time:.3f} s of training; the "
                     f"other {other:.0f} s counted once, or scaled with the trajectory records) vs floor {floor:.0f} s at "
                     f"the best sustained sgemm rate {rate / 1e9:.0f} GFLOP/s | {low / floor:.2f}-{high / floor:.2f}x "
                     f"of floor at {rate / 1e9:.0f} GFLOP/s | "
-                    f"{'yes' if high / floor <= 3 else 'no' if low / floor > 3 else 'undecided'} |")
+                    f"{'no' if low / floor > SWEEP_GOAL else 'undecided (extrapolated)'} |")
     steps_lm = df[df.group.str.startswith("one LM training step")]
     if len(steps_lm) and rate == rate:
         for r in steps_lm.itertuples():
