@@ -11,7 +11,6 @@ of one expert; ``index`` the position in a curve (1-based) or the partner expert
 from __future__ import annotations
 
 import ctypes
-import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -358,48 +357,6 @@ def run(cfg: RunConfig = ExperimentConfig(), cache: bool = True, progress: bool 
         raise TypeError(f"cfg must be an ExperimentConfig or an LMConfig, got {type(cfg).__name__}")
     compute = {"mlp": _compute, "lm": _compute_lm}[cfg.setting]
     return cached(cfg, lambda: compute(cfg, progress)) if cache else compute(cfg, progress)
-
-
-def run_many(cfgs: dict, processes: int | None = None) -> tuple[dict, dict]:
-    """Every config of ``cfgs`` (name -> config) as ``run`` gives it: returns the frames and the
-    seconds each took here (about 0 when cached).
-
-    Uncached configs are computed side by side, each in its own worker process with one torch
-    thread (``processes`` workers, default one per core; configs are started in the given
-    order, so put the longest first). Much of the training is per-operation overhead that a
-    second thread barely speeds up, so two single-threaded runs at once finish sooner than the
-    same two runs one after the other with two threads each. Every config computed here runs
-    single-threaded, so its numbers do not depend on which other configs were cached.
-    """
-    import multiprocessing
-    import time
-    from concurrent.futures import ProcessPoolExecutor
-
-    from .cache import cache_dir
-
-    todo = [name for name, cfg in cfgs.items() if not (cache_dir() / f"{cfg.key()}.pkl").exists()]
-    seconds = {}
-    if todo:
-        workers = min(len(todo), processes or os.cpu_count() or 1)
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for name, t in zip(todo, pool.map(_run_single_threaded, [cfgs[n] for n in todo])):
-                seconds[name] = t
-    frames = {}
-    for name, cfg in cfgs.items():
-        t = time.perf_counter()
-        frames[name] = run(cfg)
-        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
-    return frames, seconds
-
-
-def _run_single_threaded(cfg: RunConfig) -> float:
-    """Compute and cache one config with one torch thread (a ``run_many`` worker); its seconds."""
-    import time
-
-    torch.set_num_threads(1)
-    t = time.perf_counter()
-    run(cfg, progress=False)
-    return time.perf_counter() - t
 
 
 def _frame(rows: list[dict], cfg: RunConfig) -> pd.DataFrame:

@@ -41,11 +41,6 @@ into an executor) or as an object:
 An object is any executor with ``submit(fn, *args)`` returning futures: a
 ``concurrent.futures.Executor``, a ``distributed.Client`` (its ``get_executor()`` is used), or a
 submitit executor configured as you like (its jobs are polled).
-
-``moegeo.experiment.run_many`` does the processes case on its own; it should delegate to
-``sweep`` in a follow-up. experiment.py is a result module (its source is part of every cache
-key), so that change invalidates the cache and needs a cold ``pytest claims/`` rerun; until then
-``pytest claims/`` and ``python -m moegeo sweep`` use this module directly.
 """
 from __future__ import annotations
 
