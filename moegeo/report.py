@@ -372,7 +372,7 @@ def make_asymmetry_figures(frames: dict, save) -> None:
     ax.axhline(1, color="gray", ls="--", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("functional alignment: mean |cos| of J̄_e / its chance level")
-    ax.set_ylabel("subspace distance: mean geodesic / random-subspace mean")
+    ax.set_ylabel("mean geodesic distance\n/ random-subspace mean")
     ax.set_title("one point per seed (and LM layer); chance at 1 on both axes", fontsize=9)
     ax.legend(fontsize=7)
     save(fig, "asymmetry_alignment_vs_distance")
