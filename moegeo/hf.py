@@ -794,8 +794,14 @@ def probe_checkpoint(path: str | os.PathLike, text: str | None = None, tokens: i
     ``path`` and ``probe_model`` it on exactly ``tokens`` tokens (fewer only when the text is
     shorter): the tidy frame. Beside ``n_tokens`` each layer gets the rows ``context`` (tokens per
     sequence) and ``unknown_tokens`` (``TokenBatch.unknown``). The config and the tokenizer are
-    checked before the model is loaded."""
-    limit = getattr(checkpoint_config(path), "max_position_embeddings", None)
+    checked before the model is loaded, and so are ``layers`` against the config's number of
+    decoder layers (whether a layer in range is an MoE layer is known only once it is loaded)."""
+    config = checkpoint_config(path)
+    limit = getattr(config, "max_position_embeddings", None)
+    n_layers = getattr(config.get_text_config(), "num_hidden_layers", None)
+    outside = sorted({l for l in layers or () if n_layers is not None and not 0 <= l < n_layers})
+    if outside:
+        raise ValueError(f"layers {outside} do not exist: the checkpoint has {n_layers} decoder layers (0 to {n_layers - 1})")
     batch = tokenize(path, text, tokens, context, max_context=limit)
     model = load(path, dtype)
     df = probe_model(model, batch.input_ids, layers, max_tokens=batch.n_tokens, progress=progress)

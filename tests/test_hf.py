@@ -432,6 +432,15 @@ def test_cli_refuses_counts_below_one(args, message, capsys):
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_a_layer_the_checkpoint_does_not_have_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    _save_checkpoint(tmp_path)
+    monkeypatch.setattr(hf, "load", lambda *a, **k: pytest.fail("the model was loaded before --layers was checked"))
+    with pytest.raises(ValueError, match=r"layers \[-1, 2\] do not exist: the checkpoint has 2 decoder layers \(0 to 1\)"):
+        hf.probe_checkpoint(tmp_path, TEXT, tokens=8, layers=[1, 2, -1])
+    assert main(["probe", "--hf-model", str(tmp_path), "--layers", "5", "--tokens", "8", "--out", str(tmp_path / "r")]) == 2
+    assert "layers [5] do not exist" in capsys.readouterr().err
+
+
 def test_exactly_the_requested_tokens_are_probed(tmp_path):
     _save_checkpoint(tmp_path)
     with warnings.catch_warnings():
