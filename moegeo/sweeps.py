@@ -8,8 +8,9 @@ task under the task's own ``cfg.key()``.
 
 - **Bit-identical to the serial run.** Every task is computed with one torch thread, whatever
   executes it (``compute_task``), so a task gives the same bits in this process, in a local
-  worker process, on a Dask worker or on a Slurm node (tested against the serial run on a
-  ``ProcessPoolExecutor`` and on a Dask ``LocalCluster``).
+  worker process, on a Dask worker or on a Slurm node with the same torch build and CPU kernels
+  (tested against the serial run on a ``ProcessPoolExecutor`` and on a Dask ``LocalCluster``;
+  the cache key checks moegeo's version and source, not the torch build or the CPU).
 - **Chunks.** ``chunk=None`` (the default) makes one task of all the seeds of a config: its
   cache entry and its frame are exactly those of ``run(cfg)`` computed single-threaded, as
   ``pytest claims/`` has always trained them. Seeds train batched (stacked along a leading seed
@@ -65,8 +66,16 @@ from .config import ExperimentConfig, LMConfig, RunConfig
 
 #: the executor specs, as an error message shows them
 SPECS = ("serial", "processes[:N]", "dask://host:port", "dask-local[:N]", "slurm[:partition]")
-#: the executor of ``pytest claims/`` and ``python -m moegeo sweep`` when none is given: one process per core
-DEFAULT_EXECUTOR = f"processes:{os.cpu_count() or 1}"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a Slurm allocation, a container's
+    cpuset, ``taskset``), not every core of the machine."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+#: the executor of ``pytest claims/`` and ``python -m moegeo sweep`` when none is given: one process per usable core
+DEFAULT_EXECUTOR = f"processes:{usable_cores()}"
 #: seconds between two looks at futures that are not ``concurrent.futures.Future`` (submitit jobs)
 POLL_SECONDS = 1.0
 #: submitit defaults for ``slurm[:partition]``: one core per task (tasks are single-threaded); the largest task of
@@ -186,10 +195,9 @@ def parse_executor(spec: str) -> ExecutorSpec:
         return ValueError(f"bad executor spec {spec!r}: {why}; expected one of {', '.join(SPECS)}")
 
     def count(text: str, what: str) -> int:
-        try:
-            n = int(text)
-        except ValueError:
-            raise bad(f"{what} must be a whole number, got {text!r}") from None
+        if not (text.isascii() and text.isdigit()):  # int() would take "1_6" and non-ASCII digits
+            raise bad(f"{what} must be a whole number, got {text!r}")
+        n = int(text)
         if n < 1:
             raise bad(f"{what} must be >= 1, got {n}")
         return n
@@ -198,20 +206,19 @@ def parse_executor(spec: str) -> ExecutorSpec:
         return ExecutorSpec("serial")
     if s.startswith("dask://"):
         address = s[len("dask://"):]
-        if "://" not in address:
-            host, sep, port = address.rpartition(":")
-            if not sep or not host or not port.isdigit():
-                raise bad(f"a Dask scheduler is dask://host:port, got {address!r}")
-            address = f"tcp://{address}"
-        elif not address.split("://", 1)[1]:
-            raise bad("the scheduler address is empty")
-        return ExecutorSpec("dask", address)
+        protocol, sep, rest = address.rpartition("://")
+        host, colon, port = rest.rpartition(":")
+        if (sep and not protocol.isalnum()) or not colon or not host or not (port.isascii() and port.isdigit()):
+            raise bad(f"a Dask scheduler is dask://host:port or dask://protocol://host:port, got {address!r}")
+        return ExecutorSpec("dask", address if sep else f"tcp://{address}")
     kind, sep, arg = s.partition(":")
     if kind in ("processes", "dask-local"):
         return ExecutorSpec(kind, count(arg, "the number of workers") if sep else None)
     if kind == "slurm":
         if sep and not arg:
             raise bad("the Slurm partition is empty (write slurm for the default partition)")
+        if sep and not all(c.isascii() and (c.isalnum() or c in "-_.,") for c in arg):
+            raise bad(f"a Slurm partition name is letters, digits and - _ . , only, got {arg!r}")
         return ExecutorSpec("slurm", arg or None)
     raise bad("unknown executor")
 
@@ -248,7 +255,7 @@ def open_executor(executor="serial", n_tasks: int | None = None) -> Iterator[Han
     spec = parse_executor(executor)
 
     def local_workers() -> int:  # the spec's count (default one per core), at most one per task
-        n = spec.arg or os.cpu_count() or 1
+        n = spec.arg or usable_cores()
         return min(n, n_tasks) if n_tasks else n
 
     if spec.kind == "serial":
@@ -258,8 +265,10 @@ def open_executor(executor="serial", n_tasks: int | None = None) -> Iterator[Han
         pool = concurrent.futures.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
         try:
             yield Handle(pool, f"{n} processes")
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:  # an error or Ctrl-C: don't wait for the running tasks
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
     elif spec.kind in ("dask", "dask-local"):
         distributed = _require("distributed", "dask", spec)
         with contextlib.ExitStack() as stack:
@@ -268,8 +277,11 @@ def open_executor(executor="serial", n_tasks: int | None = None) -> Iterator[Han
                 name = f"dask scheduler {spec.arg}"
             else:
                 n = local_workers()
+                # no memory limit: the nanny would pause a worker at 80% of RAM / n and kill it at 95%,
+                # where a process pool lets a large task finish; the dashboard only on localhost
                 cluster = stack.enter_context(distributed.LocalCluster(
-                    n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None))
+                    n_workers=n, threads_per_worker=1, processes=True, memory_limit=0,
+                    dashboard_address="127.0.0.1:0"))
                 client = stack.enter_context(distributed.Client(cluster))
                 name = f"dask LocalCluster of {n} workers"
             yield Handle(client.get_executor(pure=False), name)
@@ -310,23 +322,38 @@ def _wait_first(pending: set) -> set:
 def execute(handle: Handle, todo: list[Task], progress: bool | None = None,
             desc: str = "sweep") -> Iterator[tuple[Task, pd.DataFrame, float]]:
     """Run ``compute_task`` for every task on ``handle``; yield ``(task, frame, seconds)`` as each
-    finishes (any order). A failed task raises here after the outstanding ones are cancelled.
-    ``progress``: a tqdm bar of tasks done out of ``len(todo)`` with an ETA (None: only on a
+    finishes (any order). When a task fails, nothing more is submitted and the tasks not yet
+    started are cancelled, but those already running are waited for and yielded (so the caller
+    stores their work), then the first error is raised. Ctrl-C cancels what it can and returns at
+    once. ``progress``: a tqdm bar of tasks done out of ``len(todo)`` with an ETA (None: only on a
     terminal; False: never)."""
     queue = list(reversed(todo))
     pending: dict[Any, Task] = {}
+    failed: BaseException | None = None
     bar = tqdm(total=len(todo), desc=desc, unit="task", disable=None if progress is None else not progress)
     try:
         while queue or pending:
-            while queue and (handle.in_flight is None or len(pending) < handle.in_flight):
+            while failed is None and queue and (handle.in_flight is None or len(pending) < handle.in_flight):
                 task = queue.pop()
                 pending[handle.executor.submit(compute_task, task.cfg, task.key)] = task
+            if failed is not None:
+                queue.clear()
+                for future in [f for f in pending if f.cancel()]:  # not started: dropped
+                    del pending[future]
+                if not pending:
+                    break
             for future in _wait_first(set(pending)):
                 task = pending.pop(future)
-                frame, seconds = future.result()
+                try:
+                    frame, seconds = future.result()
+                except Exception as err:  # keep the first; let the running ones finish and be stored
+                    failed = failed or err
+                    continue
                 bar.set_postfix_str(f"{task.name}[{task.index}] {seconds:.0f} s", refresh=False)
                 bar.update(1)
                 yield task, frame, seconds
+        if failed is not None:
+            raise failed
     finally:
         for future in pending:
             with contextlib.suppress(Exception):

@@ -3,6 +3,7 @@ pool and on a real Dask LocalCluster, resumption after a kill, the progress bar,
 cache under concurrent writers and a writer killed mid-write."""
 import concurrent.futures
 import dataclasses
+import hashlib
 import os
 import pickle
 import subprocess
@@ -61,7 +62,9 @@ def test_executor_specs_parse(spec, kind, arg):
 @pytest.mark.parametrize("spec, why", [
     ("", "unknown executor"), ("threads:2", "unknown executor"), ("processes:0", ">= 1"),
     ("processes:two", "whole number"), ("dask://", "dask://host:port"), ("dask://sched", "dask://host:port"),
-    ("dask://sched:port", "dask://host:port"), ("dask-local:-1", ">= 1"), ("slurm:", "partition is empty")])
+    ("dask://sched:port", "dask://host:port"), ("dask-local:-1", "whole number"), ("slurm:", "partition is empty"),
+    ("processes:1_6", "whole number"), ("dask-local:\u0663", "whole number"), ("slurm:a:b c", "partition name"),
+    ("dask://foo://bar", "dask://protocol://host:port"), ("dask://a://b://c:1", "dask://protocol")])
 def test_a_bad_executor_spec_is_a_clear_error(spec, why):
     with pytest.raises(ValueError, match=why) as err:
         sweeps.parse_executor(spec)
@@ -218,6 +221,42 @@ def test_a_failed_sweep_keeps_its_finished_tasks():
     assert [t.key for t in res.cached] == keys[:1] and [t.key for t in res.computed] == keys[1:]
 
 
+class FailsFirstOnThreads(concurrent.futures.ThreadPoolExecutor):
+    """Two threads; the first submitted task fails at once while the next one is running."""
+
+    def __init__(self):
+        super().__init__(2)
+        self.calls = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.calls += 1
+        if self.calls == 1:
+            future = concurrent.futures.Future()
+            future.set_exception(RuntimeError("worker lost"))
+            return future
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_a_failed_task_lets_the_running_ones_finish_and_be_stored():
+    """The first task fails while the second runs: the error is raised only after the second has
+    finished and been cached (its work is not thrown away); the third, queued, is cancelled or
+    finished, never lost half-way."""
+    keys = [t.key for t in sweeps.tasks(FAST, chunk=1)]
+    threads = torch.get_num_threads()
+    try:
+        with FailsFirstOnThreads() as ex, pytest.raises(RuntimeError, match="worker lost"):
+            sweeps.sweep(FAST, ex, chunk=1, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert cache.load(keys[0]) is None and cache.load(keys[1]) is not None
+
+
+def test_a_process_pool_worker_computes_with_one_torch_thread():
+    with sweeps.open_executor("processes:1") as handle:
+        handle.executor.submit(sweeps.compute_task, FAST).result()
+        assert handle.executor.submit(torch.get_num_threads).result() == 1
+
+
 KILLED_SWEEP = """
 import pickle, sys
 from moegeo import sweeps
@@ -350,6 +389,58 @@ class SlowOs:
 cache.os = SlowOs()
 cache.store(key, frame)
 """
+
+
+def test_an_unreadable_entry_is_recomputed_but_not_deleted(monkeypatch):
+    """A read error (a stale NFS handle, EIO) says nothing about the entry: it stays."""
+    path = cache.store("k", pd.DataFrame({"a": [1]}))
+
+    def stale(*args, **kwargs):
+        raise OSError(116, "Stale file handle")
+
+    with monkeypatch.context() as m:
+        m.setattr(cache, "open", stale, raising=False)
+        with pytest.warns(UserWarning, match="cannot read cache entry"):
+            assert cache.load("k") is None
+    assert path.exists() and cache.load("k").equals(pd.DataFrame({"a": [1]}))
+
+
+def test_a_corrupt_entry_replaced_by_a_good_one_meanwhile_is_kept(monkeypatch):
+    """Reader A reads a corrupt file; writer B renames a good entry into place before A deletes:
+    A must not delete B's entry (it checks that the file is still the one it read)."""
+    path = cache.store("k", pd.DataFrame({"a": [1]}))
+    path.write_bytes(hashlib.sha256(b"x").hexdigest().encode() + b"\nx")  # checksum fine, not a pickle
+    real_loads = pickle.loads
+
+    def loads_after_a_writer(payload):
+        cache.store("k", pd.DataFrame({"a": [2]}))  # B, between A's read and A's check
+        return real_loads(payload)
+
+    with monkeypatch.context() as m:
+        m.setattr(cache.pickle, "loads", loads_after_a_writer)
+        with pytest.warns(UserWarning, match="discarding corrupt cache entry"):
+            assert cache.load("k") is None
+    assert cache.load("k").equals(pd.DataFrame({"a": [2]}))
+    path.write_bytes(b"garbage")  # and with no writer in between, the corrupt file goes
+    with pytest.warns(UserWarning, match="discarding corrupt cache entry"):
+        assert cache.load("k") is None
+    assert not path.exists()
+
+
+def test_a_failed_write_leaves_no_temporary_and_entries_are_readable_by_others(monkeypatch):
+    assert "MOEGEO_CACHE" in os.environ  # the isolated cache, never the user's
+    def fail(*args):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(cache.os, "replace", fail)
+        with pytest.raises(OSError, match="No space"):
+            cache.store("k", pd.DataFrame({"a": [1]}))
+    assert not list(cache.cache_dir().glob(".k.*.tmp"))
+    path = cache.store("k", pd.DataFrame({"a": [1]}))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 @pytest.mark.parametrize("before", ["no entry", "a good entry"])
