@@ -231,20 +231,17 @@ def table(frames: dict[str, pd.DataFrame], configs: dict[str, ExperimentConfig],
     return out[POINT_COLUMNS + [c for c in out.columns if c not in POINT_COLUMNS]]
 
 
-def where(tab: pd.DataFrame) -> dict[str, dict[str, list[str]]]:
-    """Per claim, the points (``point_label``) where it holds, fails and is undecided (rule 3)."""
+def where(tab: pd.DataFrame) -> dict[str, dict[str, list[tuple[str, int]]]]:
+    """Per claim, the points (config name, step) where it holds, fails and is undecided under
+    the grid-corrected verdict (rule 3 of the module docstring); points where the claim cannot
+    be read are not listed."""
     out = {}
     for claim, g in tab.groupby("claim", sort=False):
-        labels = [point_label(r) for r in g.itertuples()]
-        holds = [lb for lb, v in zip(labels, g.grid_verdict) if v == stats.Verdict.REPLICATED.value]
-        fails = [lb for lb, v in zip(labels, g.grid_verdict) if v in FAILS]
-        out[claim] = dict(holds=holds, fails=fails, undecided=[lb for lb in labels if lb not in holds + fails])
+        points = list(zip(g.config, g.step))
+        holds = [pt for pt, v in zip(points, g.grid_verdict) if v == stats.Verdict.REPLICATED.value]
+        fails = [pt for pt, v in zip(points, g.grid_verdict) if v in FAILS]
+        out[claim] = dict(holds=holds, fails=fails, undecided=[pt for pt in points if pt not in holds + fails])
     return out
-
-
-def point_label(row) -> str:
-    """A point as the report names it, e.g. ``E=4,k=1 @500``."""
-    return f"{row.config} @{row.step}"
 
 
 @dataclass
