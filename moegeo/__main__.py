@@ -8,7 +8,9 @@ layer by layer, with its held-out perplexity against the unigram model.
 ``[hf]`` extra) on a text and write a report; ``python -m moegeo probe --help`` for its options.
 
 ``python -m moegeo sweep --executor SPEC [--grid FIELD=V1,V2 ...]``: a grid of configs as
-independent tasks on an executor (``moegeo.sweeps``); ``python -m moegeo sweep --help``.
+independent tasks on an executor (``moegeo.sweeps``); ``python -m moegeo sweep --grid small|full``: a
+declared grid of ``moegeo.sensitivity`` (every claim of the MLP setting's main arms at every grid
+point) and its section of REPORT.md; ``python -m moegeo sweep --help``.
 """
 from __future__ import annotations
 
