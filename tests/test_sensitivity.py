@@ -152,11 +152,11 @@ def test_a_planted_effect_is_found_where_planted_and_nowhere_else(plan):
 
 
 def test_under_a_global_null_any_holds_on_the_grid_stays_below_alpha():
-    """10 independent null points of 12 seeds, 300 simulated grids: the rate of grids with any
+    """10 independent null points of 12 seeds, 200 simulated grids: the rate of grids with any
     "holds" is at most alpha (exactly about 10 x 2^-12 = 0.0024 here); without the correction
     across the grid it would be about 0.18 (each point 79/4096 at alpha = 0.05)."""
     rng = np.random.default_rng(0)
-    points, n, sims = 10, 12, 300
+    points, n, sims = 10, 12, 200
     any_holds = uncorrected = 0
     for _ in range(sims):
         tab = planted_table([rng.standard_normal(n) for _ in range(points)])
@@ -215,13 +215,6 @@ def test_cli_runs_a_named_grid_and_writes_the_section(serial_run, capsys, monkey
 
 
 # --------------------------------------------------------------------------- Dask
-@pytest.fixture(scope="module")
-def dask_cluster():
-    distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        yield cluster
-
-
 def test_a_dask_cluster_gives_the_serial_runs_verdicts(dask_cluster, serial_run):
     """The tiny grid on a real Dask LocalCluster of 2 worker processes: the same per-point table
     (effects, p-values, per-point and grid-corrected verdicts) as the serial run."""
