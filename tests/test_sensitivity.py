@@ -192,6 +192,17 @@ def test_the_section_has_the_heat_maps_and_sentences_and_leaves_the_rest_alone(s
     assert again.count(report.SENSITIVITY_MARKERS[0]) == 1 and "holds for `k=1`" not in again and "`again`" in again
 
 
+def test_pytest_claims_report_keeps_the_sensitivity_and_benchmark_sections(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "make_figures", lambda *a, **k: {})
+    monkeypatch.setattr(report, "render", lambda *a, **k: "# new claims report\n")
+    path = tmp_path / "REPORT.md"
+    path.write_text("# old\n<!-- sensitivity:begin -->\nmaps\n<!-- sensitivity:end -->\n"
+                    "<!-- benchmarks:begin -->\nbench\n<!-- benchmarks:end -->\n")
+    report.write_report(path, {}, pd.DataFrame(), {}, 1.0)
+    assert path.read_text() == ("# new claims report\n\n<!-- sensitivity:begin -->\nmaps\n<!-- sensitivity:end -->\n"
+                                "\n<!-- benchmarks:begin -->\nbench\n<!-- benchmarks:end -->\n")
+
+
 def test_splice_and_existing_section_take_any_markers():
     markers = ("<!-- a:begin -->", "<!-- a:end -->")
     text = "head\n<!-- a:begin -->\nold\n<!-- a:end -->\ntail\n"
