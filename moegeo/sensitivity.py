@@ -48,8 +48,9 @@ after seeing numbers):
    claim's map is its own exploratory family, and the section says so.
 3. *The sentence.* "holds for" lists the points whose ``grid_verdict`` is REPLICATED; "fails for"
    those with CONTRADICTED, DIFFERENT SIZE or NEGLIGIBLE (significant evidence against the claim
-   as stated); every other point (NOT REPLICATED, INCONCLUSIVE, TOO FEW SEEDS, CONDITION NOT MET,
-   or not readable at that checkpoint) is undecided.
+   as stated); every other point (NOT REPLICATED, INCONCLUSIVE, TOO FEW SEEDS, CONDITION NOT MET)
+   is undecided. Points where the claim cannot be read at all (C8a and C8d need step 500) are
+   counted apart, as not readable, and are not in its family.
 4. *Seeds.* A point can only reach a verdict if a unanimous sweep passes the first Holm step of
    both families: 2^-n <= alpha / (2 m) for m the larger of the in-grid primary family (19
    claims of the dual paper) and the grid's points; ``min_seeds(m) = ceil(log2(2 m / alpha))``,
