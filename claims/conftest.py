@@ -20,7 +20,7 @@ from moegeo import ExperimentConfig, sweeps
 from moegeo.cache import cache_dir
 from moegeo.claims import Results, evaluate
 from moegeo.claims import geometric_asymmetry, routers_geometry
-from moegeo.claims.dual_jacobian_pca import CLAIMS, FAILURE_STEP, HOT_TEMPERATURE, LM_SEEDS, SEEDS
+from moegeo.claims.dual_jacobian_pca import CLAIMS, FAILURE_STEP, HOT_TEMPERATURE, LM_SEEDS, SEEDS, main_config
 from moegeo.config import Arm, LMConfig
 
 VERDICTS = pytest.StashKey()
@@ -79,7 +79,7 @@ def configs(config) -> dict:
     if steps < FAILURE_STEP:
         raise pytest.UsageError(f"--steps must be at least {FAILURE_STEP}: the §4 claims compare with the main arms at that step")
     offset = config.getoption("--seed-offset")
-    main = ExperimentConfig(steps=steps, seeds=tuple(range(offset, offset + n)), **(QUICK_MLP_SIZES if quick else {}))
+    main = main_config(n, offset, steps=steps, **(QUICK_MLP_SIZES if quick else {}))
     side = dataclasses.replace(main, steps=FAILURE_STEP, record_every=FAILURE_STEP, probe_steps=())
     n_lm = QUICK_SEEDS if quick else config.getoption("--lm-seeds")
     lm_steps = config.getoption("--lm-steps") or (QUICK_LM_STEPS if quick else LMConfig().steps)

@@ -8,7 +8,9 @@ layer by layer, with its held-out perplexity against the unigram model.
 ``[hf]`` extra) on a text and write a report; ``python -m moegeo probe --help`` for its options.
 
 ``python -m moegeo sweep --executor SPEC [--grid FIELD=V1,V2 ...]``: a grid of configs as
-independent tasks on an executor (``moegeo.sweeps``); ``python -m moegeo sweep --help``.
+independent tasks on an executor (``moegeo.sweeps``); ``python -m moegeo sweep --grid small|full``: a
+declared grid of ``moegeo.sensitivity`` (every claim of the MLP setting's main arms at every grid
+point) and its section of REPORT.md; ``python -m moegeo sweep --help``.
 """
 from __future__ import annotations
 
@@ -27,17 +29,19 @@ from .experiment import perplexity_table, run, summary_table
 
 
 def _setting_and_seeds(ap: argparse.ArgumentParser, setting_help: str, seeds_help: str) -> None:
-    """The ``--setting``, ``--seeds`` and ``--seed-offset`` options of a training command."""
+    """The ``--setting``, ``--seeds`` and ``--seed-offset`` options of a training command (both
+    None when not given: 1 seed from 0, see ``_seeds``)."""
     ap.add_argument("--setting", choices=("mlp", "lm"), default="mlp", help=setting_help)
-    ap.add_argument("--seeds", type=int, default=1, help=seeds_help)
-    ap.add_argument("--seed-offset", type=int, default=0, help="first seed (default 0)")
+    ap.add_argument("--seeds", type=int, default=None, help=seeds_help)
+    ap.add_argument("--seed-offset", type=int, default=None, help="first seed (default 0)")
 
 
 def _seeds(ap: argparse.ArgumentParser, args) -> tuple[int, ...]:
     """The seeds ``--seed-offset`` ... ``--seed-offset + --seeds - 1`` (a usage error below one)."""
-    if args.seeds < 1:
-        ap.error(f"--seeds must be >= 1, got {args.seeds}")
-    return tuple(range(args.seed_offset, args.seed_offset + args.seeds))
+    n, offset = 1 if args.seeds is None else args.seeds, args.seed_offset or 0
+    if n < 1:
+        ap.error(f"--seeds must be >= 1, got {n}")
+    return tuple(range(offset, offset + n))
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -195,7 +199,9 @@ def sweep_main(argv) -> int:
     ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                     help="fixed config fields, e.g. steps=500 n_experts=4 arms=topk+soft (tuples joined by +)")
     ap.add_argument("--grid", nargs="+", default=[], metavar="FIELD=V1,V2",
-                    help="one axis per field, e.g. top_k=1,2 lr=1e-3,3e-3; every combination is a config")
+                    help="one axis per field, e.g. top_k=1,2 lr=1e-3,3e-3; every combination is a config. Or the name of "
+                         "a declared grid, small or full (moegeo.sensitivity): every claim of the MLP setting's main arms "
+                         "at every grid point, and the sensitivity section of --report")
     ap.add_argument("--executor", default=None, metavar="SPEC",
                     help="where tasks run (default processes:N, one per core); see below")
     ap.add_argument("--chunk", type=int, default=None,
@@ -206,10 +212,14 @@ def sweep_main(argv) -> int:
     ap.add_argument("--no-cache", action="store_true", help="recompute every task and store none")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--csv", help="write every config's tidy frame to this CSV file (column config: the grid name)")
+    ap.add_argument("--report", default="REPORT.md", metavar="PATH",
+                    help="--grid small|full: the report whose sensitivity section is written (default REPORT.md here)")
     args = ap.parse_args(argv)
+    spec = args.executor or sweeps.DEFAULT_EXECUTOR
+    if len(args.grid) == 1 and "=" not in args.grid[0]:
+        return _named_grid(ap, args, spec)
     seeds = _seeds(ap, args)
     cls = LMConfig if args.setting == "lm" else ExperimentConfig
-    spec = args.executor or sweeps.DEFAULT_EXECUTOR
     try:
         sweeps.parse_executor(spec)
         fixed = {k: _field_value(cls, k, v) for k, v in _assignments(args.set, False).items()}
@@ -233,7 +243,7 @@ def sweep_main(argv) -> int:
     except ImportError as err:
         print(f"python -m moegeo sweep: error: {err}", file=sys.stderr)
         return 2
-    print(f"moegeo sweep ({args.setting}): {len(grid)} config(s) x {args.seeds} seed(s), {len(result.tasks)} task(s) on "
+    print(f"moegeo sweep ({args.setting}): {len(grid)} config(s) x {len(seeds)} seed(s), {len(result.tasks)} task(s) on "
           f"{spec}: {len(result.computed)} computed, {len(result.cached)} from the cache "
           f"({time.perf_counter() - t0:.1f} s)")
     table = {}
@@ -250,6 +260,48 @@ def sweep_main(argv) -> int:
     if args.csv:
         result.tidy().to_csv(args.csv, index=False)
         print(f"results frame written to {args.csv}")
+    return 0
+
+
+def _named_grid(ap: argparse.ArgumentParser, args, spec: str) -> int:
+    """``python -m moegeo sweep --grid small|full``: the declared grid of ``moegeo.sensitivity``,
+    its per-point verdict table printed and its section written into ``--report``."""
+    from . import report, sensitivity, sweeps
+
+    try:
+        sweeps.parse_executor(spec)
+        g = sensitivity.grid(args.grid[0])
+    except ValueError as err:
+        ap.error(str(err))
+    fixed = [f"--{name.replace('_', '-')}" for name in ("seeds", "seed_offset", "set", "chunk")
+             if getattr(args, name) not in (None, [])]
+    if fixed or args.setting != "mlp":
+        ap.error(f"--grid {g.name} declares its own configs, seeds and setting; drop {', '.join(fixed) or '--setting'}")
+    n = len(g.configs)
+    print(f"moegeo sweep: grid {g.name} ({g.about}): {n} configs, {len(g.points())} points; {g.budget}", flush=True)
+    try:
+        result = sensitivity.run(g, executor=spec, cache=not args.no_cache, progress=False if args.quiet else None)
+    except ImportError as err:
+        print(f"python -m moegeo sweep: error: {err}", file=sys.stderr)
+        return 2
+    tab = result.table
+    print(f"grid {g.name} on {spec}: {len(result.sweep.computed)} configs trained, {len(result.sweep.cached)} from the "
+          f"cache ({result.seconds:.0f} s). Per point: the claim's primary statistic (median over seeds) and, after it, "
+          "+ where it holds and - where it fails (Holm across the grid per claim; exploratory):")
+    mark = tab.grid_verdict.map(lambda v: "+" if v == "REPLICATED" else "-" if v in sensitivity.FAILS else "")
+    cells = tab.assign(cell=[f"{e:.3g}{m}" for e, m in zip(tab.effect, mark)], point=tab.config + " @" + tab.step.astype(str))
+    wide = cells.pivot(index="point", columns="claim", values="cell").reindex(
+        index=[f"{c} @{s}" for c, s in g.points()], columns=list(dict.fromkeys(tab.claim))).fillna("n/a")
+    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 250):
+        print(wide.T.to_string())
+    for cid, sentence in report.sensitivity_sentences(tab, g).items():
+        print(f"{cid} {sentence}")
+    if args.csv:
+        tab.to_csv(args.csv, index=False)
+        print(f"per-point table written to {args.csv}")
+    command = f"python -m moegeo sweep --grid {g.name} --executor {spec}"
+    path = report.write_sensitivity(args.report, result, command)
+    print(f"sensitivity section (grid {g.name}) written to {path}")
     return 0
 
 

@@ -229,18 +229,21 @@ def render(df: pd.DataFrame, machine: dict, plot: Path | None, plot_text: str, r
     return "\n".join(lines) + "\n"
 
 
-def splice(existing: str, section: str) -> str:
-    """Replace (or append) the marked benchmark section of a report."""
-    if BEGIN in existing and END in existing:
-        head, rest = existing.split(BEGIN, 1)
-        return head + section.rstrip("\n") + rest.split(END, 1)[1]
+def splice(existing: str, section: str, markers: tuple[str, str] = (BEGIN, END)) -> str:
+    """Replace (or append) the section of a report between ``markers`` (default: the benchmark
+    section's), leaving the rest of the report as it is."""
+    begin, end = markers
+    if begin in existing and end in existing:
+        head, rest = existing.split(begin, 1)
+        return head + section.rstrip("\n") + rest.split(end, 1)[1]
     return existing.rstrip("\n") + "\n\n" + section
 
 
-def existing_section(text: str) -> str:
-    """The marked benchmark section of a report, or ''."""
-    if BEGIN in text and END in text:
-        return BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END + "\n"
+def existing_section(text: str, markers: tuple[str, str] = (BEGIN, END)) -> str:
+    """The section of a report between ``markers`` (default: the benchmark section's), or ''."""
+    begin, end = markers
+    if begin in text and end in text:
+        return begin + text.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
     return ""
 
 

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .bench_report import existing_section, write_atomic
+from . import sensitivity
+from .bench_report import BEGIN, END, existing_section, splice, write_atomic
 from .claims import Results, paper_value_in_prediction_interval
 from .claims import geometric_asymmetry, routers_geometry
 from .claims.dual_jacobian_pca import CLAIMS, HOT_TEMPERATURE, UNTESTED
@@ -739,7 +740,211 @@ def write_report(path: Path, frames: dict, verdicts: pd.DataFrame, configs: dict
     stem = "figures" if path.stem == "REPORT" else f"figures-{path.stem}"
     figures = make_figures(frames, path.parent / stem, verdicts)
     text = render(verdicts, configs, wall_time, figures, path, timings, peak_gib, frames)
-    if path.exists():  # keep the benchmark section, which `pytest --benchmark-only` owns
-        section = existing_section(path.read_text())
-        text = text + ("\n" + section if section else "")
+    if path.exists():  # keep the sections that `pytest --benchmark-only` and `python -m moegeo sweep --grid` own
+        old = path.read_text()
+        for markers in (SENSITIVITY_MARKERS, (BEGIN, END)):
+            section = existing_section(old, markers)
+            text = text + ("\n" + section if section else "")
     return write_atomic(path, text)
+
+
+# --------------------------------------------------------------------------- where each claim holds (issue 12)
+SENSITIVITY_MARKERS = ("<!-- sensitivity:begin -->", "<!-- sensitivity:end -->")
+OUTCOME_COLORS = {"holds": "tab:green", "fails": "tab:red", "undecided": "0.85", "not readable": "white"}
+
+
+def _outcome(verdict: str) -> str:
+    """A grid-corrected verdict as the sentence counts it (``moegeo.sensitivity``, rule 3)."""
+    if verdict == "REPLICATED":
+        return "holds"
+    return "fails" if verdict in sensitivity.FAILS else "undecided"
+
+
+def _centre_slice(tab: pd.DataFrame, centre, free: tuple[str, ...]) -> pd.DataFrame:
+    """The rows whose axes other than ``free`` are at the centre's values."""
+    keep = np.ones(len(tab), dtype=bool)
+    for axis in sensitivity.AXES:
+        if axis not in free:
+            keep &= np.isclose(tab[axis].to_numpy(dtype=float), float(getattr(centre, axis)))
+    return tab[keep]
+
+
+def sensitivity_figures(tab: pd.DataFrame, grid, outdir: Path) -> dict[str, Path]:
+    """The overview (every claim's grid-corrected outcome at every point) and, per claim, the heat
+    map of its statistic over E x k at the final step and its statistic against each axis (the
+    other axes at the centre, one line per checkpoint); PNGs in ``outdir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    by_id = {c.id: c for c in sensitivity.IN_GRID}
+    claims = list(dict.fromkeys(tab.claim))
+    points = grid.points()
+    codes = list(OUTCOME_COLORS)
+    out = {}
+
+    mat = np.full((len(claims), len(points)), codes.index("not readable"))
+    for r in tab.itertuples():
+        mat[claims.index(r.claim), points.index((r.config, r.step))] = codes.index(_outcome(r.grid_verdict))
+    fig, ax = plt.subplots(figsize=(1.6 + 0.32 * len(points), 1.2 + 0.28 * len(claims)))
+    ax.imshow(mat, cmap=ListedColormap(list(OUTCOME_COLORS.values())), vmin=0, vmax=len(codes) - 1, aspect="auto")
+    ax.set_xticks(range(len(points)), [f"{c} @{s}" for c, s in points], rotation=90, fontsize=7)
+    ax.set_yticks(range(len(claims)), claims, fontsize=7)
+    ax.set_xticks(np.arange(len(points)) - 0.5, minor=True)
+    ax.set_yticks(np.arange(len(claims)) - 0.5, minor=True)
+    ax.grid(which="minor", color="white", linewidth=0.5)
+    ax.tick_params(which="minor", length=0)
+    for code, color in OUTCOME_COLORS.items():
+        ax.scatter([], [], marker="s", color=color, edgecolor="0.5", label=code)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+    ax.set_title(f"grid {grid.name}: where each claim holds\n(exploratory; Holm across the grid per claim)", fontsize=8)
+    fig.tight_layout()
+    out["overview"] = outdir / f"sensitivity_{grid.name}_overview.png"
+    fig.savefig(out["overview"], dpi=110)
+    plt.close(fig)
+
+    centre = grid.configs["centre"]
+    axes_run = [a for a in sensitivity.AXES if _centre_slice(tab, centre, (a,))[a].nunique() > 1]
+    for cid in claims:
+        c, t = by_id[cid], tab[tab.claim == cid]
+        fig, axs = plt.subplots(1, 1 + len(axes_run), figsize=(3.2 * (1 + len(axes_run)), 3.0))
+        axs = np.atleast_1d(axs)
+        heat = _centre_slice(t, centre, ("n_experts", "top_k"))
+        heat = heat[heat.step == heat.steps]
+        E, k = sorted(set(heat.n_experts)), sorted(set(heat.top_k))
+        val = np.full((len(E), len(k)), np.nan)
+        for r in heat.itertuples():
+            i, j = E.index(r.n_experts), k.index(r.top_k)
+            val[i, j] = r.effect
+            mark = {"holds": "holds", "fails": "fails", "undecided": ""}[_outcome(r.grid_verdict)]
+            axs[0].text(j, i, f"{r.effect:.3g}\n{mark}", ha="center", va="center", fontsize=7)
+        im = axs[0].imshow(val, cmap="viridis", aspect="auto")
+        fig.colorbar(im, ax=axs[0], fraction=0.05)
+        axs[0].set_xticks(range(len(k)), k)
+        axs[0].set_yticks(range(len(E)), E)
+        axs[0].set(xlabel="k", ylabel="E", title=f"{cid} at the final step")
+        for ax, axis in zip(axs[1:], axes_run):
+            line = _centre_slice(t, centre, (axis,))
+            for step, g in line.groupby("step"):
+                g = g.sort_values(axis)
+                err = np.vstack([g.effect - g.ci_low, g.ci_high - g.effect])
+                shown = ax.errorbar(g[axis], g.effect, yerr=err, capsize=2, label=f"step {step}", alpha=0.8)
+                for outcome, marker, face in (("holds", "o", None), ("fails", "x", None), ("undecided", "o", "white")):
+                    pts = g[g.grid_verdict.map(_outcome) == outcome]
+                    ax.scatter(pts[axis], pts.effect, marker=marker, color=shown.lines[0].get_color(), zorder=3,
+                               **({"facecolor": face} if face else {}))
+            bounds = c.bounds if c.kind != "direction" else (0.0,)
+            for b in bounds:
+                ax.axhline(b, color="0.4", linestyle=":", linewidth=0.8)
+            if axis == "lr":
+                ax.set_xscale("log")
+            ticks = sorted(set(line[axis]))
+            ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
+            ax.minorticks_off()
+            ax.set(xlabel=sensitivity.LABELS[axis], title=f"{cid} against {sensitivity.LABELS[axis]}")
+        axs[1 if len(axs) > 1 else 0].legend(fontsize=6, title="filled: holds, x: fails", title_fontsize=6)
+        fig.suptitle(f"{cid} {c.title}: {c.statistic} (median over seeds, exact CI)", fontsize=8)
+        fig.subplots_adjust(left=0.05, right=0.98, bottom=0.17, top=0.8, wspace=0.5)  # tight_layout: 3x slower
+        out[cid] = outdir / f"sensitivity_{grid.name}_{cid}.png"
+        fig.savefig(out[cid], dpi=80)
+        plt.close(fig)
+    return out
+
+
+def _points_text(points: list[tuple[str, int]], grid) -> str:
+    """Points as the sentence names them: a config whose every checkpoint is listed once, else
+    ``config @step``, in the grid's order."""
+    parts = []
+    for name, cfg in grid.configs.items():
+        steps = [s for c, s in points if c == name]
+        if steps and len(steps) == len(cfg.checkpoints()):
+            parts.append(f"`{name}`")
+        parts += [f"`{name}` @{s}" for s in steps if len(steps) != len(cfg.checkpoints())]
+    return ", ".join(parts)
+
+
+def sensitivity_sentences(tab: pd.DataFrame, grid) -> dict[str, str]:
+    """Per claim, the plain sentence "holds for ..., fails for ..." under the grid-corrected
+    verdicts (``moegeo.sensitivity``, rules 2 and 3)."""
+    out = {}
+    n_points = len(grid.points())
+    for cid, w in sensitivity.where(tab).items():
+        holds = f"holds for {_points_text(w['holds'], grid)}" if w["holds"] else "holds at no point"
+        fails = f"fails for {_points_text(w['fails'], grid)}" if w["fails"] else "fails at no point"
+        if len(w["holds"]) == n_points:
+            holds = f"holds at every point ({n_points} of {n_points})"
+        rest = [f"undecided at {len(w['undecided'])}"] if w["undecided"] else []
+        unread = n_points - sum(len(v) for v in w.values())
+        rest += [f"not readable at {unread} (it needs a later checkpoint)"] if unread else []
+        out[cid] = f"{holds}; {fails}" + (f"; {' and '.join(rest)} of the {n_points} points" if rest else "") + "."
+    return out
+
+
+def sensitivity_section(result, command: str, figures: dict[str, Path], report_path: Path) -> str:
+    """The Markdown of the sensitivity section of REPORT.md, between ``SENSITIVITY_MARKERS``,
+    for ``result`` (a ``moegeo.sensitivity.SensitivityResult``) run by ``command``."""
+    g, tab = result.grid, result.table
+    by_id = {c.id: c for c in sensitivity.IN_GRID}
+    rel = lambda p: os.path.relpath(p, report_path.parent)  # noqa: E731
+    others = [sensitivity.grid(name) for name in sensitivity.GRIDS if name != g.name]
+    seeds = sorted({len(cfg.seeds) for cfg in g.configs.values()})
+    per_point = tab.groupby(["config", "step"]).m.max().max()
+    lines = [SENSITIVITY_MARKERS[0], f"## Where each claim holds (sensitivity maps, grid `{g.name}`; exploratory)", "",
+             f"Generated by `{command}`; do not edit by hand. Date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} "
+             f"UTC, git revision {_git_revision()}, CPU {_cpu()}.", "",
+             f"**This section is from grid `{g.name}`**: {g.about}. It {g.budget}. {len(g.configs)} configs x their "
+             f"checkpoints = {len(g.points())} points; this run took {result.seconds:.0f} s "
+             f"({len(result.sweep.computed)} configs trained, {len(result.sweep.cached)} read from the cache)."]
+    lines += [f"The other declared grid, `{o.name}` (`--grid {o.name}`): {o.about}; it {o.budget}." for o in others]
+    lines += ["", "**Exploratory, and how it is corrected** (the rule of `moegeo.sensitivity`, declared before any grid ran). "
+              "At each point (a config at one of its probe checkpoints, the run read as if it had stopped there) each claim "
+              "is tested at its primary reading with its own statistic and test, and its per-point verdict follows the main "
+              f"run's rule: Holm at alpha = 0.05 over both one-sided p-values of its paper's primary family restricted to "
+              f"the claims in the grid (at most m = {per_point} distinct tests per point). The sentences below use a second "
+              "correction, **per claim across the grid**: Holm at alpha = 0.05 over both one-sided p-values of the claim's "
+              "distinct tests at every point (m per claim in the table; identical observations, e.g. the dense arm at step 0 "
+              "across k and T, count once). This bounds, for each claim, the chance of any false or wrong-direction call on "
+              "its map; it does not correct across claims, so the maps are exploratory and not a verdict. \"Holds\" is a "
+              "grid-corrected REPLICATED; \"fails\" a grid-corrected CONTRADICTED, DIFFERENT SIZE or NEGLIGIBLE; anything "
+              f"else is undecided. Seeds per config: {', '.join(map(str, seeds))} (at least "
+              f"{sensitivity.min_seeds(max(per_point, len(g.points())))}, the fewest whose unanimous sweep can pass the first "
+              "Holm step of the larger family).", "",
+              "Every arm trains with the point's config. The dense arm (expert width) is bit-identical across E, k and T "
+              "(its own initialisation, no router); the parameter-matched dense arm follows E (width E x d_hidden) but not k "
+              "or T; lr and d_hidden apply to every arm.", "",
+              f"![where each claim holds on grid {g.name}]({rel(figures['overview'])})", "",
+              "| claim | statistic (primary reading) | holds at | fails at | undecided | grid m | "
+              "statistic (median over seeds), lowest to highest on the grid |", "|---|---|---|---|---|---|---|"]
+    where = sensitivity.where(tab)
+    for cid, w in where.items():
+        t, statistic = tab[tab.claim == cid], by_id[cid].statistic.replace("|", "\\|")  # a table cell
+        lines.append(f"| {cid} {by_id[cid].title} | {statistic} | {len(w['holds'])} | {len(w['fails'])} | "
+                     f"{len(w['undecided'])} | {int(t.grid_m.iloc[0])} | {_fmt(t.effect.min())} to {_fmt(t.effect.max())} |")
+    lines += ["", "### Per claim", ""]
+    for cid, sentence in sensitivity_sentences(tab, g).items():
+        lines += [f"- **{cid} {by_id[cid].title}** {sentence} ![{cid} over the grid]({rel(figures[cid])})"]
+    not_in = {}
+    for cid, why in sensitivity.NOT_IN_GRID.items():
+        not_in.setdefault(why, []).append(cid)
+    lines += ["", "**Not in the grid** (they need runs outside it): "
+              + "; ".join(f"{', '.join(ids)} ({why})" for why, ids in not_in.items()) + ".", "",
+              f"Every point's numbers: `{rel(figures['table'])}` (one row per point and claim: axes, effect with its exact "
+              "CI, p-values, per-point and grid-corrected verdicts).", SENSITIVITY_MARKERS[1]]
+    return "\n".join(lines) + "\n"
+
+
+def write_sensitivity(path: Path, result, command: str) -> Path:
+    """Figures and the per-point table into ``<report dir>/figures/``, then the sensitivity section
+    spliced into the report at ``path`` between ``SENSITIVITY_MARKERS`` (appended if absent);
+    the rest of the report is left as it is."""
+    path = Path(path)
+    outdir = path.parent / ("figures" if path.stem == "REPORT" else f"figures-{path.stem}")
+    figures = sensitivity_figures(result.table, result.grid, outdir)
+    figures["table"] = outdir / f"sensitivity_{result.grid.name}.csv"
+    result.table.drop(columns=["message", "grid_message"]).to_csv(figures["table"], index=False)
+    section = sensitivity_section(result, command, figures, path)
+    old = path.read_text() if path.exists() else "# moegeo report\n"
+    return write_atomic(path, splice(old, section, SENSITIVITY_MARKERS))

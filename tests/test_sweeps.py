@@ -144,13 +144,6 @@ def test_a_process_pool_equals_the_serial_run_bit_for_bit(serial_chunked):
     assert_same_frames(again, serial_chunked)
 
 
-@pytest.fixture(scope="module")
-def dask_cluster():
-    distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        yield cluster
-
-
 def test_a_dask_cluster_equals_the_serial_run_bit_for_bit(dask_cluster, serial_chunked):
     """A real Dask scheduler with 2 worker processes, reached by its address as a user would."""
     import distributed

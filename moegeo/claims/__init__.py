@@ -240,9 +240,18 @@ def evaluate(results: Results, claims, alpha: float = stats.ALPHA) -> pd.DataFra
         if given and given != set(registered):
             raise ValueError(f"paper {paper!r} must be evaluated whole (its Holm family is all its claims); "
                              f"missing {sorted(set(registered) - given)}")
+    return decide_families(tested(results, claims), claims, alpha)
+
+
+def tested(results: Results, claims, primary_only: bool = False) -> pd.DataFrame:
+    """Every reading of every claim tested, before any correction: ``evaluate``'s rows without
+    ``p_adj``, ``p_opposite_adj``, ``m``, ``verdict`` and ``message`` (``decide_families`` adds
+    them). ``primary_only``: only each claim's primary reading (a claim with no reading here,
+    e.g. one that needs a later checkpoint than the run has, gives no row)."""
     rows = []
     for c in claims:
-        for i, r in enumerate(c.readings(results)):
+        readings = c.readings(results)
+        for i, r in enumerate(readings[:1] if primary_only else readings):
             obs = [c.observe(c.results_for(results, part), part) for part in c.parts(r)]
             xs = [o.x.to_numpy(dtype=float) for o in obs]
             t = stats.intersection_union([c.test(x) for x in xs])
@@ -259,7 +268,17 @@ def evaluate(results: Results, claims, alpha: float = stats.ALPHA) -> pd.DataFra
                 ci_high=t.ci.high, ci_coverage=t.ci.coverage, pi_low=pi.low, pi_high=pi.high,
                 pi_coverage=pi.coverage, p=t.pvalue, p_opposite=t.pvalue_opposite, condition_met=ok,
                 condition=cond_text, key=key, medians=medians))
-    out = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+def decide_families(rows: pd.DataFrame, claims, alpha: float = stats.ALPHA) -> pd.DataFrame:
+    """The decision rule on tested rows (``tested``): within each ``family``, Holm over both
+    one-sided p-values of its distinct hypotheses (rows with the same ``key`` are one, counted
+    once), then each row's verdict (``moegeo.stats.decide``) and message. Returns a copy with
+    ``p_adj``, ``p_opposite_adj``, ``m`` (distinct hypotheses of the family), ``verdict`` and
+    ``message``. Whatever grouping the ``family`` column holds is the family: ``evaluate``'s per
+    paper, or ``moegeo.sensitivity``'s per claim across a grid."""
+    out = rows.copy()
     out["p_adj"], out["p_opposite_adj"], out["m"] = np.nan, np.nan, 0
     for fam, g in out.groupby("family"):
         both = stats.holm_unique(np.concatenate([g.p, g.p_opposite]),

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
-from ..config import DENSE_ARM, DenseWidth
+from ..config import DENSE_ARM, DenseWidth, ExperimentConfig
 from ..experiment import reading
 from ..probes import cosine_null
 from .. import stats
@@ -50,6 +50,15 @@ PAPER = "dual_jacobian_pca"
 #: paper's smallest effect under the worst case of this paper's primary Holm family
 #: (moegeo.stats.power; tests/test_stats.py::test_power_*).
 SEEDS = 24
+
+
+def main_config(n_seeds: int = SEEDS, offset: int = 0, **changes) -> ExperimentConfig:
+    """The MLP setting's main arms as the claims read them (``pytest claims/``'s ``main`` config,
+    ``moegeo.sensitivity``'s grid centre): the paper's defaults (``ExperimentConfig``) on seeds
+    ``offset`` ... ``offset + n_seeds - 1``, with ``changes`` (e.g. ``steps=500``)."""
+    return ExperimentConfig(seeds=tuple(range(offset, offset + n_seeds)), **changes)
+
+
 #: the language model's seed count: what the 30-minute budget of the default run allows
 #: (moegeo.config.LMConfig). It lets the exact tests reach significance under this paper's
 #: primary Holm family (25 claims, 2 x 25 one-sided tests: 2^-12 = 0.00024 <= 0.05 / 50, which
