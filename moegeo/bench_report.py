@@ -151,6 +151,10 @@ def targets(df: pd.DataFrame) -> list[str]:
         exact = s[s.method.str.startswith("closed_form")]["median"].min()
         free = s[s.method.str.startswith("matrix_free")].sort_values("median").iloc[0]
         add(f"d = 1024: best matrix-free ({free.method}) vs best exact (goal >= 50x)", exact / free["median"], 50)
+    topk, soft = med("one training step, main arms", "topk"), med("one training step, main arms", "soft")
+    if topk == topk and soft == soft:
+        rows.append(f"| one Top-k training step of the MLP setting (main arms, seeds batched): {topk * 1e3:.1f} ms vs the soft step "
+                    f"{soft * 1e3:.1f} ms (goal <= 0.5x) | {topk / soft:.2f}x | {'yes' if topk / soft <= 0.5 else 'no'} |")
     sw = df[df.group == "claims sweep"]
     rate = sgemm_rate(df)
     if len(sw) and rate == rate:
