@@ -8,6 +8,7 @@ from moegeo import lm
 from moegeo.claims.dual_jacobian_pca import LM_SEEDS
 from moegeo.config import Arm, LMConfig
 from moegeo.experiment import _keep_freed_memory
+from moegeo.model import adam
 from moegeo.wikitext import batches, load_wikitext
 
 CFG = LMConfig(seeds=tuple(range(LM_SEEDS)))  # the claims' LM configuration
@@ -36,7 +37,7 @@ def corpus():
 def test_lm_train_step(benchmark, arm, corpus):
     _keep_freed_memory()
     model = lm.TransformerLM(arm, CFG)
-    opt = torch.optim.Adam(model.parameters(), lr=CFG.lr)
+    opt = adam(model.parameters(), CFG.lr)  # the training runs' optimizer
     gens = [torch.Generator().manual_seed(s) for s in CFG.seeds]
     xs, ys = zip(*(batches(corpus.train, CFG.context, CFG.batch_size, g) for g in gens))
     x, y = torch.stack(xs), torch.stack(ys)

@@ -12,7 +12,7 @@ import torch
 from moegeo import ExperimentConfig, experiment
 from moegeo.config import Arm
 from moegeo.claims.dual_jacobian_pca import SEEDS
-from moegeo.model import make_data
+from moegeo.model import adam, make_data
 
 CFG = ExperimentConfig(seeds=tuple(range(SEEDS)))  # the claims' main configuration
 SGEMM_N = 2048
@@ -53,7 +53,7 @@ def test_train_step_20_seeds(benchmark, arm, data):
     x, y = data
     experiment._keep_freed_memory()
     model = experiment.build_model(arm, CFG)
-    opt = torch.optim.Adam(model.parameters(), lr=CFG.lr)
+    opt = adam(model.parameters(), CFG.lr)  # the training runs' optimizer
 
     def step():
         loss = ((model(x) - y) ** 2).mean(dim=(1, 2)).sum()

@@ -162,6 +162,10 @@ def targets(df: pd.DataFrame) -> list[str]:
                         f"GB/s) = {_t(its * t1)}, so at most {exact / (its * t1):.1f}x over the best exact method on "
                         f"this machine at this iteration count | {exact / (its * t1):.1f}x possible | "
                         f"{'yes' if exact / (its * t1) >= 50 else 'no: memory-bound'} |")
+    topk, soft = med("one training step, main arms", "topk"), med("one training step, main arms", "soft")
+    if topk == topk and soft == soft:
+        rows.append(f"| one Top-k training step of the MLP setting (main arms, seeds batched): {topk * 1e3:.1f} ms vs the soft step "
+                    f"{soft * 1e3:.1f} ms (goal <= 0.5x) | {topk / soft:.2f}x | {'yes' if topk / soft <= 0.5 else 'no'} |")
     sw = df[df.group == "claims sweep"]
     rate = sgemm_rate(df)
     if len(sw) and rate == rate:

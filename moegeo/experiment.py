@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from . import grassmann, probes
 from .cache import cached
 from .config import Arm, ExperimentConfig, JacobianSite, LMConfig, Norm, PCASite, RunConfig
-from .model import MoENet, build_arm, make_data
+from .model import MoENet, adam, build_arm, make_data
 
 #: PCA thresholds of the paper: k@0.9 and cum-var@10 (A.4, B.5).
 PCA_TAU, PCA_K = 0.9, 10
@@ -88,7 +88,7 @@ def train_arm(arm: Arm, cfg: ExperimentConfig, x: torch.Tensor, y: torch.Tensor,
     """
     torch.manual_seed(0)  # nothing random should draw from the global generator; pin it anyway
     model = build_model(arm, cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = adam(model.parameters(), cfg.lr)
     rows, checkpoints = [], set(cfg.checkpoints())
     bar = tqdm(range(cfg.steps + 1), desc=f"train {arm.value}", disable=_quiet(progress), leave=False)
     for step in bar:

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from .config import Arm, LMConfig
-from .model import MLPMoE, ffn_layer, seed_generator
-from .probes import layer_norm
+from .model import MLPMoE, adam, ffn_layer, seed_generator
+from .probes import LN_EPS
 
 
 class TransformerLM(nn.Module):
@@ -50,7 +50,10 @@ class TransformerLM(nn.Module):
         return self.wte.shape[0]
 
     def _ln(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        return layer_norm(x, self.ln_w[i][:, None, None], self.ln_b[i][:, None, None])
+        """LayerNorm ``i`` with per-seed affine parameters: ``moegeo.probes.layer_norm``'s formula,
+        normalised by torch's fused kernel (one pass) and scaled in one ``addcmul``."""
+        xn = torch.nn.functional.layer_norm(x, x.shape[-1:], eps=LN_EPS)
+        return torch.addcmul(self.ln_b[i][:, None, None], xn, self.ln_w[i][:, None, None])
 
     def _attention(self, l: int, x: torch.Tensor) -> torch.Tensor:
         S, B, T, d = x.shape
@@ -66,7 +69,8 @@ class TransformerLM(nn.Module):
             raise ValueError(f"idx must have shape (S={self.n_seeds}, B, T <= {self.cfg.context}), got {tuple(idx.shape)}")
         if idx.min() < 0 or idx.max() >= self.cfg.vocab_size:
             raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size}), got [{int(idx.min())}, {int(idx.max())}]")
-        x = torch.stack([self.wte[s][idx[s]] for s in range(S)]) + self.wpe[:, None, :T]
+        vocab = self.cfg.vocab_size * torch.arange(S)[:, None, None]  # one gather from all seeds' embeddings
+        x = self.wte.flatten(0, 1)[idx + vocab] + self.wpe[:, None, :T]
         ffn_inputs = []
         for l, ffn in enumerate(self.ffn):
             x = x + self._attention(l, self._ln(2 * l, x))
@@ -113,7 +117,7 @@ def train(model: TransformerLM, train_ids: torch.Tensor, steps: int, batch_size:
 
     seeds, record_at = model.seeds, set(record_at)
     gens = [seed_generator(s, "lm/data") for s in seeds]
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = adam(model.parameters(), lr)
     history = []
     for step in tqdm(range(steps + 1), desc=f"train lm {model.arm.value}", disable=None if progress is None else not progress,
                      leave=False):

@@ -56,6 +56,15 @@ def test_flop_floor_uses_the_fastest_sgemm_round_and_states_the_rate(tmp_path):
     assert "| 2.5x of floor at 100 GFLOP/s | yes |" in text
 
 
+def test_topk_training_step_is_reported_against_half_the_soft_step(tmp_path):
+    results, report = tmp_path / "r.json", tmp_path / "REPORT.md"
+    group = "one training step, main arms"
+    results.write_text(json.dumps(dict(machine_info={}, benchmarks=[
+        _bench(group, "topk", 0.06, flops=1e9), _bench(group, "soft", 0.15, flops=2e9)])))
+    bench_report.update_report(results, report)
+    assert "60.0 ms vs the soft step 150.0 ms (goal <= 0.5x) | 0.40x | yes |" in report.read_text()
+
+
 def test_growth_plot_recovers_a_planted_power_law(tmp_path):
     # t = c * size^1.5 along every axis: the fitted exponent is 1.5 to rounding
     base = dict(N=512, E=8, d=64)

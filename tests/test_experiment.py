@@ -45,6 +45,19 @@ def test_same_seed_gives_bit_identical_results():
     pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
+@pytest.mark.parametrize("arm", [Arm.TOPK, Arm.SOFT, Arm.TOPK_LOSS_FREE, Arm.KMEANS])
+def test_seed_batched_training_is_bit_reproducible(arm):
+    """Two identical seed-batched training runs end with the same bits in every parameter and
+    router buffer (stable sorts and serial scatters only in the Top-k dispatch)."""
+    cfg = dataclasses.replace(TINY, seeds=(0, 1, 2), steps=10)
+    x, y = (torch.stack(t) for t in zip(*(make_data(s, cfg.n_samples, cfg.d_model) for s in cfg.seeds)))
+    runs = [experiment.train_arm(arm, cfg, x, y, progress=False)[0] for _ in range(2)]
+    a, b = (m.state_dict() for m in runs)  # parameters and router buffers (biases, centroids)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
 def test_a_seed_does_not_depend_on_the_other_seeds_in_the_sweep():
     both = experiment.run(TINY, cache=False, progress=False)
     alone = experiment.run(dataclasses.replace(TINY, seeds=(1,)), cache=False, progress=False)
@@ -154,18 +167,29 @@ def test_cli_prints_all_arms(capsys):
         assert r in out
 
 
-def test_sparse_topk_dispatch_equals_the_dense_compute_reference():
-    """Top-k computes each expert only on its routed tokens; output and every gradient equal the
-    dense-compute reference (every expert on every token, gated) at float64."""
-    layer = MLPMoE(6, 5, 7, "topk", top_k=2, seeds=(0, 1, 2), dtype=torch.float64)
-    x = torch.randn(3, 40, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+@pytest.mark.parametrize("router", ["learned", "aux_loss", "loss_free", "kmeans"])
+def test_sparse_topk_dispatch_equals_the_dense_compute_reference(router):
+    """Top-k computes each expert only on its routed tokens, packed per bucket of groups
+    (``MLPMoE.dispatch``); output and the gradient of every parameter (experts and router) equal
+    the dense-compute reference (every expert on every token, gated) at float64, under every
+    router (selection biases and centroids drawn at random so they change the selection)."""
+    layer = MLPMoE(6, 5, 7, "topk", top_k=2, seeds=(0, 1, 2), dtype=torch.float64, router=router).eval()
+    g = torch.Generator().manual_seed(2)
+    if layer.bias is not None:
+        layer.bias = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    if layer.centroids is not None:
+        layer.centroids = torch.randn(3, 6, 5, generator=g, dtype=torch.float64)
+    x = torch.randn(3, 40, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64, requires_grad=True)
     y = torch.randn(3, 40, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    names = [n for n, _ in layer.named_parameters()]
+    assert {"W1", "b1", "W2", "b2"} <= set(names) and (router == "kmeans") == ("Wr" not in names)
     grads = []
     for forward in (layer, lambda v: layer.mix(v, layer.gates(v))):
         layer.zero_grad()
+        x.grad = None
         out = forward(x)
-        ((out - y) ** 2).sum().backward()
-        grads.append([out.detach()] + [p.grad.clone() for p in layer.parameters()])
+        ((out - y) ** 3).sum().backward()
+        grads.append([out.detach(), x.grad.clone()] + [p.grad.clone() for p in layer.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
