@@ -17,7 +17,6 @@ from .config import AUX_COEF, BIAS_RATE, CENTROID_EMA, Arm, Router
 from .probes import gelu, layer_norm
 
 ROUTINGS = ("topk", "soft", "dense")
-DISPATCH_BUCKETS = 4  # Top-k dispatch: groups of tokens padded per bucket of similar sizes (MLPMoE.dispatch)
 
 
 def seed_generator(seed: int, stream: str) -> torch.Generator:
@@ -258,40 +257,24 @@ class MLPMoE(nn.Module):
         """sum over the k selected experts of w_j f_{idx_j}(x), computing each expert only on its
         routed tokens: ``w, idx: (S, N, k)``.
 
-        Each (seed, expert) pair is a group of the tokens routed to it. Groups are ordered by
-        their token count and split into DISPATCH_BUCKETS buckets of consecutive groups; a
-        bucket's groups are packed into one ``(groups, C, d)`` batch padded to its busiest
-        group's count C and run as two batched matrix products. Padding to the busiest group of
-        the whole layer instead would compute 2-2.5x the routed rows on the language model
-        (its routing is uneven); per bucket it is about 1.3x. Padding rows are never read back,
-        so they get no gradient; the result equals ``mix`` up to the order of floating-point
-        sums (tested at float64, outputs and every gradient). Deterministic: stable sorts and
-        serial scatters only, so seed-batched training is bit-reproducible on the CPU.
+        Tokens are sorted by (seed, expert) group and packed into a ``(S E, C, d)`` batch padded
+        to the busiest group's count C, so the experts run as two batched matrix products of
+        C rows instead of N. Padding rows are never read back, so they get no gradient; the
+        result equals ``mix`` up to the order of floating-point sums (tested at float64).
         """
         S, N, d = x.shape
-        G, k = S * self.W1.shape[1], idx.shape[-1]
-        group = (idx + self.W1.shape[1] * torch.arange(S)[:, None, None]).reshape(-1)  # (S N k) slots
-        counts = torch.bincount(group, minlength=G)
-        by_size = torch.argsort(counts, stable=True)  # groups, fewest tokens first
-        rank = torch.empty_like(by_size).scatter_(0, by_size, torch.arange(G))
-        order = torch.argsort(rank[group], stable=True)  # slots grouped, groups by size
-        slot_rank, token, weight = rank[group][order], order // k, w.reshape(-1)[order]
-        size = counts[by_size]
-        bounds = [0] + [int(b[-1]) + 1 for b in torch.arange(G).tensor_split(DISPATCH_BUCKETS) if len(b)]
-        capacity = torch.cat([size[hi - 1].expand(hi - lo) for lo, hi in zip(bounds, bounds[1:])])
-        start = torch.cumsum(capacity, 0) - capacity  # each group's first row in the packed buffer
-        row = start[slot_rank] + torch.arange(len(order)) - (torch.cumsum(size, 0) - size)[slot_rank]
-        packed = x.new_zeros(int(capacity.sum()), d).index_put((row,), x.reshape(S * N, d)[token])
-        W1, b1 = self.W1.flatten(0, 1)[by_size], self.b1.flatten(0, 1)[by_size]
-        W2, b2 = self.W2.flatten(0, 1)[by_size], self.b2.flatten(0, 1)[by_size]
-        y = []
-        for lo, hi in zip(bounds, bounds[1:]):
-            C = int(size[hi - 1])
-            block = packed[int(start[lo]):int(start[lo]) + (hi - lo) * C].view(hi - lo, C, d)
-            hidden = gelu(torch.baddbmm(b1[lo:hi, None], block, W1[lo:hi].transpose(1, 2)))
-            y.append(torch.baddbmm(b2[lo:hi, None], hidden, W2[lo:hi].transpose(1, 2)).reshape(-1, d))
-        y = torch.cat(y)[row] * weight[:, None]
-        return x.new_zeros(S * N, d).index_add(0, token, y).reshape(S, N, d)
+        E, k = self.W1.shape[1], idx.shape[-1]
+        group = (idx + E * torch.arange(S)[:, None, None]).reshape(-1)
+        token = torch.arange(S * N).repeat_interleave(k)
+        order = torch.argsort(group, stable=True)
+        group, token, weight = group[order], token[order], w.reshape(-1)[order]
+        counts = torch.bincount(group, minlength=S * E)
+        pos = torch.arange(len(group)) - (torch.cumsum(counts, 0) - counts)[group]
+        packed = x.new_zeros(S * E, int(counts.max()), d).index_put((group, pos), x.reshape(S * N, d)[token])
+        W1, W2 = self.W1.reshape(S * E, -1, d), self.W2.reshape(S * E, d, -1)
+        hidden = gelu(torch.baddbmm(self.b1.reshape(S * E, 1, -1), packed, W1.transpose(1, 2)))
+        y = torch.baddbmm(self.b2.reshape(S * E, 1, d), hidden, W2.transpose(1, 2))
+        return x.new_zeros(S * N, d).index_add(0, token, y[group, pos] * weight[:, None]).reshape(S, N, d)
 
     def params(self, seed_index: int = 0, dtype=torch.float64) -> ExpertParams:
         """Detached tensors of one seed, as the probes take them."""
