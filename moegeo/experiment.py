@@ -31,6 +31,11 @@ ENERGY_K, ENERGY_TAU = 10, 0.9
 #: the expert subspace of the Grassmann probes: the top 10 principal directions, the dual paper's
 #: own count of leading directions (cum-var@10, B.5); each expert's k@0.9 is the other reading.
 SUBSPACE_R = PCA_K
+#: an expert whose r-th PCA eigenvalue is below this fraction of its first has routed points
+#: spanning fewer than r dimensions (rounding-level eigenvalues, 1e-16 in float64, far below
+#: any real variance ratio): its top-r subspace is not defined (the directions beyond its rank
+#: are arbitrary) and it is left out of the ``subspace=r10`` rows (a warning says so)
+SUBSPACE_RANK_TOL = 1e-9
 #: PCA sites whose coordinates all experts share (a subspace of the layer's input or output
 #: space); the hidden sites are each expert's own coordinates, where angles mean nothing.
 SUBSPACE_SITES = (PCASite.INPUT, PCASite.OUTPUT)
@@ -326,23 +331,34 @@ def subspace_rows(rows: Rows, pca: probes.PCAResult, site: PCASite, experts: lis
     (``index`` the partner): ``geodesic``, ``chordal``, ``overlap`` and the same quantities'
     means for independent uniformly random subspaces of the pair's dimensions
     (``geodesic_null`` ...; ``moegeo.grassmann.null_means``); for ``r10`` at the input site
-    also the principal angles, one metric ``angle@i`` per i.
+    also the principal angles, one metric ``angle@i`` per i. An expert whose routed points span
+    fewer than ``SUBSPACE_R`` dimensions has no top-r subspace (``SUBSPACE_RANK_TOL``) and is left
+    out of the ``r10`` rows; its ``k90`` subspace lies within its span and stays.
     """
     D = pca.components.shape[-1]
     ks = pca.k_at(PCA_TAU).tolist()
-    for name, bases in ((f"r{SUBSPACE_R}", pca.subspace(min(SUBSPACE_R, D))),
-                        ("k90", [pca.components[i, :, :k] for i, k in enumerate(ks)])):
+    R = min(SUBSPACE_R, D)
+    lam = pca.eigenvalues.clamp_min(0)
+    spans = (lam[:, R - 1] > SUBSPACE_RANK_TOL * lam[:, 0]).tolist()  # routed points span >= R dimensions
+    if not all(spans):
+        warnings.warn(f"{reading(pca_site=site, subspace=f'r{SUBSPACE_R}')}: the routed points of expert(s) "
+                      f"{[e for e, ok in zip(experts, spans) if not ok]} span fewer than {R} dimensions; their top-{R} "
+                      "subspace is not defined and they are left out of its rows")
+    full = [i for i, ok in enumerate(spans) if ok]
+    for name, bases, ids in ((f"r{SUBSPACE_R}", pca.subspace(R)[full], [experts[i] for i in full]),
+                             ("k90", [pca.components[i, :, :k] for i, k in enumerate(ks)], experts)):
+        if len(ids) < 2:
+            continue
         r = reading(pca_site=site, subspace=name)
         geo = grassmann.pairwise(bases)
         dims = [b.shape[-1] for b in bases]
         null = {(a, b): grassmann.null_means(D, min(a, b), max(a, b)) for a in set(dims) for b in set(dims)}
         for stat in grassmann.STATISTICS:
-            rows.add(stat, r, getattr(geo, stat), experts, index=experts)
-            rows.add(f"{stat}_null", r, torch.tensor([[null[a, b][stat] for b in dims] for a in dims]), experts,
-                     index=experts)
+            rows.add(stat, r, getattr(geo, stat), ids, index=ids)
+            rows.add(f"{stat}_null", r, torch.tensor([[null[a, b][stat] for b in dims] for a in dims]), ids, index=ids)
         if name != "k90" and site == PCASite.INPUT:
             for i in range(geo.angles.shape[-1]):
-                rows.add(f"angle@{i + 1}", r, geo.angles[..., i], experts, index=experts)
+                rows.add(f"angle@{i + 1}", r, geo.angles[..., i], ids, index=ids)
 
 
 # --------------------------------------------------------------------------- the whole run

@@ -348,3 +348,28 @@ def test_subspace_rows_find_a_planted_shared_subspace_and_chance_for_isotropic_i
     assert chance[r, "overlap"] < 0.5 < planted[r, "overlap"]  # G2d's "distinct" tells the two apart
     assert {"angle@1", "angle@10"} <= set(planted.loc[r].index)
     assert (planted.loc["pca_site=input;subspace=k90"].index.str.startswith("angle@")).sum() == 0
+
+
+def test_an_expert_whose_points_span_fewer_than_r_dimensions_has_no_r10_subspace():
+    """Expert 3 gets 6 routed points in D = 32: its covariance has rank <= 5, so directions 6-10
+    of a 'top-10 subspace' are arbitrary (set by rounding). It is left out of the r10 rows, with a
+    warning, and kept in the k90 rows (its k@0.9 directions lie within its span)."""
+    from moegeo.config import PCASite
+    from moegeo.experiment import Rows, subspace_rows
+
+    D, N, E = 32, 400, 4
+    g_ = torch.Generator().manual_seed(1)
+    h = torch.randn(N, D, generator=g_, dtype=torch.float64)
+    g = torch.zeros(N, E, dtype=torch.float64)
+    g[torch.arange(N), torch.arange(N) % 3] = 1.0
+    g[:6] = 0.0
+    g[:6, 3] = 1.0
+    rows = Rows(0, "topk", 0, 1)
+    with pytest.warns(UserWarning, match=r"expert\(s\) \[3\] span fewer than 10 dimensions"):
+        subspace_rows(rows, probes.weighted_pca(h, g.T, vectors=True), PCASite.INPUT, list(range(E)))
+    import pandas as pd
+    df = pd.DataFrame(rows)
+    r10, k90 = (df[df.reading == f"pca_site=input;subspace={s}"] for s in ("r10", "k90"))
+    assert set(r10.expert) == set(r10["index"]) == {0, 1, 2}
+    assert set(k90.expert) == set(k90["index"]) == {0, 1, 2, 3}
+    assert {"angle@1", "geodesic_null"} <= set(r10.metric)
