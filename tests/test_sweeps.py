@@ -190,19 +190,23 @@ def test_a_chunked_config_agrees_with_its_unchunked_run_to_rounding(serial_chunk
 
 
 # --------------------------------------------------------------------------- resuming
-class FailsOnSecond(sweeps.SerialExecutor):
-    """Serial, but the second task submitted dies (a worker lost midway)."""
+class LosesOneTask:
+    """Executor mixin: the ``lost``-th task submitted dies at once (a worker lost midway)."""
 
-    def __init__(self):
-        self.calls = 0
+    lost = 2
+    calls = 0
 
     def submit(self, fn, /, *args, **kwargs):
         self.calls += 1
-        if self.calls == 2:
+        if self.calls == self.lost:
             future = concurrent.futures.Future()
             future.set_exception(RuntimeError("worker lost"))
             return future
         return super().submit(fn, *args, **kwargs)
+
+
+class FailsOnSecond(LosesOneTask, sweeps.SerialExecutor):
+    """Serial, but the second task submitted dies."""
 
 
 def test_a_failed_sweep_keeps_its_finished_tasks():
@@ -214,20 +218,13 @@ def test_a_failed_sweep_keeps_its_finished_tasks():
     assert [t.key for t in res.cached] == keys[:1] and [t.key for t in res.computed] == keys[1:]
 
 
-class FailsFirstOnThreads(concurrent.futures.ThreadPoolExecutor):
+class FailsFirstOnThreads(LosesOneTask, concurrent.futures.ThreadPoolExecutor):
     """Two threads; the first submitted task fails at once while the next one is running."""
+
+    lost = 1
 
     def __init__(self):
         super().__init__(2)
-        self.calls = 0
-
-    def submit(self, fn, /, *args, **kwargs):
-        self.calls += 1
-        if self.calls == 1:
-            future = concurrent.futures.Future()
-            future.set_exception(RuntimeError("worker lost"))
-            return future
-        return super().submit(fn, *args, **kwargs)
 
 
 def test_a_failed_task_lets_the_running_ones_finish_and_be_stored():
