@@ -3,6 +3,7 @@ tiny grid, the rule corrected across the grid on planted data (found where plant
 elsewhere; the rate of any false "holds" under a global null at most alpha), the report section,
 the CLI, and a Dask LocalCluster giving the serial run's verdicts."""
 import dataclasses
+import math
 
 import numpy as np
 import pandas as pd
@@ -36,7 +37,7 @@ def serial_run():
 
 
 # --------------------------------------------------------------------------- the declared grids
-@pytest.mark.parametrize("name, configs, points, seeds, steps", [("small", 9, 18, 10, 500), ("full", 15, 45, 24, 1000)])
+@pytest.mark.parametrize("name, configs, points, seeds, steps", [("small", 9, 18, 12, 500), ("full", 15, 45, 24, 1000)])
 def test_declared_grids_are_built_from_the_claims_main_config(name, configs, points, seeds, steps):
     g = sensitivity.grid(name)
     assert (len(g.configs), len(g.points()), g.name) == (configs, points, name)
@@ -62,9 +63,12 @@ def test_small_grid_has_the_e_by_k_factorial_for_the_heat_map():
 
 
 @given(st.integers(1, 5000))
-def test_min_seeds_is_the_fewest_that_can_pass_the_first_holm_step(m):
+def test_min_seeds_is_the_fewest_that_can_pass_the_first_holm_step_on_both_sides(m):
     n = sensitivity.min_seeds(m)
-    assert stats.min_p(n) <= stats.ALPHA / (2 * m) < stats.min_p(n - 1)
+    # the binding claims are the two-part interval claims (C2, C8d): 4 x 2^-n on the opposite side
+    assert max(c.smallest_p(n)[1] for c in sensitivity.IN_GRID) == 4 * stats.min_p(n)
+    assert 4 * stats.min_p(n) <= stats.ALPHA / (2 * m) < 4 * stats.min_p(n - 1)
+    assert sensitivity.min_seeds(m, [PLANTED]) == math.ceil(math.log2(2 * m / stats.ALPHA))  # one-part direction
 
 
 def test_claims_in_and_outside_the_grid_partition_the_three_papers():
@@ -149,6 +153,28 @@ def test_a_planted_effect_is_found_where_planted_and_nowhere_else(plan):
     assert w["holds"] == [(f"g{i}", 10) for i, p in enumerate(plan) if p == "up"]
     assert w["fails"] == [(f"g{i}", 10) for i, p in enumerate(plan) if p == "down"]
     assert w["undecided"] == [(f"g{i}", 10) for i, p in enumerate(plan) if p == "null"]
+
+
+#: a joint interval claim (the binding kind: C2, C8d): median inside (1, 2) for both parts at once
+PLANTED_JOINT = Claim("Q", "planted joint", "planted", "test", "planted x", "equivalence", "inside", {"part": [("a", "b")]},
+                      "test", lambda R, r: single(R.per_seed("topk", f"x{r['part']}", ""), "x"), paper="planted",
+                      steps=False, interval=(1.0, 2.0))
+
+
+@pytest.mark.parametrize("points", [1, 18])
+def test_a_planted_failure_of_a_joint_interval_claim_is_found_with_min_seeds_and_not_with_one_fewer(points):
+    """Rule 4 on the binding kind of claim: every point unanimously outside the interval in one
+    part. With ``min_seeds`` seeds every point fails; with one seed fewer none can (the rule's
+    reason to exist: the first rule, counting only the claimed side, gave too few)."""
+    for n, fails in [(sensitivity.min_seeds(points, [PLANTED_JOINT]), True),
+                     (sensitivity.min_seeds(points, [PLANTED_JOINT]) - 1, False)]:
+        frame = pd.concat([planted_frame(np.full(n, 3.0)).assign(metric="xa"),  # above the interval
+                           planted_frame(np.full(n, 1.5)).assign(metric="xb")])  # inside
+        rows = [sensitivity.evaluate_point(frame.assign(value=frame.value + 1e-3 * i * (frame.metric == "xa")), 10,
+                                           [PLANTED_JOINT]).assign(config=f"g{i}", step=10) for i in range(points)]
+        tab = sensitivity.correct_across_grid(pd.concat(rows, ignore_index=True), [PLANTED_JOINT])
+        assert (tab.grid_m == points).all()
+        assert len(sensitivity.where(tab)["Q"]["fails"]) == (points if fails else 0), n
 
 
 def test_under_a_global_null_any_holds_on_the_grid_stays_below_alpha():

@@ -188,6 +188,16 @@ class Claim:
             return stats.direction_test(x)
         return stats.equivalence_test(x, *self.bounds)
 
+    def smallest_p(self, n: int) -> tuple[float, float]:
+        """The smallest p-values n seeds can give this claim's primary reading: (claimed side,
+        opposite side), each reached by a unanimous sweep. The claimed side is 2^-n for every kind
+        (TOST and intersection-union take the largest part p). The opposite side multiplies 2^-n by
+        2 for an interval (the two bounds, Bonferroni-doubled) and by the number of parts of a
+        joint reading (intersection-union): up to 4 x 2^-n (``stats.equivalence_test``,
+        ``stats.intersection_union``)."""
+        parts = len(self.parts({k: v[0] for k, v in self.axes.items()}))
+        return stats.min_p(n), min(1.0, parts * (1 if self.kind == "direction" else 2) * stats.min_p(n))
+
     def rule(self) -> str:
         """The decision rule in numbers."""
         if self.kind == "direction":
@@ -322,6 +332,11 @@ def _message(row, c: Claim, alpha: float) -> str:
     if row.verdict == stats.Verdict.TOO_FEW_SEEDS.value:
         text += (f"; with {row.n} seeds the smallest possible p is 2^-{row.n} = {stats.min_p(row.n):.3g} "
                  f"> alpha/2m = {alpha / (2 * row.m):.3g}")
+    opposite = c.smallest_p(row.n)[1]
+    if row.verdict in (stats.Verdict.NOT_REPLICATED.value, stats.Verdict.INCONCLUSIVE.value) and opposite > alpha / (2 * row.m):
+        text += (f"; with {row.n} seeds the opposite side's smallest possible p is {opposite:.3g} > alpha/2m = "
+                 f"{alpha / (2 * row.m):.3g}, so this test could not have found the claim "
+                 f"{'contradicted' if c.kind != 'magnitude' else 'of a different size'}")
     if row.verdict == stats.Verdict.CONDITION_NOT_MET.value:
         text += f"; premise not met: {row.condition}"
     elif row.condition:
