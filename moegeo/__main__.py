@@ -287,8 +287,10 @@ def _named_grid(ap: argparse.ArgumentParser, args, spec: str) -> int:
     tab = result.table
     print(f"grid {g.name} on {spec}: {len(result.sweep.computed)} configs trained, {len(result.sweep.cached)} from the "
           f"cache ({result.seconds:.0f} s). Per point: the claim's primary statistic (median over seeds) and, after it, "
-          "+ where it holds and - where it fails (Holm across the grid per claim; exploratory):")
-    mark = tab.grid_verdict.map(lambda v: "+" if v == "REPLICATED" else "-" if v in sensitivity.FAILS else "")
+          "+ where it holds, - where it fails and ~ where it is below the smallest meaningful effect (Holm across the grid "
+          "per claim and per point; exploratory):")
+    marks = {"holds": "+", "fails": "-", "negligible": "~", "undecided": ""}
+    mark = [marks[sensitivity.outcome(gv, v)] for gv, v in zip(tab.grid_verdict, tab.verdict)]
     cells = tab.assign(cell=[f"{e:.3g}{m}" for e, m in zip(tab.effect, mark)], point=tab.config + " @" + tab.step.astype(str))
     wide = cells.pivot(index="point", columns="claim", values="cell").reindex(
         index=[f"{c} @{s}" for c, s in g.points()], columns=list(dict.fromkeys(tab.claim))).fillna("n/a")

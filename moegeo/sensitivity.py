@@ -44,13 +44,18 @@ after seeing numbers):
    one-sided p-values of its primary test at every grid point where it can be read (identical
    observations counted once, e.g. the dense arm at step 0 across k and T), then the same
    ``decide``: columns ``grid_verdict``, ``grid_m``. This controls, for each claim, the chance of
-   any false or wrong-direction call anywhere on the grid. It does not correct across claims: each
+   any false or wrong-direction sign-test call (a hold or a fail of rule 3) anywhere on the grid. It does not correct across claims: each
    claim's map is its own exploratory family, and the section says so.
-3. *The sentence.* "holds for" lists the points whose ``grid_verdict`` is REPLICATED; "fails for"
-   those with CONTRADICTED, DIFFERENT SIZE or NEGLIGIBLE (significant evidence against the claim
-   as stated); every other point (NOT REPLICATED, INCONCLUSIVE, TOO FEW SEEDS, CONDITION NOT MET)
-   is undecided. Points where the claim cannot be read at all (C8a and C8d need step 500) are
-   counted apart, as not readable, and are not in its family.
+3. *The sentence.* A point **holds** where its ``grid_verdict`` and its per-point ``verdict``
+   are both REPLICATED, and **fails** where both are CONTRADICTED or DIFFERENT SIZE (the
+   opposite side passed both corrections: significant evidence against the claim as stated).
+   Where both are NEGLIGIBLE the point is **below the smallest meaningful effect**: the direction
+   is significant, but the median is below the claim's smallest meaningful effect, which is a
+   point estimate and not a test of size, so it is neither a hold nor a fail and is not covered
+   by the error control of rule 2. Every other point (NOT REPLICATED, INCONCLUSIVE, TOO FEW
+   SEEDS, CONDITION NOT MET, or the two corrections disagreeing) is undecided. Points where the
+   claim cannot be read at all (C8a and C8d need step 500) are counted apart, as not readable,
+   and are not in its family.
 4. *Seeds.* A point can only reach either verdict if a unanimous sweep passes the first Holm
    step of both families *on both sides*: for every in-grid claim, the smallest p its primary
    reading can give on the claimed and on the opposite side (``Claim.smallest_p``: 2^-n, and
@@ -60,15 +65,24 @@ after seeing numbers):
    (m = 19), 13 for the full grid (m = 45). Each grid uses at least that (tested:
    ``tests/test_sensitivity.py``).
 
-   *History of rule 4, stated because it changed after a run.* As first declared it counted
-   only the claimed side (2^-n <= alpha / 2m, 10 seeds for the small grid), and the small grid
-   was run once with 10 seeds. With 10 seeds the opposite side of 13 of the 25 in-grid claims
-   (the joint readings and the interval claims: C1, C1s, C2, C3a-c, C4, C4n, C5c, C8b0, C8c, C8d,
-   G3-mlp) could not pass the first Holm step (its smallest p, 2 x 2^-10 = 0.00195 or more, is
-   above alpha / 38 = 0.00132), so "fails for" was unreachable for them: a flaw of the rule,
-   not something the numbers showed. On 2026-11-26 the rule was corrected to both sides
-   (the seed count only: 12 instead of 10; the tests, thresholds and corrections unchanged)
-   before the grid was rerun, and the 10-seed results were replaced by the rerun's.
+   *History of rules 3 and 4, stated because they changed after a run.* As first declared,
+   rule 4 counted only the claimed side (2^-n <= alpha / 2m: 10 seeds for the small grid), and
+   the small grid was run once with 10 seeds (its section: ``git show fadb4ae:REPORT.md``).
+   Reading that run's results showed that with 10 seeds the opposite side of 10 of the 25
+   in-grid claims (C1, C1s, C2, C3a, C3b, C3c, C4, C4n, C8d, G3-mlp) could not pass the first
+   step of its grid family (2 x 2^-10 = 0.00195 or 4 x 2^-10 against 0.05 / 36 = 0.00139;
+   12 claims in the per-point families), so "fails" was out of reach for them although, for
+   example, C1's statistic pointed against the claim at all 18 points. That is a flaw of the rule
+   (a unanimous sweep must be able to reach either call), and on 2026-11-26 rule 4 was corrected
+   to both sides (12 seeds: seeds 0-9 of the first run plus 10 and 11; tests, thresholds and
+   corrections unchanged; commit 1ce133d) before the rerun. An independent statistical review
+   then found two defects of rule 3, corrected before the rerun's section was written, both in
+   the conservative direction: NEGLIGIBLE counted as "fails" (in the 10-seed run, 9 of G5-mlp's
+   18 points, all with every seed in the claimed direction), and a point called on the grid
+   correction alone when its per-point verdict disagreed (C5c and C8b0: DIFFERENT SIZE on the
+   grid at 18 points, per point at 2). Known and kept: identical observations are recognised
+   by their values (a hash), so a statistic that saturates at the same value at several points
+   (G2d-mlp at 0.5) counts as one test there.
 """
 from __future__ import annotations
 
@@ -96,8 +110,8 @@ LABELS = {"n_experts": "E", "top_k": "k", "lr": "lr", "temperature": "T", "d_hid
 SMALL_SEEDS = 12
 #: the small grid's steps: half the main run's, for the budget (module docstring)
 SMALL_STEPS = 500
-#: grid verdicts that count as evidence against the claim as stated ("fails for")
-FAILS = (stats.Verdict.CONTRADICTED.value, stats.Verdict.DIFFERENT_SIZE.value, stats.Verdict.NEGLIGIBLE.value)
+#: verdicts that count as evidence against the claim as stated ("fails for"; rule 3)
+FAILS = (stats.Verdict.CONTRADICTED.value, stats.Verdict.DIFFERENT_SIZE.value)
 
 #: the claims that read only the MLP setting's main arms (frame "main") but also need runs outside
 #: the grid, with the runs they need
@@ -252,16 +266,25 @@ def table(frames: dict[str, pd.DataFrame], configs: dict[str, ExperimentConfig],
     return out[POINT_COLUMNS + [c for c in out.columns if c not in POINT_COLUMNS]]
 
 
+#: the calls of rule 3, each with the verdicts that make it (grid-corrected and per point alike)
+CALLS = {"holds": (stats.Verdict.REPLICATED.value,), "fails": FAILS, "negligible": (stats.Verdict.NEGLIGIBLE.value,)}
+
+
+def outcome(grid_verdict: str, verdict: str) -> str:
+    """What rule 3 makes of a point: "holds", "fails" or "negligible" where the grid-corrected
+    and the per-point verdict agree on it, else "undecided"."""
+    return next((call for call, kinds in CALLS.items() if grid_verdict in kinds and verdict in kinds), "undecided")
+
+
 def where(tab: pd.DataFrame) -> dict[str, dict[str, list[tuple[str, int]]]]:
-    """Per claim, the points (config name, step) where it holds, fails and is undecided under
-    the grid-corrected verdict (rule 3 of the module docstring); points where the claim cannot
-    be read are not listed."""
+    """Per claim, the points (config name, step) of each outcome of rule 3 (``outcome``: holds,
+    fails, negligible, undecided); points where the claim cannot be read are not listed."""
     out = {}
     for claim, g in tab.groupby("claim", sort=False):
-        points = list(zip(g.config, g.step))
-        holds = [pt for pt, v in zip(points, g.grid_verdict) if v == stats.Verdict.REPLICATED.value]
-        fails = [pt for pt, v in zip(points, g.grid_verdict) if v in FAILS]
-        out[claim] = dict(holds=holds, fails=fails, undecided=[pt for pt in points if pt not in holds + fails])
+        w = {call: [] for call in (*CALLS, "undecided")}
+        for c, s, gv, v in zip(g.config, g.step, g.grid_verdict, g.verdict):
+            w[outcome(gv, v)].append((c, s))
+        out[claim] = w
     return out
 
 

@@ -177,27 +177,47 @@ def test_a_planted_failure_of_a_joint_interval_claim_is_found_with_min_seeds_and
         assert len(sensitivity.where(tab)["Q"]["fails"]) == (points if fails else 0), n
 
 
-def test_under_a_global_null_any_holds_on_the_grid_stays_below_alpha():
+def test_under_a_global_null_any_call_on_the_grid_stays_below_alpha():
     """10 independent null points of 12 seeds, 200 simulated grids: the rate of grids with any
-    "holds" is at most alpha (exactly about 10 x 2^-12 = 0.0024 here); without the correction
-    across the grid it would be about 0.18 (each point 79/4096 at alpha = 0.05)."""
+    "holds" or any "fails" is at most alpha (exactly about 2 x 10 x 2^-12 = 0.005 here);
+    without the correction across the grid a "holds" would come in about 0.18 (each point
+    79/4096 at alpha = 0.05)."""
     rng = np.random.default_rng(0)
     points, n, sims = 10, 12, 200
-    any_holds = uncorrected = 0
+    any_call = uncorrected = 0
     for _ in range(sims):
         tab = planted_table([rng.standard_normal(n) for _ in range(points)])
-        any_holds += (tab.grid_verdict == stats.Verdict.REPLICATED.value).any()
+        w = sensitivity.where(tab)["P"]
+        any_call += bool(w["holds"] or w["fails"] or w["negligible"])
         uncorrected += (tab.p <= stats.ALPHA).any()
-    assert any_holds / sims <= stats.ALPHA
+    assert any_call / sims <= stats.ALPHA
     assert uncorrected / sims > 2 * stats.ALPHA  # the simulation can tell a missing correction
+
+
+def test_a_significant_effect_below_the_smallest_meaningful_one_is_neither_a_hold_nor_a_fail():
+    """Rule 3: NEGLIGIBLE (a point estimate below the smallest effect) is its own outcome; a call
+    needs the grid-corrected and the per-point verdicts to agree."""
+    small = dataclasses.replace(PLANTED, smallest_effect=1.0)
+    n = sensitivity.min_seeds(3, [small])
+    xs = [np.linspace(2.0, 3.0, n), np.linspace(0.1, 0.5, n), -np.linspace(2.0, 3.0, n)]  # big, small, opposite
+    rows = [sensitivity.evaluate_point(planted_frame(x), 10, [small]).assign(config=f"g{i}", step=10)
+            for i, x in enumerate(xs)]
+    tab = sensitivity.correct_across_grid(pd.concat(rows, ignore_index=True), [small])
+    assert list(tab.grid_verdict) == ["REPLICATED", "NEGLIGIBLE", "CONTRADICTED"]  # |median| 2.5 > 1 > 0.3
+    w = sensitivity.where(tab)["P"]
+    assert (w["holds"], w["negligible"], w["fails"]) == ([("g0", 10)], [("g1", 10)], [("g2", 10)])
+    assert sensitivity.outcome("REPLICATED", "NOT REPLICATED") == "undecided"  # the corrections disagree
+    assert sensitivity.outcome("CONTRADICTED", "CONTRADICTED") == sensitivity.outcome("DIFFERENT SIZE", "DIFFERENT SIZE") == "fails"
 
 
 # --------------------------------------------------------------------------- the report section
 def test_the_section_has_the_heat_maps_and_sentences_and_leaves_the_rest_alone(serial_run, tmp_path):
     tab = serial_run.table.copy()
     # plant grid verdicts so that the sentences have both kinds of point
-    tab.loc[(tab.claim == "C1") & (tab.config == "k=1"), "grid_verdict"] = "REPLICATED"
-    tab.loc[(tab.claim == "C1") & (tab.config == "lr=0.003") & (tab.step == 20), "grid_verdict"] = "CONTRADICTED"
+    for col in ("grid_verdict", "verdict"):  # rule 3: a call needs both corrections to agree
+        tab.loc[(tab.claim == "C1") & (tab.config == "k=1"), col] = "REPLICATED"
+        tab.loc[(tab.claim == "C1") & (tab.config == "lr=0.003") & (tab.step == 20), col] = "CONTRADICTED"
+    tab.loc[(tab.claim == "C1") & (tab.config == "lr=0.003") & (tab.step == 10), "grid_verdict"] = "REPLICATED"
     result = dataclasses.replace(serial_run, table=tab)
     path = tmp_path / "REPORT.md"
     path.write_text("# moegeo report\n\nabove\n\n<!-- benchmarks:begin -->\nbench\n<!-- benchmarks:end -->\n")
