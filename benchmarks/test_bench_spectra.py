@@ -153,21 +153,16 @@ def test_sigma1_scaling(benchmark, d, method):
 
 
 def test_gram_product_memory_floor(benchmark):
-    """One J^T J product for all N = 8 points at d = 1024 (h = 2d), the four GEMMs of a
-    matrix-free Lanczos step: it streams W1 and W2 twice (4 d h float32 = 32 MB) for only 8
+    """One J^T J product for all N = 8 points at d = 1024 (h = 2d), ``probes.mlp_gram_product``,
+    the four GEMMs of a matrix-free Lanczos step: it streams W1 and W2 twice (4 d h float32 = 32 MB) for only 8
     vectors, so it is bound by memory bandwidth, not FLOPs. A matrix-free method needs one such
     product per iteration, so iterations x this time is its floor on this machine."""
     p = scaled(1024)
     W1, b1, W2, x = p.args
     a = probes.gelu_grad(probes.expert_preactivations(W1, b1, x))
-    W1t, W2t = W1.transpose(1, 2), W2.transpose(1, 2)
     v = torch.randn(1, p.N, p.d, generator=torch.Generator().manual_seed(0))
-
-    def product():
-        return torch.bmm(torch.bmm(torch.bmm(torch.bmm(v, W1t).mul_(a), W2t), W2).mul_(a), W1)
-
     benchmark.group = "memory floor: one J^T J product (d=1024, h=2d, E=1, N=8)"
-    out = benchmark.pedantic(product, rounds=20, warmup_rounds=2)
+    out = benchmark.pedantic(probes.mlp_gram_product, (v, W1, W2, a), rounds=20, warmup_rounds=2)
     J = probes.expert_jacobians(W1.double(), b1.double(), W2.double(), x.double())
     ref = torch.einsum("enji,enjk,enk->eni", J, J, v.double())  # J^T J v, materialised in float64
     err = float(((out.double() - ref).norm(dim=-1) / ref.norm(dim=-1)).max())

@@ -341,7 +341,8 @@ def subspace_rows(rows: Rows, pca: probes.PCAResult, site: PCASite, experts: lis
     lam = pca.eigenvalues.clamp_min(0)
     spans = (lam[:, R - 1] > SUBSPACE_RANK_TOL * lam[:, 0]).tolist()  # routed points span >= R dimensions
     if not all(spans):
-        warnings.warn(f"{reading(pca_site=site, subspace=f'r{SUBSPACE_R}')}: the routed points of expert(s) "
+        where = ", ".join(f"{k} {v}" for k, v in rows.key.items())  # seed, arm, layer, step
+        warnings.warn(f"{where}, {reading(pca_site=site, subspace=f'r{SUBSPACE_R}')}: the routed points of expert(s) "
                       f"{[e for e, ok in zip(experts, spans) if not ok]} span fewer than {R} dimensions; their top-{R} "
                       "subspace is not defined and they are left out of its rows")
     full = [i for i, ok in enumerate(spans) if ok]

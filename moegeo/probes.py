@@ -515,6 +515,18 @@ def _tridiagonal_top_eigenvalue(alpha: torch.Tensor, b2: tuple[torch.Tensor, ...
     return 0.5 * (lo + hi)
 
 
+def mlp_gram_product(v: torch.Tensor, W1: torch.Tensor, W2: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """J^T J v for stacked MLP experts without materialising J = W2 diag(a) W1 (A.2): four batched
+    GEMMs, W1 v, then W2 (a .), W2^T u, W1^T (a .), with the elementwise products in place.
+
+    ``v: (E, M, d)`` one vector per row, ``W1: (E, h, d)``, ``W2: (E, d_out, h)``, ``a: (E, M, h)``
+    the GELU slopes GELU'(W1 x + b1) at each row's point (``gelu_grad(expert_preactivations(...))``).
+    Returns ``(E, M, d)``. 4 d h multiply-adds per row; every call streams W1 and W2 twice,
+    which bounds it by memory bandwidth when M is small (``benchmarks/test_bench_spectra.py``)."""
+    u = torch.bmm(torch.bmm(torch.bmm(v, W1.transpose(1, 2)).mul_(a), W2.transpose(1, 2)), W2).mul_(a)
+    return torch.bmm(u, W1)
+
+
 def mlp_lanczos_sigma1(
     W1: torch.Tensor,
     b1: torch.Tensor,
@@ -589,12 +601,6 @@ def mlp_lanczos_sigma1(
         raise ValueError(f"tol must be > 0, got {tol}")
     E, N, d = W1.shape[0], x.shape[-2], W1.shape[2]
     a = gelu_grad(expert_preactivations(W1, b1, x)).repeat(1, runs, 1)  # (E, R N, h): runs stacked
-    W1t, W2t = W1.transpose(1, 2), W2.transpose(1, 2)
-
-    def gram(v):  # J^T J v for every run of every point: (E, R N, d); in place, no temporaries
-        u = torch.bmm(torch.bmm(torch.bmm(v, W1t).mul_(a), W2t), W2).mul_(a)
-        return torch.bmm(u, W1)
-
     q = torch.randn(E, starts, N, d, generator=generator, dtype=x.dtype)
     if v0 is not None:
         check_finite(v0=v0)
@@ -608,7 +614,7 @@ def mlp_lanczos_sigma1(
     steps = 8 - int(math.log2(torch.finfo(x.dtype).eps))  # bisection to below the input's rounding
     converged, k = False, 0
     for k in range(1, d + 1):
-        w = gram(q).addcmul_(beta, q_prev, value=-1)
+        w = mlp_gram_product(q, W1, W2, a).addcmul_(beta, q_prev, value=-1)
         alpha = torch.linalg.vecdot(q, w)[..., None]
         w.addcmul_(alpha, q, value=-1)
         beta = torch.linalg.vector_norm(w, dim=-1, keepdim=True)

@@ -364,8 +364,9 @@ def test_an_expert_whose_points_span_fewer_than_r_dimensions_has_no_r10_subspace
     g[torch.arange(N), torch.arange(N) % 3] = 1.0
     g[:6] = 0.0
     g[:6, 3] = 1.0
-    rows = Rows(0, "topk", 0, 1)
-    with pytest.warns(UserWarning, match=r"expert\(s\) \[3\] span fewer than 10 dimensions"):
+    rows = Rows(7, "topk", 2, 250)
+    with pytest.warns(UserWarning, match=r"^seed 7, arm topk, layer 2, step 250, pca_site=input;subspace=r10: the "
+                                         r"routed points of expert\(s\) \[3\] span fewer than 10 dimensions"):
         subspace_rows(rows, probes.weighted_pca(h, g.T, vectors=True), PCASite.INPUT, list(range(E)))
     import pandas as pd
     df = pd.DataFrame(rows)

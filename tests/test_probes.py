@@ -361,6 +361,17 @@ def test_mlp_lanczos_matches_svdvals_for_every_matrix(params, seed):
     torch.testing.assert_close(r.values, exact, rtol=1e-8, atol=1e-12 * max(1.0, exact.max().item()))
 
 
+@settings(deadline=None)
+@given(mlp_experts(), seeds)
+def test_mlp_gram_product_is_jtj_v_of_the_materialised_jacobians(params, seed):
+    W1, b1, W2, x = params
+    J = probes.expert_jacobians(W1, b1, W2, x)  # (E, N, d_out, d), by the closed form (autograd-checked above)
+    v = torch.randn(J.shape[0], J.shape[1], J.shape[-1], generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
+    a = probes.gelu_grad(probes.expert_preactivations(W1, b1, x))
+    out = probes.mlp_gram_product(v.clone(), W1, W2, a)
+    torch.testing.assert_close(out, torch.einsum("enji,enjk,enk->eni", J, J, v), rtol=1e-10, atol=1e-12)
+
+
 def planted_mlp(d=24, weight=1e-6, sigma2=0.9):
     """``planted()`` as one expert at one point: W1 = V^T, x = b1 = 0 (so GELU' = 1/2), W2 = 2 U S;
     then J = U S V^T, and the planted start carries ``weight`` on v_1."""
