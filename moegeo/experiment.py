@@ -31,10 +31,13 @@ ENERGY_K, ENERGY_TAU = 10, 0.9
 #: the expert subspace of the Grassmann probes: the top 10 principal directions, the dual paper's
 #: own count of leading directions (cum-var@10, B.5); each expert's k@0.9 is the other reading.
 SUBSPACE_R = PCA_K
-#: an expert whose r-th PCA eigenvalue is below this fraction of its first has routed points
-#: spanning fewer than r dimensions (rounding-level eigenvalues, 1e-16 in float64, far below
-#: any real variance ratio): its top-r subspace is not defined (the directions beyond its rank
-#: are arbitrary) and it is left out of the ``subspace=r10`` rows (a warning says so)
+#: an expert whose r-th PCA eigenvalue is at most this fraction of its first has routed points
+#: spanning fewer than r dimensions: its top-r subspace is not defined (the directions beyond its
+#: rank are arbitrary) and it is left out of the ``subspace=r10`` rows (``subspace_rows``). The
+#: threshold separates exact rank deficiency (eigenvalue ratios of 1e-14 and below in float64,
+#: also for float32 data) from real variance; a full-rank expert is wrongly dropped only if its
+#: 10th direction's variance is below 1e-9 of its first (amplitude ratio above about 3e4) or its
+#: routing weights outside fewer than 11 points are all at or below about 1e-9
 SUBSPACE_RANK_TOL = 1e-9
 #: PCA sites whose coordinates all experts share (a subspace of the layer's input or output
 #: space); the hidden sites are each expert's own coordinates, where angles mean nothing.
@@ -333,24 +336,32 @@ def subspace_rows(rows: Rows, pca: probes.PCAResult, site: PCASite, experts: lis
     (``geodesic_null`` ...; ``moegeo.grassmann.null_means``); for ``r10`` at the input site
     also the principal angles, one metric ``angle@i`` per i. An expert whose routed points span
     fewer than ``SUBSPACE_R`` dimensions has no top-r subspace (``SUBSPACE_RANK_TOL``) and is left
-    out of the ``r10`` rows; its ``k90`` subspace lies within its span and stays.
+    out of the ``r10`` rows; its ``k90`` subspace lies within its span and stays, unless its points
+    have no variance at all (one distinct point: no principal directions, left out of both). Each
+    expert left out gets a ``subspace_excluded`` row (value 1) under that reading, and a warning.
     """
     D = pca.components.shape[-1]
     ks = pca.k_at(PCA_TAU).tolist()
     R = min(SUBSPACE_R, D)
     lam = pca.eigenvalues.clamp_min(0)
-    spans = (lam[:, R - 1] > SUBSPACE_RANK_TOL * lam[:, 0]).tolist()  # routed points span >= R dimensions
-    if not all(spans):
-        where = ", ".join(f"{k} {v}" for k, v in rows.key.items())  # seed, arm, layer, step
-        warnings.warn(f"{where}, {reading(pca_site=site, subspace=f'r{SUBSPACE_R}')}: the routed points of expert(s) "
-                      f"{[e for e, ok in zip(experts, spans) if not ok]} span fewer than {R} dimensions; their top-{R} "
-                      "subspace is not defined and they are left out of its rows")
-    full = [i for i, ok in enumerate(spans) if ok]
-    for name, bases, ids in ((f"r{SUBSPACE_R}", pca.subspace(R)[full], [experts[i] for i in full]),
-                             ("k90", [pca.components[i, :, :k] for i, k in enumerate(ks)], experts)):
+    subspaces = {  # reading -> (each expert's basis, whether it is defined, what an undefined one lacks)
+        f"r{SUBSPACE_R}": (pca.subspace(R), (lam[:, R - 1] > SUBSPACE_RANK_TOL * lam[:, 0]).tolist(),
+                           f"span fewer than {R} dimensions; their top-{R} subspace is not defined"),
+        "k90": ([pca.components[i, :, :k] for i, k in enumerate(ks)], (lam[:, 0] > 0).tolist(),
+                "have no variance (one distinct point); they have no principal directions"),
+    }
+    where = ", ".join(f"{k} {v}" for k, v in rows.key.items())  # seed, arm, layer, step
+    for name, (all_bases, defined, lacks) in subspaces.items():
+        r = reading(pca_site=site, subspace=name)
+        dropped = [e for e, ok in zip(experts, defined) if not ok]
+        if dropped:
+            warnings.warn(f"{where}, {r}: the routed points of expert(s) {dropped} {lacks}, and they are left out of "
+                          "its rows (a subspace_excluded row records each)")
+            rows.add("subspace_excluded", r, torch.ones(len(dropped)), dropped)
+        keep = [i for i, ok in enumerate(defined) if ok]
+        bases, ids = [all_bases[i] for i in keep], [experts[i] for i in keep]
         if len(ids) < 2:
             continue
-        r = reading(pca_site=site, subspace=name)
         geo = grassmann.pairwise(bases)
         dims = [b.shape[-1] for b in bases]
         null = {(a, b): grassmann.null_means(D, min(a, b), max(a, b)) for a in set(dims) for b in set(dims)}
@@ -464,7 +475,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     """Final-step scalar probes averaged over experts and seeds: rows (metric, reading), and the
     MoE layer first when there are several (the language model), columns arms."""
     final = df[(df["index"] == -1) & (df["step"] == df["steps"]) & (df["expert"] >= 0)]
-    final = final[~final["metric"].isin(["jacobian_norm", "load", "excluded"])]
+    final = final[~final["metric"].isin(["jacobian_norm", "load", "excluded", "subspace_excluded"])]
     rows = (["layer"] if final["layer"].nunique() > 1 else []) + ["metric", "reading"]
     t = final.groupby(rows + ["arm"])["value"].mean().unstack("arm")
     return t[[a for a in (x.value for x in Arm) if a in t.columns]]

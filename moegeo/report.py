@@ -639,6 +639,18 @@ def _asymmetry_section(verdicts: pd.DataFrame, frames: dict, figures: dict, repo
             cells += [ga.mean_over_pairs(R, arm, m, ga._rd(rd), {}).median()
                       for m in ("overlap", "overlap_null", "geodesic", "geodesic_null")]
             extra.append(f"| {setting} | {arm} | " + " | ".join(_fmt(v) for v in cells) + " |")
+    left_out = []
+    for setting, name in (("lm", "lm"), ("mlp", "main")):
+        df = frames.get(name)
+        if df is None:
+            continue
+        gone = df[(df.metric == "subspace_excluded") & (df.step == df.steps)]
+        probed = df[(df.metric == "k@0.9") & (df.step == df.steps) & (df.reading == "pca_site=input")]
+        for (arm, rd), n in gone.groupby(["arm", "reading"]).size().items():
+            left_out.append(f"{setting} {arm} `{rd}`: {n} of {len(probed[probed.arm == arm])}")
+    extra += ["", "Experts left out of a subspace reading at the final step (their routed points span fewer than 10 "
+              "dimensions, or have no variance, so the subspace is not defined; `moegeo.experiment.subspace_rows`), "
+              "counted over seeds, layers and experts: " + ("; ".join(left_out) if left_out else "none") + "."]
     if len(pre):
         hf = frames.get("hf")
         what = f"`{hf.model_type.iloc[0]}` from `{hf.checkpoint.iloc[0]}`" if hf is not None else "the given checkpoint"

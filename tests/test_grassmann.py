@@ -350,27 +350,76 @@ def test_subspace_rows_find_a_planted_shared_subspace_and_chance_for_isotropic_i
     assert (planted.loc["pca_site=input;subspace=k90"].index.str.startswith("angle@")).sum() == 0
 
 
-def test_an_expert_whose_points_span_fewer_than_r_dimensions_has_no_r10_subspace():
-    """Expert 3 gets 6 routed points in D = 32: its covariance has rank <= 5, so directions 6-10
-    of a 'top-10 subspace' are arbitrary (set by rounding). It is left out of the r10 rows, with a
-    warning, and kept in the k90 rows (its k@0.9 directions lie within its span)."""
+def _subspace_frame(n_points, D=32, N=400, seed=1, scale=None, points=None):
+    """``subspace_rows`` at the input site of 3 well-populated experts and one more (expert 3)
+    routed ``n_points`` points; ``scale`` (D,) rescales the coordinates of expert 3's points, or
+    ``points`` (n_points, D) replaces them."""
+    import pandas as pd
     from moegeo.config import PCASite
     from moegeo.experiment import Rows, subspace_rows
 
-    D, N, E = 32, 400, 4
-    g_ = torch.Generator().manual_seed(1)
-    h = torch.randn(N, D, generator=g_, dtype=torch.float64)
+    E = 4
+    h = torch.randn(N, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     g = torch.zeros(N, E, dtype=torch.float64)
     g[torch.arange(N), torch.arange(N) % 3] = 1.0
-    g[:6] = 0.0
-    g[:6, 3] = 1.0
+    g[:n_points] = 0.0
+    g[:n_points, 3] = 1.0
+    if scale is not None:
+        h[:n_points] *= scale
+    if points is not None:
+        h[:n_points] = points.double()
     rows = Rows(7, "topk", 2, 250)
+    subspace_rows(rows, probes.weighted_pca(h.double(), g.T, vectors=True), PCASite.INPUT, list(range(E)))
+    df = pd.DataFrame(rows)
+    return {s: df[df.reading == f"pca_site=input;subspace={s}"] for s in ("r10", "k90")}
+
+
+def _in(frame, metric):
+    return set(frame.expert[frame.metric == metric])
+
+
+def test_an_expert_whose_points_span_fewer_than_r_dimensions_has_no_r10_subspace():
+    """Expert 3 gets 6 routed points in D = 32: its centred covariance has rank 5, so directions
+    6-10 of a 'top-10 subspace' are arbitrary (set by rounding). It is left out of the r10 rows,
+    with a warning naming where and a ``subspace_excluded`` row, and kept in the k90 rows (its
+    k@0.9 directions lie within its span)."""
     with pytest.warns(UserWarning, match=r"^seed 7, arm topk, layer 2, step 250, pca_site=input;subspace=r10: the "
                                          r"routed points of expert\(s\) \[3\] span fewer than 10 dimensions"):
-        subspace_rows(rows, probes.weighted_pca(h, g.T, vectors=True), PCASite.INPUT, list(range(E)))
-    import pandas as pd
-    df = pd.DataFrame(rows)
-    r10, k90 = (df[df.reading == f"pca_site=input;subspace={s}"] for s in ("r10", "k90"))
-    assert set(r10.expert) == set(r10["index"]) == {0, 1, 2}
+        f = _subspace_frame(6)
+    r10, k90 = f["r10"], f["k90"]
+    pairs = r10[r10.metric != "subspace_excluded"]
+    assert set(pairs.expert) == set(pairs["index"]) == {0, 1, 2}
+    assert _in(r10, "subspace_excluded") == {3} and _in(k90, "subspace_excluded") == set()
     assert set(k90.expert) == set(k90["index"]) == {0, 1, 2, 3}
     assert {"angle@1", "geodesic_null"} <= set(r10.metric)
+
+
+@pytest.mark.parametrize("n_points, kept", [(10, False), (11, True)])
+def test_the_rank_rule_sits_exactly_at_r(n_points, kept, recwarn):
+    """Centred, n points span n - 1 dimensions: 10 points cannot give a top-10 subspace, 11 can."""
+    r10 = _subspace_frame(n_points)["r10"]
+    assert (3 in _in(r10, "geodesic")) is kept and (3 in _in(r10, "subspace_excluded")) is not kept
+
+
+def test_the_rank_rule_keeps_small_real_variance_and_drops_float32_rank_deficiency(recwarn):
+    """Not just any threshold between rounding and 1/2: a full-rank expert whose 10th variance is
+    about 1e-7 of its first is kept (a threshold of 1e-3 would drop it); an expert whose points
+    were computed in float32 from 5 directions is dropped (its ratio is float32 rounding seen in
+    float64, about 3e-16 here: a threshold below that would keep it)."""
+    D = 32
+    small = torch.ones(D, dtype=torch.float64)
+    small[9:] = math.sqrt(1e-7)  # coordinates 10.. carry 1e-7 of the variance of the first nine
+    assert 3 in _in(_subspace_frame(60, scale=small)["r10"], "geodesic")
+    gen = torch.Generator().manual_seed(5)  # expert 3's points: a random 5-dimensional subspace, in float32
+    rank5 = torch.randn(60, 5, generator=gen) @ torch.randn(5, D, generator=gen)
+    f = _subspace_frame(60, points=rank5)
+    assert 3 in _in(f["r10"], "subspace_excluded") and 3 in _in(f["k90"], "geodesic")
+
+
+def test_an_expert_with_one_distinct_point_has_no_subspace_at_all():
+    """No variance: no principal directions, so it is left out of k90 as well (its k@0.9 would
+    otherwise be the whole space, with overlap 1 to every expert)."""
+    with pytest.warns(UserWarning, match=r"subspace=k90: the routed points of expert\(s\) \[3\] have no variance"):
+        f = _subspace_frame(1)
+    for name in ("r10", "k90"):
+        assert _in(f[name], "subspace_excluded") == {3} and 3 not in _in(f[name], "overlap")
