@@ -154,8 +154,8 @@ def test_sigma1_scaling(benchmark, d, method):
 
 def test_gram_product_memory_floor(benchmark):
     """One J^T J product for all N = 8 points at d = 1024 (h = 2d), ``probes.mlp_gram_product``,
-    the four GEMMs of a matrix-free Lanczos step: it streams W1 and W2 twice (4 d h float32 = 32 MB) for only 8
-    vectors, so it is bound by memory bandwidth, not FLOPs. A matrix-free method needs one such
+    the four GEMMs of a matrix-free Lanczos step: it streams W1 and W2 twice (4 d h float32 =
+    32 MB) for only 8 vectors, so it is bound by memory bandwidth, not FLOPs. A matrix-free method needs one such
     product per iteration, so iterations x this time is its floor on this machine."""
     p = scaled(1024)
     W1, b1, W2, x = p.args

@@ -44,8 +44,9 @@ after seeing numbers):
    one-sided p-values of its primary test at every grid point where it can be read (identical
    observations counted once, e.g. the dense arm at step 0 across k and T), then the same
    ``decide``: columns ``grid_verdict``, ``grid_m``. This controls, for each claim, the chance of
-   any false or wrong-direction sign-test call (a hold or a fail of rule 3) anywhere on the grid. It does not correct across claims: each
-   claim's map is its own exploratory family, and the section says so.
+   any false or wrong-direction sign-test call (a hold or a fail of rule 3) anywhere on the
+   grid. It does not correct across claims: each claim's map is its own exploratory family, and
+   the section says so.
 3. *The sentence.* A point **holds** where its ``grid_verdict`` and its per-point ``verdict``
    are both REPLICATED, and **fails** where both are CONTRADICTED or DIFFERENT SIZE (the
    opposite side passed both corrections: significant evidence against the claim as stated).

@@ -332,8 +332,8 @@ def _message(row, c: Claim, alpha: float) -> str:
     if row.verdict == stats.Verdict.TOO_FEW_SEEDS.value:
         text += (f"; with {row.n} seeds the smallest possible p is 2^-{row.n} = {stats.min_p(row.n):.3g} "
                  f"> alpha/2m = {alpha / (2 * row.m):.3g}")
-    opposite = c.smallest_p(row.n)[1]
-    if row.verdict in (stats.Verdict.NOT_REPLICATED.value, stats.Verdict.INCONCLUSIVE.value) and opposite > alpha / (2 * row.m):
+    opposite, undecided = c.smallest_p(row.n)[1], (stats.Verdict.NOT_REPLICATED.value, stats.Verdict.INCONCLUSIVE.value)
+    if row.verdict in undecided and opposite > alpha / (2 * row.m):
         text += (f"; with {row.n} seeds the opposite side's smallest possible p is {opposite:.3g} > alpha/2m = "
                  f"{alpha / (2 * row.m):.3g}, so this test could not have found the claim "
                  f"{'contradicted' if c.kind != 'magnitude' else 'of a different size'}")

@@ -63,8 +63,8 @@ def main_config(n_seeds: int = SEEDS, offset: int = 0, **changes) -> ExperimentC
 #: (moegeo.config.LMConfig). It lets the exact tests reach significance under this paper's
 #: primary Holm family (25 claims, 2 x 25 one-sided tests) on both sides of every claim: the
 #: opposite side of a two-part interval claim cannot go below 4 x 2^-n, and 4 x 2^-12 = 0.00098
-#: <= 0.05 / 50 needs n >= 12 (``Claim.smallest_p``; the claimed side alone would need 10), but its worst-case power is low: 0.54 if 95% of seeds point the claimed way,
-#: 0.20 for the 1.5x effect under tests/test_stats.py's noise model (moegeo.stats.power). A
+#: <= 0.05 / 50 needs n >= 12 (``Claim.smallest_p``; the claimed side alone would need 10), but
+#: its worst-case power is low: 0.54 if 95% of seeds point the claimed way, 0.20 for the 1.5x effect under tests/test_stats.py's noise model (moegeo.stats.power). A
 #: NOT REPLICATED verdict on language is therefore weak evidence of absence (README).
 LM_SEEDS = 12
 #: Fig. 1A: MoE norms "plateau after approximately 250 iterations".
