@@ -7,7 +7,7 @@ import torch
 
 from moegeo import Arm, ExperimentConfig, MLPMoE, cache, experiment
 from moegeo.__main__ import main
-from moegeo.model import ExpertParams, make_data, route
+from moegeo.model import ExpertParams, block_rows, make_data, route, topk_route
 
 TINY = ExperimentConfig(n_experts=4, d_model=8, d_hidden=16, n_samples=64, steps=20, record_every=10,
                         trajectory_points=16, seeds=(0, 1))
@@ -167,20 +167,29 @@ def test_cli_prints_all_arms(capsys):
         assert r in out
 
 
+@pytest.mark.parametrize("skewed", [False, True], ids=["one-block-per-group", "small-blocks"])
 @pytest.mark.parametrize("router", ["learned", "aux_loss", "loss_free", "kmeans"])
-def test_sparse_topk_dispatch_equals_the_dense_compute_reference(router):
-    """Top-k computes each expert only on its routed tokens, packed per bucket of groups
-    (``MLPMoE.dispatch``); output and the gradient of every parameter (experts and router) equal
-    the dense-compute reference (every expert on every token, gated) at float64, under every
-    router (selection biases and centroids drawn at random so they change the selection)."""
+def test_sparse_topk_dispatch_equals_the_dense_compute_reference(router, skewed):
+    """Top-k computes each expert only on its routed tokens, packed in blocks (``MLPMoE.dispatch``);
+    output and the gradient of every parameter (experts and router) equal the dense-compute
+    reference (every expert on every token, gated) at float64, under every router (selection
+    biases and centroids drawn at random so they change the selection). ``skewed``: one expert
+    takes most tokens and some get none, so the blocks are smaller than the busiest group and
+    copy their weights (checked, so the test cannot drift to the other path)."""
+    N = 300 if skewed else 40
     layer = MLPMoE(6, 5, 7, "topk", top_k=2, seeds=(0, 1, 2), dtype=torch.float64, router=router).eval()
     g = torch.Generator().manual_seed(2)
     if layer.bias is not None:
         layer.bias = torch.randn(3, 6, generator=g, dtype=torch.float64)
     if layer.centroids is not None:
         layer.centroids = torch.randn(3, 6, 5, generator=g, dtype=torch.float64)
-    x = torch.randn(3, 40, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64, requires_grad=True)
-    y = torch.randn(3, 40, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = torch.randn(3, N, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64, requires_grad=True)
+    y = torch.randn(3, N, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    if skewed:  # the selection: expert 0 always, expert 5 never, the others by the router
+        layer.bias = torch.tensor([50.0, 0, 0, 0, 0, -50.0], dtype=torch.float64).expand(3, 6).clone()
+        idx = topk_route(layer.logits(x), 2, bias=layer._selection_bias())[1]
+        counts = torch.bincount((idx + 6 * torch.arange(3)[:, None, None]).flatten(), minlength=18)
+        assert (counts == 0).any() and block_rows(counts) < counts.max()
     names = [n for n, _ in layer.named_parameters()]
     assert {"W1", "b1", "W2", "b2"} <= set(names) and (router == "kmeans") == ("Wr" not in names)
     grads = []
@@ -192,6 +201,21 @@ def test_sparse_topk_dispatch_equals_the_dense_compute_reference(router):
         grads.append([out.detach(), x.grad.clone()] + [p.grad.clone() for p in layer.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_block_rows_keeps_one_block_per_group_when_balanced_and_splits_a_skewed_load():
+    """Balanced loads (every group near the mean) keep one block per group; a skewed load (one
+    busy group per seed, others empty or small) gets blocks far smaller than the busiest group,
+    which pads far fewer rows; the choice never costs more than one block per group."""
+    g = torch.Generator().manual_seed(0)
+    balanced = 128 + torch.randint(-30, 55, (160,), generator=g)
+    assert block_rows(balanced) == balanced.max()
+    skewed = torch.tensor([476, 300, 100, 80, 40, 20, 8, 0] * 12)
+    rows = block_rows(skewed)
+    assert rows < 128
+    padded = int(((skewed + rows - 1) // rows).sum()) * rows
+    assert padded < 0.5 * int((skewed > 0).sum()) * int(skewed.max())
+    assert block_rows(torch.zeros(4, dtype=torch.long)) >= 1  # no routed token: no division by zero
 
 
 def test_dense_ffn_is_the_plain_two_layer_mlp():
