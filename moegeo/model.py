@@ -302,12 +302,12 @@ class MLPMoE(nn.Module):
         n_blocks = len(block_group)
         source = torch.full((n_blocks * rows,), S * N).index_copy_(0, packed_row, torch.arange(S * N).repeat_interleave(k))
         packed = torch.cat([x.reshape(S * N, d), x.new_zeros(1, d)]).index_select(0, source).view(n_blocks, rows, d)
-        W1, b1, W2, b2 = (self.W1.reshape(G, -1, d), self.b1.reshape(G, 1, -1), self.W2.reshape(G, d, -1),
-                          self.b2.reshape(G, 1, d))
+        W1t, b1, W2t, b2 = (self.W1.reshape(G, -1, d).transpose(1, 2), self.b1.reshape(G, 1, -1),
+                            self.W2.reshape(G, d, -1).transpose(1, 2), self.b2.reshape(G, 1, d))
         if n_blocks != G:  # not one block per group: each block takes its group's weights
-            W1, b1, W2, b2 = (t.index_select(0, block_group) for t in (W1, b1, W2, b2))
-        hidden = gelu(torch.baddbmm(b1, packed, W1.transpose(1, 2)))
-        y = torch.baddbmm(b2, hidden, W2.transpose(1, 2)).reshape(-1, d).index_select(0, packed_row)
+            W1t, b1, W2t, b2 = (t.index_select(0, block_group) for t in (W1t, b1, W2t, b2))
+        hidden = gelu(torch.baddbmm(b1, packed, W1t))
+        y = torch.baddbmm(b2, hidden, W2t).reshape(-1, d).index_select(0, packed_row)
         return (y.view(S * N, k, d) * w.reshape(S * N, k, 1)).sum(1).view(S, N, d)
 
     def params(self, seed_index: int = 0, dtype=torch.float64) -> ExpertParams:
