@@ -825,8 +825,7 @@ def sensitivity_figures(tab: pd.DataFrame, grid, outdir: Path) -> dict[str, Path
         for r in heat.itertuples():
             i, j = E.index(r.n_experts), k.index(r.top_k)
             val[i, j] = r.effect
-            mark = {"holds": "holds", "fails": "fails", "negligible": "small", "undecided": ""}[
-                sensitivity.outcome(r.grid_verdict, r.verdict)]
+            mark = sensitivity.outcome(r.grid_verdict, r.verdict).replace("undecided", "")
             axs[0].text(j, i, f"{r.effect:.3g}\n{mark}", ha="center", va="center", fontsize=7)
         im = axs[0].imshow(val, cmap="viridis", aspect="auto")
         fig.colorbar(im, ax=axs[0], fraction=0.05)
