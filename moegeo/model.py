@@ -304,7 +304,7 @@ class MLPMoE(nn.Module):
         packed = torch.cat([x.reshape(S * N, d), x.new_zeros(1, d)]).index_select(0, source).view(n_blocks, rows, d)
         W1t, b1, W2t, b2 = (self.W1.reshape(G, -1, d).transpose(1, 2), self.b1.reshape(G, 1, -1),
                             self.W2.reshape(G, d, -1).transpose(1, 2), self.b2.reshape(G, 1, d))
-        if n_blocks != G:  # not one block per group: each block takes its group's weights
+        if not bool((blocks == 1).all()):  # not one block per group: each block takes its group's weights
             W1t, b1, W2t, b2 = (t.index_select(0, block_group) for t in (W1t, b1, W2t, b2))
         hidden = gelu(torch.baddbmm(b1, packed, W1t))
         y = torch.baddbmm(b2, hidden, W2t).reshape(-1, d).index_select(0, packed_row)

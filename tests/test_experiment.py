@@ -4,6 +4,8 @@ import dataclasses
 import pandas as pd
 import pytest
 import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from moegeo import Arm, ExperimentConfig, MLPMoE, cache, experiment
 from moegeo.__main__ import main
@@ -201,6 +203,33 @@ def test_sparse_topk_dispatch_equals_the_dense_compute_reference(router, skewed)
         grads.append([out.detach(), x.grad.clone()] + [p.grad.clone() for p in layer.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@settings(deadline=None, max_examples=40)
+@given(st.lists(st.integers(0, 150), min_size=1, max_size=6).filter(any))
+@example([64, 0, 32, 32])
+@example([40, 40, 40, 40])
+@example([200, 1, 1, 0])
+def test_topk_dispatch_with_planted_group_counts(counts):
+    """Planted loads (k = 1, tokens sent to experts by hand, in any order of size) against the
+    gated reference at float64, output and gradients. (64, 0, 32, 32) gets blocks of 32: as many
+    blocks as groups but not one per group (expert 0 has two, expert 1 none), which must still
+    copy weights."""
+    counts = tuple(counts)
+    E = len(counts)
+    layer = MLPMoE(E, 3, 5, "topk", top_k=1, seeds=(0,), dtype=torch.float64)
+    idx = torch.repeat_interleave(torch.arange(E), torch.tensor(counts))[None, :, None]
+    N = idx.shape[1]
+    x = torch.randn(1, N, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64, requires_grad=True)
+    w = torch.rand(1, N, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    gate = torch.zeros(1, N, E, dtype=torch.float64).scatter(-1, idx, w)
+    results = []
+    for out in (layer.dispatch(x, w, idx), layer.mix(x, gate)):
+        results.append([out.detach()] + list(torch.autograd.grad(out.square().sum(), [x, layer.W1, layer.b1, layer.W2, layer.b2])))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    if counts == (64, 0, 32, 32):
+        assert block_rows(torch.tensor(counts)) == 32
 
 
 def test_block_rows_keeps_one_block_per_group_when_balanced_and_splits_a_skewed_load():
