@@ -288,6 +288,11 @@ class MLPMoE(nn.Module):
         """
         S, N, d = x.shape
         E, k = self.W1.shape[1], idx.shape[-1]
+        if x.shape != (self.n_seeds, N, self.W1.shape[-1]) or w.shape != (S, N, k) or idx.shape != (S, N, k):
+            raise ValueError(f"dispatch needs x (S={self.n_seeds}, N, d={self.W1.shape[-1]}) and w, idx (S, N, k), "
+                             f"got {tuple(x.shape)}, {tuple(w.shape)}, {tuple(idx.shape)}")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= E):  # would select another seed's expert
+            raise ValueError(f"expert indices must lie in [0, {E}), got [{int(idx.min())}, {int(idx.max())}]")
         G = S * E
         group = (idx + E * torch.arange(S)[:, None, None]).reshape(-1)  # of each (token, slot), token-major
         order = torch.argsort(group, stable=True)

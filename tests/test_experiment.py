@@ -232,6 +232,22 @@ def test_topk_dispatch_with_planted_group_counts(counts):
         assert block_rows(torch.tensor(counts)) == 32
 
 
+def test_topk_dispatch_refuses_bad_indices_and_shapes():
+    """An expert index outside [0, E) would silently pick another seed's expert (the groups are
+    seed-major); a shape mismatch would fail deep inside a reshape. Both are refused up front."""
+    layer = MLPMoE(3, 4, 5, "topk", top_k=1, seeds=(0, 1), dtype=torch.float64)
+    x, w = torch.randn(2, 6, 4, dtype=torch.float64), torch.ones(2, 6, 1, dtype=torch.float64)
+    for bad in (3, -1):
+        idx = torch.zeros(2, 6, 1, dtype=torch.long)
+        idx[0, 2, 0] = bad
+        with pytest.raises(ValueError, match="expert indices"):
+            layer.dispatch(x, w, idx)
+    with pytest.raises(ValueError, match="dispatch needs"):
+        layer.dispatch(x[:1], w[:1], torch.zeros(1, 6, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="dispatch needs"):
+        layer.dispatch(x, w[:, :5], torch.zeros(2, 6, 1, dtype=torch.long))
+
+
 def test_block_rows_keeps_one_block_per_group_when_balanced_and_splits_a_skewed_load():
     """Balanced loads (every group near the mean) keep one block per group; a skewed load (one
     busy group per seed, others empty or small) gets blocks far smaller than the busiest group,
