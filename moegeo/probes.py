@@ -503,11 +503,23 @@ def _tridiagonal_below(alpha: torch.Tensor, b2: tuple[torch.Tensor, ...], s: tor
     return top < 0
 
 
+SMALL_TRIDIAGONAL_BATCH = 256  # speed only: up to this many matrices one LAPACK call each is faster than
+# the bisection's 2 k steps tensor operations (measured on the 2-core machine at k = 16 and 36: at B = 8,
+# 0.2-0.4 ms against 6-13 ms; at B = 4096, 54-300 ms against 9-22 ms; even near B = 256)
+
+
 def _tridiagonal_top_eigenvalue(alpha: torch.Tensor, b2: tuple[torch.Tensor, ...], lo: torch.Tensor, hi: torch.Tensor,
                                 steps: int) -> torch.Tensor:
     """Largest eigenvalue of every symmetric tridiagonal matrix (as ``_tridiagonal_below``) by
     Sturm-sequence bisection of the bracket ``[lo, hi]`` (each ``(B,)``), vectorised over the
-    batch: ``steps`` halvings."""
+    batch: ``steps`` halvings. A batch of at most SMALL_TRIDIAGONAL_BATCH goes to LAPACK
+    (``eigvalsh``) instead, which is exact to rounding whatever the bracket."""
+    if alpha.shape[1] <= SMALL_TRIDIAGONAL_BATCH:
+        T = torch.diag_embed(alpha.T)
+        if b2:
+            off = torch.diag_embed(torch.stack(b2, 1).sqrt(), offset=1)
+            T = T + off + off.transpose(1, 2)
+        return torch.linalg.eigvalsh(T)[:, -1]
     for _ in range(steps):
         mid = 0.5 * (lo + hi)
         below = _tridiagonal_below(alpha, b2, mid)

@@ -1,8 +1,10 @@
 """Bad input gets a clear error, never a silent NaN."""
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from moegeo import ExperimentConfig, MLPMoE, probes
+from moegeo import ExperimentConfig, MLPMoE, probes, validate
 
 
 def mlp(E=3, h=5, d=4, N=6):
@@ -18,6 +20,20 @@ def test_nan_or_inf_in_weights_or_inputs(which, bad):
     args[which].view(-1)[0] = bad
     with pytest.raises(ValueError, match="NaN/Inf"):
         probes.expert_jacobians(*args)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([0.0, 1.0, -2.5, 3e38, -3e38, 1e-45, float("nan"), float("inf"), float("-inf")]),
+                min_size=1, max_size=12), st.sampled_from([torch.float32, torch.float64]))
+def test_check_finite_agrees_with_the_elementwise_test(values, dtype):
+    """check_finite's one-sum shortcut raises exactly when some entry is NaN or Inf, also when
+    finite entries overflow the sum (3e38 + 3e38 is Inf in float32) or Infs cancel to NaN."""
+    t = torch.tensor(values, dtype=dtype)
+    if bool(torch.isfinite(t).all()):
+        validate.check_finite(t=t)
+    else:
+        with pytest.raises(ValueError, match=f"t holds {int((~torch.isfinite(t)).sum())} NaN/Inf"):
+            validate.check_finite(t=t)
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.bool])

@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.linalg
 import scipy.stats
 import torch
 from hypothesis import given, settings
@@ -370,6 +371,23 @@ def test_mlp_gram_product_is_jtj_v_of_the_materialised_jacobians(params, seed):
     a = probes.gelu_grad(probes.expert_preactivations(W1, b1, x))
     out = probes.mlp_gram_product(v.clone(), W1, W2, a)
     torch.testing.assert_close(out, torch.einsum("enji,enjk,enk->eni", J, J, v), rtol=1e-10, atol=1e-12)
+
+
+@settings(deadline=None, max_examples=25)
+@given(st.integers(1, 40), st.sampled_from([1, probes.SMALL_TRIDIAGONAL_BATCH, probes.SMALL_TRIDIAGONAL_BATCH + 1]),
+       seeds)
+def test_tridiagonal_top_eigenvalue_matches_scipy_on_both_paths(k, B, seed):
+    """The Ritz value of mlp_lanczos_sigma1: LAPACK for a small batch, Sturm bisection above
+    SMALL_TRIDIAGONAL_BATCH; both against scipy's tridiagonal eigensolver, matrix by matrix."""
+    g = torch.Generator().manual_seed(seed)
+    alpha = torch.randn(k, B, generator=g, dtype=torch.float64)
+    b = torch.rand(k - 1, B, generator=g, dtype=torch.float64) * torch.randint(0, 2, (k - 1, B), generator=g)  # some 0
+    b2 = tuple(b.square().clamp_min(torch.finfo(torch.float64).tiny))
+    radius = torch.nn.functional.pad(b, (0, 0, 0, 1)) + torch.nn.functional.pad(b, (0, 0, 1, 0))
+    got = probes._tridiagonal_top_eigenvalue(alpha, b2, alpha.amax(0), (alpha + radius).amax(0), 60)
+    ref = [scipy.linalg.eigvalsh_tridiagonal(alpha[:, i].numpy(), b[:, i].numpy(), select="i",
+                                             select_range=(k - 1, k - 1))[0] for i in range(B)]
+    torch.testing.assert_close(got, torch.tensor(ref, dtype=torch.float64), rtol=1e-12, atol=1e-12)
 
 
 def planted_mlp(d=24, weight=1e-6, sigma2=0.9):
