@@ -224,8 +224,7 @@ class MLPMoE(nn.Module):
             if self.n_seeds != 1:
                 raise ValueError(f"x of shape {tuple(x.shape)} needs a seed dimension: the model holds {self.n_seeds} seeds")
             x = x[None]
-        if x.shape[0] != self.n_seeds or x.shape[-1] != self.W1.shape[-1]:
-            raise ValueError(f"x must have shape (S={self.n_seeds}, N, d={self.W1.shape[-1]}), got {tuple(x.shape)}")
+        self._check_x(x)
         if self.routing == "topk":
             scores = self.logits(x)
             w, idx = topk_route(scores, self.top_k, self.temperature, self._selection_bias())
@@ -238,6 +237,11 @@ class MLPMoE(nn.Module):
             hidden = gelu(torch.baddbmm(self.b1[:, 0, None], x, self.W1[:, 0].transpose(1, 2)))
             out = torch.baddbmm(self.b2[:, 0, None], hidden, self.W2[:, 0].transpose(1, 2))
         return out[0] if single else out
+
+    def _check_x(self, x: torch.Tensor) -> None:
+        """``x`` must be ``(S, N, d)`` for this layer's S seeds and input width d."""
+        if x.dim() != 3 or x.shape[0] != self.n_seeds or x.shape[-1] != self.W1.shape[-1]:
+            raise ValueError(f"x must have shape (S={self.n_seeds}, N, d={self.W1.shape[-1]}), got {tuple(x.shape)}")
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Router scores s(x): logits Wr x + br, or cosines to the centroids for the K-Means
@@ -286,11 +290,12 @@ class MLPMoE(nn.Module):
         they get no gradient; the result equals ``mix`` up to the order of floating-point sums
         (tested at float64).
         """
+        self._check_x(x)
         S, N, d = x.shape
         E, k = self.W1.shape[1], idx.shape[-1]
-        if x.shape != (self.n_seeds, N, self.W1.shape[-1]) or w.shape != (S, N, k) or idx.shape != (S, N, k):
-            raise ValueError(f"dispatch needs x (S={self.n_seeds}, N, d={self.W1.shape[-1]}) and w, idx (S, N, k), "
-                             f"got {tuple(x.shape)}, {tuple(w.shape)}, {tuple(idx.shape)}")
+        if w.shape != (S, N, k) or idx.shape != (S, N, k):
+            raise ValueError(f"dispatch needs w and idx of shape (S, N, k) = ({S}, {N}, k), "
+                             f"got {tuple(w.shape)}, {tuple(idx.shape)}")
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= E):  # would select another seed's expert
             raise ValueError(f"expert indices must lie in [0, {E}), got [{int(idx.min())}, {int(idx.max())}]")
         G = S * E

@@ -242,8 +242,10 @@ def test_topk_dispatch_refuses_bad_indices_and_shapes():
         idx[0, 2, 0] = bad
         with pytest.raises(ValueError, match="expert indices"):
             layer.dispatch(x, w, idx)
-    with pytest.raises(ValueError, match="dispatch needs"):
+    with pytest.raises(ValueError, match=r"x must have shape \(S=2, N, d=4\), got \(1, 6, 4\)"):
         layer.dispatch(x[:1], w[:1], torch.zeros(1, 6, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"x must have shape \(S=2, N, d=4\), got \(6, 4\)"):
+        layer.dispatch(x[0], w[0], torch.zeros(6, 1, dtype=torch.long))
     with pytest.raises(ValueError, match="dispatch needs"):
         layer.dispatch(x, w[:, :5], torch.zeros(2, 6, 1, dtype=torch.long))
 
