@@ -15,15 +15,19 @@ CFG = LMConfig(seeds=tuple(range(LM_SEEDS)))  # the claims' LM configuration
 ARMS = CFG.arms + (Arm.TOPK_AUX, Arm.TOPK_LOSS_FREE, Arm.KMEANS)  # + the routers paper's balancing routers
 
 
-def lm_flops(arm: Arm, cfg: LMConfig) -> float:
+def lm_flops(arm: Arm | None, cfg: LMConfig) -> float:
     """Matrix-product FLOPs of one training step for all seeds (forward x 3 for forward +
     backward): per layer the attention projections (8 n d^2), the attention products
     (4 B T^2 d, the causal mask not discounted) and the FFN (4 n d width; Top-k counts only its
-    k routed experts) with its router; then the tied unembedding (2 n d V). n = B T tokens."""
+    k routed experts) with its router; then the tied unembedding (2 n d V). n = B T tokens.
+    ``arm=None``: without the FFN (the parts every arm shares)."""
     S, B, T, d = len(cfg.seeds), cfg.batch_size, cfg.context, cfg.d_model
     n = B * T
-    experts = cfg.top_k if arm.routing == "topk" else {Arm.DENSE: 1, Arm.DENSE_MATCHED: cfg.n_experts, Arm.SOFT: cfg.n_experts}[arm]
-    ffn = 4 * n * d * cfg.d_hidden * experts + (2 * n * d * cfg.n_experts if arm.is_moe else 0)
+    if arm is None:
+        experts = 0
+    else:
+        experts = cfg.top_k if arm.routing == "topk" else {Arm.DENSE: 1, Arm.DENSE_MATCHED: cfg.n_experts, Arm.SOFT: cfg.n_experts}[arm]
+    ffn = 4 * n * d * cfg.d_hidden * experts + (2 * n * d * cfg.n_experts if arm is not None and arm.is_moe else 0)
     layer = 8 * n * d * d + 4 * B * T * T * d + ffn
     return 3 * S * (cfg.n_layers * layer + 2 * n * d * cfg.vocab_size)
 
@@ -33,10 +37,17 @@ def corpus():
     return load_wikitext(CFG.data, CFG.vocab_size)
 
 
-@pytest.mark.parametrize("arm", ARMS, ids=[a.value for a in ARMS])
-def test_lm_train_step(benchmark, arm, corpus):
-    _keep_freed_memory()
-    model = lm.TransformerLM(arm, CFG)
+class NoFFN(torch.nn.Module):
+    """An FFN slot that adds nothing: the step then times only the parts every arm shares."""
+
+    balance_loss = 0.0
+
+    def forward(self, h):
+        return torch.zeros_like(h)
+
+
+def timed_step(benchmark, model, corpus):
+    """Time one training step of ``model`` (Adam, the claims' LM batch); returns the last loss."""
     opt = adam(model.parameters(), CFG.lr)  # the training runs' optimizer
     gens = [torch.Generator().manual_seed(s) for s in CFG.seeds]
     xs, ys = zip(*(batches(corpus.train, CFG.context, CFG.batch_size, g) for g in gens))
@@ -49,9 +60,29 @@ def test_lm_train_step(benchmark, arm, corpus):
         opt.step()
         return loss
 
+    return benchmark.pedantic(step, rounds=10, warmup_rounds=2)
+
+
+@pytest.mark.parametrize("arm", ARMS, ids=[a.value for a in ARMS])
+def test_lm_train_step(benchmark, arm, corpus):
+    _keep_freed_memory()
     benchmark.group = f"one LM training step, {LM_SEEDS} seeds"
-    loss = benchmark.pedantic(step, rounds=10, warmup_rounds=2)
+    loss = timed_step(benchmark, lm.TransformerLM(arm, CFG), corpus)
     # accuracy beside the timing: a finite loss per seed, below log V after 12 Adam steps on one batch
     assert loss.shape == (LM_SEEDS,) and torch.isfinite(loss).all()
     assert (loss < torch.log(torch.tensor(float(CFG.vocab_size)))).all()
     benchmark.extra_info.update(method=arm.value, flops=lm_flops(arm, CFG))
+
+
+def test_lm_step_shared_parts(benchmark, corpus):
+    """The step with every FFN replaced by zero (attention, LayerNorms, embedding, tied
+    unembedding and cross-entropy, Adam): what every arm pays besides its FFN layers, against
+    its own FLOP floor. REPORT sets it beside the Top-k arms' goal."""
+    _keep_freed_memory()
+    model = lm.TransformerLM(Arm.DENSE, CFG)
+    model.ffn = torch.nn.ModuleList(NoFFN() for _ in model.ffn)
+    benchmark.group = f"LM shared parts (every FFN zero), {LM_SEEDS} seeds"
+    loss = timed_step(benchmark, model, corpus)
+    assert loss.shape == (LM_SEEDS,) and torch.isfinite(loss).all()
+    assert (loss < torch.log(torch.tensor(float(CFG.vocab_size)))).all()
+    benchmark.extra_info.update(method="shared_parts", flops=lm_flops(None, CFG))

@@ -34,7 +34,7 @@ def load(path: Path) -> tuple[pd.DataFrame, dict]:
 
 
 def _ratio_table(g: pd.DataFrame) -> list[str]:
-    base = g[g.get("baseline", False) == True]  # noqa: E712
+    base = g[g["baseline"] == True] if "baseline" in g else g.iloc[:0]  # noqa: E712 (a run may set it nowhere)
     t0 = float(base["time"].iloc[0]) if len(base) else float(g["time"].max())
     out = ["| method | median time | speed-up vs baseline | max rel. error | iterations |", "|---|---|---|---|---|"]
     for r in g.sort_values("time").itertuples():
@@ -195,6 +195,19 @@ def targets(df: pd.DataFrame) -> list[str]:
                         f"FLOP floor {floor * 1e3:.0f} ms at {rate / 1e9:.0f} GFLOP/s (goal <= 3x) "
                         f"| {r.median / floor:.1f}x of floor at {rate / 1e9:.0f} GFLOP/s "
                         f"| {'yes' if r.median / floor <= 3 else 'no'} |")
+        shared = df[df.group.str.startswith("LM shared parts")]
+        moe = steps_lm[steps_lm.method.isin(["topk", "topk_aux", "topk_loss_free", "kmeans"])]
+        if len(shared) and len(moe):
+            sh, top = shared.iloc[0], moe.sort_values("median").iloc[0]  # the fastest Top-k arm
+            goal, ffn_floor = 3 * top.flops / rate, (top.flops - sh.flops) / rate
+            rows.append(f"| LM: the parts every arm shares (the step with every FFN zero: attention, LayerNorms, embedding, "
+                        f"tied unembedding and cross-entropy, Adam) take {sh['median'] * 1e3:.0f} ms, "
+                        f"{sh['median'] / (sh.flops / rate):.1f}x their FLOP floor {sh.flops / rate * 1e3:.0f} ms; the "
+                        f"fastest Top-k arm's goal ({top.method}: 3 x {top.flops / rate * 1e3:.0f} ms = {goal * 1e3:.0f} ms) "
+                        f"leaves its three FFN layers {(goal - sh['median']) * 1e3:.0f} ms, and they take "
+                        f"{(top['median'] - sh['median']) * 1e3:.0f} ms (their FLOP floor {ffn_floor * 1e3:.0f} ms) "
+                        f"| FFN layers {(top['median'] - sh['median']) / ffn_floor:.1f}x of their floor, "
+                        f"{(goal - sh['median']) / ffn_floor:.1f}x allowed | n/a (where the time goes) |")
     return rows
 
 

@@ -56,6 +56,22 @@ def test_flop_floor_uses_the_fastest_sgemm_round_and_states_the_rate(tmp_path):
     assert "| 2.5x of floor at 100 GFLOP/s | yes |" in text
 
 
+def test_lm_shared_parts_row_splits_the_topk_goal(tmp_path):
+    """100 GFLOP/s; Top-k arms of 2 GFLOP (floor 20 ms, goal 60 ms), the faster at 80 ms; shared
+    parts 1 GFLOP in 45 ms: they leave the FFN layers 15 ms, which take 35 ms of a 10 ms floor."""
+    results, report = tmp_path / "r.json", tmp_path / "REPORT.md"
+    group = "one LM training step, 12 seeds"
+    results.write_text(json.dumps(dict(machine_info={}, benchmarks=[
+        _bench("floating-point floor", "sgemm", 0.01, 0.01, flops=1e9), _bench(group, "dense", 0.05, flops=1.5e9),
+        _bench(group, "topk", 0.09, flops=2e9), _bench(group, "kmeans", 0.08, flops=2e9),
+        _bench("LM shared parts (every FFN zero), 12 seeds", "shared_parts", 0.045, flops=1e9)])))
+    bench_report.update_report(results, report)  # no benchmark here sets `baseline` (a partial run): it renders
+    text = report.read_text()
+    assert "take 45 ms, 4.5x their FLOP floor 10 ms; the fastest Top-k arm's goal (kmeans: 3 x 20 ms = 60 ms) " \
+           "leaves its three FFN layers 15 ms, and they take 35 ms (their FLOP floor 10 ms) " \
+           "| FFN layers 3.5x of their floor, 1.5x allowed |" in text
+
+
 def test_topk_training_step_is_reported_against_half_the_soft_step(tmp_path):
     results, report = tmp_path / "r.json", tmp_path / "REPORT.md"
     group = "one training step, main arms"
