@@ -38,12 +38,14 @@ def corpus():
 
 
 class NoFFN(torch.nn.Module):
-    """An FFN slot that adds nothing: the step then times only the parts every arm shares."""
+    """An FFN slot that adds nothing: the step then times only the parts every arm shares.
+    ``h * 0`` (not a fresh zero tensor) keeps its input in the graph, so the LayerNorm before
+    it still runs backward, as in every arm."""
 
     balance_loss = 0.0
 
     def forward(self, h):
-        return torch.zeros_like(h)
+        return h * 0
 
 
 def timed_step(benchmark, model, corpus):
@@ -76,8 +78,9 @@ def test_lm_train_step(benchmark, arm, corpus):
 
 def test_lm_step_shared_parts(benchmark, corpus):
     """The step with every FFN replaced by zero (attention, LayerNorms, embedding, tied
-    unembedding and cross-entropy, Adam): what every arm pays besides its FFN layers, against
-    its own FLOP floor. REPORT sets it beside the Top-k arms' goal."""
+    unembedding and cross-entropy, Adam on those parameters): what every arm pays besides its
+    FFN layers (with their routers and Adam on their weights), against its own FLOP floor.
+    REPORT sets it beside the Top-k arms' goal."""
     _keep_freed_memory()
     model = lm.TransformerLM(Arm.DENSE, CFG)
     model.ffn = torch.nn.ModuleList(NoFFN() for _ in model.ffn)

@@ -200,14 +200,17 @@ def targets(df: pd.DataFrame) -> list[str]:
         if len(shared) and len(moe):
             sh, top = shared.iloc[0], moe.sort_values("median").iloc[0]  # the fastest Top-k arm
             goal, ffn_floor = 3 * top.flops / rate, (top.flops - sh.flops) / rate
+            left = goal - sh["median"]
+            budget = (f"leaves its FFN layers {left * 1e3:.0f} ms" if left > 0 else
+                      f"is already spent by these parts ({-left * 1e3:.0f} ms over)")
             rows.append(f"| LM: the parts every arm shares (the step with every FFN zero: attention, LayerNorms, embedding, "
-                        f"tied unembedding and cross-entropy, Adam) take {sh['median'] * 1e3:.0f} ms, "
+                        f"tied unembedding and cross-entropy, Adam on their parameters) take {sh['median'] * 1e3:.0f} ms, "
                         f"{sh['median'] / (sh.flops / rate):.1f}x their FLOP floor {sh.flops / rate * 1e3:.0f} ms; the "
                         f"fastest Top-k arm's goal ({top.method}: 3 x {top.flops / rate * 1e3:.0f} ms = {goal * 1e3:.0f} ms) "
-                        f"leaves its three FFN layers {(goal - sh['median']) * 1e3:.0f} ms, and they take "
-                        f"{(top['median'] - sh['median']) * 1e3:.0f} ms (their FLOP floor {ffn_floor * 1e3:.0f} ms) "
+                        f"{budget}; they take {(top['median'] - sh['median']) * 1e3:.0f} ms (with their routers and Adam on "
+                        f"their weights; their FLOP floor, the routed experts' and routers' products, {ffn_floor * 1e3:.0f} ms) "
                         f"| FFN layers {(top['median'] - sh['median']) / ffn_floor:.1f}x of their floor, "
-                        f"{(goal - sh['median']) / ffn_floor:.1f}x allowed | n/a (where the time goes) |")
+                        f"{max(left, 0) / ffn_floor:.1f}x allowed | n/a (where the time goes) |")
     return rows
 
 

@@ -584,10 +584,13 @@ def mlp_lanczos_sigma1(
     paper's d = 64, h = 128. Plain three-term Lanczos, no reorthogonalisation: in finite precision
     that only repeats converged Ritz values (Paige), and the largest Ritz value never exceeds
     sigma_1^2 by more than rounding. The Ritz value is the largest eigenvalue of the tridiagonal
-    T_k, found by Sturm-sequence bisection for the whole batch at once (no per-matrix LAPACK call);
+    T_k, found by Sturm-sequence bisection for the whole batch at once (no per-matrix LAPACK call;
+    a batch of at most SMALL_TRIDIAGONAL_BATCH matrices, where LAPACK is faster, uses it instead);
     it can only grow with k (Cauchy interlacing), so a check is one Sturm pass at
-    theta_prev (1 + tol), and a full bisection follows only if some value moved. At the stop the
-    returned sigma_1^2 is the Ritz value to within rounding of the input's dtype.
+    theta_prev (1 + tol), and a full solve follows only if some value moved. At the stop the
+    returned sigma_1^2 is the Ritz value to within rounding of the input's dtype. Products that
+    overflow the input's dtype (finite inputs, sigma_1^2 beyond its range) raise ``ValueError``
+    rather than return NaN.
 
     A Ritz value settles on sigma_2^2 for a while when the start has little weight on v_1,
     the top right singular vector, and a test on its movement can pass there (see
@@ -635,6 +638,9 @@ def mlp_lanczos_sigma1(
         if k == d or (k >= min_iter and (k - min_iter) % check_every == 0):
             A = torch.stack(alphas).double()  # (k, B): one row per Lanczos step
             b = torch.stack(betas).double() if betas else A[:0]
+            if not (bool(torch.isfinite(A).all()) and bool(torch.isfinite(b).all())):
+                raise ValueError(f"Lanczos overflowed in {x.dtype}: the J^T J products of finite inputs are not finite "
+                                 "(sigma_1^2 beyond the dtype's range); rescale the weights or pass float64 tensors")
             b2 = tuple(b.square().clamp_min_(torch.finfo(torch.float64).tiny))
             if k > min_iter:  # theta, the value at the last check, is a lower bound (interlacing)
                 bound = theta * (1 + tol)

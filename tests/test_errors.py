@@ -1,7 +1,7 @@
 """Bad input gets a clear error, never a silent NaN."""
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from moegeo import ExperimentConfig, MLPMoE, probes, validate
@@ -23,12 +23,20 @@ def test_nan_or_inf_in_weights_or_inputs(which, bad):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from([0.0, 1.0, -2.5, 3e38, -3e38, 1e-45, float("nan"), float("inf"), float("-inf")]),
-                min_size=1, max_size=12), st.sampled_from([torch.float32, torch.float64]))
-def test_check_finite_agrees_with_the_elementwise_test(values, dtype):
+@given(st.lists(st.sampled_from([0.0, 1.0, -2.5, 6e4, 3e38, -3e38, 1e-45, float("nan"), float("inf"), float("-inf")]),
+                min_size=1, max_size=12),
+       st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.float8_e5m2]), st.booleans())
+@example([3e38, 3e38], torch.float32, False)  # finite entries whose sum overflows: not an error
+@example([6e4, 6e4], torch.float16, True)
+@example([float("inf"), float("-inf")], torch.float32, False)  # the sum is NaN
+def test_check_finite_agrees_with_the_elementwise_test(values, dtype, strided):
     """check_finite's one-sum shortcut raises exactly when some entry is NaN or Inf, also when
-    finite entries overflow the sum (3e38 + 3e38 is Inf in float32) or Infs cancel to NaN."""
-    t = torch.tensor(values, dtype=dtype)
+    finite entries overflow the sum (3e38 + 3e38 is Inf in float32) or Infs cancel to NaN, for
+    every floating dtype (float8, which torch cannot sum, takes the elementwise test) and for a
+    non-contiguous view."""
+    t = torch.tensor(values, dtype=torch.float64).to(dtype)  # out-of-range values become Inf in the cast
+    if strided:
+        t = t.repeat_interleave(2)[::2]
     if bool(torch.isfinite(t).all()):
         validate.check_finite(t=t)
     else:

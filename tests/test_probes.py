@@ -424,6 +424,21 @@ def test_mlp_lanczos_max_error_over_many_random_expert_jacobians():
     assert worst <= 1e-6, f"max relative error {worst:.2e}"
 
 
+def test_mlp_lanczos_overflow_is_an_error_not_nan():
+    """Finite float32 weights of 1e12 make J^T J ~ 1e48, beyond float32: a clear error on both
+    Ritz paths (LAPACK for a small batch raised its own 'failed to converge', bisection for a
+    large one returned NaN with converged=True)."""
+    g = torch.Generator().manual_seed(0)
+    for N in (2, probes.SMALL_TRIDIAGONAL_BATCH + 1):
+        f32 = dict(generator=g, dtype=torch.float32)  # explicit: this module's default dtype is float64
+        W1, b1 = torch.randn(1, 16, 8, **f32) * 1e12, torch.zeros(1, 16, dtype=torch.float32)
+        W2, x = torch.randn(1, 8, 16, **f32) * 1e12, torch.randn(N, 8, **f32) * 1e-13
+        with pytest.raises(ValueError, match="Lanczos overflowed in torch.float32"):
+            probes.mlp_lanczos_sigma1(W1, b1, W2, x, generator=g)
+        r = probes.mlp_lanczos_sigma1(W1.double(), b1.double(), W2.double(), x.double(), generator=g)
+        assert torch.isfinite(r.values).all() and r.converged
+
+
 def test_mlp_lanczos_rejects_bad_input():
     W1, b1, W2, x = torch.randn(2, 6, 4), torch.randn(2, 6), torch.randn(2, 4, 6), torch.randn(3, 4)
     with pytest.raises(TypeError, match="x must be a floating-point tensor"):
