@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import ExperimentConfig
+from .config import Arm, ExperimentConfig
 
 BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
 #: issue 11: the default claims sweep within 2x of its FLOP floor, measured (an extrapolation can
@@ -196,7 +196,7 @@ def targets(df: pd.DataFrame) -> list[str]:
                         f"| {r.median / floor:.1f}x of floor at {rate / 1e9:.0f} GFLOP/s "
                         f"| {'yes' if r.median / floor <= 3 else 'no'} |")
         shared = df[df.group.str.startswith("LM shared parts")]
-        moe = steps_lm[steps_lm.method.isin(["topk", "topk_aux", "topk_loss_free", "kmeans"])]
+        moe = steps_lm[steps_lm.method.isin([a.value for a in Arm if a.routing == "topk"])]
         if len(shared) and len(moe):
             sh, top = shared.iloc[0], moe.sort_values("median").iloc[0]  # the fastest Top-k arm
             goal, ffn_floor = 3 * top.flops / rate, (top.flops - sh.flops) / rate
