@@ -533,8 +533,9 @@ def mlp_gram_product(v: torch.Tensor, W1: torch.Tensor, W2: torch.Tensor, a: tor
 
     ``v: (E, M, d)`` one vector per row, ``W1: (E, h, d)``, ``W2: (E, d_out, h)``, ``a: (E, M, h)``
     the GELU slopes GELU'(W1 x + b1) at each row's point (``gelu_grad(expert_preactivations(...))``).
-    Returns ``(E, M, d)``. 4 d h multiply-adds per row; every call streams W1 and W2 twice,
-    which bounds it by memory bandwidth when M is small (``benchmarks/test_bench_spectra.py``)."""
+    Returns ``(E, M, d)``. 4 d h multiply-adds per row. With few rows (M = 8 at d = 1024) the GEMMs
+    are skinny and run well below a square sgemm's rate; reading the weights is not what bounds
+    them (``benchmarks/test_bench_spectra.py`` times both)."""
     u = torch.bmm(torch.bmm(torch.bmm(v, W1.transpose(1, 2)).mul_(a), W2.transpose(1, 2)), W2).mul_(a)
     return torch.bmm(u, W1)
 
