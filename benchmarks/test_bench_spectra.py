@@ -152,19 +152,39 @@ def test_sigma1_scaling(benchmark, d, method):
     record(benchmark, p, method, result, baseline=method == "closed_form+svdvals")
 
 
-def test_gram_product_memory_floor(benchmark):
+FLOOR_GROUP = "floor: one J^T J product (d=1024, h=2d, E=1, N=8)"
+
+
+def test_gram_product_floor(benchmark):
     """One J^T J product for all N = 8 points at d = 1024 (h = 2d), ``probes.mlp_gram_product``,
-    the four GEMMs of a matrix-free Lanczos step: it streams W1 and W2 twice (4 d h float32 =
-    32 MB) for only 8 vectors, so it is bound by memory bandwidth, not FLOPs. A matrix-free method needs one such
-    product per iteration, so iterations x this time is its floor on this machine."""
+    the four GEMMs of a matrix-free Lanczos step (4 x 2 d h N FLOPs). A matrix-free method needs
+    one such product per iteration, so iterations x this time is its floor on this machine; the
+    report sets the product's FLOP rate beside the square sgemm's and beside the time it takes
+    just to read the weights (``test_gram_product_weights_read``)."""
     p = scaled(1024)
     W1, b1, W2, x = p.args
     a = probes.gelu_grad(probes.expert_preactivations(W1, b1, x))
     v = torch.randn(1, p.N, p.d, generator=torch.Generator().manual_seed(0))
-    benchmark.group = "memory floor: one J^T J product (d=1024, h=2d, E=1, N=8)"
+    benchmark.group = FLOOR_GROUP
     out = benchmark.pedantic(probes.mlp_gram_product, (v, W1, W2, a), rounds=20, warmup_rounds=2)
     J = probes.expert_jacobians(W1.double(), b1.double(), W2.double(), x.double())
     ref = torch.einsum("enji,enjk,enk->eni", J, J, v.double())  # J^T J v, materialised in float64
     err = float(((out.double() - ref).norm(dim=-1) / ref.norm(dim=-1)).max())
-    benchmark.extra_info.update(method="gram_product", d=p.d, bytes=4 * p.d * p.h * 4, max_rel_error=err)
+    benchmark.extra_info.update(method="gram_product", d=p.d, flops=4 * 2 * p.d * p.h * p.N,
+                                bytes=4 * p.d * p.h * 4, max_rel_error=err)
     assert err <= TOL
+
+
+def test_gram_product_weights_read(benchmark):
+    """Reading the weights one J^T J product reads (W1 and W2, twice each; a sum per read), as a
+    lower bound on what memory traffic alone would cost the product."""
+    W1, _, W2, _ = scaled(1024).args
+
+    def read():
+        return W1.sum() + W2.sum() + W2.sum() + W1.sum()
+
+    benchmark.group = FLOOR_GROUP
+    total = benchmark.pedantic(read, rounds=20, warmup_rounds=2)
+    ref = 2 * (W1.double().sum() + W2.double().sum())
+    assert abs(float(total) - float(ref)) <= 1e-3 * float(W1.double().abs().sum() + W2.double().abs().sum())
+    benchmark.extra_info.update(method="weights_read", d=1024, bytes=4 * W1.numel() * 2 + 4 * W2.numel() * 2)

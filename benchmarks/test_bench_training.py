@@ -5,6 +5,8 @@ the same run. The sweep is timed at 20 steps and extrapolated linearly in steps 
 cost is constant), plus the probe stage, which runs once per arm.
 """
 import dataclasses
+import statistics
+import time
 
 import pytest
 import torch
@@ -48,9 +50,8 @@ def test_sgemm_rate(benchmark):
     benchmark.extra_info.update(method="sgemm", flops=2 * SGEMM_N**3)
 
 
-@pytest.mark.parametrize("arm", CFG.arms, ids=[a.value for a in CFG.arms])
-def test_train_step_20_seeds(benchmark, arm, data):
-    x, y = data
+def train_step(arm: Arm, x, y):
+    """One full-batch training step of a fresh model of ``arm`` (all seeds batched), as the claims train."""
     experiment._keep_freed_memory()
     model = experiment.build_model(arm, CFG)
     opt = adam(model.parameters(), CFG.lr)  # the training runs' optimizer
@@ -62,10 +63,38 @@ def test_train_step_20_seeds(benchmark, arm, data):
         opt.step()
         return loss
 
+    return step
+
+
+@pytest.mark.parametrize("arm", CFG.arms, ids=[a.value for a in CFG.arms])
+def test_train_step_20_seeds(benchmark, arm, data):
+    step = train_step(arm, *data)
     benchmark.group = "one training step, main arms"
     loss = benchmark.pedantic(step, rounds=10, warmup_rounds=2)
     assert torch.isfinite(loss)
     benchmark.extra_info.update(method=arm.value, flops=train_flops(arm, CFG))
+
+
+def test_topk_and_soft_steps_interleaved(benchmark, data):
+    """The Top-k and the soft step timed in alternation, one of each per round, so that a change in
+    the machine's speed during the run (README: one row moved from 52 to 79 ms between runs of
+    unchanged code) reaches both medians alike. Each step's time is its own perf_counter span."""
+    steps = {arm: train_step(arm, *data) for arm in (Arm.TOPK, Arm.SOFT)}
+    times = {arm: [] for arm in steps}
+
+    def pair():
+        for arm, step in steps.items():
+            start = time.perf_counter()
+            loss = step()
+            times[arm].append(time.perf_counter() - start)
+            assert torch.isfinite(loss)
+
+    rounds, warmup = 10, 2
+    benchmark.group = "Top-k and soft steps interleaved, main arms"
+    benchmark.pedantic(pair, rounds=rounds, warmup_rounds=warmup)
+    med = {arm: statistics.median(t[warmup:]) for arm, t in times.items()}
+    assert all(len(t) == rounds + warmup for t in times.values())
+    benchmark.extra_info.update(method="topk+soft", topk_median=med[Arm.TOPK], soft_median=med[Arm.SOFT])
 
 
 def test_claims_sweep(benchmark):

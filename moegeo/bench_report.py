@@ -130,6 +130,24 @@ def sgemm_rate(df: pd.DataFrame) -> float:
     return float(gemm.flops.iloc[0]) / float(gemm["min"].iloc[0]) if len(gemm) else float("nan")
 
 
+def _product_floor_row(product, read: pd.DataFrame, its: int, exact: float, rate: float) -> str:
+    """The d = 1024 row of what bounds a matrix-free method: ``its`` J^T J products at the
+    product's own fastest round, and at the square sgemm's rate, beside the time to read its weights."""
+    t1 = float(product["min"])
+    at_product, at_sgemm = exact / (its * t1), exact / (its * product.flops / rate)
+    read_text = ""
+    if len(read):
+        t_read = float(read["min"].iloc[0])
+        read_text = (f"; reading its {read.bytes.iloc[0] / 2**20:.0f} MB of weights alone takes {_t(t_read)} "
+                     f"({read.bytes.iloc[0] / t_read / 1e9:.0f} GB/s), so memory traffic is not the bound")
+    met = "yes" if at_product >= 50 else ("no: even at the sgemm rate" if at_sgemm < 50 else "no: the skinny GEMMs' rate")
+    return (f"| d = 1024 floor: {its} iterations x one J^T J product ({_t(t1)}, the fastest round: "
+            f"{product.flops / 1e6:.0f} MFLOP at {product.flops / t1 / 1e9:.0f} GFLOP/s, GEMMs of only N = 8 columns"
+            f"{read_text}) = {_t(its * t1)}, at most {at_product:.1f}x over the best exact method; at the square sgemm's "
+            f"{rate / 1e9:.0f} GFLOP/s the {its} products would take {_t(its * product.flops / rate)}, at most "
+            f"{at_sgemm:.0f}x | {at_product:.1f}x possible at the product's rate, {at_sgemm:.0f}x at the sgemm rate | {met} |")
+
+
 def targets(df: pd.DataFrame) -> list[str]:
     """The issue's speed targets, each as measured in this run."""
     def med(group_prefix, method):
@@ -156,16 +174,21 @@ def targets(df: pd.DataFrame) -> list[str]:
         add(f"d = 1024: best matrix-free ({free.method}) vs best exact (goal >= 50x)", exact / free["median"], 50)
         product = df[df.method == "gram_product"] if "method" in df else df.iloc[:0]
         if len(product):
-            t1, its = float(product["min"].iloc[0]), int(free.iterations)
-            rows.append(f"| d = 1024 memory floor: {its} iterations x one J^T J product ({_t(t1)}, the fastest round; it "
-                        f"streams {product.bytes.iloc[0] / 2**20:.0f} MB of weights, {product.bytes.iloc[0] / t1 / 1e9:.1f} "
-                        f"GB/s) = {_t(its * t1)}, so at most {exact / (its * t1):.1f}x over the best exact method on "
-                        f"this machine at this iteration count | {exact / (its * t1):.1f}x possible | "
-                        f"{'yes' if exact / (its * t1) >= 50 else 'no: memory-bound'} |")
+            rows.append(_product_floor_row(product.iloc[0], df[df.method == "weights_read"], int(free.iterations), exact,
+                                           sgemm_rate(df)))
     topk, soft = med("one training step, main arms", "topk"), med("one training step, main arms", "soft")
+    pair = df[df.method == "topk+soft"] if "method" in df else df.iloc[:0]
     if topk == topk and soft == soft:
+        # declared at 2026-11-27, before the first run with the interleaved benchmark: met only if both
+        # measurements, the separate benchmarks and the interleaved rounds, are at or below 0.5x
+        both = topk / soft <= 0.5 and (not len(pair) or pair.topk_median.iloc[0] / pair.soft_median.iloc[0] <= 0.5)
         rows.append(f"| one Top-k training step of the MLP setting (main arms, seeds batched): {topk * 1e3:.1f} ms vs the soft step "
-                    f"{soft * 1e3:.1f} ms (goal <= 0.5x) | {topk / soft:.2f}x | {'yes' if topk / soft <= 0.5 else 'no'} |")
+                    f"{soft * 1e3:.1f} ms (goal <= 0.5x, in both this and the interleaved measurement) | {topk / soft:.2f}x | "
+                    f"{'yes' if both else 'no'} |")
+    if len(pair):
+        t, s_ = float(pair.topk_median.iloc[0]), float(pair.soft_median.iloc[0])
+        rows.append(f"| the same, measured in alternating rounds (one Top-k and one soft step per round, medians of "
+                    f"each): {t * 1e3:.1f} ms vs {s_ * 1e3:.1f} ms | {t / s_:.2f}x | counted in the row above |")
     sw = df[df.group == "claims sweep"]
     rate = sgemm_rate(df)
     if len(sw) and rate == rate:
