@@ -4,6 +4,8 @@ import dataclasses
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from moegeo import lm, probes, wikitext
 from moegeo.config import Arm, LMConfig
@@ -31,6 +33,47 @@ def test_bad_input_is_named():
         model(tokens(2, 2, 8))
     with pytest.raises(ValueError, match="divisible"):
         dataclasses.replace(TINY, n_heads=3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(S=st.integers(1, 3), n=st.integers(1, 9), d=st.integers(1, 6), V=st.integers(2, 12), seed=st.integers(0, 2**16),
+       scale=st.sampled_from([0.1, 1.0, 30.0]))
+def test_unembedding_cross_entropy_matches_torch_in_float64(S, n, d, V, seed, scale):
+    """Values and both gradients against torch's cross_entropy on the einsum logits, with a
+    different upstream gradient per seed (the training sum plus a balance term's weighting)."""
+    g = torch.Generator().manual_seed(seed)
+    h = (torch.randn(S, n, d, generator=g, dtype=torch.float64) * scale).requires_grad_()
+    w = torch.randn(S, V, d, generator=g, dtype=torch.float64).requires_grad_()
+    t = torch.randint(0, V, (S, n), generator=g)
+    up = torch.randn(S, generator=g, dtype=torch.float64)
+    ref = torch.nn.functional.cross_entropy(torch.einsum("snd,svd->snv", h, w).flatten(0, 1), t.flatten(),
+                                            reduction="none").reshape(S, n).mean(-1)
+    ref_grads = torch.autograd.grad((ref * up).sum(), (h, w))
+    out = lm.unembedding_cross_entropy(h, w, t)
+    grads = torch.autograd.grad((out * up).sum(), (h, w))
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_unembedding_cross_entropy_where_the_target_probability_underflows():
+    """float32, a target 200 below the top logit: its probability is 0 in float32, the loss is
+    still the log-sum-exp minus the target's logit (about 200), as torch's, not inf."""
+    h = torch.tensor([[[1.0], [1.0]]])
+    w = torch.tensor([[[100.0], [-100.0], [0.0]]])
+    t = torch.tensor([[1, 0]])
+    out = lm.unembedding_cross_entropy(h, w, t)
+    ref = torch.nn.functional.cross_entropy(torch.einsum("snd,svd->snv", h, w)[0], t[0])
+    assert torch.isfinite(out).all() and float(out[0]) > 99
+    torch.testing.assert_close(out[0], ref)
+    with torch.no_grad():  # the evaluation path keeps no gradient
+        torch.testing.assert_close(lm.unembedding_cross_entropy(h, w, t), out)
+
+
+def test_loss_names_a_targets_shape_mismatch():
+    model = lm.TransformerLM(Arm.DENSE, TINY, seeds=(0,))
+    with pytest.raises(ValueError, match="targets must have the shape of idx"):
+        model.loss(tokens(1, 2, 8), tokens(1, 2, 7))
 
 
 def test_a_seed_does_not_depend_on_the_other_seeds():
