@@ -51,7 +51,8 @@ def test_sgemm_rate(benchmark):
 
 
 def train_step(arm: Arm, x, y):
-    """One full-batch training step of a fresh model of ``arm`` (all seeds batched), as the claims train."""
+    """A fresh model of ``arm`` (all seeds batched) and a closure that takes one full-batch training
+    step of it per call, as the claims train."""
     experiment._keep_freed_memory()
     model = experiment.build_model(arm, CFG)
     opt = adam(model.parameters(), CFG.lr)  # the training runs' optimizer
@@ -78,12 +79,15 @@ def test_train_step_20_seeds(benchmark, arm, data):
 def test_topk_and_soft_steps_interleaved(benchmark, data):
     """The Top-k and the soft step timed in alternation, one of each per round, so that a change in
     the machine's speed during the run (README: one row moved from 52 to 79 ms between runs of
-    unchanged code) reaches both medians alike. Each step's time is its own perf_counter span."""
+    unchanged code) reaches both medians alike. Which step goes first alternates from round to
+    round, so whatever one step leaves behind (allocator, caches) falls on both. Each step's time
+    is its own perf_counter span."""
     steps = {arm: train_step(arm, *data) for arm in (Arm.TOPK, Arm.SOFT)}
     times = {arm: [] for arm in steps}
 
     def pair():
-        for arm, step in steps.items():
+        order = list(steps.items())
+        for arm, step in order if len(times[Arm.TOPK]) % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             loss = step()
             times[arm].append(time.perf_counter() - start)

@@ -121,6 +121,7 @@ class _UnembeddingCrossEntropy(torch.autograd.Function):
         return rows.mean(-1)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # g is a constant here: a second derivative would be wrong
     def backward(ctx, grad):
         h, w, g = ctx.saved_tensors
         scale = (grad / g.shape[1])[:, None, None]  # the mean over rows, and the caller's gradient per seed
@@ -133,13 +134,17 @@ def unembedding_cross_entropy(h: torch.Tensor, w: torch.Tensor, targets: torch.T
     """Mean cross-entropy per seed of the logits ``h w^T`` against ``targets``: ``h: (S, n, d)``,
     ``w: (S, V, d)``, ``targets: (S, n)`` -> ``(S,)``; the same values and gradients as
     ``torch.nn.functional.cross_entropy`` on ``torch.einsum("snd,svd->snv", h, w)`` (the tests
-    compare them in float64), in fewer passes over the ``S n V`` logits.
+    compare them in float64), in fewer passes over the ``S n V`` logits. ``targets`` must be class
+    indices in ``[0, V)`` (no ``ignore_index``). First-order autograd only: a double backward
+    raises, and ``torch.func`` transforms do not apply; for those, take the logits from
+    ``TransformerLM.trace`` and torch's cross-entropy.
 
     One softmax gives both the loss (-log of the target's probability, from the logits' log-sum-exp
     where that probability underflows) and, kept for the backward pass, the logits' gradient
     softmax - onehot, so the backward pass is the two products with it. torch's cross-entropy
-    makes four such passes (log-softmax, a zero-filled gradient, its scatter, the log-softmax
-    backward); at the language model's 12 seeds x 512 tokens x 2,048 words each pass is 50 MB."""
+    makes three such passes (log-softmax, a zero-filled gradient, the log-softmax backward) and
+    a scatter into the second; at the language model's 12 seeds x 512 tokens x 2,048 words each
+    pass is 50 MB."""
     return _UnembeddingCrossEntropy.apply(h, w, targets)
 
 

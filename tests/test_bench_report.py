@@ -94,6 +94,9 @@ def test_topk_training_step_is_reported_against_half_the_soft_step(tmp_path):
     text = report.read_text()
     assert "interleaved measurement) | 0.40x | no |" in text
     assert "medians of each): 55.0 ms vs 100.0 ms | 0.55x | counted in the row above |" in text
+    results.write_text(json.dumps(dict(machine_info={}, benchmarks=[pair])))  # the interleaved benchmark alone
+    bench_report.update_report(results, report)
+    assert "| 0.55x | n/a: the target needs the separate Top-k and soft benchmarks too, not in this run |" in report.read_text()
 
 
 def test_growth_plot_recovers_a_planted_power_law(tmp_path):
@@ -134,7 +137,7 @@ def test_d1024_floor_row_sets_the_product_rate_beside_the_sgemm_rate_and_the_wei
     text = report.read_text()
     assert "vs best exact (goal >= 50x) | 5.00x | no |" in text
     assert ("| d = 1024 floor: 10 iterations x one J^T J product (10.00 ms, the fastest round: 1000 MFLOP at 100 GFLOP/s, "
-            "GEMMs of only N = 8 columns; reading its 32 MB of weights alone takes 1.00 ms (34 GB/s), so memory traffic is "
+            "GEMMs of only N = 8 columns; reading its 32 MiB of weights alone takes 1.00 ms (34 GB/s), so memory traffic is "
             "not the bound) = 100.00 ms, at most 10.0x over the best exact method; at the square sgemm's 500 GFLOP/s the "
             "10 products would take 20.00 ms, at most 50x | 10.0x possible at the product's rate, 50x at the sgemm rate | "
             "no: the skinny GEMMs' rate |") in text
@@ -142,3 +145,11 @@ def test_d1024_floor_row_sets_the_product_rate_beside_the_sgemm_rate_and_the_wei
     results.write_text(json.dumps(dict(machine_info={}, benchmarks=benches)))
     bench_report.update_report(results, report)
     assert "25x at the sgemm rate | no: even at the sgemm rate |" in report.read_text()
+    benches[4]["stats"].update(min=0.008)  # the read takes most of the product's 10 ms: the row says so
+    del benches[0]  # and a run without the sgemm benchmark names no second bound and no cause
+    results.write_text(json.dumps(dict(machine_info={}, benchmarks=benches)))
+    bench_report.update_report(results, report)
+    text = report.read_text()
+    assert "takes 8.00 ms (4 GB/s), so memory traffic is a large part of the product's time) = 100.00 ms, at most " \
+           "10.0x over the best exact method | 10.0x possible at the product's rate | no |" in text
+    assert "nan" not in next(line for line in text.splitlines() if line.startswith("| d = 1024 floor"))

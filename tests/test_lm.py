@@ -70,6 +70,20 @@ def test_unembedding_cross_entropy_where_the_target_probability_underflows():
         torch.testing.assert_close(lm.unembedding_cross_entropy(h, w, t), out)
 
 
+def test_unembedding_cross_entropy_refuses_a_second_derivative():
+    """Its backward treats softmax - onehot as a constant, so a double backward must raise rather
+    than return a wrong Hessian-vector product (the first-order gradient itself passes gradcheck)."""
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 5, (2, 3), generator=g)
+    assert torch.autograd.gradcheck(lambda a, b: lm.unembedding_cross_entropy(a, b, t), (h, w))
+    for outer in (torch.sum, lambda loss: loss.square().sum()):  # upstream gradient constant / itself differentiable
+        (gh,) = torch.autograd.grad(outer(lm.unembedding_cross_entropy(h, w, t)), h, create_graph=True)
+        with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+            gh.square().sum().backward()
+
+
 def test_loss_names_a_targets_shape_mismatch():
     model = lm.TransformerLM(Arm.DENSE, TINY, seeds=(0,))
     with pytest.raises(ValueError, match="targets must have the shape of idx"):
