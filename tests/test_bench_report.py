@@ -153,3 +153,33 @@ def test_d1024_floor_row_sets_the_product_rate_beside_the_sgemm_rate_and_the_wei
     assert "takes 8.00 ms (4 GB/s), so memory traffic is a large part of the product's time) = 100.00 ms, at most " \
            "10.0x over the best exact method | 10.0x possible at the product's rate | no |" in text
     assert "nan" not in next(line for line in text.splitlines() if line.startswith("| d = 1024 floor"))
+
+
+def test_sweep_row_is_the_full_measurement_against_the_sum_of_its_floors(tmp_path):
+    """100 GFLOP/s. 10 steps of 10 GFLOP (floor 1 s), records 10 GFLOP (0.1 s) and probes 20 GFLOP
+    (0.2 s): floor 1.3 s. The sweep takes 2.5 s (1.92x, met), then 2.7 s (2.08x, missed); a
+    results.json whose sweep timed fewer steps decides nothing."""
+    results, report = tmp_path / "r.json", tmp_path / "REPORT.md"
+    sweep = _bench("claims sweep", "sweep", 2.5, steps=10, train_flops_per_step=1e10, trajectory_records=4,
+                   trajectory_seconds=0.3, trajectory_flops=1e10, checkpoints=2, checkpoint_seconds=0.5, probe_flops=2e10)
+    benches = [_bench("floating-point floor", "sgemm", 0.02, 0.01, flops=1e9), sweep]
+    for median, verdict in ((2.5, "2.50 s vs floor 1.30 s at the best sustained sgemm rate 100 GFLOP/s"),
+                            (2.7, "2.70 s vs floor 1.30 s at the best sustained sgemm rate 100 GFLOP/s")):
+        sweep["stats"].update(median=median, min=median)
+        results.write_text(json.dumps(dict(machine_info={}, benchmarks=benches)))
+        bench_report.update_report(results, report)
+        text = report.read_text()
+        assert verdict in text
+    assert "| 2.08x of floor at 100 GFLOP/s | no |" in text
+    assert "10 training steps and the rest (data, models, the results frame) 1.90 s against 1.00 s (1.9x); " \
+           "trajectory records 300.00 ms against 100.00 ms (3.0x); checkpoint probes 500.00 ms against 200.00 ms (2.5x)" in text
+    sweep["stats"].update(median=2.5, min=2.5)
+    results.write_text(json.dumps(dict(machine_info={}, benchmarks=benches)))
+    bench_report.update_report(results, report)
+    assert "| 1.92x of floor at 100 GFLOP/s | yes |" in report.read_text()
+    benches[1] = _bench("claims sweep", "sweep@20 steps", 50.0, steps_timed=20, steps_default=1000,
+                        train_flops_per_step=1e9, probe_flops=1e9)
+    results.write_text(json.dumps(dict(machine_info={}, benchmarks=benches)))
+    bench_report.update_report(results, report)
+    assert "this run timed 20 steps only, which cannot decide the target (it asks for the sweep measured in full) " \
+           "| n/a | no |" in report.read_text()
