@@ -54,6 +54,13 @@ def test_flop_floor_uses_the_fastest_sgemm_round_and_states_the_rate(tmp_path):
     text = report.read_text()
     assert "FLOP floor 20 ms at 100 GFLOP/s" in text
     assert "| 2.5x of floor at 100 GFLOP/s | yes |" in text
+    # two sgemm benchmarks (the run's start and end): the fastest round of either, in either order
+    slow = _bench("floating-point floor", "sgemm", 0.03, 0.02, flops=1e9)
+    for order in ((slow, _bench("floating-point floor", "sgemm", 0.02, 0.01, flops=1e9)),
+                  (_bench("floating-point floor", "sgemm", 0.02, 0.01, flops=1e9), slow)):
+        results.write_text(json.dumps(dict(machine_info={}, benchmarks=[*order, step])))
+        bench_report.update_report(results, report)
+        assert "FLOP floor 20 ms at 100 GFLOP/s" in report.read_text()
 
 
 def test_lm_shared_parts_row_splits_the_topk_goal(tmp_path):
