@@ -10,26 +10,10 @@ from moegeo.config import Arm, LMConfig
 from moegeo.experiment import _keep_freed_memory
 from moegeo.model import adam
 from moegeo.wikitext import batches, load_wikitext
+from floors import lm_flops
 
 CFG = LMConfig(seeds=tuple(range(LM_SEEDS)))  # the claims' LM configuration
 ARMS = CFG.arms + (Arm.TOPK_AUX, Arm.TOPK_LOSS_FREE, Arm.KMEANS)  # + the routers paper's balancing routers
-
-
-def lm_flops(arm: Arm | None, cfg: LMConfig) -> float:
-    """Matrix-product FLOPs of one training step for all seeds (forward x 3 for forward +
-    backward): per layer the attention projections (8 n d^2), the attention products
-    (4 B T^2 d, the causal mask not discounted) and the FFN (4 n d width; Top-k counts only its
-    k routed experts) with its router; then the tied unembedding (2 n d V). n = B T tokens.
-    ``arm=None``: without the FFN (the parts every arm shares)."""
-    S, B, T, d = len(cfg.seeds), cfg.batch_size, cfg.context, cfg.d_model
-    n = B * T
-    if arm is None:
-        ffn = 0
-    else:
-        experts = cfg.top_k if arm.routing == "topk" else {Arm.DENSE: 1, Arm.DENSE_MATCHED: cfg.n_experts, Arm.SOFT: cfg.n_experts}[arm]
-        ffn = 4 * n * d * cfg.d_hidden * experts + (2 * n * d * cfg.n_experts if arm.is_moe else 0)
-    layer = 8 * n * d * d + 4 * B * T * T * d + ffn
-    return 3 * S * (cfg.n_layers * layer + 2 * n * d * cfg.vocab_size)
 
 
 @pytest.fixture(scope="module")

@@ -14,47 +14,10 @@ from moegeo import ExperimentConfig, experiment
 from moegeo.config import Arm
 from moegeo.claims.dual_jacobian_pca import SEEDS
 from moegeo.model import adam, make_data
+from floors import checkpoint_flops, train_flops, trajectory_flops
 
 CFG = ExperimentConfig(seeds=tuple(range(SEEDS)))  # the claims' main configuration
 SGEMM_N = 2048
-
-
-def train_flops(arm: Arm, cfg: ExperimentConfig) -> float:
-    """Matrix-product FLOPs of one full-batch step (forward x 3 for forward + backward). Top-k
-    counts only routed compute (k experts per token), which its sparse dispatch approaches."""
-    S, N, d = len(cfg.seeds), cfg.n_samples, cfg.d_model
-    experts = {Arm.DENSE: 1, Arm.DENSE_MATCHED: cfg.n_experts, Arm.TOPK: cfg.top_k, Arm.SOFT: cfg.n_experts}[arm]
-    width = cfg.d_hidden * experts
-    router = 2 * S * N * d * cfg.n_experts if arm.is_moe else 0
-    return 3 * (2 * 2 * S * N * d * width + router)
-
-
-def _experts(arm: Arm, cfg: ExperimentConfig) -> tuple[int, int]:
-    """(experts, hidden width) of the arm's FFN layer."""
-    if arm.is_moe:
-        return cfg.n_experts, cfg.d_hidden
-    return 1, cfg.d_hidden * (cfg.n_experts if arm is Arm.DENSE_MATCHED else 1)
-
-
-def probe_flops(arm: Arm, cfg: ExperimentConfig) -> float:
-    """Dominant FLOPs of one checkpoint's probes for all seeds (``experiment._checkpoint_rows``):
-    materialising every expert's J at every point and its Gram spectrum (J^T J, then an eigensolve
-    counted as 10 d^3)."""
-    S, N, d = len(cfg.seeds), cfg.n_samples, cfg.d_model
-    E, h = _experts(arm, cfg)
-    return S * E * N * (2 * d * h * d + 2 * d**3 + 10 * d**3)
-
-
-def trajectory_flops(arm: Arm, cfg: ExperimentConfig) -> float:
-    """Dominant FLOPs of one trajectory record for all seeds (``experiment._trajectory_rows``): on
-    the first ``trajectory_points`` points, every expert's J and its Gram spectrum, and for an MoE
-    layer the effective Jacobian (which forms every expert's J again) and its Gram spectrum."""
-    S, P, d = len(cfg.seeds), cfg.trajectory_points, cfg.d_model
-    E, h = _experts(arm, cfg)
-    per_seed = E * P * (2 * d * h * d + 12 * d**3)
-    if arm.is_moe:
-        per_seed += E * P * 2 * d * h * d + P * 12 * d**3
-    return S * per_seed
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +56,7 @@ def train_step(arm: Arm, x, y):
 
 
 @pytest.mark.parametrize("arm", CFG.arms, ids=[a.value for a in CFG.arms])
-def test_train_step_20_seeds(benchmark, arm, data):
+def test_train_step_all_seeds(benchmark, arm, data):
     step = train_step(arm, *data)
     benchmark.group = "one training step, main arms"
     loss = benchmark.pedantic(step, rounds=10, warmup_rounds=2)
@@ -149,11 +112,12 @@ def test_claims_sweep(benchmark, monkeypatch):
     benchmark.group = "claims sweep"
     df = benchmark.pedantic(experiment._compute, (CFG, False), rounds=1, warmup_rounds=0)
     assert df.value.notna().all()
-    assert set(df.step.unique()) >= set(CFG.checkpoints())
     records, checkpoints = spent["_trajectory_rows"], spent["_checkpoint_rows"]
+    n_records = len({s for s in range(CFG.steps + 1) if s % CFG.record_every == 0} | set(CFG.checkpoints()))
+    assert (len(records), len(checkpoints)) == (n_records * len(CFG.arms), len(CFG.checkpoints()) * len(CFG.arms))
     benchmark.extra_info.update(
         method="sweep", steps=CFG.steps, train_flops_per_step=sum(train_flops(a, CFG) for a in CFG.arms),
         trajectory_records=len(records), trajectory_seconds=sum(t for _, t in records),
-        trajectory_flops=sum(trajectory_flops(a, CFG) for a, _ in records),
+        trajectory_flops=sum(trajectory_flops(df, CFG)),
         checkpoints=len(checkpoints), checkpoint_seconds=sum(t for _, t in checkpoints),
-        probe_flops=sum(probe_flops(a, CFG) for a, _ in checkpoints))
+        probe_flops=sum(checkpoint_flops(df, CFG)))
