@@ -7,13 +7,31 @@ checks every count against ``torch.utils.flop_counter.FlopCounterMode`` and coun
 """
 import pandas as pd
 
+from moegeo import experiment
 from moegeo.config import Arm, ExperimentConfig, JacobianSite, LMConfig, Norm, Router
 from moegeo.experiment import reading
+
+#: the sweep's two probe stages, per arm: every trajectory record, every checkpoint's probes
+STAGES = ("_trajectory_rows", "_checkpoint_rows")
 
 #: eigenvalues only (``torch.linalg.eigvalsh``) of a symmetric n x n matrix: the Householder
 #: reduction to tridiagonal form, 4/3 n^3 FLOPs (Golub & Van Loan, 4th ed., 8.3.1); the
 #: tridiagonal eigenvalues that follow cost O(n^2)
 EIGVALSH = 4 / 3
+
+
+def measure_stages(monkeypatch, measure) -> None:
+    """Route every call of the sweep's probe stages (``STAGES`` in ``moegeo.experiment``) through
+    ``measure(name, arm, call)``, which must return ``call()``: the benchmark times them, the
+    floors' test counts their FLOPs. ``train_arm`` looks the stages up at call time, so it sees
+    the wrappers."""
+    for name in STAGES:
+        fn = getattr(experiment, name)
+
+        def wrapper(arm, *args, _name=name, _fn=fn):
+            return measure(_name, arm, lambda: _fn(arm, *args))
+
+        monkeypatch.setattr(experiment, name, wrapper)
 
 
 def hidden_width(arm: Arm, cfg: ExperimentConfig | LMConfig) -> int:

@@ -14,7 +14,7 @@ from moegeo import ExperimentConfig, experiment
 from moegeo.config import Arm
 from moegeo.claims.dual_jacobian_pca import SEEDS
 from moegeo.model import adam, make_data
-from floors import checkpoint_flops, train_flops, trajectory_flops
+from floors import STAGES, checkpoint_flops, measure_stages, train_flops, trajectory_flops
 
 CFG = ExperimentConfig(seeds=tuple(range(SEEDS)))  # the claims' main configuration
 SGEMM_N = 2048
@@ -92,23 +92,17 @@ def test_topk_and_soft_steps_interleaved(benchmark, data):
 def test_claims_sweep(benchmark, monkeypatch):
     """The main-arms sweep of `pytest claims/` (every main arm, probes included), in full, once,
     as the claims compute it. The trajectory records and the checkpoint probes are timed as they
-    run (wrappers around ``experiment._trajectory_rows`` and ``_checkpoint_rows``), so the report
-    can say where the time goes; how often each ran is counted, not assumed."""
-    spent = {}
+    run (``floors.measure_stages``), so the report can say where the time goes; how often each
+    ran is counted, not assumed."""
+    spent = {name: [] for name in STAGES}
 
-    def timed(name):
-        fn = getattr(experiment, name)
+    def timed(name, arm, call):
+        start = time.perf_counter()
+        out = call()
+        spent[name].append((arm, time.perf_counter() - start))
+        return out
 
-        def wrapper(arm, *args):
-            start = time.perf_counter()
-            out = fn(arm, *args)
-            spent.setdefault(name, []).append((arm, time.perf_counter() - start))
-            return out
-
-        monkeypatch.setattr(experiment, name, wrapper)
-
-    timed("_trajectory_rows")
-    timed("_checkpoint_rows")
+    measure_stages(monkeypatch, timed)
     benchmark.group = "claims sweep"
     df = benchmark.pedantic(experiment._compute, (CFG, False), rounds=1, warmup_rounds=0)
     assert df.value.notna().all()

@@ -56,10 +56,11 @@ def _sweep_row(r, rate: float) -> str:
         return (f"| the main-arms sweep of `pytest claims/` within {SWEEP_GOAL:g}x of its FLOP floor: this run timed "
                 f"{r.steps_timed:.0f} steps only, which cannot decide the target (it asks for the sweep measured in full) "
                 f"| n/a | no |")
-    parts = {"trajectory records": (r.trajectory_seconds, r.trajectory_flops),
+    probes = r.trajectory_seconds + r.checkpoint_seconds
+    parts = {f"{r.steps:.0f} training steps and the rest (data, models, the results frame)":
+             (r["median"] - probes, r.steps * r.train_flops_per_step),
+             "trajectory records": (r.trajectory_seconds, r.trajectory_flops),
              "checkpoint probes": (r.checkpoint_seconds, r.probe_flops)}
-    parts = {f"{r.steps:.0f} training steps and the rest (data, models, the results frame)": (r["median"] - sum(t for t, _ in parts.values()),
-                                                r.steps * r.train_flops_per_step), **parts}
     floor = sum(f for _, f in parts.values()) / rate
     where = "; ".join(f"{name} {_t(t)} against {_t(f / rate)} ({t * rate / f:.1f}x)" for name, (t, f) in parts.items())
     ratio = r["median"] / floor

@@ -71,21 +71,15 @@ def test_probe_stage_floors_are_at_most_what_the_stages_run(monkeypatch):
         ran["eig"] = ran.get("eig", 0.0) + A[..., 0, 0].numel() * floors.EIGVALSH * A.shape[-1] ** 3
         return eigvalsh(A, *args, **kwargs)
 
-    def timed(name):
-        fn = getattr(experiment, name)
-
-        def wrapper(*args):
-            with FlopCounterMode(display=False) as mode:
-                out = fn(*args)
-            ran[name] = ran.get(name, 0.0) + mode.get_total_flops()
-            return out
-
-        monkeypatch.setattr(experiment, name, wrapper)
+    def flops(name, arm, call):
+        with FlopCounterMode(display=False) as mode:
+            out = call()
+        ran[name] = ran.get(name, 0.0) + mode.get_total_flops()
+        return out
 
     monkeypatch.setattr(experiment, "per_seed", lambda fn, jobs: [row for job in jobs for row in fn(*job)])
     monkeypatch.setattr(torch.linalg, "eigvalsh", counting_eigvalsh)
-    timed("_trajectory_rows")
-    timed("_checkpoint_rows")
+    floors.measure_stages(monkeypatch, flops)
     df = experiment._compute(CFG, False)
     traj, ckpt = floors.trajectory_flops(df, CFG), floors.checkpoint_flops(df, CFG)
     assert traj[0] > 0 and ckpt[0] > 0
