@@ -382,12 +382,44 @@ def test_tridiagonal_top_eigenvalue_matches_scipy_on_both_paths(k, B, seed):
     g = torch.Generator().manual_seed(seed)
     alpha = torch.randn(k, B, generator=g, dtype=torch.float64)
     b = torch.rand(k - 1, B, generator=g, dtype=torch.float64) * torch.randint(0, 2, (k - 1, B), generator=g)  # some 0
-    b2 = tuple(b.square().clamp_min(torch.finfo(torch.float64).tiny))
+    b2 = b.square().clamp_min(torch.finfo(torch.float64).tiny)
     radius = torch.nn.functional.pad(b, (0, 0, 0, 1)) + torch.nn.functional.pad(b, (0, 0, 1, 0))
     got = probes._tridiagonal_top_eigenvalue(alpha, b2, alpha.amax(0), (alpha + radius).amax(0), 60)
     ref = [scipy.linalg.eigvalsh_tridiagonal(alpha[:, i].numpy(), b[:, i].numpy(), select="i",
                                              select_range=(k - 1, k - 1))[0] for i in range(B)]
     torch.testing.assert_close(got, torch.tensor(ref, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+
+
+@settings(deadline=None, max_examples=15)
+@given(st.integers(1, 3), st.integers(8, 16), st.integers(1, 120), st.sampled_from([1, 2, 3]), seeds)
+def test_mlp_lanczos_matrices_leave_the_batch_with_their_own_values(E, d, N, check_every, seed):
+    """Matrices stop at different checks and the batch is compacted (each expert's open slots
+    first, padded): every value must still be its own matrix's sigma_1, on the LAPACK path
+    and, with more than SMALL_TRIDIAGONAL_BATCH matrices, the bisection path."""
+    g = torch.Generator().manual_seed(seed)
+    W1, b1 = torch.randn(E, 2 * d, d, generator=g), torch.randn(E, 2 * d, generator=g)
+    W2, x = torch.randn(E, d, 2 * d, generator=g), torch.randn(N, d, generator=g) * torch.rand(N, 1, generator=g) * 3
+    exact = torch.linalg.svdvals(probes.expert_jacobians(W1, b1, W2, x))[..., 0]
+    r = probes.mlp_lanczos_sigma1(W1, b1, W2, x, tol=1e-12, min_iter=6, check_every=check_every, generator=g)
+    torch.testing.assert_close(r.values, exact, rtol=1e-8, atol=0)
+
+
+def test_mlp_lanczos_compacts_the_batch_as_matrices_stop(monkeypatch):
+    """Slots of stopped matrices are dropped: the J^T J products shrink to the slow matrices
+    (padded per expert), and every value is still that matrix's own sigma_1. Three experts with
+    points at very different scales stop at different checks; 3 x 200 matrices use bisection."""
+    g = torch.Generator().manual_seed(5)
+    E, d, N = 3, 24, 200
+    W1, b1 = torch.randn(E, 2 * d, d, generator=g), torch.randn(E, 2 * d, generator=g)
+    W2, x = torch.randn(E, d, 2 * d, generator=g), torch.randn(N, d, generator=g) * torch.logspace(-2, 1, N)[:, None]
+    rows = []
+    product = probes.mlp_gram_product
+    monkeypatch.setattr(probes, "mlp_gram_product", lambda v, *a: rows.append(v.shape[1]) or product(v, *a))
+    r = probes.mlp_lanczos_sigma1(W1, b1, W2, x, tol=1e-10, min_iter=4, check_every=2, generator=g)
+    exact = torch.linalg.svdvals(probes.expert_jacobians(W1, b1, W2, x))[..., 0]
+    torch.testing.assert_close(r.values, exact, rtol=1e-8, atol=0)
+    assert rows[0] == N and rows[-1] < N and rows == sorted(rows, reverse=True), rows
+    assert len(rows) == r.iterations
 
 
 def planted_mlp(d=24, weight=1e-6, sigma2=0.9):
@@ -401,7 +433,7 @@ def planted_mlp(d=24, weight=1e-6, sigma2=0.9):
 def test_mlp_lanczos_start_nearly_orthogonal_to_top_direction_is_not_trusted():
     """The planted start (1e-6 of its weight on v_1) alone, with weakened guards (a check every
     2 steps from step 4), stalls on sigma_2 = 0.9 and stands still there long enough to pass the
-    movement test. At the default guards (at least 12 steps, still over 4) the same lone start
+    movement test. At the default guards (at least 16 steps, still over 4) the same lone start
     finds sigma_1, and so does the default, which joins a given start with a random one."""
     args, v0, sigma1 = planted_mlp()
     trapped = probes.mlp_lanczos_sigma1(*args, tol=1e-4, min_iter=4, check_every=2, starts=0, v0=v0)
