@@ -279,6 +279,9 @@ class SpectralResult:
     iterations: int  # iterations (power) or operator applications (Lanczos) used
     converged: bool  # every batch element met the tolerance
     vectors: torch.Tensor | None = None  # (*batch, d_in) right singular vectors, for warm starts
+    #: operator products in units of one over the whole batch, where a method drops finished
+    #: elements (``mlp_lanczos_sigma1``); None where every step covers the whole batch
+    products: float | None = None
 
 
 def singular_values(J: torch.Tensor, method: str = "svd") -> torch.Tensor:
@@ -504,7 +507,7 @@ def _tridiagonal_below(alpha: torch.Tensor, b2: torch.Tensor, s: torch.Tensor) -
 SMALL_TRIDIAGONAL_BATCH = 256  # speed only: up to this many matrices one LAPACK call each is faster than
 # the bisection's tensor operations, one per row and halving (measured on the 2-core machine at k = 16, 24
 # and 36 with 25 halvings: at B = 8, 0.1-0.3 ms against 2.5-5 ms; at B = 128, 0.9-3.9 ms against 2.7-5.1 ms;
-# about even from B = 256 on)
+# at B = 256, 2.0-8.2 ms against 2.6-4.6 ms; at B = 1024, 2.9-7.0 ms against 3.0-6.7 ms)
 
 
 def _tridiagonal_top_eigenvalue(alpha: torch.Tensor, b2: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
@@ -559,7 +562,7 @@ def mlp_lanczos_sigma1(
     tol : a matrix stops once its Ritz value moved by at most a relative ``tol`` (of sigma_1^2)
         over the last ``check_every`` steps; the stopped ones leave the batch.
     min_iter : Lanczos steps before the first check (the Krylov dimension is at least this,
-        and no matrix stops before ``min_iter + check_every`` steps).
+        and no matrix stops before ``min(min_iter + check_every, d)`` steps).
     check_every : steps between checks.
     starts : independent Gaussian starts per matrix, run in the same batch; the result is the
         largest of all runs' values.
@@ -573,8 +576,9 @@ def mlp_lanczos_sigma1(
     SpectralResult
         ``values: (E, N)`` sigma_1 of J_e(x_i) in x's dtype, ``iterations`` (Lanczos steps of
         the matrix that ran longest; each step applies J^T J once to every start of every
-        matrix still in the batch), ``converged`` (always: every matrix passed its test before
-        ``d`` steps, or ``d`` steps were run).
+        matrix still in the batch, and to the padding slots), ``products`` (those products in
+        units of one over the whole batch), ``converged`` (always: every matrix passed its test
+        before ``d`` steps, or ``d`` steps were run).
 
     Notes
     -----
@@ -587,11 +591,14 @@ def mlp_lanczos_sigma1(
     T_k, found by Sturm-sequence bisection for the whole batch at once (no per-matrix LAPACK call;
     a batch of at most SMALL_TRIDIAGONAL_BATCH matrices, where LAPACK is faster, uses it instead);
     it can only grow with k (Cauchy interlacing), so a check is one Sturm pass at
-    theta_prev (1 + tol), where theta_prev, the last check's value, is kept as a lower bound
-    within tol / 16 of it (so the test is never looser than tol). A matrix that passes leaves:
-    its Ritz value is refined to within rounding of the input's dtype and returned, and the
-    batch is compacted to the matrices still moving (each expert's padded to the most any expert
-    has), so the late steps cost only what the slow matrices need. Products that
+    theta_prev (1 + tol), where theta_prev, the last check's value, is kept as a lower bound,
+    within tol / 16 of it when at most ``8 - log2(eps)`` halvings of its Gershgorin bracket get
+    there (the test is then never looser than tol; on the LAPACK path theta_prev is the value
+    itself, up to float64 rounding). A matrix also passes when its Gershgorin bound is at most
+    theta_prev (1 + tol) (a zero Jacobian's Sturm test at 0 cannot pass). A matrix that passes
+    leaves: its Ritz value is refined to within rounding of the input's dtype and returned, and
+    the batch is compacted to the matrices still moving, each expert's padded with stopped ones
+    to the most any expert has, so the late steps run only the slow matrices and that padding. Products that
     overflow the input's dtype (finite inputs, sigma_1^2 beyond its range) raise ``ValueError``
     rather than return NaN.
 
@@ -605,13 +612,15 @@ def mlp_lanczos_sigma1(
     stops on its own test, so it gets no extra steps from slower ones in its batch: with the
     earlier default min_iter = 12 that trapped 7 of 819,200 paper-size Jacobians by more than
     1e-4 (errors up to 1.2e-2; the same runs replayed with the Ritz values by LAPACK, seeds
-    200-399, tol = 1e-6), and 16 traps none of them (the whole-batch test it replaces, where a
-    matrix stopped only when all had, ran 24.2 steps per matrix there on average; this, 20.0). Measured with the defaults and one Gaussian
-    start at the paper's size (E = 8, d = 64, h = 128, N = 512, weights and points drawn as in
-    ``benchmarks/problems.py``, seeds 1-60 and 200-399, tol = 1e-6): 0 of 1,064,960 Jacobians off
-    by more than 1e-4 (largest error 2.8e-7), so the one-start trap rate is below 2.8e-6 per
-    matrix (95%, rule of three); ``pytest --benchmark-only`` re-counts it on 20 further problems
-    each run. ``starts=2`` squares that rate at twice the cost. After d steps
+    200-399, tol = 1e-6), and 16 traps none of them. There a matrix ran 20.0 steps on average
+    (its own, padding not counted) against 24.2 under the whole-batch test with min_iter = 12,
+    where every matrix ran until the slowest stopped. Measured with min_iter = 16, one Gaussian
+    start and tol = 1e-6 (the benchmarks'; the default is 1e-7) at the paper's size (E = 8,
+    d = 64, h = 128, N = 512, weights and points drawn as in ``benchmarks/problems.py``, seeds
+    1-60 and 200-399): 0 of 1,064,960 Jacobians off by more than 1e-4 (largest error 2.76e-7), a
+    one-start trap rate below 2.9e-6 per matrix (95%, rule of three), though min_iter = 16 was
+    chosen on seeds 200-399; the held-out count is ``pytest --benchmark-only``'s, on 20 further
+    problems each run. ``starts=2`` squares that rate at twice the cost. After d steps
     the Krylov space is the whole space and the value is exact up to rounding whatever the start.
     """
     _check_mlp(W1, b1, W2, x)
@@ -640,9 +649,10 @@ def mlp_lanczos_sigma1(
     result = torch.zeros(E, runs * N, dtype=torch.float64)
     tiny = torch.finfo(x.dtype).tiny
     steps = 8 - int(math.log2(torch.finfo(x.dtype).eps))  # bisection to below the input's rounding
-    k = 0
+    k, products = 0, 0.0
     for k in range(1, d + 1):
         w = mlp_gram_product(q, W1, W2, a).addcmul_(beta, q_prev, value=-1)
+        products += q.shape[1] / (runs * N)
         alpha = torch.linalg.vecdot(q, w)[..., None]
         w.addcmul_(alpha, q, value=-1)
         beta = torch.linalg.vector_norm(w, dim=-1, keepdim=True)
@@ -655,23 +665,25 @@ def mlp_lanczos_sigma1(
                 raise ValueError(f"Lanczos overflowed in {x.dtype}: the J^T J products of finite inputs are not finite "
                                  "(sigma_1^2 beyond the dtype's range); rescale the weights or pass float64 tensors")
             b2 = b.square().clamp_min_(torch.finfo(torch.float64).tiny)
+            radius = torch.nn.functional.pad(b, (0, 0, 0, 0, 0, 1)) + torch.nn.functional.pad(b, (0, 0, 0, 0, 1, 0))
+            hi = (A + radius).amax(0)  # Gershgorin: no eigenvalue of T_k above it
             moving = open_
             if k > min_iter:  # theta, the value at the last check, is a lower bound (interlacing)
                 bound = theta * (1 + tol)
-                moving = open_.clone()
-                moving[open_] = ~_tridiagonal_below(A[:, open_], b2[:, open_], bound[open_])
+                moving = open_ & (hi > bound)
+                moving[moving.clone()] = ~_tridiagonal_below(A[:, moving], b2[:, moving], bound[moving])
                 done = open_ & ~moving  # no Ritz value moved by tol: these matrices are done
                 result[done.nonzero(as_tuple=True)[0], row[done]] = _tridiagonal_top_eigenvalue(
                     A[:, done], b2[:, done], theta[done], bound[done], max(8, steps + math.floor(math.log2(tol))))
             if not bool(moving.any()):
                 break
-            Am, bm = A[:, moving], b[:, moving]
-            radius = torch.nn.functional.pad(bm, (0, 0, 0, 1)) + torch.nn.functional.pad(bm, (0, 0, 1, 0))  # Gershgorin
-            lo, hi = torch.maximum(theta[moving], Am.amax(0)), (Am + radius).amax(0)
+            Am = A[:, moving]
+            lo, hi = torch.maximum(theta[moving], Am.amax(0)), hi[moving]
             if k == d:  # the Krylov space is the whole space: exact up to rounding
                 result[moving.nonzero(as_tuple=True)[0], row[moving]] = _tridiagonal_top_eigenvalue(Am, b2[:, moving], lo, hi, steps)
                 break
-            # a lower bound within tol / 16 of the value: the next test is stricter than tol by at most that
+            # a lower bound within tol / 16 of the value (if `steps` halvings get there): the next test is then
+            # stricter than tol by at most that
             width = float(((hi - lo) / (lo * tol / 16)).max())
             halvings = min(steps, math.ceil(math.log2(max(width, 2)))) if math.isfinite(width) else steps
             theta[moving] = _tridiagonal_top_eigenvalue(Am, b2[:, moving], lo, hi, halvings, lower=True)
@@ -684,7 +696,7 @@ def mlp_lanczos_sigma1(
             open_ = moving
         betas.append(beta[..., 0])
     sigma = result.clamp_min(0).sqrt().reshape(E, runs, N).amax(1)
-    return SpectralResult(sigma.to(x.dtype), k, True)
+    return SpectralResult(sigma.to(x.dtype), k, True, products=products)
 
 
 def energy_curve(s: torch.Tensor) -> torch.Tensor:

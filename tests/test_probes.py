@@ -6,7 +6,7 @@ import pytest
 import scipy.linalg
 import scipy.stats
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from moegeo import probes
@@ -384,14 +384,20 @@ def test_tridiagonal_top_eigenvalue_matches_scipy_on_both_paths(k, B, seed):
     b = torch.rand(k - 1, B, generator=g, dtype=torch.float64) * torch.randint(0, 2, (k - 1, B), generator=g)  # some 0
     b2 = b.square().clamp_min(torch.finfo(torch.float64).tiny)
     radius = torch.nn.functional.pad(b, (0, 0, 0, 1)) + torch.nn.functional.pad(b, (0, 0, 1, 0))
-    got = probes._tridiagonal_top_eigenvalue(alpha, b2, alpha.amax(0), (alpha + radius).amax(0), 60)
-    ref = [scipy.linalg.eigvalsh_tridiagonal(alpha[:, i].numpy(), b[:, i].numpy(), select="i",
-                                             select_range=(k - 1, k - 1))[0] for i in range(B)]
-    torch.testing.assert_close(got, torch.tensor(ref, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    lo, hi = alpha.amax(0), (alpha + radius).amax(0)
+    got = probes._tridiagonal_top_eigenvalue(alpha, b2, lo, hi, 60)
+    ref = torch.tensor([scipy.linalg.eigvalsh_tridiagonal(alpha[:, i].numpy(), b[:, i].numpy(), select="i",
+                                                          select_range=(k - 1, k - 1))[0] for i in range(B)])
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    # lower=True after 20 halvings: a lower bound within (hi - lo) / 2^20 (the LAPACK path: the value itself)
+    low = probes._tridiagonal_top_eigenvalue(alpha, b2, lo, hi, 20, lower=True)
+    slack = 1e-12 * ref.abs().clamp_min(1)
+    assert bool((low <= ref + slack).all()) and bool((ref - low <= (hi - lo) / 2**20 + slack).all())
 
 
 @settings(deadline=None, max_examples=15)
 @given(st.integers(1, 3), st.integers(8, 16), st.integers(1, 120), st.sampled_from([1, 2, 3]), seeds)
+@example(3, 16, 120, 1, 0)  # 360 matrices: the bisection path, and checks at every step from 7
 def test_mlp_lanczos_matrices_leave_the_batch_with_their_own_values(E, d, N, check_every, seed):
     """Matrices stop at different checks and the batch is compacted (each expert's open slots
     first, padded): every value must still be its own matrix's sigma_1, on the LAPACK path
@@ -406,20 +412,44 @@ def test_mlp_lanczos_matrices_leave_the_batch_with_their_own_values(E, d, N, che
 
 def test_mlp_lanczos_compacts_the_batch_as_matrices_stop(monkeypatch):
     """Slots of stopped matrices are dropped: the J^T J products shrink to the slow matrices
-    (padded per expert), and every value is still that matrix's own sigma_1. Three experts with
-    points at very different scales stop at different checks; 3 x 200 matrices use bisection."""
+    (padded per expert), every value is still that matrix's own sigma_1, and each matrix's
+    final value is solved exactly once (a stopped slot kept as padding is never tested again).
+    The points' scales span three decades, so the matrices stop at different checks; the first
+    Ritz values of the 3 x 200 matrices use bisection."""
     g = torch.Generator().manual_seed(5)
     E, d, N = 3, 24, 200
     W1, b1 = torch.randn(E, 2 * d, d, generator=g), torch.randn(E, 2 * d, generator=g)
     W2, x = torch.randn(E, d, 2 * d, generator=g), torch.randn(N, d, generator=g) * torch.logspace(-2, 1, N)[:, None]
-    rows = []
-    product = probes.mlp_gram_product
+    rows, final = [], []
+    product, top = probes.mlp_gram_product, probes._tridiagonal_top_eigenvalue
     monkeypatch.setattr(probes, "mlp_gram_product", lambda v, *a: rows.append(v.shape[1]) or product(v, *a))
+
+    def solve(A, *args, lower=False):  # a final value (lower=False) is solved for every matrix in A
+        final.extend([] if lower else [A.shape[1]])
+        return top(A, *args, lower=lower)
+
+    monkeypatch.setattr(probes, "_tridiagonal_top_eigenvalue", solve)
     r = probes.mlp_lanczos_sigma1(W1, b1, W2, x, tol=1e-10, min_iter=4, check_every=2, generator=g)
     exact = torch.linalg.svdvals(probes.expert_jacobians(W1, b1, W2, x))[..., 0]
     torch.testing.assert_close(r.values, exact, rtol=1e-8, atol=0)
     assert rows[0] == N and rows[-1] < N and rows == sorted(rows, reverse=True), rows
-    assert len(rows) == r.iterations
+    assert len(rows) == r.iterations and r.products == pytest.approx(sum(rows) / N)
+    assert sum(final) == E * N, final
+
+
+def test_mlp_lanczos_zero_jacobian_stops_at_its_first_test():
+    """An expert with W2 = 0 has J = 0: its Sturm test at 0 cannot pass (a zero pivot is not
+    negative), but its Gershgorin bound, 0, shows the value cannot move. It must stop at the
+    first test with sigma_1 = 0 and not hold every other expert's batch open to step d."""
+    g = torch.Generator().manual_seed(0)
+    E, d, N = 2, 40, 300
+    W1, b1 = torch.randn(E, 2 * d, d, generator=g), torch.randn(E, 2 * d, generator=g)
+    W2, x = torch.randn(E, d, 2 * d, generator=g), torch.randn(N, d, generator=g)
+    W2[1] = 0
+    r = probes.mlp_lanczos_sigma1(W1, b1, W2, x, tol=1e-8, generator=g)
+    assert bool((r.values[1] == 0).all()) and r.iterations < d
+    exact = torch.linalg.svdvals(probes.expert_jacobians(W1, b1, W2, x))[..., 0]
+    torch.testing.assert_close(r.values, exact, rtol=1e-7, atol=0)
 
 
 def planted_mlp(d=24, weight=1e-6, sigma2=0.9):
@@ -447,7 +477,7 @@ def test_mlp_lanczos_start_nearly_orthogonal_to_top_direction_is_not_trusted():
 def test_mlp_lanczos_max_error_over_many_random_expert_jacobians():
     """4 x 1000 random 16 x 16 expert Jacobians in one call at tol = 1e-6: the worst, not the mean."""
     g = torch.Generator().manual_seed(0)
-    E, h, d, N = 4, 32, 16, 1000
+    E, h, d, N = 4, 64, 32, 1000  # d above min_iter + check_every: the stopping test decides
     W1, b1 = torch.randn(E, h, d, generator=g) / d**0.5, torch.randn(E, h, generator=g)
     W2, x = torch.randn(E, d, h, generator=g) / h**0.5, torch.randn(N, d, generator=g)
     exact = torch.linalg.svdvals(probes.expert_jacobians(W1, b1, W2, x))[..., 0]
