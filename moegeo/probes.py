@@ -598,9 +598,9 @@ def mlp_lanczos_sigma1(
     theta_prev (1 + tol) (a zero Jacobian's Sturm test at 0 cannot pass). A matrix that passes
     leaves: its Ritz value is refined to within rounding of the input's dtype and returned, and
     the batch is compacted to the matrices still moving, each expert's padded with stopped ones
-    to the most any expert has, so the late steps run only the slow matrices and that padding. Products that
-    overflow the input's dtype (finite inputs, sigma_1^2 beyond its range) raise ``ValueError``
-    rather than return NaN.
+    to the most any expert has, so the late steps run only the slow matrices and that padding.
+    Products that overflow the input's dtype (finite inputs, sigma_1^2 beyond its range) raise
+    ``ValueError`` rather than return NaN.
 
     A Ritz value settles on sigma_2^2 for a while when the start has little weight on v_1,
     the top right singular vector, and a test on its movement can pass there (see
@@ -680,7 +680,8 @@ def mlp_lanczos_sigma1(
             Am = A[:, moving]
             lo, hi = torch.maximum(theta[moving], Am.amax(0)), hi[moving]
             if k == d:  # the Krylov space is the whole space: exact up to rounding
-                result[moving.nonzero(as_tuple=True)[0], row[moving]] = _tridiagonal_top_eigenvalue(Am, b2[:, moving], lo, hi, steps)
+                result[moving.nonzero(as_tuple=True)[0], row[moving]] = _tridiagonal_top_eigenvalue(
+                    Am, b2[:, moving], lo, hi, steps)
                 break
             # a lower bound within tol / 16 of the value (if `steps` halvings get there): the next test is then
             # stricter than tol by at most that
@@ -690,7 +691,8 @@ def mlp_lanczos_sigma1(
             m = int(moving.sum(1).max())
             if m < moving.shape[1]:  # compact: each expert's open slots first, padded with closed ones
                 keep = torch.sort((~moving).to(torch.int8), dim=1, stable=True).indices[:, :m]
-                q, q_prev, beta, a = (t.gather(1, keep[..., None].expand(-1, -1, t.shape[-1])) for t in (q, q_prev, beta, a))
+                q, q_prev, beta, a = (t.gather(1, keep[..., None].expand(-1, -1, t.shape[-1]))
+                                      for t in (q, q_prev, beta, a))
                 row, theta, moving = row.gather(1, keep), theta.gather(1, keep), moving.gather(1, keep)
                 alphas, betas = [t.gather(1, keep) for t in alphas], [t.gather(1, keep) for t in betas]
             open_ = moving
