@@ -48,7 +48,7 @@ SIGMA1 = {
 
 
 def record(benchmark, p, method, result, baseline=False):
-    sigma1, iterations, *products = result  # products: J^T J products over the whole batch, if fewer than iterations
+    sigma1, iterations, *products = result  # products: over the whole batch, from a method that drops finished matrices
     # every matrix the method solved, each against its exact float64 SVD: no broadcasting, no sample
     assert sigma1.shape == p.exact_sigma1.shape, f"{method}: {tuple(sigma1.shape)} != {tuple(p.exact_sigma1.shape)}"
     err = p.rel_error(sigma1)  # the max over all of them

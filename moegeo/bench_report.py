@@ -157,8 +157,8 @@ def sgemm_rate(df: pd.DataFrame) -> float:
 def _product_floor_row(product, read: pd.DataFrame, its: float, exact: float, rate: float) -> str:
     """The d = 1024 row of what bounds a matrix-free method: ``its`` J^T J products over all N
     points (a product over fewer points, once some have stopped, counts as its share, which
-    assumes a narrower GEMM is no faster per column) at the product's own fastest round, and at the square
-    sgemm's rate, beside the time to read its weights."""
+    assumes a narrower GEMM is no faster per column) at the product's own fastest round, and at
+    the square sgemm's rate, beside the time to read its weights."""
     t1, flops = float(product["min"]), float(product.get("flops", float("nan")))
     at_product = exact / (its * t1)
     row = f"| d = 1024 floor: {its:g} J^T J products over all N points x one product ({_t(t1)}, the fastest round"
