@@ -3,7 +3,7 @@
 Benchmarks are collected only with ``--benchmark-only`` (plain ``pytest`` runs the test suite
 alone). The run's JSON goes to ``benchmarks/results.json`` unless ``--benchmark-json`` is
 given, and the benchmark section of REPORT.md is rendered from it at the end
-(``python -m moegeo.bench_report`` re-renders it from a saved JSON).
+(``python benchmarks/bench_report.py`` re-renders it from a saved JSON).
 """
 from pathlib import Path
 
@@ -37,6 +37,6 @@ def pytest_sessionfinish(session):
         return
     path = Path(config.getoption("benchmark_json").name)
     if path.exists() and path.stat().st_size:
-        from moegeo.bench_report import update_report
+        from bench_report import update_report
 
         update_report(path, ROOT / "REPORT.md")

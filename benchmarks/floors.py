@@ -2,14 +2,14 @@
 
 A floor counts the arithmetic the code cannot avoid, as a lower bound: the matrix products it
 runs (2 m n k FLOPs each) and the eigensolves of the Jacobians' Gram matrices. It divides by the
-best sgemm rate of the run (``moegeo.bench_report.sgemm_rate``). ``tests/test_bench_floors.py``
+best sgemm rate of the run (``bench_report.sgemm_rate``). ``tests/test_bench_floors.py``
 checks every count against ``torch.utils.flop_counter.FlopCounterMode`` and counted eigensolves.
 """
 import pandas as pd
 
 from moegeo import experiment
 from moegeo.config import Arm, ExperimentConfig, JacobianSite, LMConfig, Norm, Router
-from moegeo.experiment import reading
+from moegeo.frame import reading
 
 #: the sweep's two probe stages, per arm: every trajectory record, every checkpoint's probes
 STAGES = ("_trajectory_rows", "_checkpoint_rows")
@@ -65,7 +65,7 @@ def jacobian_flops(n_points: int, d: int, h: int) -> tuple[float, float]:
 
 def checkpoint_flops(df: pd.DataFrame, cfg: ExperimentConfig) -> tuple[float, float]:
     """(products, eigensolves) of every checkpoint's probes in the results frame ``df`` of
-    ``cfg`` (``experiment.probe_rows``): each live expert's Jacobians at all N points and their
+    ``cfg`` (``frame.probe_rows``): each live expert's Jacobians at all N points and their
     spectra. Live experts are counted from the frame (one pointwise ``sigma1`` row each)."""
     rows = df[(df.metric == "sigma1") & (df.reading == reading(jacobian=JacobianSite.POINTWISE))]
     rows = rows[rows.step.isin(cfg.checkpoints())]

@@ -1,4 +1,4 @@
-"""How the cost of the whole per-layer probe pipeline (``moegeo.experiment.probe_rows``) grows
+"""How the cost of the whole per-layer probe pipeline (``moegeo.frame.probe_rows``) grows
 with the number of points N, of experts E and the width d (h = 2d), one axis at a time.
 
 One soft ``MLPMoE`` layer at its initialisation (float64 params, as the sweep probes them) on
@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from moegeo.config import Arm
-from moegeo.experiment import probe_rows
-from moegeo.model import MLPMoE, make_data
+from moegeo.frame import probe_rows
+from moegeo.data import make_data
+from moegeo.model import MLPMoE
 
 GROUP = "probe pipeline cost growth"
 BASE = dict(N=512, E=8, d=64)  # B.1's layer and B.2's batch
@@ -25,7 +26,7 @@ TOL = 1e-10
 
 def layer(N, E, d):
     model = MLPMoE(n_experts=E, d_model=d, d_hidden=2 * d, routing="soft")
-    x, _ = make_data(0, N, d, dtype=torch.float64)
+    x, _ = make_data(0, n_samples=N, d_model=d, dtype=torch.float64)
     return model.params(0), x
 
 

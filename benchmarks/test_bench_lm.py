@@ -8,8 +8,8 @@ from moegeo import lm
 from moegeo.claims.dual_jacobian_pca import LM_SEEDS
 from moegeo.config import Arm, LMConfig
 from moegeo.experiment import _keep_freed_memory
-from moegeo.model import adam
-from moegeo.wikitext import batches, load_wikitext
+from moegeo.nn import adam
+from moegeo.data.wikitext import batches, load_wikitext
 from floors import lm_flops
 
 CFG = LMConfig(seeds=tuple(range(LM_SEEDS)))  # the claims' LM configuration

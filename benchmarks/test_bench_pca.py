@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from moegeo import probes
+from moegeo import nn, probes
 from problems import PAPER, Problem
 
 P = Problem(**PAPER)
@@ -12,7 +12,7 @@ P = Problem(**PAPER)
 @pytest.mark.parametrize("site", ["input", "hidden"])
 def test_weighted_pca_paper(benchmark, site):
     g = torch.softmax(torch.randn(P.N, P.E, generator=torch.Generator().manual_seed(2)), -1)
-    h = P.args[3] if site == "input" else probes.gelu(probes.expert_preactivations(*P.args[:2], P.args[3]))
+    h = P.args[3] if site == "input" else nn.gelu(probes.expert_preactivations(*P.args[:2], P.args[3]))
     benchmark.group = f"weighted PCA, all experts [{P.label}]"
     pca = benchmark(probes.weighted_pca, h, g.T)
     e = 0

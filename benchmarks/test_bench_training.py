@@ -13,7 +13,8 @@ import torch
 from moegeo import ExperimentConfig, experiment
 from moegeo.config import Arm
 from moegeo.claims.dual_jacobian_pca import SEEDS
-from moegeo.model import adam, make_data
+from moegeo.data import make_data
+from moegeo.nn import adam
 from floors import STAGES, checkpoint_flops, measure_stages, train_flops, trajectory_flops
 
 CFG = ExperimentConfig(seeds=tuple(range(SEEDS)))  # the claims' main configuration

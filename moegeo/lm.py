@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from .config import Arm, LMConfig
-from .model import MLPMoE, adam, ffn_layer, seed_generator
-from .probes import LN_EPS
+from .model import Trace, ffn_layer
+from .nn import LN_EPS, seed_generator
 
 
 class TransformerLM(nn.Module):
@@ -26,7 +26,7 @@ class TransformerLM(nn.Module):
     std 0.02; LayerNorm weight 1, bias 0), each seed from its own generator; the FFN layers
     initialise as ``MLPMoE``."""
 
-    def __init__(self, arm: Arm, cfg: LMConfig = LMConfig(), seeds=None):
+    def __init__(self, arm: Arm, cfg: LMConfig = LMConfig(), *, seeds=None):
         super().__init__()
         seeds = cfg.seeds if seeds is None else tuple(seeds)
         arm = Arm(arm)
@@ -42,15 +42,15 @@ class TransformerLM(nn.Module):
         self.proj = nn.Parameter(torch.stack([normal(d, d, stream=f"lm/{arm.value}/proj{l}") for l in range(L)]))
         self.ln_w = nn.Parameter(torch.ones(2 * L + 1, S, d))  # LN1, LN2 of each layer, then the final LN
         self.ln_b = nn.Parameter(torch.zeros(2 * L + 1, S, d))
-        self.ffn = nn.ModuleList(ffn_layer(arm, cfg.n_experts, d, cfg.d_hidden, cfg.top_k, cfg.temperature, seeds,
-                                           f"lm/{arm.value}/ffn{l}") for l in range(L))
+        self.ffn = nn.ModuleList(ffn_layer(arm, n_experts=cfg.n_experts, d_model=d, d_hidden=cfg.d_hidden, top_k=cfg.top_k, temperature=cfg.temperature, seeds=seeds,
+                                           stream=f"lm/{arm.value}/ffn{l}") for l in range(L))
 
     @property
     def n_seeds(self) -> int:
         return self.wte.shape[0]
 
     def _ln(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        """LayerNorm ``i`` with per-seed affine parameters: ``moegeo.probes.layer_norm``'s formula,
+        """LayerNorm ``i`` with per-seed affine parameters: ``moegeo.nn.layer_norm``'s formula,
         normalised by torch's fused kernel (one pass) and scaled in one ``addcmul``."""
         xn = torch.nn.functional.layer_norm(x, x.shape[-1:], eps=LN_EPS)
         return torch.addcmul(self.ln_b[i][:, None, None], xn, self.ln_w[i][:, None, None])
@@ -62,14 +62,16 @@ class TransformerLM(nn.Module):
         y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         return torch.einsum("sbte,sde->sbtd", y.transpose(1, 2).reshape(S, B, T, d), self.proj[l])
 
-    def trace(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits ``(S, B, T, V)`` and every layer's FFN input (post-LN2), ``(S, B*T, d)`` each."""
-        h, ffn_inputs = self._final_hidden(idx)
-        return torch.einsum("sbtd,svd->sbtv", h, self.wte), ffn_inputs
+    def trace(self, idx: torch.Tensor) -> Trace:
+        """The logits ``(S, B, T, V)`` as ``output``, and per layer its FFN (MoE) input, the
+        post-LN2 hidden state, and its block input, the residual stream before LN2 (each
+        ``(S, B*T, d)``)."""
+        h, trace = self._final_hidden(idx)
+        return Trace(torch.einsum("sbtd,svd->sbtv", h, self.wte), trace.moe_inputs, trace.block_inputs)
 
-    def _final_hidden(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The final LayerNorm's output ``(S, B, T, d)``, the unembedding's input, and every
-        layer's FFN input."""
+    def _final_hidden(self, idx: torch.Tensor) -> tuple[torch.Tensor, Trace]:
+        """The final LayerNorm's output ``(S, B, T, d)``, the unembedding's input, and the trace
+        of every layer's FFN input and block input (its ``output`` is that hidden state)."""
         S, B, T = idx.shape
         if S != self.n_seeds or T > self.cfg.context:
             raise ValueError(f"idx must have shape (S={self.n_seeds}, B, T <= {self.cfg.context}), got {tuple(idx.shape)}")
@@ -77,16 +79,18 @@ class TransformerLM(nn.Module):
             raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size}), got [{int(idx.min())}, {int(idx.max())}]")
         vocab = self.cfg.vocab_size * torch.arange(S)[:, None, None]  # one gather from all seeds' embeddings
         x = self.wte.flatten(0, 1)[idx + vocab] + self.wpe[:, None, :T]
-        ffn_inputs = []
+        ffn_inputs, blocks = [], []
         for l, ffn in enumerate(self.ffn):
             x = x + self._attention(l, self._ln(2 * l, x))
             h = self._ln(2 * l + 1, x).reshape(S, B * T, -1)
             ffn_inputs.append(h)
+            blocks.append(x.reshape(S, B * T, -1))
             x = x + ffn(h).reshape(S, B, T, -1)
-        return self._ln(2 * len(self.ffn), x), ffn_inputs
+        out = self._ln(2 * len(self.ffn), x)
+        return out, Trace(out, ffn_inputs, blocks)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.trace(idx)[0]
+        return self.trace(idx).output
 
     def balance_loss(self) -> torch.Tensor:
         """The FFN layers' load-balancing losses of the last training forward, summed: ``(S,)``."""
@@ -153,42 +157,11 @@ def perplexity(loss: torch.Tensor) -> torch.Tensor:
     return torch.exp(loss)
 
 
-def train(model: TransformerLM, train_ids: torch.Tensor, steps: int, batch_size: int = 16, lr: float = 3e-3,
-          progress: bool | None = None, record=None, record_at=()) -> list[float]:
-    """Adam on the next-token loss for every seed at once; each seed draws its own batches
-    (``moegeo.wikitext.batches``) from its own generator, so a seed's run does not depend on
-    which seeds share the stack. ``record(step, model, loss)`` is called, before that step's
-    update, at every step of ``record_at`` (``loss``: that step's per-seed training loss;
-    ``step == steps`` is the trained model). Returns the mean training loss over seeds per step.
-    """
-    from tqdm.auto import tqdm
-
-    from .wikitext import batches
-
-    seeds, record_at = model.seeds, set(record_at)
-    gens = [seed_generator(s, "lm/data") for s in seeds]
-    opt = adam(model.parameters(), lr)
-    history = []
-    for step in tqdm(range(steps + 1), desc=f"train lm {model.arm.value}", disable=None if progress is None else not progress,
-                     leave=False):
-        xs, ys = zip(*(batches(train_ids, model.cfg.context, batch_size, g) for g in gens))
-        loss = model.loss(torch.stack(xs), torch.stack(ys))
-        if record is not None and step in record_at:
-            record(step, model, loss.detach())
-        if step == steps:
-            break
-        opt.zero_grad(set_to_none=True)
-        (loss + model.balance_loss()).sum().backward()
-        opt.step()
-        history.append(float(loss.detach().mean()))
-    return history
-
-
 @torch.no_grad()
-def heldout_loss(model: TransformerLM, heldout_ids: torch.Tensor, windows: int, chunk: int = 32) -> torch.Tensor:
+def heldout_loss(model: TransformerLM, heldout_ids: torch.Tensor, windows: int, *, chunk: int = 32) -> torch.Tensor:
     """Mean next-token cross-entropy per seed, ``(S,)``, over the first ``windows``
-    non-overlapping held-out windows (``moegeo.wikitext.heldout_windows``)."""
-    from .wikitext import heldout_windows
+    non-overlapping held-out windows (``moegeo.data.wikitext.heldout_windows``)."""
+    from .data.wikitext import heldout_windows
 
     x, y = heldout_windows(heldout_ids, model.cfg.context)
     x, y = x[:windows], y[:windows]

@@ -9,63 +9,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
-from .config import AUX_COEF, BIAS_RATE, CENTROID_EMA, Arm, Router
-from .probes import gelu, layer_norm
+from .config import Arm, Router
+from .nn import gelu, layer_norm, seed_generator
+from .routers import ROUTERS, KMeansRouter, cosine_scores, route, topk_route
 
 ROUTINGS = ("topk", "soft", "dense")
-
-
-def seed_generator(seed: int, stream: str) -> torch.Generator:
-    """A torch generator for one seed and one named stream ("data", "init/topk", ...).
-
-    Streams are independent of each other and of which other seeds run alongside.
-    """
-    tag = int.from_bytes(stream.encode(), "little") % 2**63
-    state = np.random.SeedSequence([int(seed), tag]).generate_state(2, np.uint64)
-    return torch.Generator().manual_seed(int(state[0] % 2**63))
-
-
-def make_data(seed: int, n_samples: int = 512, d_model: int = 64, dtype=torch.float32):
-    """Synthetic batch of B.2: x ~ N(0, I) and independent targets y ~ N(0, I), ``(N, d)`` each."""
-    g = seed_generator(seed, "data")
-    x = torch.randn(n_samples, d_model, generator=g, dtype=dtype)
-    y = torch.randn(n_samples, d_model, generator=g, dtype=dtype)
-    return x, y
-
-
-def route(logits: torch.Tensor, routing: str, top_k: int = 2, temperature: float = 1.0,
-          bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Routing weights g(x) on the simplex from router scores s(x) (A.1, B.3).
-
-    "topk": softmax, keep the top k, renormalise (= softmax over the k largest scores; with a
-    selection ``bias``, over the k largest of s + bias, weighted by s alone); "soft": softmax
-    over all E. ``logits: (*, E) -> (*, E)``.
-    """
-    if routing == "soft":
-        return torch.softmax(logits / temperature, -1)
-    if routing == "topk":
-        w, idx = topk_route(logits, top_k, temperature, bias)
-        return torch.zeros_like(logits).scatter(-1, idx, w)
-    raise ValueError(f"routing must be 'topk' or 'soft', got {routing!r}")
-
-
-def topk_route(logits: torch.Tensor, top_k: int, temperature: float = 1.0,
-               bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k routing as (weights, expert indices), each ``(*, k)``: the softmax over the k
-    largest scores (B.3: softmax, keep the top k, renormalise). A ``bias`` (broadcast to the
-    scores) changes which k are selected but not their weights (DeepSeek-V3's loss-free
-    balancing: "the bias term is only used for routing")."""
-    if not 1 <= top_k <= logits.shape[-1]:
-        raise ValueError(f"top_k must satisfy 1 <= k <= E = {logits.shape[-1]}, got k = {top_k}")
-    if bias is None:
-        vals, idx = (logits / temperature).topk(top_k, dim=-1)
-        return torch.softmax(vals, -1), idx
-    idx = (logits + bias).topk(top_k, dim=-1).indices
-    return torch.softmax(logits.gather(-1, idx) / temperature, -1), idx
 
 
 BLOCK_COST_ROWS = 16  # speed only: a block's weight copy and its gradient's scatter cost about
@@ -87,19 +38,6 @@ def block_rows(counts: torch.Tensor) -> int:
         best = min(best, (n_blocks * (rows + BLOCK_COST_ROWS), rows))
         rows *= 2
     return best[1]
-
-
-def cosine_scores(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """The K-Means router's scores, cos(x, c_e): ``x (*, N, d)``, ``centroids (*, E, d) -> (*, N, E)``."""
-    return torch.nn.functional.normalize(x, dim=-1) @ torch.nn.functional.normalize(centroids, dim=-1).transpose(-1, -2)
-
-
-def adam(params, lr: float) -> torch.optim.Adam:
-    """The training runs' optimizer: Adam with torch's defaults (betas 0.9, 0.999; eps 1e-8) as
-    one fused kernel per parameter (``fused=True``: the same update as the per-operation loop up
-    to float rounding, elementwise, hence deterministic and per seed; measured 3x faster per step
-    on the language model)."""
-    return torch.optim.Adam(params, lr=lr, fused=True)
 
 
 @dataclass(frozen=True)
@@ -132,73 +70,59 @@ class ExpertParams:
         """g(x): ``(N, d) -> (N, E)``; all ones for a dense FFN (E = 1)."""
         if self.router_vectors is None:
             return torch.ones(x.shape[0], 1, dtype=x.dtype)
-        return route(self.scores(x), self.routing, self.top_k, self.temperature, self.bias)
+        return route(self.scores(x), self.routing, top_k=self.top_k, temperature=self.temperature, bias=self.bias)
 
 
 class MLPMoE(nn.Module):
-    """E two-layer GELU experts d -> h -> d and a one-linear-layer router (B.1), for S seeds.
+    """E two-layer GELU experts d -> h -> d and a router (B.1), for S seeds.
 
-    ``routing="dense"`` with ``n_experts=1`` is the dense FFN baseline. Parameters are
-    initialised as ``nn.Linear`` does (U(-1/sqrt(fan_in), 1/sqrt(fan_in))), each seed from its
+    ``routing="dense"`` with ``n_experts=1`` is the dense FFN baseline (no router). Parameters
+    are initialised as ``nn.Linear`` does (U(-1/sqrt(fan_in), 1/sqrt(fan_in))), each seed from its
     own generator, so a seed's model does not depend on which other seeds share the stack.
 
-    ``router`` (Top-k only; ``moegeo.config.Router``) adds load balancing:
-
-    * ``aux_loss``: each training forward sets ``balance_loss`` (S,) to the Switch Transformer
-      loss AUX_COEF * E * sum_e f_e P_e, with f_e the fraction of the N k token slots routed to
-      e and P_e the mean softmax probability of e over all E (the training loops add it);
-    * ``loss_free``: a selection bias b_e per expert (a buffer, no gradient) is added to the
-      scores for choosing the top k only; after each training forward b_e += BIAS_RATE *
-      sign(1/E - f_e);
-    * ``kmeans``: no router parameters. Scores are cos(x, c_e) to per-expert centroids c_e
-      (buffers, initialised as independent random unit vectors from the seed's generator), with
-      the same selection biases; after each training forward every centroid that received
-      tokens moves to (1 - CENTROID_EMA) c_e + CENTROID_EMA * (mean of its routed inputs), with
-      no gradient.
-
-    The state updates happen in a forward pass only in training mode with gradients enabled,
-    so evaluation passes (``torch.no_grad``) never change the router.
+    ``router`` (``moegeo.config.Router``) picks the router module of ``moegeo.routers``: the
+    learned linear router, or (Top-k only) one that balances the load: ``aux_loss`` (a loss the
+    training loop adds, ``balance_loss``), ``loss_free`` (selection biases) or ``kmeans`` (no
+    router parameters: EMA centroids and selection biases). Their state updates happen in a
+    forward pass only in training mode with gradients enabled, so evaluation passes
+    (``torch.no_grad``) never change the router.
     """
 
-    def __init__(self, n_experts=8, d_model=64, d_hidden=128, routing="topk", top_k=2, temperature=1.0,
-                 seeds=(0,), stream="init", dtype=torch.float32, router: str = Router.LEARNED.value):
+    def __init__(self, *, n_experts: int = 8, d_model: int = 64, d_hidden: int = 128, routing: str = "topk",
+                 top_k: int = 2, temperature: float = 1.0, seeds=(0,), stream: str = "init", dtype=torch.float32,
+                 router: str = Router.LEARNED.value):
         super().__init__()
         if routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
-        router = Router(router).value
-        if router != Router.LEARNED.value and routing != "topk":
-            raise ValueError(f"router {router!r} balances a Top-k selection; routing must be 'topk', got {routing!r}")
+        router = Router(router)
+        if router is not Router.LEARNED and routing != "topk":
+            raise ValueError(f"router {router.value!r} balances a Top-k selection; routing must be 'topk', got {routing!r}")
         if routing == "dense" and n_experts != 1:
             raise ValueError(f"a dense FFN has one expert, got n_experts = {n_experts}")
         if routing != "dense":
-            route(torch.zeros(1, n_experts), routing, top_k)  # validates k against E
+            route(torch.zeros(1, n_experts), routing, top_k=top_k)  # validates k against E
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.routing, self.top_k, self.temperature, self.router = routing, top_k, temperature, router
-        S, E, d, h = len(seeds), n_experts, d_model, d_hidden
+        self.routing, self.top_k, self.temperature = routing, top_k, temperature
+        E, d, h = n_experts, d_model, d_hidden
         shapes = {"W1": ((E, h, d), d), "b1": ((E, h), d), "W2": ((E, d, h), h), "b2": ((E, d), h)}
-        if routing != "dense" and router != Router.KMEANS.value:
-            shapes.update(Wr=((E, d), d), br=((E,), d))
+        cls = None if routing == "dense" else ROUTERS[router]
+        if cls is not None:
+            shapes.update(cls.SHAPES(E, d))
         init = {name: [] for name in shapes}
         for seed in seeds:
             gen = seed_generator(seed, stream)
             for name, (shape, fan_in) in shapes.items():
                 bound = 1 / math.sqrt(fan_in)
                 init[name].append((torch.rand(shape, generator=gen, dtype=dtype) * 2 - 1) * bound)
-        for name, tensors in init.items():
-            setattr(self, name, nn.Parameter(torch.stack(tensors)))
-        if "Wr" not in shapes:
-            self.Wr = self.br = None
-        if router == Router.KMEANS.value:
-            c = torch.stack([torch.randn(E, d, generator=seed_generator(s, f"{stream}/centroids"), dtype=dtype) for s in seeds])
-            self.register_buffer("centroids", torch.nn.functional.normalize(c, dim=-1))
+        stacked = {name: torch.stack(tensors) for name, tensors in init.items()}
+        for name in ("W1", "b1", "W2", "b2"):
+            setattr(self, name, nn.Parameter(stacked.pop(name)))
+        if cls is KMeansRouter:
+            self.router = cls(stacked, seeds, stream, n_experts=E, d_model=d, dtype=dtype)
         else:
-            self.centroids = None
-        if router in (Router.LOSS_FREE.value, Router.KMEANS.value):
-            self.register_buffer("bias", torch.zeros(S, E, dtype=dtype))
-        else:
-            self.bias = None
-        self.balance_loss = torch.zeros(S, dtype=dtype)
+            self.router = None if cls is None else cls(stacked, seeds, stream)
+        self.balance_loss = torch.zeros(len(seeds), dtype=dtype)
 
     @property
     def n_seeds(self) -> int:
@@ -208,10 +132,8 @@ class MLPMoE(nn.Module):
         """Routing weights ``(S, N, d) -> (S, N, E)``."""
         if self.routing == "dense":
             return x.new_ones(*x.shape[:2], 1)
-        return route(self.logits(x), self.routing, self.top_k, self.temperature, self._selection_bias())
-
-    def _selection_bias(self) -> torch.Tensor | None:
-        return None if self.bias is None else self.bias[:, None]
+        return route(self.scores(x), self.routing, top_k=self.top_k, temperature=self.temperature,
+                     bias=self.router.selection_bias())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """f_MoE(x) = sum_e g_e(x) f_e(x) (§2.1): ``(S, N, d) -> (S, N, d)``; ``(N, d)`` if S = 1.
@@ -226,11 +148,13 @@ class MLPMoE(nn.Module):
             x = x[None]
         self._check_x(x)
         if self.routing == "topk":
-            scores = self.logits(x)
-            w, idx = topk_route(scores, self.top_k, self.temperature, self._selection_bias())
+            scores = self.scores(x)
+            w, idx = topk_route(scores, self.top_k, temperature=self.temperature, bias=self.router.selection_bias())
             out = self.dispatch(x, w, idx)
             if self.training and torch.is_grad_enabled():
-                self._balance(x, scores, idx)
+                loss = self.router.update(x, scores, idx, self.top_k, self.temperature)
+                if loss is not None:
+                    self.balance_loss = loss
         elif self.routing == "soft":
             out = self.mix(x, self.gates(x))
         else:
@@ -243,30 +167,10 @@ class MLPMoE(nn.Module):
         if x.dim() != 3 or x.shape[0] != self.n_seeds or x.shape[-1] != self.W1.shape[-1]:
             raise ValueError(f"x must have shape (S={self.n_seeds}, N, d={self.W1.shape[-1]}), got {tuple(x.shape)}")
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Router scores s(x): logits Wr x + br, or cosines to the centroids for the K-Means
-        router: ``(S, N, d) -> (S, N, E)``."""
-        if self.centroids is not None:
-            return cosine_scores(x, self.centroids)
-        return torch.einsum("snd,sed->sne", x, self.Wr) + self.br[:, None]
-
-    def _balance(self, x: torch.Tensor, scores: torch.Tensor, idx: torch.Tensor) -> None:
-        """The router's load balancing after one training forward (class docstring)."""
-        S, N, E = scores.shape
-        routed = torch.zeros(S, N, E, dtype=x.dtype).scatter(-1, idx, 1.0)  # (S, N, E) 0/1
-        load = routed.sum(1) / (N * self.top_k)  # f_e, sums to 1 per seed
-        if self.router == Router.AUX_LOSS.value:
-            P = torch.softmax(scores / self.temperature, -1).mean(1)
-            self.balance_loss = AUX_COEF * E * (load * P).sum(-1)
-        if self.bias is not None:
-            with torch.no_grad():
-                self.bias = self.bias + BIAS_RATE * torch.sign(1 / E - load)
-        if self.centroids is not None:
-            with torch.no_grad():
-                count = routed.sum(1)  # (S, E)
-                mean = torch.einsum("sne,snd->sed", routed, x.detach()) / count.clamp_min(1)[..., None]
-                step = CENTROID_EMA * (count > 0).to(x.dtype)[..., None]
-                self.centroids = (1 - step) * self.centroids + step * mean
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Router scores s(x), ``(S, N, d) -> (S, N, E)``: the router's (logits Wr x + br, or cosines
+        to the centroids of the K-Means router)."""
+        return self.router.scores(x)
 
     def mix(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """sum_e g_e f_e(x) with every expert computed on every token: ``g: (S, N, E)``.
@@ -322,9 +226,24 @@ class MLPMoE(nn.Module):
 
     def params(self, seed_index: int = 0, dtype=torch.float64) -> ExpertParams:
         """Detached tensors of one seed, as the probes take them."""
-        t = {n: (None if getattr(self, n) is None else getattr(self, n)[seed_index].detach().to(dtype))
-             for n in ("W1", "b1", "W2", "b2", "Wr", "br", "bias", "centroids")}
-        return ExpertParams(**t, routing=self.routing, top_k=self.top_k, temperature=self.temperature, router=self.router)
+        t = {n: getattr(self, n)[seed_index].detach().to(dtype) for n in ("W1", "b1", "W2", "b2")}
+        r = dict(Wr=None, br=None) if self.router is None else self.router.probe_tensors(seed_index, dtype)
+        kind = Router.LEARNED if self.router is None else self.router.kind
+        return ExpertParams(**t, **r, routing=self.routing, top_k=self.top_k, temperature=self.temperature,
+                            router=kind.value)
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A forward pass as the probes read it, for every seed at once: the model's ``output``, and
+    per MoE layer l ``moe_inputs[l]`` (the hidden states entering the layer, "the hidden states
+    entering the MoE layer", ``(S, N, d)``) and ``block_inputs[l]`` (the residual stream entering
+    its block, before the block's LayerNorm; the same tensor as ``moe_inputs[l]`` where the layer
+    is not in a normalised block)."""
+
+    output: torch.Tensor
+    moe_inputs: list[torch.Tensor]
+    block_inputs: list[torch.Tensor]
 
 
 class MoENet(nn.Module):
@@ -347,15 +266,16 @@ class MoENet(nn.Module):
     def n_seeds(self) -> int:
         return self.layers[0].n_seeds
 
-    def trace(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Every layer's block input (the residual stream) and, last, the output: ``(S, N, d)``
-        each. The MoE layer itself sees ``layer_input(l, block input)``."""
-        out = [x]
+    def trace(self, x: torch.Tensor) -> Trace:
+        """The forward pass with every MoE layer's input and block input (``Trace``), ``(S, N, d)`` each."""
+        blocks, inputs = [], []
         for l, layer in enumerate(self.layers):
-            y = layer(self.layer_input(l, x))
+            h = self.layer_input(l, x)
+            blocks.append(x)
+            inputs.append(h)
+            y = layer(h)
             x = x + y if self.residual else y
-            out.append(x)
-        return out
+        return Trace(x, inputs, blocks)
 
     def balance_loss(self) -> torch.Tensor:
         """The layers' load-balancing losses of the last training forward, summed: ``(S,)``."""
@@ -366,29 +286,30 @@ class MoENet(nn.Module):
         return layer_norm(x, self.ln_weight[l][:, None], self.ln_bias[l][:, None]) if self.residual else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.trace(x)[-1]
+        return self.trace(x).output
 
     def params(self, seed_index: int = 0, layer: int = 0, dtype=torch.float64) -> ExpertParams:
         """Detached tensors of one seed's MoE layer ``layer``, as the probes take them."""
         return self.layers[layer].params(seed_index, dtype)
 
 
-def ffn_layer(arm: Arm, n_experts: int, d_model: int, d_hidden: int, top_k: int, temperature: float,
+def ffn_layer(arm: Arm, *, n_experts: int, d_model: int, d_hidden: int, top_k: int, temperature: float,
               seeds=(0,), stream: str = "init") -> MLPMoE:
     """The feed-forward layer of one arm for all ``seeds``: E experts and a router (MoE arms),
     or one FFN of width d_hidden (``dense``) or E * d_hidden (``dense_matched``)."""
     if arm.is_moe:
-        return MLPMoE(n_experts, d_model, d_hidden, arm.routing, top_k, temperature, seeds, stream, router=arm.router.value)
+        return MLPMoE(n_experts=n_experts, d_model=d_model, d_hidden=d_hidden, routing=arm.routing, top_k=top_k,
+                      temperature=temperature, seeds=seeds, stream=stream, router=arm.router.value)
     width = d_hidden * (n_experts if arm is Arm.DENSE_MATCHED else 1)
-    return MLPMoE(1, d_model, width, "dense", seeds=seeds, stream=stream)
+    return MLPMoE(n_experts=1, d_model=d_model, d_hidden=width, routing="dense", seeds=seeds, stream=stream)
 
 
-def build_arm(arm: Arm, n_experts: int, d_model: int, d_hidden: int, top_k: int, temperature: float,
+def build_arm(arm: Arm, *, n_experts: int, d_model: int, d_hidden: int, top_k: int, temperature: float,
               seeds=(0,)) -> MoENet:
     """The model of one arm for all ``seeds``. Each layer initialises from its own stream
     (``init/<arm>`` for the first layer), so a seed's model is independent of the others."""
-    layers = [ffn_layer(arm, n_experts, d_model, d_hidden, top_k, temperature, seeds,
-                        f"init/{arm.value}" + (f"/layer{l}" if l else "")) for l in range(arm.n_layers)]
+    layers = [ffn_layer(arm, n_experts=n_experts, d_model=d_model, d_hidden=d_hidden, top_k=top_k, temperature=temperature, seeds=seeds,
+                        stream=f"init/{arm.value}" + (f"/layer{l}" if l else "")) for l in range(arm.n_layers)]
     return MoENet(layers, residual=arm.residual)
 
 

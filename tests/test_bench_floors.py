@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from moegeo import ExperimentConfig, experiment, lm
 from moegeo.config import Arm, LMConfig
-from moegeo.model import make_data
+from moegeo.data import make_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import floors  # noqa: E402
@@ -29,7 +29,7 @@ def counted(fn) -> float:
 
 @pytest.mark.parametrize("arm", CFG.arms, ids=[a.value for a in CFG.arms])
 def test_mlp_training_floor_is_the_step_s_products(arm):
-    x, y = (torch.stack(t) for t in zip(*(make_data(s, CFG.n_samples, CFG.d_model) for s in CFG.seeds)))
+    x, y = (torch.stack(t) for t in zip(*(make_data(s, n_samples=CFG.n_samples, d_model=CFG.d_model) for s in CFG.seeds)))
     model = experiment.build_model(arm, CFG)
 
     def step():

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import scipy.stats
 
-from moegeo import bench_report
+import bench_report
 
 
 def fake_results(path, closed=0.01, jacrev=0.05):

@@ -7,9 +7,11 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from moegeo import Arm, ExperimentConfig, MLPMoE, cache, experiment
-from moegeo.__main__ import main
-from moegeo.model import ExpertParams, block_rows, make_data, route, topk_route
+from moegeo import Arm, ExperimentConfig, MLPMoE, cache, experiment, frame
+from moegeo.cli import main
+from moegeo.data import make_data
+from moegeo.model import ExpertParams, block_rows
+from moegeo.routers import route, topk_route
 
 TINY = ExperimentConfig(n_experts=4, d_model=8, d_hidden=16, n_samples=64, steps=20, record_every=10,
                         trajectory_points=16, seeds=(0, 1))
@@ -23,21 +25,21 @@ def isolated_cache(tmp_path, monkeypatch):
 def test_stacked_training_matches_a_plain_per_expert_loop():
     """The seed-stacked, expert-batched trainer equals a literal loop over experts for one seed."""
     cfg = dataclasses.replace(TINY, seeds=(3,), steps=5)
-    x, y = make_data(3, cfg.n_samples, cfg.d_model)
+    x, y = make_data(3, n_samples=cfg.n_samples, d_model=cfg.d_model)
     ref = experiment.build_model(Arm.TOPK, cfg)
     layer = ref.layers[0]
-    params = [p.detach()[0].clone().requires_grad_() for p in (layer.W1, layer.b1, layer.W2, layer.b2, layer.Wr, layer.br)]
+    params = [p.detach()[0].clone().requires_grad_() for p in (layer.W1, layer.b1, layer.W2, layer.b2, layer.router.Wr, layer.router.br)]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     for _ in range(cfg.steps):
         W1, b1, W2, b2, Wr, br = params
-        g = route(x @ Wr.T + br, "topk", cfg.top_k)
+        g = route(x @ Wr.T + br, "topk", top_k=cfg.top_k)
         out = sum(g[:, e:e + 1] * (torch.nn.functional.gelu(x @ W1[e].T + b1[e]) @ W2[e].T + b2[e]) for e in range(cfg.n_experts))
         opt.zero_grad()
         ((out - y) ** 2).mean().backward()
         opt.step()
     model, _ = experiment.train_arm(Arm.TOPK, cfg, x[None], y[None], progress=False)
     mine_layer = model.layers[0]
-    for mine, theirs in zip((mine_layer.W1, mine_layer.b1, mine_layer.W2, mine_layer.b2, mine_layer.Wr, mine_layer.br), params):
+    for mine, theirs in zip((mine_layer.W1, mine_layer.b1, mine_layer.W2, mine_layer.b2, mine_layer.router.Wr, mine_layer.router.br), params):
         torch.testing.assert_close(mine[0].detach(), theirs.detach(), rtol=1e-5, atol=1e-6)
 
 
@@ -52,7 +54,7 @@ def test_seed_batched_training_is_bit_reproducible(arm):
     """Two identical seed-batched training runs end with the same bits in every parameter and
     router buffer (stable sorts and serial scatters only in the Top-k dispatch)."""
     cfg = dataclasses.replace(TINY, seeds=(0, 1, 2), steps=10)
-    x, y = (torch.stack(t) for t in zip(*(make_data(s, cfg.n_samples, cfg.d_model) for s in cfg.seeds)))
+    x, y = (torch.stack(t) for t in zip(*(make_data(s, n_samples=cfg.n_samples, d_model=cfg.d_model) for s in cfg.seeds)))
     runs = [experiment.train_arm(arm, cfg, x, y, progress=False)[0] for _ in range(2)]
     a, b = (m.state_dict() for m in runs)  # parameters and router buffers (biases, centroids)
     assert a.keys() == b.keys()
@@ -71,7 +73,7 @@ def test_a_seed_does_not_depend_on_the_other_seeds_in_the_sweep():
 
 def test_frame_holds_every_arm_under_every_reading():
     df = experiment.run(TINY, cache=False, progress=False)
-    assert set(df.columns) >= set(experiment.COLUMNS) | {"n_experts", "steps", "config_key"}
+    assert set(df.columns) >= set(frame.COLUMNS) | {"n_experts", "steps", "config_key"}
     final = df[df.step == TINY.steps]
     for arm in TINY.arms:
         readings = set(final[final.arm == arm.value].reading)
@@ -122,13 +124,13 @@ def test_config_key_changes_with_every_field():
 
 def test_dead_expert_is_excluded_and_reported():
     E, h, d = 3, 5, 6
-    x, _ = make_data(0, 32, d, dtype=torch.float64)
+    x, _ = make_data(0, n_samples=32, d_model=d, dtype=torch.float64)
     g = torch.Generator().manual_seed(0)
     t = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
     p = ExpertParams(W1=t(E, h, d), b1=t(E, h), W2=t(E, d, h), b2=t(E, d), Wr=t(E, d) * 0,
                      br=torch.tensor([0.0, 0.0, -1e9], dtype=torch.float64), routing="topk", top_k=2, temperature=1.0)
     with pytest.warns(UserWarning, match="expert 2 received zero routing weight"):
-        rows = pd.DataFrame(experiment.probe_rows(p, x, seed=0, arm=Arm.TOPK, step=0))
+        rows = pd.DataFrame(frame.probe_rows(p, x, seed=0, arm=Arm.TOPK, step=0))
     assert rows[rows.metric == "excluded"].expert.tolist() == [2]
     assert set(rows[rows.metric != "excluded"].expert) == {-1, 0, 1}  # -1: the layer's routing entropy
 
@@ -147,11 +149,11 @@ def test_captured_layers_reconstruct_the_models_output(arm):
     """The hidden states the probes read (each layer's input) and the layers' own parameters
     rebuild the model's output: sum_e g_e f_e(h) (+ the residual stream) = model(x)."""
     model = experiment.build_model(arm, dataclasses.replace(TINY, seeds=(0,)))
-    x = make_data(0, TINY.n_samples, TINY.d_model)[0][None]
+    x = make_data(0, n_samples=TINY.n_samples, d_model=TINY.d_model)[0][None]
     with torch.no_grad():
         trace, stream = model.trace(x), x[0]
         for l in range(len(model.layers)):
-            h = model.layer_input(l, trace[l])[0]
+            h = trace.moe_inputs[l][0]
             p = model.params(0, l, torch.float32)
             g = p.gates(h)
             f = torch.einsum("eoh,neh->neo", p.W2, torch.nn.functional.gelu(torch.einsum("ehd,nd->neh", p.W1, h) + p.b1)) + p.b2
@@ -179,21 +181,25 @@ def test_sparse_topk_dispatch_equals_the_dense_compute_reference(router, skewed)
     takes most tokens and some get none, so the blocks are smaller than the busiest group and
     copy their weights (checked, so the test cannot drift to the other path)."""
     N = 300 if skewed else 40
-    layer = MLPMoE(6, 5, 7, "topk", top_k=2, seeds=(0, 1, 2), dtype=torch.float64, router=router).eval()
+    layer = MLPMoE(n_experts=6, d_model=5, d_hidden=7, routing="topk", top_k=2, seeds=(0, 1, 2), dtype=torch.float64, router=router).eval()
     g = torch.Generator().manual_seed(2)
-    if layer.bias is not None:
-        layer.bias = torch.randn(3, 6, generator=g, dtype=torch.float64)
-    if layer.centroids is not None:
-        layer.centroids = torch.randn(3, 6, 5, generator=g, dtype=torch.float64)
+    if getattr(layer.router, "bias", None) is not None:
+        layer.router.bias = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    if getattr(layer.router, "centroids", None) is not None:
+        layer.router.centroids = torch.randn(3, 6, 5, generator=g, dtype=torch.float64)
     x = torch.randn(3, N, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64, requires_grad=True)
     y = torch.randn(3, N, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     if skewed:  # the selection: expert 0 always, expert 5 never, the others by the router
-        layer.bias = torch.tensor([50.0, 0, 0, 0, 0, -50.0], dtype=torch.float64).expand(3, 6).clone()
-        idx = topk_route(layer.logits(x), 2, bias=layer._selection_bias())[1]
+        skew = torch.tensor([50.0, 0, 0, 0, 0, -50.0], dtype=torch.float64).expand(3, 6).clone()
+        if hasattr(layer.router, "bias"):
+            layer.router.bias = skew
+        else:  # the learned router has no selection bias: skew its scores instead
+            layer.router.br.data += skew
+        idx = topk_route(layer.scores(x), 2, bias=layer.router.selection_bias())[1]
         counts = torch.bincount((idx + 6 * torch.arange(3)[:, None, None]).flatten(), minlength=18)
         assert (counts == 0).any() and block_rows(counts) < counts.max()
     names = [n for n, _ in layer.named_parameters()]
-    assert {"W1", "b1", "W2", "b2"} <= set(names) and (router == "kmeans") == ("Wr" not in names)
+    assert {"W1", "b1", "W2", "b2"} <= set(names) and (router == "kmeans") == ("router.Wr" not in names)
     grads = []
     for forward in (layer, lambda v: layer.mix(v, layer.gates(v))):
         layer.zero_grad()
@@ -217,7 +223,7 @@ def test_topk_dispatch_with_planted_group_counts(counts):
     copy weights."""
     counts = tuple(counts)
     E = len(counts)
-    layer = MLPMoE(E, 3, 5, "topk", top_k=1, seeds=(0,), dtype=torch.float64)
+    layer = MLPMoE(n_experts=E, d_model=3, d_hidden=5, routing="topk", top_k=1, seeds=(0,), dtype=torch.float64)
     idx = torch.repeat_interleave(torch.arange(E), torch.tensor(counts))[None, :, None]
     N = idx.shape[1]
     x = torch.randn(1, N, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64, requires_grad=True)
@@ -235,7 +241,7 @@ def test_topk_dispatch_with_planted_group_counts(counts):
 def test_topk_dispatch_refuses_bad_indices_and_shapes():
     """An expert index outside [0, E) would silently pick another seed's expert (the groups are
     seed-major); a shape mismatch would fail deep inside a reshape. Both are refused up front."""
-    layer = MLPMoE(3, 4, 5, "topk", top_k=1, seeds=(0, 1), dtype=torch.float64)
+    layer = MLPMoE(n_experts=3, d_model=4, d_hidden=5, routing="topk", top_k=1, seeds=(0, 1), dtype=torch.float64)
     x, w = torch.randn(2, 6, 4, dtype=torch.float64), torch.ones(2, 6, 1, dtype=torch.float64)
     for bad in (3, -1):
         idx = torch.zeros(2, 6, 1, dtype=torch.long)
@@ -268,6 +274,25 @@ def test_block_rows_keeps_one_block_per_group_when_balanced_and_splits_a_skewed_
 
 def test_dense_ffn_is_the_plain_two_layer_mlp():
     """A dense layer skips the (all-ones) gate; it must equal the gated formula exactly."""
-    layer = MLPMoE(1, 5, 9, "dense", seeds=(0, 1), dtype=torch.float64)
+    layer = MLPMoE(n_experts=1, d_model=5, d_hidden=9, routing="dense", seeds=(0, 1), dtype=torch.float64)
     x = torch.randn(2, 11, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     torch.testing.assert_close(layer(x), layer.mix(x, layer.gates(x)), rtol=1e-12, atol=1e-12)
+
+
+def test_a_run_imports_none_of_the_modules_left_out_of_the_cache_key():
+    """``config.READ_ONLY`` leaves modules out of the cache key on the promise that their code never
+    runs inside ``experiment.run``: a run in a fresh interpreter must not even import them."""
+    import subprocess
+    import sys
+
+    from moegeo.config import READ_ONLY
+
+    code = ("import sys, dataclasses, moegeo.experiment as x; from moegeo import ExperimentConfig, LMConfig; "
+            "x.run(ExperimentConfig(n_experts=4, d_model=8, d_hidden=8, n_samples=32, steps=2, record_every=1, "
+            "trajectory_points=8, probe_steps=()), cache=False, progress=False); "
+            "x.run(LMConfig(vocab_size=64, d_model=8, n_layers=1, n_heads=2, context=8, n_experts=2, d_hidden=8, "
+            "batch_size=2, steps=2, record_every=1, eval_windows=2, probe_tokens=16, trajectory_points=8), cache=False, "
+            "progress=False); print(' '.join(sorted(m for m in sys.modules if m.startswith('moegeo'))))")
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True)
+    loaded = {m.split(".")[1] for m in out.stdout.split() if "." in m}
+    assert not loaded & {name.removesuffix(".py") for name in READ_ONLY}, loaded

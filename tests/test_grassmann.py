@@ -10,14 +10,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moegeo import grassmann, probes
+from moegeo import probes
+from moegeo.probes import grassmann
 from strategies import seeds, subspace_pairs
 
 DISTANCES = (grassmann.geodesic_distance, grassmann.chordal_distance, grassmann.overlap_index)
 
 
 def haar(D, r, seed):
-    return grassmann.haar_basis(1, D, r, torch.Generator().manual_seed(seed))[0]
+    return grassmann.haar_basis(1, D, r, generator=torch.Generator().manual_seed(seed))[0]
 
 
 def projector(U):
@@ -147,7 +148,7 @@ def test_wrong_inputs_are_rejected_with_what_was_expected():
 
 
 def test_batched_angles_equal_one_by_one():
-    U, V = grassmann.haar_basis(4, 7, 3, torch.Generator().manual_seed(0)), haar(7, 2, 1)
+    U, V = grassmann.haar_basis(4, 7, 3, generator=torch.Generator().manual_seed(0)), haar(7, 2, 1)
     batched = grassmann.principal_angles(U, V)
     for e in range(4):
         torch.testing.assert_close(batched[e], grassmann.principal_angles(U[e], V))
@@ -156,7 +157,7 @@ def test_batched_angles_equal_one_by_one():
 @given(st.integers(1, 5), st.integers(2, 8), st.data(), seeds)
 def test_pairwise_matches_each_pair_and_is_symmetric(E, D, data, seed):
     r = data.draw(st.integers(1, D))
-    bases = grassmann.haar_basis(E, D, r, torch.Generator().manual_seed(seed))
+    bases = grassmann.haar_basis(E, D, r, generator=torch.Generator().manual_seed(seed))
     geo = grassmann.pairwise(bases)
     for a in range(E):
         for b in range(E):
@@ -240,7 +241,7 @@ def test_null_has_forced_zero_angles_when_r_plus_s_exceeds_D():
 def test_haar_basis_first_coordinate_has_the_uniform_sphere_law(D):
     """First column uniform on S^(D-1): x_1^2 ~ Beta(1/2, (D-1)/2), and x_1 symmetric, with the
     law of the cosine of two isotropic vectors (without the sign fix of QR, x_1 < 0 always)."""
-    x1 = grassmann.haar_basis(4000, D, min(3, D), torch.Generator().manual_seed(2))[:, 0, 0].numpy()
+    x1 = grassmann.haar_basis(4000, D, min(3, D), generator=torch.Generator().manual_seed(2))[:, 0, 0].numpy()
     assert scipy.stats.kstest(x1**2, scipy.stats.beta(0.5, (D - 1) / 2).cdf).pvalue > KS_ALPHA
     assert scipy.stats.kstest(x1, probes.cosine_null(D).cdf).pvalue > KS_ALPHA
 
@@ -298,7 +299,7 @@ def test_pairwise_of_bases_of_different_dimensions_matches_each_pair(dims, seed)
 
 def test_null_means_are_the_exact_overlap_and_the_monte_carlo_distances():
     m = grassmann.null_means(16, 3, 5)
-    null = grassmann.random_subspace_null(16, 3, 5, grassmann.NULL_SAMPLES, 0)
+    null = grassmann.random_subspace_null(16, 3, 5, n_samples=grassmann.NULL_SAMPLES, seed=0)
     assert m["overlap"] == pytest.approx(3 * 5 / (16 * 3))
     assert m["geodesic"] == pytest.approx(null.geodesic.mean().item())
     assert m["chordal"] == pytest.approx(null.chordal.mean().item())
@@ -309,7 +310,7 @@ def test_null_means_are_the_exact_overlap_and_the_monte_carlo_distances():
 def test_null_means_of_large_subspaces_come_from_their_complements(D, r, s):
     """r + s > D: the same law as drawing the large subspaces themselves, within 4 standard errors."""
     m = grassmann.null_means(D, r, s)
-    direct = grassmann.random_subspace_null(D, r, s, 4000, seed=3)
+    direct = grassmann.random_subspace_null(D, r, s, n_samples=4000, seed=3)
     for stat in ("geodesic", "chordal"):
         x = getattr(direct, stat)
         assert abs(m[stat] - x.mean().item()) < 4 * x.std().item() * math.sqrt(1 / 4000 + 1 / grassmann.NULL_SAMPLES) + 1e-12
@@ -318,7 +319,7 @@ def test_null_means_of_large_subspaces_come_from_their_complements(D, r, s):
 
 def _layer_rows(h: torch.Tensor, g: torch.Tensor):
     from moegeo.config import PCASite
-    from moegeo.experiment import Rows, subspace_rows
+    from moegeo.frame import Rows, subspace_rows
 
     rows = Rows(0, "topk", 0, 1)
     subspace_rows(rows, probes.weighted_pca(h, g.T, vectors=True), PCASite.INPUT, list(range(g.shape[1])))
@@ -356,7 +357,7 @@ def _subspace_frame(n_points, D=32, N=400, seed=1, scale=None, points=None):
     ``points`` (n_points, D) replaces them."""
     import pandas as pd
     from moegeo.config import PCASite
-    from moegeo.experiment import Rows, subspace_rows
+    from moegeo.frame import Rows, subspace_rows
 
     E = 4
     h = torch.randn(N, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)

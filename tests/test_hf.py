@@ -17,8 +17,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from moegeo import hf, probe_report, probes  # noqa: E402
-from moegeo.__main__ import main  # noqa: E402
+from moegeo import hf, probes  # noqa: E402
+from moegeo.report import probe as probe_report  # noqa: E402
+from moegeo.cli import main  # noqa: E402
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SMALL = dict(hidden_size=32, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=2,
@@ -167,7 +168,7 @@ def test_tokenwise_operator_applies_the_tokenwise_jacobians():
     torch.testing.assert_close(op.matvec(v), torch.einsum("noi,ni->no", J, v))
     torch.testing.assert_close(op.rmatvec(u), torch.einsum("noi,no->ni", J, u))
     w = torch.rand(5, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(hf.tokenwise_jacobians(fn, x, w), torch.einsum("n,noi->oi", w, J) / w.sum())
+    torch.testing.assert_close(hf.tokenwise_jacobians(fn, x, weights=w), torch.einsum("n,noi->oi", w, J) / w.sum())
 
 
 def test_swiglu_operator_and_mean_jacobian_agree_with_the_dense_jacobians():
@@ -177,13 +178,13 @@ def test_swiglu_operator_and_mean_jacobian_agree_with_the_dense_jacobians():
     Wd = Wd.transpose(1, 2).contiguous()
     bg, bu = torch.randn(E, h, generator=g, dtype=torch.float64), torch.randn(E, h, generator=g, dtype=torch.float64)
     x, w = torch.randn(N, d, generator=g, dtype=torch.float64), torch.rand(N, E, generator=g, dtype=torch.float64)
-    J = probes.swiglu_jacobians(Wg, Wu, Wd, x, bg, bu)
+    J = probes.swiglu_jacobians(Wg, Wu, Wd, x, bg=bg, bu=bu)
     f = lambda e: lambda xi: Wd[e] @ (torch.nn.functional.silu(Wg[e] @ xi + bg[e]) * (Wu[e] @ xi + bu[e]))  # noqa: E731
     torch.testing.assert_close(J[1], torch.func.vmap(torch.func.jacrev(f(1)))(x))
-    op, v = probes.swiglu_jacobian_operator(Wg, Wu, Wd, x, bg, bu), torch.randn(E, N, d, generator=g, dtype=torch.float64)
+    op, v = probes.swiglu_jacobian_operator(Wg, Wu, Wd, x, bg=bg, bu=bu), torch.randn(E, N, d, generator=g, dtype=torch.float64)
     torch.testing.assert_close(op.matvec(v), torch.einsum("enoi,eni->eno", J, v))
     torch.testing.assert_close(op.rmatvec(v), torch.einsum("enoi,eno->eni", J, v))
-    torch.testing.assert_close(probes.swiglu_mean_jacobian(Wg, Wu, Wd, x, w, bg, bu), probes.weighted_mean(J, w))
+    torch.testing.assert_close(probes.swiglu_mean_jacobian(Wg, Wu, Wd, x, w, bg=bg, bu=bu), probes.weighted_mean(J, w))
     with pytest.raises(ValueError, match=r"Wu must have shape \(3, 7, 5\)"):
         probes.swiglu_jacobians(Wg, Wu[:, :6], Wd, x)
     with pytest.raises(MemoryError, match="swiglu_jacobian_operator"):
@@ -354,7 +355,7 @@ def _word_tokenizer(words):
 def _save_checkpoint(path, tokenizer=True, model_type="mixtral"):
     """A tiny random model saved as a new user would, with a tokenizer over the most frequent words
     of the shipped WikiText-2 test split (unless ``tokenizer=False``)."""
-    from moegeo.wikitext import shipped_text
+    from moegeo.data.wikitext import shipped_text
 
     model = build(model_type)
     model.to(torch.float32).save_pretrained(path)
@@ -375,7 +376,7 @@ def test_load_gives_a_float64_eager_model_and_refuses_one_too_large(tmp_path, mo
     assert next(model.parameters()).dtype == torch.float64 and model.config._experts_implementation == "eager"
     n, need = hf.estimate_bytes(model.config)
     assert n == sum(p.numel() for p in model.parameters()) and need == 8 * n
-    monkeypatch.setattr(hf, "available_memory", lambda: 2**16)
+    monkeypatch.setattr(hf.checkpoint, "available_memory", lambda: 2**16)
     with pytest.raises(MemoryError, match=r"needs about 0\.0 GiB in torch.float64 but only 0\.0 GiB"):
         hf.load(tmp_path)
     with pytest.raises(FileNotFoundError, match="not a directory"):
@@ -397,7 +398,7 @@ def test_a_checkpoint_saved_without_a_tokenizer_is_refused_saying_so(tmp_path, m
     _save_checkpoint(tmp_path, tokenizer=False, model_type=model_type)
     with pytest.raises(ValueError, match=rf"no usable tokenizer found in {re.escape(str(tmp_path))}: no tokenizer "
                                          r"file .* save it with the model, e\.g\. tokenizer\.save_pretrained\(DIR\)"):
-        hf.tokenize(tmp_path, TEXT, tokens=8)
+        hf.tokenize(tmp_path, text=TEXT, tokens=8)
 
 
 @pytest.mark.parametrize("save, found", [
@@ -410,12 +411,12 @@ def test_a_tokenizer_with_an_empty_vocabulary_is_refused_saying_so(tmp_path, sav
     _save_checkpoint(tmp_path, tokenizer=False, model_type="qwen2_moe")
     save(tmp_path)
     with pytest.raises(ValueError, match=f"no usable tokenizer found in .*: {found}"):
-        hf.tokenize(tmp_path, TEXT, tokens=8)
+        hf.tokenize(tmp_path, text=TEXT, tokens=8)
 
 
 def test_cli_without_a_tokenizer_says_so_before_loading_the_model(tmp_path, capsys, monkeypatch):
     _save_checkpoint(tmp_path, tokenizer=False)
-    monkeypatch.setattr(hf, "load", lambda *a, **k: pytest.fail("the model was loaded before the tokenizer was checked"))
+    monkeypatch.setattr(hf.rows, "load", lambda *a, **k: pytest.fail("the model was loaded before the tokenizer was checked"))
     assert main(["probe", "--hf-model", str(tmp_path), "--tokens", "8", "--out", str(tmp_path / "r")]) == 2
     assert f"no usable tokenizer found in {tmp_path}" in capsys.readouterr().err
 
@@ -434,9 +435,9 @@ def test_cli_refuses_counts_below_one(args, message, capsys):
 
 def test_a_layer_the_checkpoint_does_not_have_is_refused_before_loading(tmp_path, capsys, monkeypatch):
     _save_checkpoint(tmp_path)
-    monkeypatch.setattr(hf, "load", lambda *a, **k: pytest.fail("the model was loaded before --layers was checked"))
+    monkeypatch.setattr(hf.rows, "load", lambda *a, **k: pytest.fail("the model was loaded before --layers was checked"))
     with pytest.raises(ValueError, match=r"layers \[-1, 2\] do not exist: the checkpoint has 2 decoder layers \(0 to 1\)"):
-        hf.probe_checkpoint(tmp_path, TEXT, tokens=8, layers=[1, 2, -1])
+        hf.probe_checkpoint(tmp_path, text=TEXT, tokens=8, layers=[1, 2, -1])
     assert main(["probe", "--hf-model", str(tmp_path), "--layers", "5", "--tokens", "8", "--out", str(tmp_path / "r")]) == 2
     assert "layers [5] do not exist" in capsys.readouterr().err
 
@@ -445,25 +446,25 @@ def test_exactly_the_requested_tokens_are_probed(tmp_path):
     _save_checkpoint(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no unknown token, no warning
-        batch = hf.tokenize(tmp_path, TEXT, tokens=30, context=8)
-    first = hf.tokenize(tmp_path, TEXT, tokens=120, context=120).input_ids.flatten()
+        batch = hf.tokenize(tmp_path, text=TEXT, tokens=30, context=8)
+    first = hf.tokenize(tmp_path, text=TEXT, tokens=120, context=120).input_ids.flatten()
     assert batch.input_ids.shape == (4, 8) and batch.n_tokens == 30 and batch.unknown == 0
     assert torch.equal(batch.input_ids.flatten(), first[:32]), "the first 30 tokens, then 2 completing the last sequence"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        df = hf.probe_checkpoint(tmp_path, TEXT, tokens=30, layers=[1], context=8, progress=False)
+        df = hf.probe_checkpoint(tmp_path, text=TEXT, tokens=30, layers=[1], context=8, progress=False)
     assert set(df["layer"]) == {1} and df.query("metric == 'n_tokens'")["value"].tolist() == [30.0]
     assert df.query("metric == 'context'")["value"].tolist() == [8.0]
     assert df.query("metric == 'routed_tokens'")["value"].sum() == 30 * 2, "Top-2 of 30 tokens"
-    short = hf.tokenize(tmp_path, "the , . of and", tokens=30, context=8)
+    short = hf.tokenize(tmp_path, text="the , . of and", tokens=30, context=8)
     assert short.n_tokens == 5 and short.input_ids.shape == (1, 5)
-    wrapped = hf.tokenize(tmp_path, "the , . of and", tokens=5, context=3)  # the text ends: its start completes it
+    wrapped = hf.tokenize(tmp_path, text="the , . of and", tokens=5, context=3)  # the text ends: its start completes it
     five = short.input_ids.flatten().tolist()
     assert wrapped.n_tokens == 5 and wrapped.input_ids.flatten().tolist() == five + five[:1]
     with pytest.raises(ValueError, match=r"context 65 exceeds the model's max_position_embeddings \(64\)"):
-        hf.probe_checkpoint(tmp_path, TEXT, tokens=8, context=65)
+        hf.probe_checkpoint(tmp_path, text=TEXT, tokens=8, context=65)
     with pytest.raises(ValueError, match="gives no tokens"):
-        hf.tokenize(tmp_path, "", tokens=8)
+        hf.tokenize(tmp_path, text="", tokens=8)
 
 
 def test_the_tokens_completing_the_last_sequence_do_not_change_the_probed_ones():
@@ -500,7 +501,7 @@ def test_a_text_of_unknown_words_is_warned_on_stderr_and_in_the_report(tmp_path,
     text = "the zyzzyva , quokka " * 10  # half the words are not in the vocabulary
     (tmp_path / "t.txt").write_text(text)
     with pytest.warns(UserWarning, match="50% of the probed tokens are the tokenizer's unknown token"):
-        assert hf.tokenize(tmp_path / "m", text, tokens=40).unknown == 0.5
+        assert hf.tokenize(tmp_path / "m", text=text, tokens=40).unknown == 0.5
     assert main(["probe", "--hf-model", str(tmp_path / "m"), "--text", str(tmp_path / "t.txt"), "--tokens", "16",
                  "--out", str(tmp_path / "r"), "--quiet"]) == 0
     assert "moegeo probe: warning: 50% of the probed tokens are the tokenizer's unknown token" in capsys.readouterr().err

@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moegeo import lm, probes, wikitext
+from moegeo import lm, probes, train
+from moegeo.data import wikitext
 from moegeo.config import Arm, LMConfig
 
 TINY = LMConfig(vocab_size=50, d_model=16, n_layers=2, n_heads=2, context=8, n_experts=4, d_hidden=12)
@@ -104,8 +105,9 @@ def test_seed_batched_training_is_bit_reproducible(arm):
     ids = torch.randint(0, TINY.vocab_size, (2000,), generator=torch.Generator().manual_seed(0))
     runs = []
     for _ in range(2):
-        model = lm.TransformerLM(arm, TINY, seeds=(0, 1, 2))
-        history = lm.train(model, ids, steps=6, batch_size=4, progress=False)
+        model, history = lm.TransformerLM(arm, TINY, seeds=(0, 1, 2)), []
+        train.train(model, train.next_token_loss(model, ids, 4), 6, TINY.lr, progress=False, record_at=range(7),
+                    record=lambda step, m, loss: history.append(loss.tolist()))
         runs.append((history, {n: t.detach().clone() for n, t in model.state_dict().items()}))
     (h1, a), (h2, b) = runs
     assert h1 == h2 and a.keys() == b.keys()
@@ -127,7 +129,7 @@ def test_captured_ffn_inputs_and_experts_rebuild_the_models_ffn(arm):
     layer's own output: sum_e g_e f_e(h) = FFN(h), for every layer."""
     model = lm.TransformerLM(arm, TINY, seeds=(0,))
     with torch.no_grad():
-        _, inputs = model.trace(tokens(1, 2, 8))
+        inputs = model.trace(tokens(1, 2, 8)).moe_inputs
         for layer, h in zip(model.ffn, inputs):
             p = layer.params(0, torch.float32)
             g = p.gates(h[0])
@@ -140,10 +142,10 @@ def test_captured_jacobians_match_autograd_of_the_ffn():
     routing term) on captured hidden states equals autograd of the model's own FFN there."""
     model = lm.TransformerLM(Arm.SOFT, TINY, seeds=(0,)).double()
     with torch.no_grad():
-        _, inputs = model.trace(tokens(1, 1, 8))
+        inputs = model.trace(tokens(1, 1, 8)).moe_inputs
     layer, h = model.ffn[1], inputs[1][0].double()[:4]
     p = layer.params(0)
-    got = probes.moe_jacobian(p.W1, p.b1, p.W2, p.b2, h, p.gates(h), p.Wr, p.temperature)
+    got = probes.moe_jacobian(p.W1, p.b1, p.W2, p.b2, h, p.gates(h), p.Wr, temperature=p.temperature)
     ref = torch.stack([torch.autograd.functional.jacobian(lambda v: layer(v[None, None])[0, 0], hi) for hi in h])
     torch.testing.assert_close(got, ref)
 
@@ -152,7 +154,7 @@ def test_a_short_run_on_the_shipped_data_beats_the_unigram_baseline():
     corpus = wikitext.load_wikitext(vocab_size=512)
     size = LMConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=2, context=32, n_experts=4, d_hidden=64)
     model = lm.TransformerLM(Arm.TOPK, size, seeds=(0,))
-    lm.train(model, corpus.train, steps=300, batch_size=16, lr=3e-3, progress=False)
+    train.train(model, train.next_token_loss(model, corpus.train, 16), 300, 3e-3, progress=False)
     ppl = float(lm.perplexity(lm.heldout_loss(model, corpus.heldout, windows=64))[0])
     unigram = wikitext.unigram_perplexity(corpus.train, corpus.heldout, 512)
     assert ppl < unigram, (ppl, unigram)
@@ -188,10 +190,10 @@ def test_lm_frame_probes_equal_the_probes_of_the_captured_layers(small_frame):
     it also checks that the LM run is deterministic for a seed)."""
     corpus = wikitext.load_wikitext(vocab_size=SMALL.vocab_size)
     model = lm.TransformerLM(Arm.SOFT, SMALL)
-    lm.train(model, corpus.train, SMALL.steps, SMALL.batch_size, SMALL.lr, progress=False)
+    train.train(model, train.next_token_loss(model, corpus.train, SMALL.batch_size), SMALL.steps, SMALL.lr, progress=False)
     x, _ = wikitext.heldout_windows(corpus.heldout, SMALL.context)
     with torch.no_grad():
-        _, inputs = model.trace(x[: SMALL.probe_tokens // SMALL.context].expand(2, -1, -1))
+        inputs = model.trace(x[: SMALL.probe_tokens // SMALL.context].expand(2, -1, -1)).moe_inputs
     df = small_frame
     for layer, h in enumerate(inputs):
         for i, seed in enumerate(SMALL.seeds):
@@ -206,7 +208,7 @@ def test_lm_frame_probes_equal_the_probes_of_the_captured_layers(small_frame):
 
 
 def test_lm_cli_prints_the_probe_table_per_layer(capsys):
-    from moegeo.__main__ import main
+    from moegeo.cli import main
 
     assert main(["--setting", "lm", "--steps", "2", "--no-cache", "--quiet"]) == 0
     out = capsys.readouterr().out

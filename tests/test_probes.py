@@ -9,8 +9,9 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from moegeo import probes
-from moegeo.model import route
+from moegeo import nn, probes
+from moegeo.probes import spectra
+from moegeo.routers import route
 from strategies import matrices, mlp_experts, seeds, weighted_samples
 
 
@@ -33,13 +34,13 @@ def test_closed_form_jacobian_matches_autograd(params, mode):
     W1, b1, W2, x = params
     J = probes.expert_jacobians(W1, b1, W2, x)
     for e in range(W1.shape[0]):
-        torch.testing.assert_close(J[e], probes.jacobians(expert_fn(W1, b1, W2, e), x, mode), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(J[e], probes.jacobians(expert_fn(W1, b1, W2, e), x, mode=mode), rtol=1e-10, atol=1e-10)
 
 
 def test_gelu_grad_matches_autograd():
     z = torch.linspace(-6, 6, 101, requires_grad=True)
     (auto,) = torch.autograd.grad(torch.nn.functional.gelu(z).sum(), z)
-    torch.testing.assert_close(probes.gelu_grad(z.detach()), auto, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(nn.gelu_grad(z.detach()), auto, rtol=1e-12, atol=1e-12)
 
 
 @given(mlp_experts(), seeds)
@@ -90,7 +91,7 @@ def planted(d=24, weight=1e-6, seed=0, sigma2=0.9):
 @given(matrices())
 def test_sigma1_methods_agree_with_exact_svd(J):
     exact = probes.singular_values(J)[..., 0]
-    torch.testing.assert_close(probes.singular_values(J, "gram")[..., 0], exact, rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(probes.singular_values(J, method="gram")[..., 0], exact, rtol=1e-8, atol=1e-12)
     op = batch_op(J)
     pw = probes.power_iteration_sigma1(op, tol=1e-12, max_iter=20000, generator=torch.Generator().manual_seed(0))
     assert pw.converged and pw.iterations >= 1
@@ -107,7 +108,7 @@ def test_sigma1_methods_agree_with_exact_svd(J):
 @given(matrices())
 def test_gram_spectrum_matches_svd(J):
     s = probes.singular_values(J)
-    torch.testing.assert_close(probes.singular_values(J, "gram"), s, rtol=1e-6, atol=1e-7 * s[..., :1].max().item())
+    torch.testing.assert_close(probes.singular_values(J, method="gram"), s, rtol=1e-6, atol=1e-7 * s[..., :1].max().item())
 
 
 def test_lanczos_on_mlp_jacobians_matches_exact_and_needs_few_iterations():
@@ -296,7 +297,7 @@ def test_weighted_pca_batched_over_experts_matches_one_by_one():
 def test_topk_gates_have_k_nonzeros_summing_to_one(E, k, seed, temperature):
     k = min(k, E)
     logits = torch.randn(30, E, generator=torch.Generator().manual_seed(seed)) * 3
-    g = route(logits, "topk", k, temperature)
+    g = route(logits, "topk", top_k=k, temperature=temperature)
     assert ((g > 0).sum(-1) == k).all()
     torch.testing.assert_close(g.sum(-1), torch.ones(30))
     assert (g.argmax(-1) == logits.argmax(-1)).all()
@@ -312,7 +313,7 @@ def test_soft_gates_are_all_positive_on_the_simplex(E, seed):
 @pytest.mark.parametrize("k", [0, -1, 9])
 def test_invalid_k_is_a_clear_error(k):
     with pytest.raises(ValueError, match="1 <= k <= E"):
-        route(torch.zeros(4, 8), "topk", k)
+        route(torch.zeros(4, 8), "topk", top_k=k)
 
 
 # --------------------------------------------------------------------------- LayerNorm, the whole MoE layer, routing entropy
@@ -322,9 +323,9 @@ def test_layer_norm_and_its_jacobian_match_torch(d, n, seed):
     g = torch.Generator().manual_seed(seed)
     x, w, b = (torch.randn(n, d, generator=g, dtype=torch.float64) * 3,
                torch.randn(d, generator=g, dtype=torch.float64), torch.randn(d, generator=g, dtype=torch.float64))
-    torch.testing.assert_close(probes.layer_norm(x, w, b), torch.nn.functional.layer_norm(x, (d,), w, b))
+    torch.testing.assert_close(nn.layer_norm(x, w, b), torch.nn.functional.layer_norm(x, (d,), w, b))
     ref = torch.func.vmap(torch.func.jacrev(lambda v: torch.nn.functional.layer_norm(v, (d,), w, b)))(x)
-    torch.testing.assert_close(probes.layer_norm_jacobian(x, w), ref)
+    torch.testing.assert_close(nn.layer_norm_jacobian(x, w), ref)
 
 
 @pytest.mark.parametrize("routing", ["topk", "soft"])
@@ -333,12 +334,12 @@ def test_effective_moe_jacobian_matches_autograd_of_the_layer(routing):
     forward (Top-k: away from ties, where the selection is locally constant)."""
     from moegeo.model import MLPMoE
 
-    layer = MLPMoE(5, 6, 7, routing, top_k=2, temperature=0.7, seeds=(3,), dtype=torch.float64)
+    layer = MLPMoE(n_experts=5, d_model=6, d_hidden=7, routing=routing, top_k=2, temperature=0.7, seeds=(3,), dtype=torch.float64)
     p = layer.params(0)
     x = torch.randn(9, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ref = torch.stack([torch.autograd.functional.jacobian(lambda v: layer(v[None])[0], xi) for xi in x])  # per point:
     # the sparse Top-k dispatch packs tokens by data-dependent counts, which vmap cannot trace
-    got = probes.moe_jacobian(p.W1, p.b1, p.W2, p.b2, x, p.gates(x), p.Wr, p.temperature)
+    got = probes.moe_jacobian(p.W1, p.b1, p.W2, p.b2, x, p.gates(x), p.Wr, temperature=p.temperature)
     torch.testing.assert_close(got, ref.detach())
 
 
@@ -368,13 +369,13 @@ def test_mlp_gram_product_is_jtj_v_of_the_materialised_jacobians(params, seed):
     W1, b1, W2, x = params
     J = probes.expert_jacobians(W1, b1, W2, x)  # (E, N, d_out, d), by the closed form (autograd-checked above)
     v = torch.randn(J.shape[0], J.shape[1], J.shape[-1], generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
-    a = probes.gelu_grad(probes.expert_preactivations(W1, b1, x))
+    a = nn.gelu_grad(probes.expert_preactivations(W1, b1, x))
     out = probes.mlp_gram_product(v.clone(), W1, W2, a)
     torch.testing.assert_close(out, torch.einsum("enji,enjk,enk->eni", J, J, v), rtol=1e-10, atol=1e-12)
 
 
 @settings(deadline=None, max_examples=25)
-@given(st.integers(1, 40), st.sampled_from([1, probes.SMALL_TRIDIAGONAL_BATCH, probes.SMALL_TRIDIAGONAL_BATCH + 1]),
+@given(st.integers(1, 40), st.sampled_from([1, spectra.SMALL_TRIDIAGONAL_BATCH, spectra.SMALL_TRIDIAGONAL_BATCH + 1]),
        seeds)
 def test_tridiagonal_top_eigenvalue_matches_scipy_on_both_paths(k, B, seed):
     """The Ritz value of mlp_lanczos_sigma1: LAPACK for a small batch, Sturm bisection above
@@ -385,12 +386,12 @@ def test_tridiagonal_top_eigenvalue_matches_scipy_on_both_paths(k, B, seed):
     b2 = b.square().clamp_min(torch.finfo(torch.float64).tiny)
     radius = torch.nn.functional.pad(b, (0, 0, 0, 1)) + torch.nn.functional.pad(b, (0, 0, 1, 0))
     lo, hi = alpha.amax(0), (alpha + radius).amax(0)
-    got = probes._tridiagonal_top_eigenvalue(alpha, b2, lo, hi, 60)
+    got = spectra._tridiagonal_top_eigenvalue(alpha, b2, lo, hi, 60)
     ref = torch.tensor([scipy.linalg.eigvalsh_tridiagonal(alpha[:, i].numpy(), b[:, i].numpy(), select="i",
                                                           select_range=(k - 1, k - 1))[0] for i in range(B)])
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
     # lower=True after 20 halvings: a lower bound within (hi - lo) / 2^20 (the LAPACK path: the value itself)
-    low = probes._tridiagonal_top_eigenvalue(alpha, b2, lo, hi, 20, lower=True)
+    low = spectra._tridiagonal_top_eigenvalue(alpha, b2, lo, hi, 20, lower=True)
     slack = 1e-12 * ref.abs().clamp_min(1)
     assert bool((low <= ref + slack).all()) and bool((ref - low <= (hi - lo) / 2**20 + slack).all())
 
@@ -421,14 +422,14 @@ def test_mlp_lanczos_compacts_the_batch_as_matrices_stop(monkeypatch):
     W1, b1 = torch.randn(E, 2 * d, d, generator=g), torch.randn(E, 2 * d, generator=g)
     W2, x = torch.randn(E, d, 2 * d, generator=g), torch.randn(N, d, generator=g) * torch.logspace(-2, 1, N)[:, None]
     rows, final = [], []
-    product, top = probes.mlp_gram_product, probes._tridiagonal_top_eigenvalue
-    monkeypatch.setattr(probes, "mlp_gram_product", lambda v, *a: rows.append(v.shape[1]) or product(v, *a))
+    product, top = probes.mlp_gram_product, spectra._tridiagonal_top_eigenvalue
+    monkeypatch.setattr(spectra, "mlp_gram_product", lambda v, *a: rows.append(v.shape[1]) or product(v, *a))
 
     def solve(A, *args, lower=False):  # a final value (lower=False) is solved for every matrix in A
         final.extend([] if lower else [A.shape[1]])
         return top(A, *args, lower=lower)
 
-    monkeypatch.setattr(probes, "_tridiagonal_top_eigenvalue", solve)
+    monkeypatch.setattr(spectra, "_tridiagonal_top_eigenvalue", solve)
     r = probes.mlp_lanczos_sigma1(W1, b1, W2, x, tol=1e-10, min_iter=4, check_every=2, generator=g)
     exact = torch.linalg.svdvals(probes.expert_jacobians(W1, b1, W2, x))[..., 0]
     torch.testing.assert_close(r.values, exact, rtol=1e-8, atol=0)
@@ -491,7 +492,7 @@ def test_mlp_lanczos_overflow_is_an_error_not_nan():
     Ritz paths (LAPACK for a small batch raised its own 'failed to converge', bisection for a
     large one returned NaN with converged=True)."""
     g = torch.Generator().manual_seed(0)
-    for N in (2, probes.SMALL_TRIDIAGONAL_BATCH + 1):
+    for N in (2, spectra.SMALL_TRIDIAGONAL_BATCH + 1):
         f32 = dict(generator=g, dtype=torch.float32)  # explicit: this module's default dtype is float64
         W1, b1 = torch.randn(1, 16, 8, **f32) * 1e12, torch.zeros(1, 16, dtype=torch.float32)
         W2, x = torch.randn(1, 8, 16, **f32) * 1e12, torch.randn(N, 8, **f32) * 1e-13

@@ -35,10 +35,10 @@ def routed_token(draw, routers=("learned", "loss_free")):
     k = draw(st.integers(1, E))
     routing = draw(st.sampled_from(["topk", "soft"]))
     router = draw(st.sampled_from(routers)) if routing == "topk" else "learned"
-    layer = MLPMoE(E, d, h, routing, k, seeds=(draw(seeds),), dtype=torch.float64, router=router)
+    layer = MLPMoE(n_experts=E, d_model=d, d_hidden=h, routing=routing, top_k=k, seeds=(draw(seeds),), dtype=torch.float64, router=router)
     g = torch.Generator().manual_seed(draw(seeds))
-    if layer.bias is not None:
-        layer.bias = torch.randn(1, E, generator=g, dtype=torch.float64)
+    if getattr(layer.router, "bias", None) is not None:
+        layer.router.bias = torch.randn(1, E, generator=g, dtype=torch.float64)
     x = torch.randn(1, 1, d, generator=g, dtype=torch.float64)
     loss = draw(st.sampled_from(["linear", "mse", "cubic"]))
     target = torch.randn(1, 1, d, generator=g, dtype=torch.float64)
@@ -56,13 +56,13 @@ def test_router_and_expert_gradients_of_one_token_are_parallel_to_it(case):
     layer.train()
     _loss(layer(x), kind, target).backward()
     selected = torch.nonzero(layer.gates(x)[0, 0] > 0).flatten()
-    scale = max(1.0, float(layer.Wr.grad.norm()), float(layer.W1.grad.norm()))
+    scale = max(1.0, float(layer.router.Wr.grad.norm()), float(layer.W1.grad.norm()))
     for e in selected.tolist():
-        assert parallel_residual(layer.Wr.grad[0, e], x[0, 0]) <= 1e-10 * scale
+        assert parallel_residual(layer.router.Wr.grad[0, e], x[0, 0]) <= 1e-10 * scale
         assert (parallel_residual(layer.W1.grad[0, e], x[0, 0]) <= 1e-10 * scale).all()
     others = [e for e in range(layer.W1.shape[1]) if e not in selected.tolist()]
     if others:  # Top-k: an expert that did not see the token gets no gradient at all
-        assert layer.Wr.grad[0, others].abs().max() == 0 and layer.W1.grad[0, others].abs().max() == 0
+        assert layer.router.Wr.grad[0, others].abs().max() == 0 and layer.W1.grad[0, others].abs().max() == 0
 
 
 @given(routed_token(routers=("aux_loss",)).filter(lambda c: c[0].routing == "topk" and c[0].top_k < c[0].W1.shape[1]))
@@ -74,18 +74,18 @@ def test_the_auxiliary_loss_sends_token_directed_gradient_to_routers_whose_exper
     layer.train()
     (_loss(layer(x), kind, target) + layer.balance_loss.sum()).backward()
     others = torch.nonzero(layer.gates(x)[0, 0] == 0).flatten()
-    g_router, g_expert = layer.Wr.grad[0, others], layer.W1.grad[0, others]
+    g_router, g_expert = layer.router.Wr.grad[0, others], layer.W1.grad[0, others]
     assert (g_router.norm(dim=-1) > 0).all() and g_expert.abs().max() == 0
     assert (parallel_residual(g_router, x[0, 0]) <= 1e-10 * max(1.0, float(g_router.norm()))).all()
 
 
 def test_switch_loss_is_the_published_formula():
     """AUX_COEF * E * sum_e f_e P_e with f the token-slot fractions and P the mean softmax."""
-    layer = MLPMoE(4, 3, 5, "topk", 2, seeds=(0,), dtype=torch.float64, router="aux_loss")
+    layer = MLPMoE(n_experts=4, d_model=3, d_hidden=5, routing="topk", top_k=2, seeds=(0,), dtype=torch.float64, router="aux_loss")
     x = torch.randn(1, 50, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     layer.train()
     layer(x)
-    logits = layer.logits(x)[0]
+    logits = layer.scores(x)[0]
     idx = logits.topk(2, -1).indices
     f = np.bincount(idx.flatten().numpy(), minlength=4) / (50 * 2)
     P = torch.softmax(logits, -1).mean(0).detach().numpy()
@@ -93,45 +93,45 @@ def test_switch_loss_is_the_published_formula():
 
 
 def test_loss_free_bias_selects_but_does_not_weight_and_moves_by_the_sign_of_the_load_error():
-    layer = MLPMoE(4, 3, 5, "topk", 1, seeds=(0,), dtype=torch.float64, router="loss_free")
+    layer = MLPMoE(n_experts=4, d_model=3, d_hidden=5, routing="topk", top_k=1, seeds=(0,), dtype=torch.float64, router="loss_free")
     x = torch.randn(1, 40, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    before = layer.bias.clone()
+    before = layer.router.bias.clone()
     layer.train()
     layer(x)
-    counts = np.bincount(layer.logits(x)[0].argmax(-1).numpy(), minlength=4) / 40
-    torch.testing.assert_close(layer.bias - before, BIAS_RATE * torch.sign(torch.tensor(0.25 - counts))[None])
+    counts = np.bincount(layer.scores(x)[0].argmax(-1).numpy(), minlength=4) / 40
+    torch.testing.assert_close(layer.router.bias - before, BIAS_RATE * torch.sign(torch.tensor(0.25 - counts))[None])
     with torch.no_grad():  # evaluation passes never move the bias
         layer(x)
-    torch.testing.assert_close(layer.bias - before, BIAS_RATE * torch.sign(torch.tensor(0.25 - counts))[None])
+    torch.testing.assert_close(layer.router.bias - before, BIAS_RATE * torch.sign(torch.tensor(0.25 - counts))[None])
     # a huge bias on expert 3 selects it for every token, yet its weight stays softmax over the raw score: 1 for k = 1
-    layer.bias = torch.tensor([[0.0, 0.0, 0.0, 1e6]], dtype=torch.float64)
+    layer.router.bias = torch.tensor([[0.0, 0.0, 0.0, 1e6]], dtype=torch.float64)
     g = layer.gates(x)[0]
     assert (g[:, 3] == 1).all()
 
 
 def test_kmeans_router_scores_by_cosine_and_moves_centroids_by_ema_without_gradients():
-    layer = MLPMoE(3, 4, 5, "topk", 1, seeds=(0,), dtype=torch.float64, router="kmeans")
-    assert layer.Wr is None and not any("centroid" in n for n, _ in layer.named_parameters())
+    layer = MLPMoE(n_experts=3, d_model=4, d_hidden=5, routing="topk", top_k=1, seeds=(0,), dtype=torch.float64, router="kmeans")
+    assert not hasattr(layer.router, "Wr") and not any("centroid" in n for n, _ in layer.named_parameters())
     x = torch.randn(1, 30, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    c0 = layer.centroids.clone()
+    c0 = layer.router.centroids.clone()
     cos = torch.nn.functional.cosine_similarity(x[0, :, None, :], c0[0][None], dim=-1)
-    torch.testing.assert_close(layer.logits(x)[0], cos)
+    torch.testing.assert_close(layer.scores(x)[0], cos)
     layer.train()
     layer(x).sum().backward()
     e = cos.argmax(-1)
     for j in range(3):
         routed = x[0, e == j]
         expect = c0[0, j] if len(routed) == 0 else (1 - CENTROID_EMA) * c0[0, j] + CENTROID_EMA * routed.mean(0)
-        torch.testing.assert_close(layer.centroids[0, j], expect)
+        torch.testing.assert_close(layer.router.centroids[0, j], expect)
     params = layer.params(0)
     assert params.router_vectors is params.centroids
 
 
 def test_routers_are_rejected_where_they_do_not_apply():
     with pytest.raises(ValueError, match="balances a Top-k selection"):
-        MLPMoE(4, 3, 5, "soft", 2, router="kmeans")
+        MLPMoE(n_experts=4, d_model=3, d_hidden=5, routing="soft", top_k=2, router="kmeans")
     with pytest.raises(ValueError):
-        MLPMoE(4, 3, 5, "topk", 2, router="sinkhorn")
+        MLPMoE(n_experts=4, d_model=3, d_hidden=5, routing="topk", top_k=2, router="sinkhorn")
     assert Arm.KMEANS.router is Router.KMEANS and Arm.TOPK.router is Router.LEARNED
     LMConfig(arms=(Arm.TOPK, Arm.TOPK_AUX, Arm.TOPK_LOSS_FREE, Arm.KMEANS))  # every router runs in the LM
 
@@ -142,9 +142,9 @@ def test_load_imbalance_is_the_population_std_of_token_slot_fractions(E, N, seed
     g = torch.Generator().manual_seed(seed)
     k = int(torch.randint(1, E + 1, (1,), generator=g))
     logits = torch.randn(N, E, generator=g, dtype=torch.float64)
-    from moegeo.model import route
+    from moegeo.routers import route
 
-    gates = route(logits, "topk", k)
+    gates = route(logits, "topk", top_k=k)
     counts = np.bincount(logits.topk(k, -1).indices.flatten().numpy(), minlength=E)
     assert float(probes.load_imbalance(gates)) == pytest.approx(np.std(counts / (N * k)), abs=1e-12)
 

@@ -1,4 +1,4 @@
-"""Where each claim holds (moegeo.sensitivity): the declared grids, the per-point verdict table on a
+"""Where each claim holds (moegeo.claims.sensitivity): the declared grids, the per-point verdict table on a
 tiny grid, the rule corrected across the grid on planted data (found where planted, not
 elsewhere; the rate of any false "holds" under a global null at most alpha), the report section,
 the CLI, and a Dask LocalCluster giving the serial run's verdicts."""
@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from hypothesis import given, strategies as st
 
-from moegeo import Arm, ExperimentConfig, report, sensitivity, stats
-from moegeo.__main__ import main
-from moegeo.bench_report import existing_section, splice
+from moegeo import Arm, ExperimentConfig, report, stats
+from moegeo.claims import sensitivity
+from moegeo.cli import main
+from moegeo.report.markdown import SENSITIVITY_MARKERS, existing_section, splice
 from moegeo.claims import Claim, dual_jacobian_pca, single
 
 TINY_CENTRE = ExperimentConfig(n_experts=4, d_model=16, d_hidden=16, n_samples=64, steps=20, record_every=10,
@@ -224,7 +225,7 @@ def test_the_section_has_the_heat_maps_and_sentences_and_leaves_the_rest_alone(s
     report.write_sensitivity(path, result, "python -m moegeo sweep --grid tiny --executor serial")
     text = path.read_text()
     assert text.startswith("# moegeo report\n\nabove\n\n<!-- benchmarks:begin -->\nbench\n<!-- benchmarks:end -->")
-    section = existing_section(text, report.SENSITIVITY_MARKERS)
+    section = existing_section(text, SENSITIVITY_MARKERS)
     assert "This section is from grid `tiny`" in section and "exploratory" in section
     assert "- **C1 Lower local sensitivity** holds for `k=1`; fails for `lr=0.003` @20; undecided at 3 of the 6 points." in section
     assert "C8a" not in section  # in the grid, but a 20-step run cannot read it anywhere: no row, no sentence
@@ -235,12 +236,12 @@ def test_the_section_has_the_heat_maps_and_sentences_and_leaves_the_rest_alone(s
     assert len(pd.read_csv(tmp_path / "figures" / "sensitivity_tiny.csv")) == len(tab)
     report.write_sensitivity(path, serial_run, "again")  # a second run replaces the section, once
     again = path.read_text()
-    assert again.count(report.SENSITIVITY_MARKERS[0]) == 1 and "holds for `k=1`" not in again and "`again`" in again
+    assert again.count(SENSITIVITY_MARKERS[0]) == 1 and "holds for `k=1`" not in again and "`again`" in again
 
 
 def test_pytest_claims_report_keeps_the_sensitivity_and_benchmark_sections(tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "make_figures", lambda *a, **k: {})
-    monkeypatch.setattr(report, "render", lambda *a, **k: "# new claims report\n")
+    monkeypatch.setattr(report.papers, "make_figures", lambda *a, **k: {})
+    monkeypatch.setattr(report.papers, "render", lambda *a, **k: "# new claims report\n")
     path = tmp_path / "REPORT.md"
     path.write_text("# old\n<!-- sensitivity:begin -->\nmaps\n<!-- sensitivity:end -->\n"
                     "<!-- benchmarks:begin -->\nbench\n<!-- benchmarks:end -->\n")

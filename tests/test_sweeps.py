@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from moegeo import Arm, ExperimentConfig, LMConfig, cache, experiment, sweeps
-from moegeo.__main__ import main
+from moegeo.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ExperimentConfig(n_experts=4, d_model=8, d_hidden=16, n_samples=64, steps=20, record_every=10,
@@ -38,7 +38,7 @@ def isolated_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def serial_chunked():
     """The reference: every seed its own task, computed one after another in this process."""
-    return sweeps.sweep(GRID, "serial", chunk=1, cache=False, progress=False)
+    return sweeps.sweep(GRID, executor="serial", chunk=1, cache=False, progress=False)
 
 
 def assert_same_frames(a: sweeps.SweepResult, b: sweeps.SweepResult) -> None:
@@ -120,7 +120,7 @@ def test_the_default_task_is_the_run_itself_bit_for_bit():
     """One task per config: the frame and the cache entry of ``run(cfg)`` computed single-threaded
     (as ``pytest claims/`` computes it), so the claims' cache and verdicts do not change."""
     threads = torch.get_num_threads()
-    res = sweeps.sweep({"a": TINY}, "serial", progress=False)
+    res = sweeps.sweep({"a": TINY}, executor="serial", progress=False)
     assert torch.get_num_threads() == threads  # the serial executor restores it
     torch.set_num_threads(1)
     try:
@@ -133,13 +133,13 @@ def test_the_default_task_is_the_run_itself_bit_for_bit():
 
 
 def test_a_process_pool_equals_the_serial_run_bit_for_bit(serial_chunked):
-    res = sweeps.sweep(GRID, "processes:2", chunk=1, progress=False)
+    res = sweeps.sweep(GRID, executor="processes:2", chunk=1, progress=False)
     assert_same_frames(res, serial_chunked)
     assert len(res.computed) == 5 and not res.cached
     for t in res.tasks:  # merged into the cache, one entry per task
         pd.testing.assert_frame_equal(cache.load(t.key), res.frames[t.name][res.frames[t.name].seed.isin(t.cfg.seeds)]
                                       .reset_index(drop=True), check_exact=True)
-    again = sweeps.sweep(GRID, "processes:2", chunk=1, progress=False)
+    again = sweeps.sweep(GRID, executor="processes:2", chunk=1, progress=False)
     assert not again.computed and len(again.cached) == 5
     assert_same_frames(again, serial_chunked)
 
@@ -149,19 +149,19 @@ def test_a_dask_cluster_equals_the_serial_run_bit_for_bit(dask_cluster, serial_c
     import distributed
 
     address = dask_cluster.scheduler_address
-    res = sweeps.sweep(GRID, "dask://" + address.removeprefix("tcp://"), chunk=1, progress=False)
+    res = sweeps.sweep(GRID, executor="dask://" + address.removeprefix("tcp://"), chunk=1, progress=False)
     assert_same_frames(res, serial_chunked)
     assert len(res.computed) == 5
     with distributed.Client(address) as client:  # a Client object works too
         assert len(client.scheduler_info()["workers"]) == 2
-        res = sweeps.sweep({"lm": TINY_LM}, client, chunk=1, cache=False, progress=False)
+        res = sweeps.sweep({"lm": TINY_LM}, executor=client, chunk=1, cache=False, progress=False)
     pd.testing.assert_frame_equal(res.frames["lm"], serial_chunked.frames["lm"], check_exact=True)
 
 
 def test_dask_local_starts_its_own_cluster():
     pytest.importorskip("distributed")
-    res = sweeps.sweep({"a": FAST}, "dask-local:2", cache=False, progress=False)
-    ref = sweeps.sweep({"a": FAST}, "serial", cache=False, progress=False)
+    res = sweeps.sweep({"a": FAST}, executor="dask-local:2", cache=False, progress=False)
+    ref = sweeps.sweep({"a": FAST}, executor="serial", cache=False, progress=False)
     assert_same_frames(res, ref)
 
 
@@ -170,8 +170,8 @@ def test_a_submitit_executor_is_polled(tmp_path):
     submitit = pytest.importorskip("submitit")
     ex = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="local")
     ex.update_parameters(timeout_min=10)
-    res = sweeps.sweep({"a": FAST}, ex, cache=False, progress=False)
-    assert_same_frames(res, sweeps.sweep({"a": FAST}, "serial", cache=False, progress=False))
+    res = sweeps.sweep({"a": FAST}, executor=ex, cache=False, progress=False)
+    assert_same_frames(res, sweeps.sweep({"a": FAST}, executor="serial", cache=False, progress=False))
 
 
 def test_a_chunked_config_agrees_with_its_unchunked_run_to_rounding(serial_chunked):
@@ -179,7 +179,7 @@ def test_a_chunked_config_agrees_with_its_unchunked_run_to_rounding(serial_chunk
     batch of all seeds (README, Sweeps; measured here for the tiny MLP config: about a fifth of
     its values differ in the last bits). The rows are the same and the values agree to float32
     rounding; this is why the default task holds all the seeds of a config."""
-    whole = sweeps.sweep(GRID, "serial", cache=False, progress=False)
+    whole = sweeps.sweep(GRID, executor="serial", cache=False, progress=False)
     for name, df in whole.frames.items():
         chunked = serial_chunked.frames[name]
         assert len(chunked) == len(df)
@@ -213,8 +213,8 @@ def test_a_failed_sweep_keeps_its_finished_tasks():
     cfg = FAST
     keys = [t.key for t in sweeps.tasks(cfg, chunk=1)]
     with pytest.raises(RuntimeError, match="worker lost"):
-        sweeps.sweep(cfg, FailsOnSecond(), chunk=1, progress=False)
-    res = sweeps.sweep(cfg, "serial", chunk=1, progress=False)
+        sweeps.sweep(cfg, executor=FailsOnSecond(), chunk=1, progress=False)
+    res = sweeps.sweep(cfg, executor="serial", chunk=1, progress=False)
     assert [t.key for t in res.cached] == keys[:1] and [t.key for t in res.computed] == keys[1:]
 
 
@@ -235,7 +235,7 @@ def test_a_failed_task_lets_the_running_ones_finish_and_be_stored():
     threads = torch.get_num_threads()
     try:
         with FailsFirstOnThreads() as ex, pytest.raises(RuntimeError, match="worker lost"):
-            sweeps.sweep(FAST, ex, chunk=1, progress=False)
+            sweeps.sweep(FAST, executor=ex, chunk=1, progress=False)
     finally:
         torch.set_num_threads(threads)
     assert cache.load(keys[0]) is None and cache.load(keys[1]) is not None
@@ -274,15 +274,15 @@ def test_a_killed_sweep_reruns_only_its_missing_tasks(tmp_path):
         proc.wait()
     stored = {k for k in keys if (d / f"{k}.pkl").exists()}
     assert 1 <= len(stored) < len(keys), "killed too late to test anything"
-    res = sweeps.sweep(cfg, "serial", chunk=1, progress=False)
+    res = sweeps.sweep(cfg, executor="serial", chunk=1, progress=False)
     assert {t.key for t in res.cached} == stored
     assert {t.key for t in res.computed} == set(keys) - stored
-    ref = sweeps.sweep(cfg, "serial", chunk=1, cache=False, progress=False)
+    ref = sweeps.sweep(cfg, executor="serial", chunk=1, cache=False, progress=False)
     assert_same_frames(res, ref)
 
 
 def test_progress_counts_tasks_done_of_the_total_with_an_eta(capsys):
-    sweeps.sweep({"a": FAST}, "serial", chunk=1, progress=True)
+    sweeps.sweep({"a": FAST}, executor="serial", chunk=1, progress=True)
     err = capsys.readouterr().err
     assert "sweep on serial" in err and "3/3" in err and "<00:00" in err  # elapsed<remaining
 

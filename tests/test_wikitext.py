@@ -13,8 +13,8 @@ import torch
 from hypothesis import given, strategies as st
 
 import moegeo
-from moegeo import wikitext
-from moegeo.wikitext import (EOS, UNK, batches, build_vocab, heldout_windows, load_wikitext, tokenize,
+from moegeo.data import wikitext
+from moegeo.data.wikitext import (EOS, UNK, batches, build_vocab, heldout_windows, load_wikitext, tokenize,
                              unigram_perplexity)
 
 PACKAGE_DIR = Path(moegeo.__file__).resolve().parent
@@ -43,9 +43,10 @@ def test_shipped_copy_loads_from_a_fresh_clone(tmp_path):
     # __init__ keeps this test independent of (and fast despite) the rest of the package.
     clone = tmp_path / "clone"
     shutil.copytree(PACKAGE_DIR / "data" / "wikitext-2", clone / "moegeo" / "data" / "wikitext-2")
-    shutil.copy(PACKAGE_DIR / "wikitext.py", clone / "moegeo")
+    shutil.copy(PACKAGE_DIR / "data" / "wikitext.py", clone / "moegeo" / "data")
     (clone / "moegeo" / "__init__.py").write_text("")
-    code = ("import moegeo, moegeo.wikitext as w; c = w.load_wikitext(); "
+    (clone / "moegeo" / "data" / "__init__.py").write_text("")
+    code = ("import moegeo, moegeo.data.wikitext as w; c = w.load_wikitext(); "
             "print(moegeo.__file__); print(c.train.numel(), c.heldout.numel(), c.vocab_size)")
     env = {**os.environ, "PYTHONPATH": str(clone), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)

@@ -40,10 +40,10 @@ import pandas as pd
 import scipy.stats
 
 from ..config import DENSE_ARM, DenseWidth, ExperimentConfig
-from ..experiment import reading
+from ..frame import reading
 from ..probes import cosine_null
 from .. import stats
-from . import Claim, Observation, Results, grid, pair, register, single
+from .engine import Claim, Observation, Results, grid, pair, register, single
 
 PAPER = "dual_jacobian_pca"
 #: the default seed count of `pytest claims/`: the smallest that gives power >= 0.8 for the

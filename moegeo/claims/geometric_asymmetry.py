@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 
 from ..probes import cosine_null
-from . import Claim, Observation, Results, grid, pair, register, single
+from .engine import Claim, Observation, Results, grid, pair, register, single
 from .dual_jacobian_pca import COSINE_RULE, COSINE_SESOI, cos_to_chance, lower_topk_alignment, mean_abs_cos
 
 PAPER = "geometric_asymmetry"

@@ -28,7 +28,7 @@ import math
 
 import pandas as pd
 
-from . import Claim, Observation, Results, grid, pair, register, single
+from .engine import Claim, Observation, Results, grid, pair, register, single
 
 PAPER = "routers_geometry"
 #: seeds of the balancing routers' run: the exact tests reach significance under this paper's

@@ -1,6 +1,6 @@
 """The benchmark section of REPORT.md, rendered from pytest-benchmark's JSON.
 
-``python -m moegeo.bench_report [benchmarks/results.json] [--report REPORT.md]``; run
+``python benchmarks/bench_report.py [benchmarks/results.json] [--report REPORT.md]``; run
 automatically at the end of ``pytest --benchmark-only``. The section sits between markers, so
 the claims report and this one each regenerate only their own part.
 """
@@ -9,14 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from .config import Arm
+from moegeo.config import Arm
+from moegeo.report.markdown import BENCHMARK_MARKERS, existing_section, splice, write_atomic  # noqa: F401 (part of its API)
 
-BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
+BEGIN, END = BENCHMARK_MARKERS
 #: issue 11: the default claims sweep within 2x of its FLOP floor, measured in full (a run that timed
 #: fewer steps cannot meet it)
 SWEEP_GOAL = 2
@@ -271,7 +271,7 @@ def render(df: pd.DataFrame, machine: dict, plot: Path | None, plot_text: str, r
         lines += [f"![sigma_1 time against d]({os.path.relpath(plot, report_dir)})", ""]
     if (df.group == GROWTH).any():
         fig, table = growth_plot(df, report_dir / "figures" / "bench_probe_cost_growth.png")
-        lines += [f"### {GROWTH}", "", "`moegeo.experiment.probe_rows` on one soft MLP-MoE layer (h = 2d), one axis "
+        lines += [f"### {GROWTH}", "", "`moegeo.frame.probe_rows` on one soft MLP-MoE layer (h = 2d), one axis "
                   "varied at a time; exponent of the least-squares line of log time against log size.", ""]
         lines += table + ["", f"![probe pipeline time against N, E, d]({os.path.relpath(fig, report_dir)})", ""]
     for group, g in df.groupby("group", sort=False):
@@ -292,33 +292,6 @@ def render(df: pd.DataFrame, machine: dict, plot: Path | None, plot_text: str, r
     return "\n".join(lines) + "\n"
 
 
-def splice(existing: str, section: str, markers: tuple[str, str] = (BEGIN, END)) -> str:
-    """Replace (or append) the section of a report between ``markers`` (default: the benchmark
-    section's), leaving the rest of the report as it is."""
-    begin, end = markers
-    if begin in existing and end in existing:
-        head, rest = existing.split(begin, 1)
-        return head + section.rstrip("\n") + rest.split(end, 1)[1]
-    return existing.rstrip("\n") + "\n\n" + section
-
-
-def existing_section(text: str, markers: tuple[str, str] = (BEGIN, END)) -> str:
-    """The section of a report between ``markers`` (default: the benchmark section's), or ''."""
-    begin, end = markers
-    if begin in text and end in text:
-        return begin + text.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
-    return ""
-
-
-def write_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
-
-
 def update_report(results: Path, report: Path) -> Path:
     df, machine = load(results)
     plot, text = (None, "no scaling series in this run")
@@ -330,7 +303,7 @@ def update_report(results: Path, report: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m moegeo.bench_report", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python benchmarks/bench_report.py", description=__doc__)
     ap.add_argument("results", nargs="?", default="benchmarks/results.json")
     ap.add_argument("--report", default="REPORT.md")
     a = ap.parse_args(argv)

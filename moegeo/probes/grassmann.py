@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .validate import check_finite
+from ..validate import check_finite
 
 #: tolerance on max |U^T U - I| for a basis to count as orthonormal: float32 QR or eigh output
 #: is orthonormal to ~1e-7, and the angles inherit an error of that order.
@@ -61,7 +61,7 @@ def _check_pair(U: torch.Tensor, V: torch.Tensor, atol: float) -> tuple[torch.Te
 
 
 # --------------------------------------------------------------------------- principal angles
-def principal_angles(U: torch.Tensor, V: torch.Tensor, atol: float = ORTHONORMAL_ATOL) -> torch.Tensor:
+def principal_angles(U: torch.Tensor, V: torch.Tensor, *, atol: float = ORTHONORMAL_ATOL) -> torch.Tensor:
     """Principal angles between span(U) and span(V), ascending.
 
     cos theta_i are the singular values of U^T V (Björck & Golub 1973). As in
@@ -103,26 +103,26 @@ def _overlap(theta: torch.Tensor) -> torch.Tensor:
     return theta.cos().square().mean(-1)
 
 
-def geodesic_distance(U: torch.Tensor, V: torch.Tensor, atol: float = ORTHONORMAL_ATOL) -> torch.Tensor:
+def geodesic_distance(U: torch.Tensor, V: torch.Tensor, *, atol: float = ORTHONORMAL_ATOL) -> torch.Tensor:
     """Arc-length Grassmann distance d_g(U, V) = ||theta||_2 = sqrt(sum_i theta_i^2).
 
     ``U: (*, D, r)``, ``V: (*, D, s)`` -> ``(*,)``, in [0, sqrt(min(r, s)) pi/2] (Edelman, Arias
     & Smith 1998, §4.3).
     """
-    return _geodesic(principal_angles(U, V, atol))
+    return _geodesic(principal_angles(U, V, atol=atol))
 
 
-def chordal_distance(U: torch.Tensor, V: torch.Tensor, atol: float = ORTHONORMAL_ATOL) -> torch.Tensor:
+def chordal_distance(U: torch.Tensor, V: torch.Tensor, *, atol: float = ORTHONORMAL_ATOL) -> torch.Tensor:
     """Chordal (projection) distance d_c(U, V) = ||sin theta||_2 = sqrt(sum_i sin^2 theta_i).
 
     For r = s this is ||U U^T - V V^T||_F / sqrt(2); for r != s, ||P_U - P_V||_F^2 =
     |r - s| + 2 d_c^2, i.e. d_c ignores the dimension mismatch and measures how far the smaller
     subspace is from lying inside the larger. ``(*, D, r), (*, D, s) -> (*,)``, in [0, sqrt(min(r, s))].
     """
-    return _chordal(principal_angles(U, V, atol))
+    return _chordal(principal_angles(U, V, atol=atol))
 
 
-def overlap_index(U: torch.Tensor, V: torch.Tensor, atol: float = ORTHONORMAL_ATOL) -> torch.Tensor:
+def overlap_index(U: torch.Tensor, V: torch.Tensor, *, atol: float = ORTHONORMAL_ATOL) -> torch.Tensor:
     """Overlap index o(U, V) = (1/m) sum_i cos^2 theta_i = ||U^T V||_F^2 / m, m = min(r, s).
 
     1 when one subspace contains the other, 0 when they are orthogonal; the mean fraction of a
@@ -130,7 +130,7 @@ def overlap_index(U: torch.Tensor, V: torch.Tensor, atol: float = ORTHONORMAL_AT
     subspaces give r s / (D m) on average (r / D for r = s; see ``random_subspace_null``).
     ``(*, D, r), (*, D, s) -> (*,)``.
     """
-    return _overlap(principal_angles(U, V, atol))
+    return _overlap(principal_angles(U, V, atol=atol))
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ class PairwiseGeometry:
     overlap: torch.Tensor  # (E, E) mean cos^2 theta
 
 
-def pairwise(bases: torch.Tensor | Sequence[torch.Tensor], atol: float = ORTHONORMAL_ATOL) -> PairwiseGeometry:
+def pairwise(bases: torch.Tensor | Sequence[torch.Tensor], *, atol: float = ORTHONORMAL_ATOL) -> PairwiseGeometry:
     """Grassmann geometry between all pairs of expert subspaces.
 
     ``bases: (E, D, r)`` orthonormal bases (e.g. ``weighted_pca(h, g.T).subspace(r)``), or a
@@ -157,7 +157,7 @@ def pairwise(bases: torch.Tensor | Sequence[torch.Tensor], atol: float = ORTHONO
     if bases.dim() != 3:
         raise ValueError(f"bases must have shape (E, D, r), got {tuple(bases.shape)}")
     i, j = torch.triu_indices(bases.shape[0], bases.shape[0])
-    theta = principal_angles(bases[i], bases[j], atol)  # (pairs, r)
+    theta = principal_angles(bases[i], bases[j], atol=atol)  # (pairs, r)
     angles = torch.empty(bases.shape[0], bases.shape[0], theta.shape[-1], dtype=theta.dtype)
     angles[i, j] = theta
     angles[j, i] = theta
@@ -172,7 +172,7 @@ def _pairwise_list(bases: list[torch.Tensor], atol: float) -> PairwiseGeometry:
     dist = {k: torch.zeros(E, E, dtype=torch.float64) for k in STATISTICS}
     for a in range(E):
         for b in range(a, E):
-            theta = principal_angles(bases[a], bases[b], atol)
+            theta = principal_angles(bases[a], bases[b], atol=atol)
             angles[a, b, : len(theta)] = angles[b, a, : len(theta)] = theta
             for k, fn in (("geodesic", _geodesic), ("chordal", _chordal), ("overlap", _overlap)):
                 dist[k][a, b] = dist[k][b, a] = fn(theta)
@@ -180,7 +180,7 @@ def _pairwise_list(bases: list[torch.Tensor], atol: float) -> PairwiseGeometry:
 
 
 # --------------------------------------------------------------------------- random-subspace null
-def haar_basis(n: int, D: int, r: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def haar_basis(n: int, D: int, r: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
     """``n`` independent Haar-distributed orthonormal bases ``(n, D, r)`` (uniform on the Stiefel
     manifold, so their spans are uniform on the Grassmannian).
 
@@ -236,7 +236,7 @@ class SubspaceNull:
         return torch.quantile(getattr(self, statistic), torch.as_tensor(q, dtype=torch.float64))
 
 
-def random_subspace_null(D: int, r: int, s: int | None = None, n_samples: int = 10_000, seed: int = 0) -> SubspaceNull:
+def random_subspace_null(D: int, r: int, s: int | None = None, *, n_samples: int = 10_000, seed: int = 0) -> SubspaceNull:
     """What the distances between two expert subspaces look like by chance.
 
     Parameters
@@ -264,7 +264,7 @@ def random_subspace_null(D: int, r: int, s: int | None = None, n_samples: int = 
     g = torch.Generator().manual_seed(seed)
     U = torch.eye(D, r, dtype=torch.float64)
     chunk = max(1, 2**22 // (D * s))  # ~32 MiB of Gaussians at a time, whatever D
-    angles = torch.cat([principal_angles(U, haar_basis(min(chunk, n_samples - k), D, s, g))
+    angles = torch.cat([principal_angles(U, haar_basis(min(chunk, n_samples - k), D, s, generator=g))
                         for k in range(0, n_samples, chunk)])
     m, mean_sum_cos2 = min(r, s), r * s / D
     return SubspaceNull(D, r, s, seed, mean_sum_cos2, mean_sum_cos2 / m, m - mean_sum_cos2, angles)
@@ -277,7 +277,7 @@ NULL_SAMPLES = 500
 
 
 @functools.lru_cache(maxsize=None)
-def null_means(D: int, r: int, s: int | None = None, n_samples: int = NULL_SAMPLES, seed: int = 0) -> dict[str, float]:
+def null_means(D: int, r: int, s: int | None = None, *, n_samples: int = NULL_SAMPLES, seed: int = 0) -> dict[str, float]:
     """Expected geodesic distance, chordal distance and overlap index of two independent
     uniformly random subspaces of dims r and s in R^D: the overlap exactly (r s / (D m)), the
     distances by Monte Carlo (``random_subspace_null`` with ``seed``; deterministic). Cached.
@@ -291,6 +291,6 @@ def null_means(D: int, r: int, s: int | None = None, n_samples: int = NULL_SAMPL
     if min(rr, ss) == 0:  # one subspace is all of R^D: every angle is 0
         dist = {"geodesic": 0.0, "chordal": 0.0}
     else:
-        null = random_subspace_null(D, rr, ss, n_samples, seed)
+        null = random_subspace_null(D, rr, ss, n_samples=n_samples, seed=seed)
         dist = {"geodesic": float(null.geodesic.mean()), "chordal": float(null.chordal.mean())}
     return dist | {"overlap": r * s / (D * min(r, s))}

@@ -94,10 +94,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from . import stats, sweeps
-from .claims import Results, decide_families, geometric_asymmetry, routers_geometry, tested
-from .claims import dual_jacobian_pca as dual
-from .config import ExperimentConfig
+from .. import stats, sweeps
+from ..config import ExperimentConfig
+from . import dual_jacobian_pca as dual
+from . import geometric_asymmetry, routers_geometry
+from .engine import Results, decide_families, tested
 
 #: the axes of the issue, each with its values around the paper's configuration (the centre: B.1
 #: E = 8, A.5 k = 2, B.6 lr = 1e-3, B.3 T = 1, B.1 d_hidden = 128)
@@ -299,7 +300,7 @@ class SensitivityResult:
     seconds: float
 
 
-def run(g: Grid, executor=sweeps.DEFAULT_EXECUTOR, cache: bool = True, progress: bool | None = None,
+def run(g: Grid, *, executor=sweeps.DEFAULT_EXECUTOR, cache: bool = True, progress: bool | None = None,
         claims=IN_GRID) -> SensitivityResult:
     """Train (or read from the cache) every config of grid ``g`` through ``moegeo.sweeps`` on
     ``executor`` (one task per config, all its seeds: exactly ``run(cfg)``, so the verdicts do not

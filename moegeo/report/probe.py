@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .hf import SHARED_EXPERT, UNKNOWN_TOKENS_WARN, unknown_tokens_warning
+from ..hf import SHARED_EXPERT, UNKNOWN_TOKENS_WARN, unknown_tokens_warning
 
 #: the per-expert columns of a layer's table: (metric, reading, header)
 TABLE = (

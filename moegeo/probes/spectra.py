@@ -1,276 +1,19 @@
-"""The Dual Jacobian-PCA probes (Liu, 2025, §2.2 and Appendix A) as pure functions on tensors.
-
-Shapes: ``x: (N, d)`` inputs, ``g: (N, E)`` routing weights, MLP experts stacked on a leading
-expert dimension ``W1: (E, h, d)``, ``b1: (E, h)``, ``W2: (E, d_out, h)``. A probe never
-trains, caches or plots.
-"""
+"""Singular spectra of (batches of) Jacobians: exact, by power iteration, by Lanczos (batched in
+torch, or ARPACK) and the cumulative-energy summaries of Fig. 1C-D (A.5)."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import scipy.sparse.linalg
-import scipy.stats
 import torch
 
-from .validate import check_expert_mass, check_finite, check_gates, check_shape, check_weights
-
-#: largest materialised Jacobian tensor, in bytes, before ``expert_jacobians`` refuses.
-MAX_JACOBIAN_BYTES = 4 * 2**30
-
-
-# --------------------------------------------------------------------------- activations
-def gelu(z: torch.Tensor) -> torch.Tensor:
-    """Exact (erf) GELU, as ``torch.nn.functional.gelu``."""
-    return torch.nn.functional.gelu(z)
+from ..validate import check_finite, check_shape
+from ..nn import gelu_grad
+from .experts import JacobianOperator, _check_mlp, expert_preactivations
 
 
-def gelu_grad(z: torch.Tensor) -> torch.Tensor:
-    """d GELU / dz = Phi(z) + z phi(z)."""
-    return 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-
-
-LN_EPS = 1e-5  # torch.nn.LayerNorm's default
-
-
-def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = LN_EPS) -> torch.Tensor:
-    """LayerNorm over the last axis with the biased variance, as ``torch.nn.LayerNorm``:
-    ``weight * (x - mean) / sqrt(var + eps) + bias``; ``weight, bias`` broadcast against ``x``."""
-    mu = x.mean(-1, keepdim=True)
-    var = (x - mu).square().mean(-1, keepdim=True)
-    return (x - mu) / torch.sqrt(var + eps) * weight + bias
-
-
-def layer_norm_jacobian(x: torch.Tensor, weight: torch.Tensor, eps: float = LN_EPS) -> torch.Tensor:
-    """Closed-form Jacobian of ``layer_norm`` at every point: with s = sqrt(var + eps) and
-    x̂ = (x - mean) / s, d LN / dx = diag(weight) / s (I - 11^T / d - x̂ x̂^T / d).
-    ``x: (N, d)``, ``weight: (d,)`` -> ``(N, d, d)``."""
-    check_finite(x=x, weight=weight)
-    check_shape("weight", weight, (x.shape[-1],), f" = (d,) with d = {x.shape[-1]} from x")
-    d = x.shape[-1]
-    mu = x.mean(-1, keepdim=True)
-    s = torch.sqrt((x - mu).square().mean(-1, keepdim=True) + eps)  # (N, 1)
-    xh = (x - mu) / s
-    centre = torch.eye(d, dtype=x.dtype) - 1.0 / d
-    return weight[None, :, None] / s[..., None] * (centre - xh[:, :, None] * xh[:, None, :] / d)
-
-
-def _check_mlp(W1, b1, W2, x) -> None:
-    check_finite(W1=W1, b1=b1, W2=W2, x=x)
-    E, h, d = W1.shape if W1.dim() == 3 else (None, None, None)
-    check_shape("W1", W1, (None, None, None), " = (E, h, d)")
-    check_shape("b1", b1, (E, h), " = (E, h)")
-    check_shape("W2", W2, (E, None, h), " = (E, d_out, h)")
-    if x.dim() == 3:  # each expert its own inputs (e.g. experts of several seeds stacked)
-        check_shape("x", x, (E, None, d), f" = (E, N, d) with E = {E}, d = {d} from W1")
-    else:
-        check_shape("x", x, (None, d), f" = (N, d) with d = {d} from W1")
-
-
-def expert_preactivations(W1: torch.Tensor, b1: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``W1_e x_i + b1_e`` for every expert and point: ``x: (N, d)`` or ``(E, N, d)`` -> ``(E, N, h)``."""
-    return torch.matmul(x, W1.transpose(-1, -2)) + b1[:, None, :]
-
-
-# --------------------------------------------------------------------------- Jacobians
-def expert_jacobians(W1, b1, W2, x, max_bytes: int = MAX_JACOBIAN_BYTES) -> torch.Tensor:
-    """Closed-form expert-local Jacobians J_e(x_i) = W2_e diag(GELU'(W1_e x_i + b1_e)) W1_e (A.2).
-
-    Parameters
-    ----------
-    W1 : (E, h, d), b1 : (E, h), W2 : (E, d_out, h)
-        Stacked 2-layer GELU experts (the second bias does not enter the Jacobian).
-    x : (N, d)
-    max_bytes : refuse (``MemoryError``) to materialise a larger result.
-
-    Returns
-    -------
-    J : (E, N, d_out, d)
-    """
-    _check_mlp(W1, b1, W2, x)
-    E, N, d_out, d = W1.shape[0], x.shape[-2], W2.shape[1], x.shape[-1]
-    need = E * N * d_out * d * x.element_size()
-    if need > max_bytes:
-        raise MemoryError(
-            f"the expert Jacobians would need {need / 2**30:.2f} GiB (E={E}, N={N}, {d_out}x{d}) "
-            f"> max_bytes = {max_bytes / 2**30:.2f} GiB; use mlp_jacobian_operator (matrix-free "
-            "JVP/VJP) with power_iteration_sigma1 instead, or fewer points"
-        )
-    a = gelu_grad(expert_preactivations(W1, b1, x))
-    return torch.einsum("eoh,enh,ehi->enoi", W2, a, W1)
-
-
-# --------------------------------------------------------------------------- SwiGLU experts
-def _check_swiglu(Wg, Wu, Wd, x, bg=None, bu=None) -> None:
-    check_finite(Wg=Wg, Wu=Wu, Wd=Wd, x=x, **{k: v for k, v in (("bg", bg), ("bu", bu)) if v is not None})
-    check_shape("Wg", Wg, (None, None, None), " = (E, h, d)")
-    E, h, d = Wg.shape
-    check_shape("Wu", Wu, (E, h, d), f" = (E, h, d) = ({E}, {h}, {d}) from Wg")
-    check_shape("Wd", Wd, (E, None, h), f" = (E, d_out, h) with E = {E}, h = {h} from Wg")
-    check_shape("x", x, (None, d), f" = (N, d) with d = {d} from Wg")
-    for name, b in (("bg", bg), ("bu", bu)):
-        if b is not None:
-            check_shape(name, b, (E, h), f" = (E, h) = ({E}, {h})")
-
-
-def silu_grad(z: torch.Tensor) -> torch.Tensor:
-    """d SiLU / dz = s (1 + z (1 - s)) with s = sigmoid(z)."""
-    s = torch.sigmoid(z)
-    return s * (1 + z * (1 - s))
-
-
-def swiglu_hidden(Wg, Wu, x, bg=None, bu=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The gate and up pre-activations and the hidden activation of SwiGLU experts,
-    a = W_g x + b_g, u = W_u x + b_u and SiLU(a) ⊙ u (Shazeer, 2020, "GLU Variants Improve Transformer").
-
-    ``Wg, Wu: (E, h, d)``, ``bg, bu: (E, h)`` or None, ``x: (N, d)`` -> three ``(E, N, h)``.
-    """
-    a = torch.matmul(x, Wg.transpose(-1, -2)) + (0 if bg is None else bg[:, None, :])
-    u = torch.matmul(x, Wu.transpose(-1, -2)) + (0 if bu is None else bu[:, None, :])
-    return a, u, torch.nn.functional.silu(a) * u
-
-
-def swiglu_jacobians(Wg, Wu, Wd, x, bg=None, bu=None, max_bytes: int = MAX_JACOBIAN_BYTES) -> torch.Tensor:
-    """Closed-form Jacobians of SwiGLU experts f_e(x) = W_d (SiLU(W_g x + b_g) ⊙ (W_u x + b_u)) + b_d,
-
-    J_e(x_i) = W_d [diag(SiLU'(a) ⊙ u) W_g + diag(SiLU(a)) W_u],  a = W_g x_i + b_g, u = W_u x_i + b_u,
-
-    the SwiGLU counterpart of ``expert_jacobians`` (A.2) for the experts of Mixtral, Qwen-MoE,
-    OLMoE, DeepSeek and most ``transformers`` MoE models (``moegeo.hf``).
-
-    Parameters
-    ----------
-    Wg, Wu : (E, h, d)
-        Gate and up projections, stacked over experts.
-    Wd : (E, d_out, h)
-        Down projection (its bias does not enter the Jacobian).
-    x : (N, d)
-    bg, bu : (E, h), optional
-        Gate and up biases (GPT-OSS has them; most models do not).
-    max_bytes : refuse (``MemoryError``) to materialise a larger result.
-
-    Returns
-    -------
-    J : (E, N, d_out, d)
-
-    Notes
-    -----
-    GPT-OSS's gate differs (clamped gate and up, SiLU with a slope alpha, ``up + 1``); its
-    Jacobians come from autograd through the model's own expert forward (``moegeo.hf``), which
-    follows whatever activation a model defines rather than a re-implementation of each.
-    """
-    _check_swiglu(Wg, Wu, Wd, x, bg, bu)
-    E, N, d_out, d = Wg.shape[0], x.shape[0], Wd.shape[1], x.shape[1]
-    need = E * N * d_out * d * x.element_size()
-    if need > max_bytes:
-        raise MemoryError(
-            f"the SwiGLU expert Jacobians would need {need / 2**30:.2f} GiB (E={E}, N={N}, {d_out}x{d}) "
-            f"> max_bytes = {max_bytes / 2**30:.2f} GiB; use swiglu_jacobian_operator (matrix-free "
-            "JVP/VJP) with lanczos_sigma1 instead, or fewer points")
-    a, u, _ = swiglu_hidden(Wg, Wu, x, bg, bu)
-    return (torch.einsum("eoh,enh,ehi->enoi", Wd, silu_grad(a) * u, Wg)
-            + torch.einsum("eoh,enh,ehi->enoi", Wd, torch.nn.functional.silu(a), Wu))
-
-
-def swiglu_jacobian_operator(Wg, Wu, Wd, x, bg=None, bu=None) -> JacobianOperator:
-    """The E x N SwiGLU expert Jacobians of ``swiglu_jacobians`` as a matrix-free operator,
-    batch ``(E, N)``: J v = W_d (p ⊙ W_g v + q ⊙ W_u v) and J^T w = W_g^T (p ⊙ W_d^T w) +
-    W_u^T (q ⊙ W_d^T w) with p = SiLU'(a) ⊙ u, q = SiLU(a). Memory O(E N (h + d))."""
-    _check_swiglu(Wg, Wu, Wd, x, bg, bu)
-    a, u, _ = swiglu_hidden(Wg, Wu, x, bg, bu)
-    p, q = silu_grad(a) * u, torch.nn.functional.silu(a)  # (E, N, h)
-
-    def matvec(v):
-        return torch.einsum("eoh,enh->eno", Wd, p * torch.einsum("ehi,eni->enh", Wg, v)
-                            + q * torch.einsum("ehi,eni->enh", Wu, v))
-
-    def rmatvec(w):
-        t = torch.einsum("eoh,eno->enh", Wd, w)
-        return torch.einsum("ehi,enh->eni", Wg, p * t) + torch.einsum("ehi,enh->eni", Wu, q * t)
-
-    return JacobianOperator(matvec, rmatvec, batch_shape=(Wg.shape[0], x.shape[0]), d_in=Wg.shape[2],
-                            d_out=Wd.shape[1])
-
-
-def swiglu_mean_jacobian(Wg, Wu, Wd, x, g, bg=None, bu=None) -> torch.Tensor:
-    """Routing-weighted average Jacobian J̄_e (A.2, B.4) of SwiGLU experts without any per-point
-    Jacobian: J is linear in (SiLU'(a) ⊙ u, SiLU(a)), so J̄_e = W_d [diag(p̄_e) W_g + diag(q̄_e) W_u]
-    with p̄_e, q̄_e their routing-weighted means. ``g: (N, E)`` non-negative weights (any scale:
-    each expert is normalised by its own N_e). Returns ``(E, d_out, d)``."""
-    _check_swiglu(Wg, Wu, Wd, x, bg, bu)
-    check_shape("g", g, (x.shape[0], Wg.shape[0]), " = (N, E)")
-    a, u, _ = swiglu_hidden(Wg, Wu, x, bg, bu)
-    p_bar = weighted_mean(silu_grad(a) * u, g)  # (E, h)
-    q_bar = weighted_mean(torch.nn.functional.silu(a), g)
-    return torch.einsum("eoh,eh,ehi->eoi", Wd, p_bar, Wg) + torch.einsum("eoh,eh,ehi->eoi", Wd, q_bar, Wu)
-
-
-def jacobians(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, mode: str = "rev") -> torch.Tensor:
-    """Generic per-point Jacobians of any callable ``fn: (d,) -> (d_out,)`` with torch.func.
-
-    ``mode`` is "rev" (vmap(jacrev)) or "fwd" (vmap(jacfwd)). Returns ``(N, d_out, d)``.
-    """
-    check_finite(x=x)
-    jac = {"rev": torch.func.jacrev, "fwd": torch.func.jacfwd}
-    if mode not in jac:
-        raise ValueError(f"mode must be 'rev' or 'fwd', got {mode!r}")
-    return torch.func.vmap(jac[mode](fn))(x)
-
-
-@dataclass(frozen=True)
-class JacobianOperator:
-    """A batch of Jacobians as a matrix-free operator (never materialised).
-
-    ``matvec(v)``: ``(*batch, d_in) -> (*batch, d_out)`` computes J v (a JVP);
-    ``rmatvec(u)``: ``(*batch, d_out) -> (*batch, d_in)`` computes J^T u (a VJP).
-    """
-
-    matvec: Callable[[torch.Tensor], torch.Tensor]
-    rmatvec: Callable[[torch.Tensor], torch.Tensor]
-    batch_shape: tuple
-    d_in: int
-    d_out: int
-
-
-def mlp_jacobian_operator(W1, b1, W2, x) -> JacobianOperator:
-    """The E x N expert Jacobians of MLP experts as a matrix-free operator, batch ``(E, N)``.
-
-    Memory is O(E N (h + d)): only GELU'(W1 x + b1) is stored.
-    """
-    _check_mlp(W1, b1, W2, x)
-    a = gelu_grad(expert_preactivations(W1, b1, x))  # (E, N, h)
-    return JacobianOperator(
-        matvec=lambda v: torch.einsum("eoh,enh->eno", W2, a * torch.einsum("ehi,eni->enh", W1, v)),
-        rmatvec=lambda u: torch.einsum("ehi,enh->eni", W1, a * torch.einsum("eoh,eno->enh", W2, u)),
-        batch_shape=(W1.shape[0], x.shape[-2]),
-        d_in=W1.shape[2],
-        d_out=W2.shape[1],
-    )
-
-
-def autograd_jacobian_operator(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> JacobianOperator:
-    """Per-point Jacobians of any callable ``fn: (d,) -> (d_out,)`` as JVP/VJP, batch ``(N,)``."""
-    check_finite(x=x)
-    d_out = fn(x[0]).shape[-1]
-
-    def jvp(xi, vi):
-        return torch.func.jvp(fn, (xi,), (vi,))[1]
-
-    def vjp(xi, ui):
-        return torch.func.vjp(fn, xi)[1](ui)[0]
-
-    return JacobianOperator(
-        matvec=lambda v: torch.func.vmap(jvp)(x, v),
-        rmatvec=lambda u: torch.func.vmap(vjp)(x, u),
-        batch_shape=(x.shape[0],),
-        d_in=x.shape[1],
-        d_out=d_out,
-    )
-
-
-# --------------------------------------------------------------------------- spectra
 @dataclass(frozen=True)
 class SpectralResult:
     """Leading singular values of a batch of operators and how they were obtained."""
@@ -284,7 +27,7 @@ class SpectralResult:
     products: float | None = None
 
 
-def singular_values(J: torch.Tensor, method: str = "svd") -> torch.Tensor:
+def singular_values(J: torch.Tensor, *, method: str = "svd") -> torch.Tensor:
     """Exact singular values, descending: ``(*, m, n) -> (*, min(m, n))`` (A.5 "exact SVD").
 
     ``method="svd"``: LAPACK SVD. ``method="gram"``: sqrt of the eigenvalues of the Gram
@@ -324,7 +67,7 @@ def _gram_apply(op: JacobianOperator, V: torch.Tensor) -> torch.Tensor:
 
 def power_iteration_sigma1(
     op: JacobianOperator,
-    tol: float = 1e-6,
+    *, tol: float = 1e-6,
     max_iter: int = 1000,
     v0: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -381,7 +124,7 @@ def power_iteration_sigma1(
 
 def lanczos_sigma1(
     op: JacobianOperator,
-    tol: float = 1e-10,
+    *, tol: float = 1e-10,
     max_iter: int | None = None,
     v0: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -459,7 +202,7 @@ def lanczos_sigma1(
     raise AssertionError("unreachable")
 
 
-def arpack_sigma1(op: JacobianOperator, tol: float = 1e-10, dtype: torch.dtype = torch.float64) -> SpectralResult:
+def arpack_sigma1(op: JacobianOperator, *, tol: float = 1e-10, dtype: torch.dtype = torch.float64) -> SpectralResult:
     """sigma_1 of a single matrix-free Jacobian by ARPACK's implicitly restarted Lanczos
     (``scipy.sparse.linalg.svds``): the independent reference for ``lanczos_sigma1``.
 
@@ -545,7 +288,7 @@ def mlp_lanczos_sigma1(
     b1: torch.Tensor,
     W2: torch.Tensor,
     x: torch.Tensor,
-    tol: float = 1e-7,
+    *, tol: float = 1e-7,
     min_iter: int = 16,
     check_every: int = 4,
     starts: int = 1,
@@ -728,208 +471,3 @@ def value_at(curve: torch.Tensor, k: int) -> torch.Tensor:
     if not 1 <= k <= curve.shape[-1]:
         raise ValueError(f"k must be in [1, {curve.shape[-1]}], got {k}")
     return curve[..., k - 1]
-
-
-# --------------------------------------------------------------------------- routing-weighted averages
-def expert_mass(g: torch.Tensor) -> torch.Tensor:
-    """Effective sample count N_e = sum_i g_e(x_i) (A.2): ``(N, E) -> (E,)``."""
-    return g.sum(0)
-
-
-def mean_jacobian(W1, b1, W2, x, g) -> torch.Tensor:
-    """Routing-weighted average Jacobian J̄_e = sum_i g_e(x_i) J_e(x_i) / N_e (A.2, B.4).
-
-    For MLP experts it is W2_e diag(ā_e) W1_e with ā_e the weighted mean of GELU'.
-    ``g: (N, E)`` gates on the simplex. Returns ``(E, d_out, d)``.
-    """
-    _check_mlp(W1, b1, W2, x)
-    check_shape("g", g, (x.shape[0], W1.shape[0]), " = (N, E)")
-    check_gates(g)
-    mass = expert_mass(g)
-    check_expert_mass(mass)
-    a_bar = torch.einsum("ne,enh->eh", g, gelu_grad(expert_preactivations(W1, b1, x))) / mass[:, None]
-    return torch.einsum("eoh,eh,ehi->eoi", W2, a_bar, W1)
-
-
-def moe_jacobian(W1, b1, W2, b2, x, g, Wr, temperature: float = 1.0) -> torch.Tensor:
-    """The effective Jacobian of the whole MoE layer, routing term included (A.2):
-    J_MoE(x) = sum_e g_e(x) J_e(x) + sum_e f_e(x) (d g_e / dx)^T.
-
-    For softmax routing renormalised over the selected set S(x) (Top-k; S = all experts for
-    fully-soft), g_e = softmax_S(z / T)_e with z = Wr x + br, so d g_e / dx = g_e (Wr_e -
-    sum_j g_j Wr_j) / T, zero off S (the selection is piecewise constant). ``g: (N, E)`` the
-    layer's routing weights at ``x: (N, d)``, ``Wr: (E, d)``; ``b2: (E, d_out)``.
-    Returns ``(N, d_out, d)``.
-    """
-    J = expert_jacobians(W1, b1, W2, x)  # checks the expert tensors and x
-    check_finite(b2=b2, g=g, Wr=Wr)
-    check_shape("g", g, (x.shape[0], W1.shape[0]), " = (N, E)")
-    check_shape("Wr", Wr, (W1.shape[0], x.shape[-1]), " = (E, d)")
-    f = torch.einsum("eoh,enh->eno", W2, gelu(expert_preactivations(W1, b1, x))) + b2[:, None]
-    grad_g = g[..., None] * (Wr[None] - (g @ Wr)[:, None, :]) / temperature  # (N, E, d)
-    return torch.einsum("ne,enoi->noi", g, J) + torch.einsum("eno,nei->noi", f, grad_g)
-
-
-def routing_entropy(g: torch.Tensor) -> torch.Tensor:
-    """Per-input entropy of the routing weights, -sum_e g_e log g_e in nats (0 log 0 = 0):
-    ``(N, E) -> (N,)``. log E is perfectly uniform routing (§4 failure mode 1)."""
-    check_weights("g", g)
-    return -torch.special.xlogy(g, g).sum(-1)
-
-
-def weighted_mean(values: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Routing-weighted mean over points of per-point quantities (§2.2 aggregation).
-
-    ``values: (E, N, *rest)``, ``g: (N, E)`` -> ``(E, *rest)``.
-    """
-    check_weights("g", g)
-    mass = expert_mass(g)
-    check_expert_mass(mass)
-    w = (g / mass).T.reshape(*g.T.shape, *([1] * (values.dim() - 2)))
-    return (w * values).sum(1)
-
-
-def cosine_matrix(M: torch.Tensor) -> torch.Tensor:
-    """Pairwise cosine of vec(M_e) (A.3): ``(E, *) -> (E, E)``."""
-    check_finite(M=M)
-    v = M.reshape(M.shape[0], -1)
-    n = v.norm(dim=1)
-    if (n == 0).any():
-        raise ValueError(f"cosine of a zero matrix is undefined (experts {torch.nonzero(n == 0).flatten().tolist()})")
-    v = v / n[:, None]
-    return (v @ v.T).clamp(-1, 1)
-
-
-# --------------------------------------------------------------------------- routers (arXiv 2605.12476)
-def load_fractions(g: torch.Tensor) -> torch.Tensor:
-    """The fraction of token slots each expert receives: f_e = #{n: g_ne > 0} / #{(n, e): g_ne > 0}
-    (N k slots for Top-k), ``(N, E) -> (E,)``, summing to 1."""
-    check_weights("g", g)
-    routed = (g > 0).to(g.dtype)
-    return routed.sum(0) / routed.sum()
-
-
-def load_imbalance(g: torch.Tensor) -> torch.Tensor:
-    """Load imbalance: the population standard deviation over the E experts of
-    ``load_fractions(g)`` (0 for perfectly balanced routing; the routers paper's "Std")."""
-    return load_fractions(g).std(correction=0)
-
-
-def router_similarity(R: torch.Tensor) -> torch.Tensor:
-    """Mean |cos| between the distinct router vectors (rows of R, ``(E, d)``; the centroids of a
-    K-Means router): the routers paper's "router direction similarity"."""
-    c = cosine_matrix(R)
-    return c[~torch.eye(len(c), dtype=torch.bool)].abs().mean()
-
-
-def expert_input_directions(W1: torch.Tensor) -> torch.Tensor:
-    """Each expert's input-weight direction: the top right singular vector of W1_e, ``(E, h, d)
-    -> (E, d)`` (sign arbitrary). Every row of W1_e is updated along the routed inputs (the
-    routers paper's coupling), and v_1 is the input direction W1_e responds to most."""
-    check_finite(W1=W1)
-    return torch.linalg.svd(W1, full_matrices=False).Vh[:, 0]
-
-
-def router_expert_cosines(R: torch.Tensor, W1: torch.Tensor) -> torch.Tensor:
-    """|cos(r_e, v_1(W1_e'))| for every router e and expert e', ``(E, E)``: the diagonal is each
-    router's coupling with its own expert, the off-diagonal the mismatched pairs."""
-    check_shape("R", R, (W1.shape[0], W1.shape[-1]), " = (E, d)")
-    V = expert_input_directions(W1)
-    return (torch.nn.functional.normalize(R, dim=-1) @ V.T).abs()
-
-
-def score_activation_correlation(scores: torch.Tensor, W1: torch.Tensor, b1: torch.Tensor, x: torch.Tensor,
-                                 g: torch.Tensor, min_tokens: int = 3) -> torch.Tensor:
-    """Per expert e, Spearman's rank correlation over the tokens routed to e (g_ne > 0) between
-    e's router score s_e(x) and the magnitude of e's hidden activation ||GELU(W1_e x + b1_e)||_2
-    (the routers paper: "higher router scores predict stronger expert neuron activations").
-    ``scores, g: (N, E)``; ``(E,)``, NaN for an expert with fewer than ``min_tokens`` tokens or a
-    constant score or activation."""
-    check_shape("scores", scores, tuple(g.shape), " = (N, E)")
-    act = gelu(expert_preactivations(W1, b1, x)).norm(dim=-1)  # (E, N)
-    out = torch.full((g.shape[1],), float("nan"), dtype=torch.float64)
-    for e in range(g.shape[1]):
-        m = g[:, e] > 0
-        if int(m.sum()) >= min_tokens:
-            rho = scipy.stats.spearmanr(scores[m, e].cpu().numpy(), act[e, m].cpu().numpy()).statistic
-            out[e] = float(rho)
-    return out
-
-
-def cosine_null(dim: int) -> scipy.stats.rv_continuous:
-    """Null distribution of the cosine between two independent isotropic random vectors in R^dim
-    (e.g. vec of two independent Gaussian d x d matrices, dim = d^2): (cos + 1)/2 ~ Beta(a, a),
-    a = (dim - 1)/2. Mean 0, standard deviation 1/sqrt(dim). What "near zero" means by chance."""
-    if dim < 2:
-        raise ValueError(f"dim must be >= 2, got {dim}")
-    a = (dim - 1) / 2
-    return scipy.stats.beta(a, a, loc=-1, scale=2)
-
-
-# --------------------------------------------------------------------------- weighted PCA
-@dataclass(frozen=True)
-class PCAResult:
-    """Weighted PCA of one or more experts (A.4/B.5); leading dims are the experts'."""
-
-    mean: torch.Tensor  # (*, D) weighted mean mu_e
-    eigenvalues: torch.Tensor  # (*, D) lambda_1 >= ... >= lambda_D of C_e
-    components: torch.Tensor | None = None  # (*, D, D) eigenvectors of C_e, column i for lambda_i (``vectors=True``)
-
-    @property
-    def explained_variance_ratio(self) -> torch.Tensor:
-        """e_i = lambda_i / sum_j lambda_j (A.4)."""
-        lam = self.eigenvalues.clamp_min(0)
-        return lam / lam.sum(-1, keepdim=True)
-
-    @property
-    def cumulative(self) -> torch.Tensor:
-        """E_k = sum_{i<=k} e_i (A.4)."""
-        return self.explained_variance_ratio.cumsum(-1)
-
-    def k_at(self, tau: float = 0.9) -> torch.Tensor:
-        """Components to reach ``tau`` cumulative variance (k@0.9, the paper's effective rank)."""
-        return k_at(self.cumulative, tau)
-
-    def cumvar_at(self, k: int = 10) -> torch.Tensor:
-        """Cumulative explained variance at k components (cum-var@10, B.5)."""
-        return value_at(self.cumulative, k)
-
-    def subspace(self, r: int) -> torch.Tensor:
-        """Orthonormal basis of the top-r principal subspace, the expert's local chart.
-
-        ``(*, D, r)``: the first r columns of ``components`` (eigenvalues lambda_1..lambda_r).
-        Only the span is defined, not the basis (eigenvector signs are arbitrary), and the span
-        itself is unique only when lambda_r > lambda_{r+1}. Feed it to ``moegeo.grassmann``.
-        """
-        if self.components is None:
-            raise ValueError("this PCA was computed without eigenvectors: call weighted_pca(h, w, vectors=True)")
-        D = self.components.shape[-1]
-        if not 1 <= r <= D:
-            raise ValueError(f"r must be in [1, D] = [1, {D}], got {r}")
-        return self.components[..., :r]
-
-
-def weighted_pca(h: torch.Tensor, w: torch.Tensor, vectors: bool = False) -> PCAResult:
-    """Weighted PCA with weighted mean and covariance normalised by N_e = sum w (A.4/B.5).
-
-    ``h: (*, N, D)`` hidden states, ``w: (*, N)`` non-negative sample weights (leading dims
-    broadcast, e.g. ``h: (N, D)`` shared with ``w: (E, N)``). Computed in float64.
-    Scaling all weights leaves the result unchanged. The eigenvalues come descending; with
-    ``vectors=True`` also their eigenvectors (``components: (*, D, D)``), whose leading columns
-    span the expert subspaces (eigenvectors cost several times the eigenvalues at large D).
-    """
-    check_finite(h=h)
-    check_weights("w", w)
-    if h.shape[-2] != w.shape[-1]:
-        raise ValueError(f"h has {h.shape[-2]} samples (shape {tuple(h.shape)}) but w has {w.shape[-1]} (shape {tuple(w.shape)})")
-    h, w = h.double(), w.double()
-    mass = w.sum(-1)
-    check_expert_mass(mass.reshape(-1))
-    p = w / mass[..., None]
-    mu = torch.einsum("...n,...nd->...d", p, h)
-    c = h - mu[..., None, :]
-    cov = torch.einsum("...n,...nd,...nk->...dk", p, c, c)
-    if not vectors:
-        return PCAResult(mean=mu, eigenvalues=torch.linalg.eigvalsh(cov).flip(-1))
-    eig, vec = torch.linalg.eigh(cov)  # ascending; flipped so column i belongs to lambda_i
-    return PCAResult(mean=mu, eigenvalues=eig.flip(-1), components=vec.flip(-1))

@@ -46,7 +46,7 @@ SHIPPED_SHA256 = MappingProxyType({
     "test.txt.gz": "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0",
 })
 # importlib.resources: works for editable and regular installs alike (tests monkeypatch it).
-_SHIPPED_DIR = resources.files("moegeo") / "data" / "wikitext-2"
+_SHIPPED_DIR = resources.files("moegeo.data") / "wikitext-2"
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: tensors have no truth value for ==

@@ -1,0 +1,314 @@
+"""``python -m moegeo``: train the arms of one setting and print the probe table.
+
+``--setting mlp`` (default): the controlled MLP-MoE of the paper's Appendix B. ``--setting lm``:
+the 3-layer Transformer language model on the shipped WikiText-2 (or ``--lm-data DIR``), probed
+layer by layer, with its held-out perplexity against the unigram model.
+
+``python -m moegeo probe --hf-model DIR``: probe a local Hugging Face MoE checkpoint (needs the
+``[hf]`` extra) on a text and write a report; ``python -m moegeo probe --help`` for its options.
+
+``python -m moegeo sweep --executor SPEC [--grid FIELD=V1,V2 ...]``: a grid of configs as
+independent tasks on an executor (``moegeo.sweeps``); ``python -m moegeo sweep --grid small|full``: a
+declared grid of ``moegeo.claims.sensitivity`` (every claim of the MLP setting's main arms at every grid
+point) and its section of REPORT.md; ``python -m moegeo sweep --help``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+import warnings
+
+import pandas as pd
+
+from .config import Arm, ExperimentConfig, LMConfig
+from .experiment import run
+from .frame import perplexity_table, summary_table
+
+
+
+def _setting_and_seeds(ap: argparse.ArgumentParser, setting_help: str, seeds_help: str) -> None:
+    """The ``--setting``, ``--seeds`` and ``--seed-offset`` options of a training command (both
+    None when not given: 1 seed from 0, see ``_seeds``)."""
+    ap.add_argument("--setting", choices=("mlp", "lm"), default="mlp", help=setting_help)
+    ap.add_argument("--seeds", type=int, default=None, help=seeds_help)
+    ap.add_argument("--seed-offset", type=int, default=None, help="first seed (default 0)")
+
+
+def _seeds(ap: argparse.ArgumentParser, args) -> tuple[int, ...]:
+    """The seeds ``--seed-offset`` ... ``--seed-offset + --seeds - 1`` (a usage error below one)."""
+    n, offset = 1 if args.seeds is None else args.seeds, args.seed_offset or 0
+    if n < 1:
+        ap.error(f"--seeds must be >= 1, got {n}")
+    return tuple(range(offset, offset + n))
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["probe"]:
+        return probe_main(argv[1:])
+    if argv[:1] == ["sweep"]:
+        return sweep_main(argv[1:])
+    ap = argparse.ArgumentParser(prog="python -m moegeo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    _setting_and_seeds(ap, "mlp: the controlled MLP-MoE (default); lm: the Transformer language model on WikiText-2",
+                       "number of seeds (default 1)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help=f"training steps (default {ExperimentConfig().steps} for mlp, {LMConfig().steps} for lm)")
+    ap.add_argument("--lm-data", default=None, help="lm: a directory with the full WikiText-2 (default: the shipped copy)")
+    ap.add_argument("--no-cache", action="store_true", help="recompute even if a cached run exists")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--csv", help="also write the tidy results frame to this CSV file")
+    args = ap.parse_args(argv)
+    seeds = _seeds(ap, args)
+    try:
+        if args.setting == "lm":
+            cfg = LMConfig(seeds=seeds, data=args.lm_data, **({"steps": args.steps} if args.steps else {}))
+        else:
+            if args.lm_data:
+                ap.error("--lm-data needs --setting lm")
+            cfg = dataclasses.replace(ExperimentConfig(), seeds=seeds, **({"steps": args.steps} if args.steps else {}))
+    except ValueError as err:
+        ap.error(str(err))
+    t0 = time.perf_counter()
+    df = run(cfg, cache=not args.no_cache, progress=False if args.quiet else None)
+    print(f"moegeo ({cfg.setting}): {len(cfg.arms)} arms x {len(cfg.seeds)} seed(s) {list(cfg.seeds)}, {cfg.steps} steps "
+          f"({time.perf_counter() - t0:.1f} s); probes at the final step, mean over experts and seeds")
+    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
+                           "display.float_format", "{:.4g}".format):
+        print(summary_table(df))
+        if cfg.setting == "lm":
+            print("\nheld-out perplexity at the final step (mean over seeds):")
+            print(perplexity_table(df).to_string())
+    if args.csv:
+        df.to_csv(args.csv, index=False)
+        print(f"results frame written to {args.csv}")
+    return 0
+
+
+def _positive_int(s: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def probe_main(argv) -> int:
+    """``python -m moegeo probe``: every probe of a local Hugging Face MoE checkpoint on a text."""
+    ap = argparse.ArgumentParser(prog="python -m moegeo probe",
+                                 description="Every probe of a local Hugging Face MoE checkpoint on a text: writes "
+                                             "PROBE.md, figures/ and probe.csv (the tidy frame) to --out.")
+    ap.add_argument("--hf-model", required=True, metavar="DIR",
+                    help="a local checkpoint directory (config.json, weights and tokenizer, as save_pretrained writes)")
+    ap.add_argument("--text", metavar="FILE", help="UTF-8 text to run the model on (default: the shipped WikiText-2 test split)")
+    ap.add_argument("--layers", type=int, nargs="+", metavar="L", help="decoder-layer indices to probe (default: every MoE layer)")
+    ap.add_argument("--tokens", type=_positive_int, default=512, metavar="N",
+                    help="tokens probed: exactly the first N of the text, fewer only if the text is shorter; the output "
+                         "and the report state the number (default 512)")
+    ap.add_argument("--context", type=_positive_int, default=None, metavar="C",
+                    help="tokens per sequence, at most the model's max_position_embeddings (default: min(N, 512, "
+                         "max_position_embeddings)); the last sequence is completed with the following tokens of "
+                         "the text, which are not probed")
+    ap.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="dtype to load and probe in (default float64)")
+    ap.add_argument("--out", metavar="DIR", help="report directory (default: probe-<checkpoint name>)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        ap.error('the probe needs transformers: pip install -e ".[hf]"')
+    import torch
+
+    from . import hf
+    from .report import probe as probe_report
+
+    t0 = time.perf_counter()
+    try:
+        text = None
+        if args.text:
+            with open(args.text, encoding="utf-8") as f:
+                text = f.read()
+        with warnings.catch_warnings():  # one line each on stderr, without the source line of the warning
+            warnings.showwarning = lambda message, *_, **__: print(f"{ap.prog}: warning: {message}", file=sys.stderr)
+            df = hf.probe_checkpoint(args.hf_model, text=text, tokens=args.tokens, layers=args.layers, context=args.context,
+                                     dtype=getattr(torch, args.dtype), progress=False if args.quiet else None)
+    except (FileNotFoundError, ValueError, MemoryError, OSError, UnicodeDecodeError) as err:
+        print(f"{ap.prog}: error: {err}", file=sys.stderr)
+        return 2
+    name = os.path.basename(os.path.normpath(args.hf_model))
+    source = probe_report.source_line(df, args.hf_model, args.dtype, args.text, args.tokens)
+    path = probe_report.write(df, args.out or f"probe-{name}", name, source)
+    print(f"{ap.prog}: {df['layer'].nunique()} MoE layer(s) probed in {time.perf_counter() - t0:.1f} s. {source}\n"
+          f"Report written to {path}")
+    return 0
+
+
+def _field_value(cls, name: str, text: str):
+    """The value of config field ``name`` of ``cls`` written as ``text`` (tuples joined by ``+``,
+    ``none`` for None); ValueError naming the field."""
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "seeds"]
+    if name not in names:
+        raise ValueError(f"{cls.__name__} has no field {name!r} to set (seeds: --seeds, --seed-offset); "
+                         f"fields: {', '.join(names)}")
+    default = getattr(cls(), name)
+    try:
+        if isinstance(default, tuple):
+            parts = tuple(p for p in text.split("+") if p)
+            return parts if name == "arms" else tuple(int(p) for p in parts)
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        raise ValueError(f"{name} takes {type(default).__name__} values, got {text!r}") from None
+    return None if text.lower() == "none" else text
+
+
+def _assignments(items, many: bool) -> dict:
+    """``FIELD=VALUE`` (``--set``) or ``FIELD=V1,V2`` (``--grid``) strings as a dict."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise ValueError(f"expected FIELD={'V1,V2,...' if many else 'VALUE'}, got {item!r}")
+        if name in out:
+            raise ValueError(f"field {name!r} given twice")
+        out[name] = value.split(",") if many else value
+    return out
+
+
+def sweep_main(argv) -> int:
+    """``python -m moegeo sweep``: a grid of configs of one setting, every combination of the
+    ``--grid`` axes, computed as independent tasks (a config x a chunk of its seeds) on an
+    executor, cached task by task (a rerun computes only what is missing). Prints one table of a
+    final-step metric (mean over layers, experts and seeds) per config and arm."""
+    import itertools
+
+    from . import sweeps
+
+    ap = argparse.ArgumentParser(
+        prog="python -m moegeo sweep", description=sweep_main.__doc__,
+        epilog="executors: serial; processes:N (local processes); dask://host:port (a running Dask scheduler, the "
+               "[dask] extra); dask-local:N (a Dask LocalCluster started here); slurm[:partition] (submitit, the "
+               "[slurm] extra). Example: python -m moegeo sweep --seeds 4 --set steps=500 --grid top_k=1,2 "
+               "temperature=0.5,1,2 --executor dask-local:2")
+    _setting_and_seeds(ap, "mlp (default) or lm", "number of seeds of every config (default 1)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                    help="fixed config fields, e.g. steps=500 n_experts=4 arms=topk+soft (tuples joined by +)")
+    ap.add_argument("--grid", nargs="+", default=[], metavar="FIELD=V1,V2",
+                    help="one axis per field, e.g. top_k=1,2 lr=1e-3,3e-3; every combination is a config. Or the name of "
+                         "a declared grid, small or full (moegeo.claims.sensitivity): every claim of the MLP setting's main arms "
+                         "at every grid point, and the sensitivity section of --report")
+    ap.add_argument("--executor", default=None, metavar="SPEC",
+                    help="where tasks run (default processes:N, one per core); see below")
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="seeds per task (default: all seeds of a config; a chunked config agrees with its unchunked "
+                         "run to rounding, not bit for bit)")
+    ap.add_argument("--metric", default="sigma1", help="metric of the printed table (default sigma1)")
+    ap.add_argument("--reading", default="jacobian=pointwise", help="its reading (default jacobian=pointwise)")
+    ap.add_argument("--no-cache", action="store_true", help="recompute every task and store none")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--csv", help="write every config's tidy frame to this CSV file (column config: the grid name)")
+    ap.add_argument("--report", default="REPORT.md", metavar="PATH",
+                    help="--grid small|full: the report whose sensitivity section is written (default REPORT.md here)")
+    args = ap.parse_args(argv)
+    spec = args.executor or sweeps.DEFAULT_EXECUTOR
+    if len(args.grid) == 1 and "=" not in args.grid[0]:
+        return _named_grid(ap, args, spec)
+    seeds = _seeds(ap, args)
+    cls = LMConfig if args.setting == "lm" else ExperimentConfig
+    try:
+        sweeps.parse_executor(spec)
+        fixed = {k: _field_value(cls, k, v) for k, v in _assignments(args.set, False).items()}
+        axes = {k: [_field_value(cls, k, v) for v in vs] for k, vs in _assignments(args.grid, True).items()}
+        both = set(fixed) & set(axes)
+        if both:
+            raise ValueError(f"{sorted(both)} given in both --set and --grid")
+        base = cls(seeds=seeds, **fixed)
+        grid = {}
+        for combo in itertools.product(*axes.values()):
+            choice = dict(zip(axes, combo))
+            name = ",".join(f"{k}={'+'.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in choice.items())
+            grid[name or "base"] = dataclasses.replace(base, **choice)
+        sweeps.tasks(grid, chunk=args.chunk)
+    except (ValueError, TypeError) as err:
+        ap.error(str(err))
+    t0 = time.perf_counter()
+    try:
+        result = sweeps.sweep(grid, executor=spec, chunk=args.chunk, cache=not args.no_cache,
+                              progress=False if args.quiet else None)
+    except ImportError as err:
+        print(f"python -m moegeo sweep: error: {err}", file=sys.stderr)
+        return 2
+    print(f"moegeo sweep ({args.setting}): {len(grid)} config(s) x {len(seeds)} seed(s), {len(result.tasks)} task(s) on "
+          f"{spec}: {len(result.computed)} computed, {len(result.cached)} from the cache "
+          f"({time.perf_counter() - t0:.1f} s)")
+    table = {}
+    for name, df in result.frames.items():
+        final = df[(df.step == df.steps) & (df.metric == args.metric) & (df.reading == args.reading)
+                   & (df.expert >= 0) & (df["index"] == -1)]
+        table[name] = final.groupby("arm")["value"].mean()
+    table = pd.DataFrame(table).T
+    table = table[[a.value for a in Arm if a.value in table.columns]]
+    print(f"{args.metric} [{args.reading}] at the final step, mean over layers, experts and seeds:")
+    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
+                           "display.float_format", "{:.4g}".format):
+        print(table.to_string() if not table.empty else "(no such rows)")
+    if args.csv:
+        result.tidy().to_csv(args.csv, index=False)
+        print(f"results frame written to {args.csv}")
+    return 0
+
+
+def _named_grid(ap: argparse.ArgumentParser, args, spec: str) -> int:
+    """``python -m moegeo sweep --grid small|full``: the declared grid of ``moegeo.claims.sensitivity``,
+    its per-point verdict table printed and its section written into ``--report``."""
+    from . import report, sweeps
+    from .claims import sensitivity
+
+    try:
+        sweeps.parse_executor(spec)
+        g = sensitivity.grid(args.grid[0])
+    except ValueError as err:
+        ap.error(str(err))
+    fixed = [f"--{name.replace('_', '-')}" for name in ("seeds", "seed_offset", "set", "chunk")
+             if getattr(args, name) not in (None, [])]
+    if fixed or args.setting != "mlp":
+        ap.error(f"--grid {g.name} declares its own configs, seeds and setting; drop {', '.join(fixed) or '--setting'}")
+    n = len(g.configs)
+    print(f"moegeo sweep: grid {g.name} ({g.about}): {n} configs, {len(g.points())} points; {g.budget}", flush=True)
+    try:
+        result = sensitivity.run(g, executor=spec, cache=not args.no_cache, progress=False if args.quiet else None)
+    except ImportError as err:
+        print(f"python -m moegeo sweep: error: {err}", file=sys.stderr)
+        return 2
+    tab = result.table
+    print(f"grid {g.name} on {spec}: {len(result.sweep.computed)} configs trained, {len(result.sweep.cached)} from the "
+          f"cache ({result.seconds:.0f} s). Per point: the claim's primary statistic (median over seeds) and, after it, "
+          "+ where it holds, - where it fails and ~ where it is below the smallest meaningful effect (Holm across the grid "
+          "per claim and per point; exploratory):")
+    marks = {"holds": "+", "fails": "-", "negligible": "~", "undecided": ""}
+    mark = [marks[sensitivity.outcome(gv, v)] for gv, v in zip(tab.grid_verdict, tab.verdict)]
+    cells = tab.assign(cell=[f"{e:.3g}{m}" for e, m in zip(tab.effect, mark)], point=tab.config + " @" + tab.step.astype(str))
+    wide = cells.pivot(index="point", columns="claim", values="cell").reindex(
+        index=[f"{c} @{s}" for c, s in g.points()], columns=list(dict.fromkeys(tab.claim))).fillna("n/a")
+    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 250):
+        print(wide.T.to_string())
+    for cid, sentence in report.sensitivity_sentences(tab, g).items():
+        print(f"{cid} {sentence}")
+    if args.csv:
+        tab.to_csv(args.csv, index=False)
+        print(f"per-point table written to {args.csv}")
+    command = f"python -m moegeo sweep --grid {g.name} --executor {spec}"
+    path = report.write_sensitivity(args.report, result, command)
+    print(f"sensitivity section (grid {g.name}) written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

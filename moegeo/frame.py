@@ -1,0 +1,329 @@
+"""The tidy results frame: its schema, the reading labels and the row builders that turn one
+layer's tensors into rows through the probes (one place for each, for every setting).
+
+The frame (columns ``setting, seed, arm, layer, expert, reading, metric, step, index, value``
+plus the full config) is the single interface the claims and the report read. ``setting`` is
+``mlp`` (the controlled MLP-MoE), ``lm`` (the Transformer language model) or ``hf`` (a Hugging
+Face checkpoint); ``layer`` is the MoE layer (0 for the MLP setting's single layer; -1 for a
+whole-model quantity such as the loss or the perplexity); ``expert = -1`` marks a quantity not
+of one expert; ``index`` the position in a curve (1-based) or the partner expert of a cosine,
+``-1`` for scalars.
+"""
+from __future__ import annotations
+
+import warnings
+
+import pandas as pd
+import torch
+
+from . import probes
+from .config import Arm, JacobianSite, Norm, PCASite, RunConfig
+from .nn import gelu, layer_norm_jacobian
+from .probes import grassmann
+
+
+#: PCA thresholds of the paper: k@0.9 and cum-var@10 (A.4, B.5).
+PCA_TAU, PCA_K = 0.9, 10
+#: Jacobian decay summaries: energy reached by 10 directions, sigma_10 / sigma_1, k at 90% energy.
+
+
+#: Jacobian decay summaries: energy reached by 10 directions, sigma_10 / sigma_1, k at 90% energy.
+ENERGY_K, ENERGY_TAU = 10, 0.9
+
+
+#: the expert subspace of the Grassmann probes: the top 10 principal directions, the dual paper's
+#: own count of leading directions (cum-var@10, B.5); each expert's k@0.9 is the other reading.
+SUBSPACE_R = PCA_K
+#: an expert whose r-th PCA eigenvalue is at most this fraction of its first has routed points
+#: spanning fewer than r dimensions: its top-r subspace is not defined (the directions beyond its
+#: rank are arbitrary) and it is left out of the ``subspace=r10`` rows (``subspace_rows``). The
+#: threshold separates exact rank deficiency (eigenvalue ratios of 1e-14 and below in float64,
+#: also for float32 data) from real variance; a full-rank expert is wrongly dropped only if its
+#: 10th direction's variance is below 1e-9 of its first (amplitude ratio above about 3e4) or its
+#: routing weights outside fewer than 11 points are all at or below about 1e-9
+
+
+#: an expert whose r-th PCA eigenvalue is at most this fraction of its first has routed points
+#: spanning fewer than r dimensions: its top-r subspace is not defined (the directions beyond its
+#: rank are arbitrary) and it is left out of the ``subspace=r10`` rows (``subspace_rows``). The
+#: threshold separates exact rank deficiency (eigenvalue ratios of 1e-14 and below in float64,
+#: also for float32 data) from real variance; a full-rank expert is wrongly dropped only if its
+#: 10th direction's variance is below 1e-9 of its first (amplitude ratio above about 3e4) or its
+#: routing weights outside fewer than 11 points are all at or below about 1e-9
+SUBSPACE_RANK_TOL = 1e-9
+#: PCA sites whose coordinates all experts share (a subspace of the layer's input or output
+#: space); the hidden sites are each expert's own coordinates, where angles mean nothing.
+
+
+#: PCA sites whose coordinates all experts share (a subspace of the layer's input or output
+#: space); the hidden sites are each expert's own coordinates, where angles mean nothing.
+SUBSPACE_SITES = (PCASite.INPUT, PCASite.OUTPUT)
+
+
+#: tokens per expert whose router score and activation are kept for the scatter plots
+SAMPLE_TOKENS = 32
+
+
+COLUMNS = ["setting", "seed", "arm", "layer", "expert", "reading", "metric", "step", "index", "value"]
+
+
+def reading(**choices) -> str:
+    """The reading label stored with every number, e.g. ``jacobian=mean;norm=spectral``."""
+    return ";".join(f"{k}={getattr(v, 'value', v)}" for k, v in choices.items())
+
+
+class Rows(list):
+    """The tidy rows of one (seed, arm, layer, step): ``add`` one metric for every listed expert."""
+
+    def __init__(self, seed: int, arm: Arm | str, layer: int, step: int):
+        super().__init__()
+        self.key = dict(seed=seed, arm=getattr(arm, "value", arm), layer=layer, step=step)
+
+    def add(self, metric: str, reading_: str, values, experts=(-1,), index=None) -> None:
+        """``values``: one scalar or curve per expert in ``experts`` (a curve's ``index`` is 1-based
+        unless given, e.g. the partner expert of a cosine)."""
+        values = values if torch.is_tensor(values) and values.dim() > 0 else torch.as_tensor(values).reshape(1)
+        for e, v in zip(experts, values):
+            if v.dim() == 0:
+                self.append(dict(self.key, expert=e, reading=reading_, metric=metric, index=-1, value=float(v)))
+            else:
+                idx = index if index is not None else range(1, len(v) + 1)
+                self.extend(dict(self.key, expert=e, reading=reading_, metric=metric, index=int(k), value=float(val))
+                            for k, val in zip(idx, v.tolist()))
+
+
+def _spectral(J: torch.Tensor) -> torch.Tensor:
+    """sigma_1 of a batch of square Jacobians (Gram eigenvalues: exact up to rounding here)."""
+    return probes.singular_values(J, method="gram")[..., 0]
+
+
+NORMS = ((Norm.SPECTRAL, _spectral), (Norm.FROBENIUS, torch.linalg.matrix_norm))
+
+
+def _trajectory_layer(arm, cfg, p, h, seed, layer, step):
+    """The trajectory rows of one seed's layer ``p`` at its input ``h: (N, d)``."""
+    r = Rows(seed, arm, layer, step)
+    sub = h[: cfg.trajectory_points]
+    g, g_sub = p.gates(h), p.gates(sub)
+    live, live_sub = probes.expert_mass(g) > 0, probes.expert_mass(g_sub) > 0
+    jbar = probes.mean_jacobian(p.W1[live], p.b1[live], p.W2[live], h, g[:, live])
+    J = probes.expert_jacobians(p.W1[live_sub], p.b1[live_sub], p.W2[live_sub], sub)
+    Jm = probes.moe_jacobian(p.W1, p.b1, p.W2, p.b2, sub, g_sub, p.Wr, temperature=p.temperature) if p.Wr is not None else None
+    for norm, fn in NORMS:
+        r.add("jacobian_norm", reading(jacobian=JacobianSite.MEAN, norm=norm), fn(jbar), _indices(live))
+        r.add("jacobian_norm", reading(jacobian=JacobianSite.POINTWISE, norm=norm),
+              probes.weighted_mean(fn(J), g_sub[:, live_sub]), _indices(live_sub))
+        if Jm is not None:
+            r.add("jacobian_norm", reading(jacobian="effective", norm=norm), fn(Jm).mean())
+    if int(live.sum()) > 1:
+        c = probes.cosine_matrix(jbar)
+        r.add("cosine_abs_mean", reading(jacobian=JacobianSite.MEAN), c[_offdiag(len(c))].abs().mean())
+    if p.router_vectors is not None:
+        r += _router_rows(p, h, g, seed, arm, layer, step)
+    return r
+
+
+def _router_rows(p, x, g, seed, arm, layer, step, full: bool = False, experts: list[int] | None = None) -> Rows:
+    """The routers paper's metrics of one seed's layer at its input ``x`` with gates ``g``: load
+    per expert, its imbalance and router-direction similarity (every trajectory record), or
+    (``full``, the checkpoints; only the live ``experts``) router-expert coupling: the router
+    directions' |cos| matrix, each router's |cos| with its own expert's input direction and with
+    the others', and the score-activation rank correlation per expert. Cosines are skipped when
+    a router vector is zero (they are undefined)."""
+    r = Rows(seed, arm, layer, step)
+    R = p.router_vectors
+    nonzero = bool((R.norm(dim=-1) > 0).all())
+    if not full:
+        r.add("load_fraction", "", probes.load_fractions(g), list(range(g.shape[1])))
+        r.add("load_imbalance", "", probes.load_imbalance(g))
+        if nonzero:
+            r.add("router_similarity", "", probes.router_similarity(R))
+        return r
+    experts = list(range(g.shape[1])) if experts is None else experts
+    if len(experts) > 1 and nonzero:
+        R, W1 = R[experts], p.W1[experts]
+        r.add("router_cosine", "", probes.cosine_matrix(R), experts, index=experts)
+        C = probes.router_expert_cosines(R, W1)
+        n = len(experts)
+        r.add("router_expert_cos", "pair=matched", C.diagonal(), experts)
+        r.add("router_expert_cos", "pair=mismatched", (C.sum(1) - C.diagonal()) / (n - 1), experts)
+    scores, gl = p.scores(x)[:, experts], g[:, experts]
+    rho = probes.score_activation_correlation(scores, p.W1[experts], p.b1[experts], x, gl)
+    ok = torch.nonzero(~rho.isnan()).flatten().tolist()
+    r.add("score_activation_rho", "", rho[ok], [experts[i] for i in ok])
+    # the first SAMPLE_TOKENS tokens routed to each expert: its score and activation norm (figure)
+    act = gelu(probes.expert_preactivations(p.W1[experts], p.b1[experts], x)).norm(dim=-1)
+    for i, e in enumerate(experts):
+        n = torch.nonzero(gl[:, i] > 0).flatten()[:SAMPLE_TOKENS]
+        r.add("sample_score", "", scores[n, i][None], [e])
+        r.add("sample_activation", "", act[i, n][None], [e])
+    return r
+
+
+def _indices(mask: torch.Tensor) -> list[int]:
+    return torch.nonzero(mask).flatten().tolist()
+
+
+def _offdiag(n: int) -> torch.Tensor:
+    return ~torch.eye(n, dtype=torch.bool)
+
+
+def probe_rows(p, x: torch.Tensor, seed: int, arm: Arm, step: int, layer: int = 0,
+               block_input: torch.Tensor | None = None, ln_weight: torch.Tensor | None = None) -> list[dict]:
+    """Every probe of §2.2/Appendix A on one trained layer ``p`` (float64) and the hidden states
+    ``x`` entering it.
+
+    Experts that receive zero total routing weight have no local chart: they get one
+    ``excluded`` row and no other rows. For a layer inside a pre-LayerNorm residual block
+    (``ln_weight`` given, ``x = LN(block_input)``), the cross-expert cosine is also taken of the
+    expert charts seen from the block input: through the shared LayerNorm (``chart=ln``,
+    J_e(LN x) J_LN(x)) and with the residual identity added (``chart=residual``).
+    """
+    g = p.gates(x)
+    mass = probes.expert_mass(g)
+    live = torch.nonzero(mass > 0).flatten()
+    rows = Rows(seed, arm, layer, step)
+    experts = live.tolist()
+
+    for e in torch.nonzero(mass <= 0).flatten().tolist():
+        warnings.warn(f"seed {seed}, arm {arm.value}, layer {layer}, step {step}: expert {e} received zero routing weight; excluded")
+        rows.add("excluded", "", 1.0, [e])
+    rows.add("load", "", mass[live] / x.shape[0], experts)
+    rows.add("routing_entropy", "", probes.routing_entropy(g).mean())
+    if p.router_vectors is not None:
+        rows += _router_rows(p, x, g, seed, arm, layer, step, full=True, experts=experts)
+
+    W1, b1, W2, gl = p.W1[live], p.b1[live], p.W2[live], g[:, live]
+    J = probes.expert_jacobians(W1, b1, W2, x)
+    pre = probes.expert_preactivations(W1, b1, x)
+    hidden = gelu(pre)
+    sites = {
+        PCASite.INPUT: x,
+        PCASite.PRE_ACTIVATION: pre,
+        PCASite.HIDDEN: hidden,
+        PCASite.OUTPUT: torch.einsum("edh,enh->end", W2, hidden) + p.b2[live][:, None],
+    }
+    expert_geometry_rows(rows, x, gl, J, sites, experts)
+    if ln_weight is not None and len(live) > 1:  # the expert charts seen from the block input
+        J_ln = torch.einsum("enoi,nij->enoj", J, layer_norm_jacobian(block_input, ln_weight))
+        charts = {reading(jacobian=JacobianSite.MEAN, chart="ln"): probes.weighted_mean(J_ln, gl)}
+        charts[reading(jacobian=JacobianSite.MEAN, chart="residual")] = (
+            charts[reading(jacobian=JacobianSite.MEAN, chart="ln")] + torch.eye(x.shape[-1], dtype=x.dtype))
+        for r, M in charts.items():
+            rows.add("cosine", r, probes.cosine_matrix(M), experts, index=experts)
+    return rows
+
+
+def expert_geometry_rows(rows: Rows, x: torch.Tensor, g: torch.Tensor, J: torch.Tensor, sites: dict,
+                         experts: list[int]) -> torch.Tensor:
+    """The probes every setting shares, from one layer's tensors, appended to ``rows``.
+
+    ``x: (N, d)`` the layer input, ``g: (N, E)`` the routing weights of the ``E`` live experts
+    (ids ``experts``), ``J: (E, N, d_out, d)`` their per-point Jacobians, ``sites``: a
+    representation ``(N, D)`` or ``(E, N, D)`` per ``PCASite``. Adds the Jacobian spectra under
+    both readings of which Jacobian (§2.2's per-point spectra, B.4's J̄_e), the cross-expert
+    cosine of vec(J̄_e) (A.3), the weighted PCA of every site (A.4/B.5) and, at the sites whose
+    coordinates experts share (``SUBSPACE_SITES``), the Grassmann geometry between expert
+    subspaces (``subspace_rows``). Returns J̄_e ``(E, d_out, d)``.
+    """
+    s_point = probes.singular_values(J, method="gram")  # (E, N, d); float64, so Gram is accurate here
+    jbar = probes.weighted_mean(J, g)
+    spectra = {
+        JacobianSite.POINTWISE: (probes.weighted_mean(s_point, g),
+                                 probes.weighted_mean(probes.energy_curve(s_point), g)),
+        JacobianSite.MEAN: (probes.singular_values(jbar), None),
+    }
+    for site, (s, energy) in spectra.items():
+        energy = probes.energy_curve(s) if energy is None else energy
+        r, k = reading(jacobian=site), min(ENERGY_K, s.shape[-1])
+        rows.add("sigma", r, s, experts)
+        rows.add("sigma1", r, s[:, 0], experts)
+        rows.add(f"sigma_ratio@{k}", r, s[:, k - 1] / s[:, 0], experts)
+        rows.add("energy", r, energy, experts)
+        rows.add(f"energy@{k}", r, probes.value_at(energy, k), experts)
+        rows.add(f"energy_k@{ENERGY_TAU}", r, probes.k_at(energy, ENERGY_TAU).double(), experts)
+    if len(experts) > 1:
+        rows.add("cosine", reading(jacobian=JacobianSite.MEAN), probes.cosine_matrix(jbar), experts, index=experts)
+    for site, h in sites.items():
+        pca = probes.weighted_pca(h, g.T, vectors=site in SUBSPACE_SITES)
+        r, k = reading(pca_site=site), min(PCA_K, h.shape[-1])
+        rows.add("explained_variance", r, pca.explained_variance_ratio, experts)
+        rows.add(f"cumvar@{k}", r, pca.cumvar_at(k), experts)
+        rows.add(f"k@{PCA_TAU}", r, pca.k_at(PCA_TAU).double(), experts)
+        if site in SUBSPACE_SITES and len(experts) > 1:
+            subspace_rows(rows, pca, site, experts)
+    return jbar
+
+
+def subspace_rows(rows: Rows, pca: probes.PCAResult, site: PCASite, experts: list[int]) -> None:
+    """Grassmann geometry between the experts' principal subspaces (the geometric asymmetry
+    paper's "routed representations ... occupy distinct but partially overlapping subspaces").
+
+    Two readings of an expert's subspace: its top ``SUBSPACE_R`` principal directions
+    (``subspace=r10``) and its own k@0.9 directions (``subspace=k90``). Rows per expert pair
+    (``index`` the partner): ``geodesic``, ``chordal``, ``overlap`` and the same quantities'
+    means for independent uniformly random subspaces of the pair's dimensions
+    (``geodesic_null`` ...; ``moegeo.grassmann.null_means``); for ``r10`` at the input site
+    also the principal angles, one metric ``angle@i`` per i. An expert whose routed points span
+    fewer than ``SUBSPACE_R`` dimensions has no top-r subspace (``SUBSPACE_RANK_TOL``) and is left
+    out of the ``r10`` rows; its ``k90`` subspace lies within its span and stays, unless its points
+    have no variance at all (one distinct point: no principal directions, left out of both). Each
+    expert left out gets a ``subspace_excluded`` row (value 1) under that reading, and a warning.
+    """
+    D = pca.components.shape[-1]
+    ks = pca.k_at(PCA_TAU).tolist()
+    R = min(SUBSPACE_R, D)
+    lam = pca.eigenvalues.clamp_min(0)
+    subspaces = {  # reading -> (each expert's basis, whether it is defined, what an undefined one lacks)
+        f"r{SUBSPACE_R}": (pca.subspace(R), (lam[:, R - 1] > SUBSPACE_RANK_TOL * lam[:, 0]).tolist(),
+                           f"span fewer than {R} dimensions; their top-{R} subspace is not defined"),
+        "k90": ([pca.components[i, :, :k] for i, k in enumerate(ks)], (lam[:, 0] > 0).tolist(),
+                "have no variance (one distinct point); they have no principal directions"),
+    }
+    where = ", ".join(f"{k} {v}" for k, v in rows.key.items())  # seed, arm, layer, step
+    for name, (all_bases, defined, lacks) in subspaces.items():
+        r = reading(pca_site=site, subspace=name)
+        dropped = [e for e, ok in zip(experts, defined) if not ok]
+        if dropped:
+            warnings.warn(f"{where}, {r}: the routed points of expert(s) {dropped} {lacks}, and they are left out of "
+                          "its rows (a subspace_excluded row records each)")
+            rows.add("subspace_excluded", r, torch.ones(len(dropped)), dropped)
+        keep = [i for i, ok in enumerate(defined) if ok]
+        bases, ids = [all_bases[i] for i in keep], [experts[i] for i in keep]
+        if len(ids) < 2:
+            continue
+        geo = grassmann.pairwise(bases)
+        dims = [b.shape[-1] for b in bases]
+        null = {(a, b): grassmann.null_means(D, min(a, b), max(a, b)) for a in set(dims) for b in set(dims)}
+        for stat in grassmann.STATISTICS:
+            rows.add(stat, r, getattr(geo, stat), ids, index=ids)
+            rows.add(f"{stat}_null", r, torch.tensor([[null[a, b][stat] for b in dims] for a in dims]), ids, index=ids)
+        if name != "k90" and site == PCASite.INPUT:
+            for i in range(geo.angles.shape[-1]):
+                rows.add(f"angle@{i + 1}", r, geo.angles[..., i], ids, index=ids)
+
+
+def _frame(rows: list[dict], cfg: RunConfig) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df["setting"] = cfg.setting
+    for k, v in cfg.to_dict().items():
+        if k not in ("seeds", "arms", "probe_steps"):
+            df[k] = v
+    df["config_key"] = cfg.key()
+    return df
+
+
+def summary_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Final-step scalar probes averaged over experts and seeds: rows (metric, reading), and the
+    MoE layer first when there are several (the language model), columns arms."""
+    final = df[(df["index"] == -1) & (df["step"] == df["steps"]) & (df["expert"] >= 0)]
+    final = final[~final["metric"].isin(["jacobian_norm", "load", "excluded", "subspace_excluded"])]
+    rows = (["layer"] if final["layer"].nunique() > 1 else []) + ["metric", "reading"]
+    t = final.groupby(rows + ["arm"])["value"].mean().unstack("arm")
+    return t[[a for a in (x.value for x in Arm) if a in t.columns]]
+
+
+def perplexity_table(df: pd.DataFrame) -> pd.Series:
+    """The language model's final held-out perplexity per arm (mean over seeds), unigram included."""
+    final = df[(df["metric"] == "perplexity") & (df["step"] == df["steps"])]
+    return final.groupby("arm")["value"].mean()

@@ -1,0 +1,77 @@
+"""Routing-weighted PCA of the hidden states entering an expert (A.4, B.5)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..validate import check_expert_mass, check_finite, check_weights
+from .spectra import k_at, value_at
+
+
+@dataclass(frozen=True)
+class PCAResult:
+    """Weighted PCA of one or more experts (A.4/B.5); leading dims are the experts'."""
+
+    mean: torch.Tensor  # (*, D) weighted mean mu_e
+    eigenvalues: torch.Tensor  # (*, D) lambda_1 >= ... >= lambda_D of C_e
+    components: torch.Tensor | None = None  # (*, D, D) eigenvectors of C_e, column i for lambda_i (``vectors=True``)
+
+    @property
+    def explained_variance_ratio(self) -> torch.Tensor:
+        """e_i = lambda_i / sum_j lambda_j (A.4)."""
+        lam = self.eigenvalues.clamp_min(0)
+        return lam / lam.sum(-1, keepdim=True)
+
+    @property
+    def cumulative(self) -> torch.Tensor:
+        """E_k = sum_{i<=k} e_i (A.4)."""
+        return self.explained_variance_ratio.cumsum(-1)
+
+    def k_at(self, tau: float = 0.9) -> torch.Tensor:
+        """Components to reach ``tau`` cumulative variance (k@0.9, the paper's effective rank)."""
+        return k_at(self.cumulative, tau)
+
+    def cumvar_at(self, k: int = 10) -> torch.Tensor:
+        """Cumulative explained variance at k components (cum-var@10, B.5)."""
+        return value_at(self.cumulative, k)
+
+    def subspace(self, r: int) -> torch.Tensor:
+        """Orthonormal basis of the top-r principal subspace, the expert's local chart.
+
+        ``(*, D, r)``: the first r columns of ``components`` (eigenvalues lambda_1..lambda_r).
+        Only the span is defined, not the basis (eigenvector signs are arbitrary), and the span
+        itself is unique only when lambda_r > lambda_{r+1}. Feed it to ``moegeo.grassmann``.
+        """
+        if self.components is None:
+            raise ValueError("this PCA was computed without eigenvectors: call weighted_pca(h, w, vectors=True)")
+        D = self.components.shape[-1]
+        if not 1 <= r <= D:
+            raise ValueError(f"r must be in [1, D] = [1, {D}], got {r}")
+        return self.components[..., :r]
+
+
+def weighted_pca(h: torch.Tensor, w: torch.Tensor, *, vectors: bool = False) -> PCAResult:
+    """Weighted PCA with weighted mean and covariance normalised by N_e = sum w (A.4/B.5).
+
+    ``h: (*, N, D)`` hidden states, ``w: (*, N)`` non-negative sample weights (leading dims
+    broadcast, e.g. ``h: (N, D)`` shared with ``w: (E, N)``). Computed in float64.
+    Scaling all weights leaves the result unchanged. The eigenvalues come descending; with
+    ``vectors=True`` also their eigenvectors (``components: (*, D, D)``), whose leading columns
+    span the expert subspaces (eigenvectors cost several times the eigenvalues at large D).
+    """
+    check_finite(h=h)
+    check_weights("w", w)
+    if h.shape[-2] != w.shape[-1]:
+        raise ValueError(f"h has {h.shape[-2]} samples (shape {tuple(h.shape)}) but w has {w.shape[-1]} (shape {tuple(w.shape)})")
+    h, w = h.double(), w.double()
+    mass = w.sum(-1)
+    check_expert_mass(mass.reshape(-1))
+    p = w / mass[..., None]
+    mu = torch.einsum("...n,...nd->...d", p, h)
+    c = h - mu[..., None, :]
+    cov = torch.einsum("...n,...nd,...nk->...dk", p, c, c)
+    if not vectors:
+        return PCAResult(mean=mu, eigenvalues=torch.linalg.eigvalsh(cov).flip(-1))
+    eig, vec = torch.linalg.eigh(cov)  # ascending; flipped so column i belongs to lambda_i
+    return PCAResult(mean=mu, eigenvalues=eig.flip(-1), components=vec.flip(-1))

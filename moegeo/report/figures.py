@@ -1,0 +1,419 @@
+"""The report's figures (PNG, matplotlib imported lazily): the Dual Jacobian-PCA paper's Figures
+1A-D, 2A-B and 3, the language model's, the later papers' and the sensitivity maps."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..claims import Results
+from ..claims import geometric_asymmetry, routers_geometry, sensitivity
+from ..claims.dual_jacobian_pca import CLAIMS
+from ..config import Arm, JacobianSite, Norm, PCASite
+from ..frame import reading
+from ..probes import cosine_null
+
+OUTCOME_COLORS = {"holds": "tab:green", "fails": "tab:red", "negligible": "tab:olive", "undecided": "0.85",
+                  "not readable": "white"}
+
+
+ARM_COLORS = {"dense": "tab:gray", "dense_matched": "black", "topk": "tab:blue", "soft": "tab:orange"}
+
+
+def _band(ax, df: pd.DataFrame, x: str, label: str, color: str) -> None:
+    """Median over seeds (of expert means) with the 10-90% seed band."""
+    per = df.groupby(["seed", x])["value"].mean().unstack(x)
+    q = per.quantile([0.1, 0.5, 0.9])
+    ax.plot(q.columns, q.loc[0.5], color=color, label=label)
+    ax.fill_between(q.columns, q.loc[0.1], q.loc[0.9], color=color, alpha=0.2, lw=0)
+
+
+def _curves(axes, df, metric, readings_, arms, cumulative=False):
+    final = df[(df.metric == metric) & (df.step == df.steps)]
+    for ax, rd in zip(axes, readings_):
+        for arm in arms:
+            sel = final[(final.arm == arm) & (final.reading == rd)]
+            if cumulative:
+                sel = sel.sort_values("index").assign(value=lambda s: s.groupby(["seed", "expert"])["value"].cumsum())
+            _band(ax, sel, "index", arm, ARM_COLORS[arm])
+        ax.set_title(rd, fontsize=9)
+        ax.set_xlabel("component / direction")
+    axes[0].legend(fontsize=8)
+
+
+def make_figures(frames: dict, outdir: Path, verdicts: pd.DataFrame | None = None) -> dict[str, Path]:
+    """The paper's figures from our runs; returns {name: png path}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = frames["main"]
+    outdir.mkdir(parents=True, exist_ok=True)
+    arms = [a.value for a in Arm if a.value in set(df.arm)]
+    jac = [reading(jacobian=s) for s in JacobianSite]
+    sites = [reading(pca_site=s) for s in PCASite]
+    figs = {}
+
+    def save(fig, name):
+        fig.tight_layout()
+        figs[name] = outdir / f"{name}.png"
+        fig.savefig(figs[name], dpi=110)
+        plt.close(fig)
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), sharex=True)
+    traj = df[df.metric == "jacobian_norm"]
+    for ax, (site, norm) in zip(axes, [(s, n) for s in JacobianSite for n in Norm]):
+        rd = reading(jacobian=site, norm=norm)
+        for arm in arms:
+            _band(ax, traj[(traj.arm == arm) & (traj.reading == rd)], "step", arm, ARM_COLORS[arm])
+        ax.set_title(rd, fontsize=9)
+        ax.set_xlabel("training step")
+        ax.set_yscale("log")
+    axes[0].set_ylabel("expert-mean Jacobian norm")
+    axes[0].legend(fontsize=8)
+    save(fig, "fig1a_jacobian_norm_trajectory")
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    d = int(df.d_model.iloc[0])
+    null = cosine_null(d * d)
+    grid = np.linspace(-5 / d, 5 / d, 200)
+    final = int(df.steps.iloc[0])
+    for arm in ("topk", "soft"):
+        c = Results({"main": df}).cosines(arm, "jacobian=mean", final).value
+        if len(c):
+            ax.hist(c, bins=40, density=True, alpha=0.5, color=ARM_COLORS[arm], label=f"{arm} ({len(c)} pairs)")
+    ax.plot(grid, null.pdf(grid), "k--", label=f"independent random {d}x{d}")
+    ax.axvspan(-0.01, 0.015, color="green", alpha=0.1, label="paper: -0.01 to 0.015")
+    ax.set_xlabel("cos(vec J̄_e1, vec J̄_e2)")
+    ax.legend(fontsize=7)
+    save(fig, "fig1b_cross_expert_cosine")
+
+    for name, metric, cumulative in (("fig1c_jacobian_spectrum", "sigma", False), ("fig1d_jacobian_energy", "energy", False)):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        _curves(axes, df, metric, jac, arms, cumulative)
+        axes[0].set_ylabel(metric)
+        if metric == "sigma":
+            for ax in axes:
+                ax.set_yscale("log")
+        save(fig, name)
+
+    for name, cumulative, which in (("fig2a_explained_variance", False, arms), ("fig2b_cumulative_variance", True, arms)):
+        fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+        _curves(axes, df, "explained_variance", sites, which, cumulative)
+        for ax in axes:
+            ax.set_xscale("log")
+            if not cumulative:
+                ax.set_yscale("log")
+        axes[0].set_ylabel("cumulative explained variance" if cumulative else "explained-variance ratio")
+        save(fig, name)
+
+    fig, axes = plt.subplots(2, 4, figsize=(16, 6.6))
+    _curves(axes[0], df, "explained_variance", sites, ["topk", "soft"])
+    _curves(axes[1], df, "explained_variance", sites, ["topk", "soft"], cumulative=True)
+    for ax in axes.flat:
+        ax.set_xscale("log")
+    axes[0, 0].set_ylabel("explained-variance ratio")
+    axes[1, 0].set_ylabel("cumulative")
+    save(fig, "fig3_topk_vs_soft_pca")
+
+    if "lm" in frames:
+        make_lm_figures(frames["lm"], save)
+    if "routers" in frames and "lm" in frames:
+        make_router_figures(frames, save)
+    if "lm" in frames or "main" in frames:
+        make_asymmetry_figures(frames, save)
+
+    if verdicts is not None:
+        stepped = [c for c in CLAIMS if c.steps and c.frame == "main" and (verdicts.claim == c.id).any()]
+        cols = 4
+        fig, axes = plt.subplots(-(-len(stepped) // cols), cols, figsize=(16, 3.0 * -(-len(stepped) // cols)), squeeze=False)
+        for ax, c in zip(axes.flat, stepped):
+            s = _over_steps(verdicts, c.id)
+            ax.errorbar(s.step, s.effect, yerr=[s.effect - s.ci_low, s.ci_high - s.effect], marker="o", capsize=3)
+            ax.axhline(0 if c.kind == "direction" else c.bounds[0], color="gray", lw=0.8, ls="--")
+            if c.kind != "direction":
+                ax.axhline(c.bounds[1], color="gray", lw=0.8, ls="--")
+            ax.set_title(f"{c.id}: {c.title}", fontsize=8)
+            ax.set_xlabel("checkpoint (training step)")
+        for ax in list(axes.flat)[len(stepped):]:
+            ax.axis("off")
+        save(fig, "fig_claims_over_steps")
+    return figs
+
+
+def make_lm_figures(df: pd.DataFrame, save) -> None:
+    """The language model's figures, one panel per FFN layer: held-out perplexity and training
+    loss over training (with the unigram model), Jacobian norms over training, the singular
+    spectra, the cross-expert cosines and the weighted-PCA curves at the final step."""
+    import matplotlib.pyplot as plt
+
+    arms = [a.value for a in Arm if a.value in set(df.arm)]
+    layers = sorted(int(l) for l in set(df.layer) if l >= 0)
+    final = int(df.steps.iloc[0])
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, metric in zip(axes, ("perplexity", "loss")):
+        for arm in arms:
+            _band(ax, df[(df.arm == arm) & (df.metric == metric) & (df.layer == -1)], "step", arm, ARM_COLORS[arm])
+        ax.set_xlabel("training step")
+        ax.set_yscale("log")
+    unigram = df[(df.arm == "unigram") & (df.metric == "perplexity")].value.median()
+    axes[0].axhline(unigram, color="green", ls="--", label=f"unigram ({unigram:.0f})")
+    axes[0].set_ylabel("held-out perplexity")
+    axes[1].set_ylabel("training loss (nats)")
+    axes[0].legend(fontsize=8)
+    save(fig, "lm_perplexity")
+
+    panels = {
+        "lm_jacobian_norm": ("jacobian_norm", [reading(jacobian=JacobianSite.POINTWISE, norm=Norm.SPECTRAL),
+                                               reading(jacobian="effective", norm=Norm.SPECTRAL)], "step"),
+        "lm_jacobian_spectrum": ("sigma", [reading(jacobian=s) for s in JacobianSite], "index"),
+        "lm_pca_cumulative": ("explained_variance", [reading(pca_site=s) for s in (PCASite.INPUT, PCASite.HIDDEN)], "index"),
+    }
+    for name, (metric, readings_, x) in panels.items():
+        fig, axes = plt.subplots(len(readings_), len(layers), figsize=(4.2 * len(layers), 3.2 * len(readings_)), squeeze=False)
+        for row, rd in zip(axes, readings_):
+            for ax, layer in zip(row, layers):
+                sel = df[(df.metric == metric) & (df.reading == rd) & (df.layer == layer)]
+                if x == "index":
+                    sel = sel[sel.step == final]
+                if metric == "explained_variance":
+                    sel = sel.sort_values("index").assign(value=lambda t: t.groupby(["seed", "expert"]).value.cumsum())
+                for arm in arms:
+                    if (sel.arm == arm).any():
+                        _band(ax, sel[sel.arm == arm], x, arm, ARM_COLORS[arm])
+                ax.set_title(f"layer {layer}: {rd}", fontsize=9)
+                ax.set_xlabel("training step" if x == "step" else "component / direction")
+                if metric != "explained_variance":
+                    ax.set_yscale("log")
+                else:
+                    ax.set_xscale("log")
+        axes[0, 0].legend(fontsize=8)
+        save(fig, name)
+
+    fig, axes = plt.subplots(1, len(layers), figsize=(4.2 * len(layers), 3.4), squeeze=False)
+    d = int(df.d_model.iloc[0])
+    grid = np.linspace(-5 / d, 5 / d, 200)
+    for ax, layer in zip(axes[0], layers):
+        R = Results({"lm": df}).view("lm", layer)
+        for arm in ("topk", "soft"):
+            if arm in arms:
+                c = R.cosines(arm, "jacobian=mean", final).value
+                ax.hist(c, bins=40, density=True, alpha=0.5, color=ARM_COLORS[arm], label=f"{arm} ({len(c)} pairs)")
+        ax.plot(grid, cosine_null(d * d).pdf(grid), "k--", label=f"independent random {d}x{d}")
+        ax.set_title(f"layer {layer}: cross-expert cosine of mean Jacobians", fontsize=9)
+        ax.set_xlabel("cos(vec J̄_e1, vec J̄_e2)")
+    axes[0, 0].legend(fontsize=7)
+    save(fig, "lm_cross_expert_cosine")
+
+
+def make_router_figures(frames: dict, save) -> None:
+    """The routers paper's figures, for the first seed: each router's load per expert over
+    training (one panel per layer), its router-direction |cos| matrices, and router score against
+    the expert's activation norm for tokens routed to each expert."""
+    import matplotlib.pyplot as plt
+
+    routers = routers_geometry.ARMS
+    frame = {k: frames[routers_geometry.frame_of(k)] for k in routers}
+    seed = {k: int(df[df.arm == routers[k]].seed.min()) for k, df in frame.items()}
+    layers = sorted(int(l) for l in set(frames["routers"].layer) if l >= 0)
+
+    def rows(k, metric, **eq):
+        df = frame[k]
+        sel = (df.arm == routers[k]) & (df.metric == metric) & (df.seed == seed[k])
+        for col, v in eq.items():
+            sel &= df[col] == v
+        return df[sel]
+
+    fig, axes = plt.subplots(len(routers), len(layers), figsize=(4 * len(layers), 2.6 * len(routers)), squeeze=False,
+                             sharey=True)
+    for ax_row, k in zip(axes, routers):
+        for ax, layer in zip(ax_row, layers):
+            t = rows(k, "load_fraction", layer=layer).pivot_table(index="step", columns="expert", values="value")
+            ax.plot(t.index, t.to_numpy(), lw=1)
+            ax.axhline(1 / t.shape[1], color="k", ls="--", lw=0.8)
+            ax.set_title(f"{k}, layer {layer} (seed {seed[k]})", fontsize=9)
+        ax_row[0].set_ylabel("fraction of token slots")
+    for ax in axes[-1]:
+        ax.set_xlabel("training step")
+    save(fig, "routers_load_over_training")
+
+    fig, axes = plt.subplots(len(layers), len(routers), figsize=(3.4 * len(routers), 3.0 * len(layers)), squeeze=False)
+    for ax_row, layer in zip(axes, layers):
+        for ax, k in zip(ax_row, routers):
+            c = rows(k, "router_cosine", layer=layer)
+            c = c[c.step == c.steps].pivot_table(index="expert", columns="index", values="value").abs()
+            im = ax.imshow(c.to_numpy(), vmin=0, vmax=1, cmap="viridis")
+            ax.set_title(f"{k}, layer {layer}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.colorbar(im, ax=axes, shrink=0.6, label="|cos| between router directions")
+    save(fig, "routers_similarity_matrices")
+
+    fig, axes = plt.subplots(1, len(routers), figsize=(3.6 * len(routers), 3.2), squeeze=False)
+    layer = layers[len(layers) // 2]
+    for ax, k in zip(axes[0], routers):
+        s = rows(k, "sample_score", layer=layer)
+        a = rows(k, "sample_activation", layer=layer)
+        m = s.merge(a, on=["expert", "index", "step"], suffixes=("_s", "_a"))
+        m = m[m.step == m.steps_s]
+        ax.scatter(m.value_s, m.value_a, c=m.expert, cmap="tab10", s=6)
+        ax.set_title(f"{k}, layer {layer}", fontsize=9)
+        ax.set_xlabel("router score of the expert")
+    axes[0, 0].set_ylabel("||expert hidden activation||")
+    save(fig, "routers_score_vs_activation")
+
+
+def _over_steps(verdicts: pd.DataFrame, claim_id: str) -> pd.DataFrame:
+    """A claim's rows at its primary reading's other axes, one per checkpoint."""
+    v = verdicts[verdicts.claim == claim_id]
+    base = v[v.primary].reading.iloc[0].rsplit(";step=", 1)[0]
+    s = v[v.reading.str.rsplit(";step=", n=1).str[0] == base].copy()
+    s["step"] = s.reading.str.rsplit("step=", n=1).str[1].astype(int)
+    return s.sort_values("step")
+
+
+def make_asymmetry_figures(frames: dict, save) -> None:
+    """The asymmetry paper's figures at the final step, primary site and subspace (input, top 10):
+    the principal angles between expert subspaces against those of random subspaces, and per
+    seed (and LM layer) the functional alignment against the subspace distance, each relative to
+    its chance level."""
+    import matplotlib.pyplot as plt
+
+    from ..probes import grassmann
+
+    ga, rd = geometric_asymmetry, "pca_site=input;subspace=r10"
+    settings = [(s, n) for s, n in (("language model", "lm"), ("MLP-MoE", "main")) if n in frames]
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.2 * len(settings), 3.6), squeeze=False)
+    for ax, (title, name) in zip(axes[0], settings):
+        df = frames[name]
+        df = df[(df.step == df.steps) & (df.reading == rd) & df.metric.str.startswith("angle@") & (df.expert < df["index"])]
+        for arm in ga.MOE:
+            a = df[df.arm == arm].value
+            ax.hist(np.degrees(a), bins=45, range=(0, 90), density=True, alpha=0.5, color=ARM_COLORS[arm],
+                    label=f"{arm} ({len(a)} angles)")
+        D = int(frames[name].d_model.iloc[0])
+        null = grassmann.random_subspace_null(D, 10, n_samples=2000)
+        ax.hist(np.degrees(null.angles.flatten().numpy()), bins=45, range=(0, 90), density=True, histtype="step",
+                color="black", ls="--", label=f"random 10-dim subspaces of R^{D}")
+        ax.set_title(f"{title}: principal angles between expert subspaces", fontsize=9)
+        ax.set_xlabel("principal angle [degrees]")
+    axes[0, 0].legend(fontsize=7)
+    save(fig, "asymmetry_principal_angles")
+
+    fig, ax = plt.subplots(figsize=(6, 4.4))
+    for (title, name), marker in zip(settings, ("o", "s")):
+        layers = sorted(int(l) for l in set(frames[name].layer) if l >= 0)
+        for layer in layers:
+            R = Results(frames).view(name, layer) if name == "lm" else Results(frames)
+            for arm in ga.MOE:
+                fun = ga.alignment(R, arm, {}) / ga.alignment_chance(R)
+                geo = ga.mean_over_pairs(R, arm, "geodesic", rd, {}) / ga.mean_over_pairs(R, arm, "geodesic_null", rd, {})
+                ax.scatter(fun, geo.reindex(fun.index), s=14, marker=marker, color=ARM_COLORS[arm], alpha=0.6,
+                           label=f"{title}, {arm}" if layer == layers[0] else None)
+    ax.axvline(1, color="gray", ls="--", lw=0.8)
+    ax.axhline(1, color="gray", ls="--", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("functional alignment: mean |cos| of J̄_e / its chance level")
+    ax.set_ylabel("mean geodesic distance\n/ random-subspace mean")
+    ax.set_title("one point per seed (and LM layer); chance at 1 on both axes", fontsize=9)
+    ax.legend(fontsize=7)
+    save(fig, "asymmetry_alignment_vs_distance")
+
+
+def _centre_slice(tab: pd.DataFrame, centre, free: tuple[str, ...]) -> pd.DataFrame:
+    """The rows whose axes other than ``free`` are at the centre's values."""
+    keep = np.ones(len(tab), dtype=bool)
+    for axis in sensitivity.AXES:
+        if axis not in free:
+            keep &= np.isclose(tab[axis].to_numpy(dtype=float), float(getattr(centre, axis)))
+    return tab[keep]
+
+
+def sensitivity_figures(tab: pd.DataFrame, grid, outdir: Path) -> dict[str, Path]:
+    """The overview (every claim's grid-corrected outcome at every point) and, per claim, the heat
+    map of its statistic over E x k at the final step and its statistic against each axis (the
+    other axes at the centre, one line per checkpoint); PNGs in ``outdir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    by_id = {c.id: c for c in sensitivity.IN_GRID}
+    claims = list(dict.fromkeys(tab.claim))
+    points = grid.points()
+    codes = list(OUTCOME_COLORS)
+    out = {}
+
+    mat = np.full((len(claims), len(points)), codes.index("not readable"))
+    for r in tab.itertuples():
+        mat[claims.index(r.claim), points.index((r.config, r.step))] = codes.index(sensitivity.outcome(r.grid_verdict, r.verdict))
+    fig, ax = plt.subplots(figsize=(1.6 + 0.32 * len(points), 1.2 + 0.28 * len(claims)))
+    ax.imshow(mat, cmap=ListedColormap(list(OUTCOME_COLORS.values())), vmin=0, vmax=len(codes) - 1, aspect="auto")
+    ax.set_xticks(range(len(points)), [f"{c} @{s}" for c, s in points], rotation=90, fontsize=7)
+    ax.set_yticks(range(len(claims)), claims, fontsize=7)
+    ax.set_xticks(np.arange(len(points)) - 0.5, minor=True)
+    ax.set_yticks(np.arange(len(claims)) - 0.5, minor=True)
+    ax.grid(which="minor", color="white", linewidth=0.5)
+    ax.tick_params(which="minor", length=0)
+    for code, color in OUTCOME_COLORS.items():
+        ax.scatter([], [], marker="s", color=color, edgecolor="0.5", label=code)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+    ax.set_title(f"grid {grid.name}: where each claim holds\n(exploratory; Holm across the grid per claim and per point)", fontsize=8)
+    fig.tight_layout()
+    out["overview"] = outdir / f"sensitivity_{grid.name}_overview.png"
+    fig.savefig(out["overview"], dpi=110)
+    plt.close(fig)
+
+    centre = grid.configs["centre"]
+    axes_run = [a for a in sensitivity.AXES if _centre_slice(tab, centre, (a,))[a].nunique() > 1]
+    for cid in claims:
+        c, t = by_id[cid], tab[tab.claim == cid]
+        fig, axs = plt.subplots(1, 1 + len(axes_run), figsize=(3.2 * (1 + len(axes_run)), 3.0))
+        axs = np.atleast_1d(axs)
+        heat = _centre_slice(t, centre, ("n_experts", "top_k"))
+        heat = heat[heat.step == heat.steps]
+        E, k = sorted(set(heat.n_experts)), sorted(set(heat.top_k))
+        val = np.full((len(E), len(k)), np.nan)
+        for r in heat.itertuples():
+            i, j = E.index(r.n_experts), k.index(r.top_k)
+            val[i, j] = r.effect
+            mark = sensitivity.outcome(r.grid_verdict, r.verdict).replace("undecided", "")
+            axs[0].text(j, i, f"{r.effect:.3g}\n{mark}", ha="center", va="center", fontsize=7)
+        im = axs[0].imshow(val, cmap="viridis", aspect="auto")
+        fig.colorbar(im, ax=axs[0], fraction=0.05)
+        axs[0].set_xticks(range(len(k)), k)
+        axs[0].set_yticks(range(len(E)), E)
+        axs[0].set(xlabel="k", ylabel="E", title=f"{cid} at the final step")
+        for ax, axis in zip(axs[1:], axes_run):
+            line = _centre_slice(t, centre, (axis,))
+            for step, g in line.groupby("step"):
+                g = g.sort_values(axis)
+                err = np.vstack([g.effect - g.ci_low, g.ci_high - g.effect])
+                shown = ax.errorbar(g[axis], g.effect, yerr=err, capsize=2, label=f"step {step}", alpha=0.8)
+                outcomes = np.array([sensitivity.outcome(gv, v) for gv, v in zip(g.grid_verdict, g.verdict)])
+                for call, marker, face in (("holds", "o", None), ("fails", "x", None), ("negligible", "s", "white"),
+                                           ("undecided", "o", "white")):
+                    pts = g[outcomes == call]
+                    ax.scatter(pts[axis], pts.effect, marker=marker, color=shown.lines[0].get_color(), zorder=3,
+                               **({"facecolor": face} if face else {}))
+            bounds = c.bounds if c.kind != "direction" else (0.0,)
+            for b in bounds:
+                ax.axhline(b, color="0.4", linestyle=":", linewidth=0.8)
+            if axis == "lr":
+                ax.set_xscale("log")
+            ticks = sorted(set(line[axis]))
+            ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
+            ax.minorticks_off()
+            ax.set(xlabel=sensitivity.LABELS[axis], title=f"{cid} against {sensitivity.LABELS[axis]}")
+        axs[1 if len(axs) > 1 else 0].legend(fontsize=6, title="filled: holds, x: fails, square: negligible", title_fontsize=6)
+        fig.suptitle(f"{cid} {c.title}: {c.statistic} (median over seeds, exact CI)", fontsize=8)
+        fig.subplots_adjust(left=0.05, right=0.98, bottom=0.17, top=0.8, wspace=0.5)  # tight_layout: 3x slower
+        out[cid] = outdir / f"sensitivity_{grid.name}_{cid}.png"
+        fig.savefig(out[cid], dpi=80)
+        plt.close(fig)
+    return out

@@ -1,0 +1,104 @@
+"""Writing REPORT.md: its sections between markers, atomic writes, the run's provenance and the
+number and table formats every section shares."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .._version import __version__
+
+#: the sections of REPORT.md that other commands own: ``pytest --benchmark-only`` and the sensitivity grid
+BENCHMARK_MARKERS = ("<!-- benchmarks:begin -->", "<!-- benchmarks:end -->")
+SENSITIVITY_MARKERS = ("<!-- sensitivity:begin -->", "<!-- sensitivity:end -->")
+
+
+def splice(existing: str, section: str, markers: tuple[str, str] = BENCHMARK_MARKERS) -> str:
+    """Replace (or append) the section of a report between ``markers`` (default: the benchmark
+    section's), leaving the rest of the report as it is."""
+    begin, end = markers
+    if begin in existing and end in existing:
+        head, rest = existing.split(begin, 1)
+        return head + section.rstrip("\n") + rest.split(end, 1)[1]
+    return existing.rstrip("\n") + "\n\n" + section
+
+
+def existing_section(text: str, markers: tuple[str, str] = BENCHMARK_MARKERS) -> str:
+    """The section of a report between ``markers`` (default: the benchmark section's), or ''."""
+    begin, end = markers
+    if begin in text and end in text:
+        return begin + text.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
+    return ""
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def _git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        # the report's own outputs (REPORT*.md, figures*/) are being rewritten by this very run
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!REPORT*.md",
+                                ":!figures*"], capture_output=True, text=True).stdout.strip()
+        return rev + (" (with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _versions() -> str:
+    import matplotlib
+    import scipy
+    import torch
+
+    return (f"moegeo {__version__}, Python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
+            f"scipy {scipy.__version__}, pandas {pd.__version__}, matplotlib {matplotlib.__version__}")
+
+
+def _cpu() -> str:
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}; {os.cpu_count()} logical CPUs; torch threads {torch.get_num_threads()}"
+
+
+def _seed_range(n: pd.Series) -> str:
+    """'10' or '10-12': the numbers of seeds behind a set of tests."""
+    lo, hi = int(n.min()), int(n.max())
+    return str(hi) if lo == hi else f"{lo}-{hi}"
+
+
+def _fmt(x: float) -> str:
+    return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3g}"
+
+
+def _tally(v: pd.DataFrame) -> str:
+    return ", ".join(f"{n} {k}" for k, n in v.verdict.value_counts().items())
+
+
+def _verdict_table(prim: pd.DataFrame, by_id: dict) -> list[str]:
+    out = ["| claim | the paper says | primary reading | statistic: median [exact CI] | seeds | rule | Holm p | verdict |",
+           "|---|---|---|---|---|---|---|---|"]
+    for row in prim.itertuples():
+        c = by_id[row.claim]
+        out.append(f"| {c.id} {c.title} | \"{c.quote}\" ({c.source}) | `{row.reading}` | {c.statistic}: {_fmt(row.effect)} "
+                   f"[{_fmt(row.ci_low)}, {_fmt(row.ci_high)}] | {row.n_claimed}/{row.n} | {c.rule()} | "
+                   f"{_fmt(min(row.p_adj, row.p_opposite_adj))} | **{row.verdict}** |")
+    return out
