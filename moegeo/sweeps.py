@@ -42,6 +42,22 @@ into an executor) or as an object:
 An object is any executor with ``submit(fn, *args)`` returning futures: a
 ``concurrent.futures.Executor``, a ``distributed.Client`` (its ``get_executor()`` is used), or a
 submitit executor configured as you like (its jobs are polled).
+
+Faults. An executor that cannot run the tasks is an ``ExecutorError`` naming the executor and
+what to check, not a hang or a raw traceback:
+
+- a Dask scheduler that cannot be reached within ``DASK_CONNECT_TIMEOUT`` seconds
+  (``$MOEGEO_DASK_CONNECT_TIMEOUT``), or that has no worker within ``DASK_WORKER_TIMEOUT``
+  seconds (``$MOEGEO_DASK_WORKER_TIMEOUT``, or ``open_executor(worker_timeout=...)``);
+- a worker process that dies mid-task (the out-of-memory killer, ``kill -9``: a
+  ``BrokenProcessPool``; a Dask ``KilledWorker``). The tasks finished before are stored in
+  the cache (with ``cache=True``), so a rerun computes only the rest.
+
+A ``processes[:N]`` pool stops its workers when the sweep ends in any way: on an error or
+Ctrl-C, and on SIGTERM (Slurm's pre-emption), which while the pool is open stops the workers
+and then exits with status 143 (or calls the SIGTERM handler that was installed before). Its
+workers also exit by themselves within ``PARENT_POLL_SECONDS`` when the sweep's process dies
+(SIGKILL included), so none is left orphaned.
 """
 from __future__ import annotations
 
@@ -51,6 +67,8 @@ import dataclasses
 import importlib
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +100,33 @@ POLL_SECONDS = 1.0
 #: ``pytest claims/`` (the main MLP config, 24 seeds) takes about 12 minutes on one core of the reference machine,
 #: and the whole claims run peaked at 5.8 GB with two tasks at once
 SLURM_PARAMETERS = dict(cpus_per_task=1, timeout_min=120, mem_gb=8)
+#: seconds to wait for a Dask scheduler to answer (``$MOEGEO_DASK_CONNECT_TIMEOUT`` overrides)
+DASK_CONNECT_TIMEOUT = 30.0
+#: seconds to wait for a Dask scheduler to have at least one worker (``$MOEGEO_DASK_WORKER_TIMEOUT`` overrides)
+DASK_WORKER_TIMEOUT = 60.0
+#: seconds between a pool worker's checks that the process that started it is alive
+PARENT_POLL_SECONDS = 0.25
+#: seconds a stopped pool worker is given to exit after SIGTERM before it is sent SIGKILL
+STOP_GRACE_SECONDS = 2.0
+
+
+class ExecutorError(RuntimeError):
+    """An executor could not run the sweep's tasks: a scheduler that cannot be reached or has no
+    worker, a worker that died mid-task. The message names the executor and what to check."""
+
+
+def _seconds(env: str, default: float) -> float:
+    """A timeout in seconds from the environment variable ``env`` (a number > 0), else ``default``."""
+    text = os.environ.get(env)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ValueError(f"{env} must be a number of seconds > 0, got {text!r}")
+    return value
 
 
 # --------------------------------------------------------------------------- tasks
@@ -235,22 +280,107 @@ def _require(module: str, extra: str, spec) -> Any:
 @dataclass
 class Handle:
     """An open executor: ``submit(fn, *args)`` gives futures; at most ``in_flight`` of them are
-    outstanding at once (None: all tasks are submitted at once)."""
+    outstanding at once (None: all tasks are submitted at once). ``spec``: the spec string it was
+    opened from (None for an executor object)."""
 
     executor: Any
     name: str
     in_flight: int | None = None
+    spec: str | None = None
+
+    def describe(self) -> str:
+        """The executor as an error message names it."""
+        return f"executor {self.spec!r} ({self.name})" if self.spec else f"executor {self.name}"
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Pool worker initializer: a daemon thread ends this process (``os._exit``) as soon as its
+    parent is no longer ``parent`` (the sweep's process died, even by SIGKILL, and this one was
+    reparented)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="moegeo-exit-with-parent", daemon=True).start()
+
+
+def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Terminate the pool's worker processes (SIGTERM, then SIGKILL after ``STOP_GRACE_SECONDS``)
+    and wait for them. Takes no lock of the pool, so a signal handler may call it. Reads the
+    pool's ``_processes`` (Python before 3.14 has no public way to stop a pool's workers)."""
+    procs = [p for p in list((getattr(pool, "_processes", None) or {}).values()) if p.is_alive()]
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.terminate()
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+                p.join(STOP_GRACE_SECONDS)
 
 
 @contextlib.contextmanager
-def open_executor(executor="serial", n_tasks: int | None = None) -> Iterator[Handle]:
+def _stop_workers_on_sigterm(pool: concurrent.futures.ProcessPoolExecutor) -> Iterator[None]:
+    """While open, SIGTERM stops the pool's workers, restores the previous SIGTERM handler, then
+    calls it if it is a Python function or else raises ``SystemExit(143)``. Installed only in the
+    main thread and where SIGTERM is not ignored; the previous handler is restored on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is None or previous == signal.SIG_IGN:  # set outside Python (cannot be restored), or ignored
+        yield
+        return
+
+    def on_sigterm(signum, frame):
+        _stop_workers(pool)
+        signal.signal(signal.SIGTERM, previous)
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGTERM) is on_sigterm:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _wait_for_workers(client, where: str, timeout: float) -> None:
+    """Wait until the Dask scheduler of ``client`` has a worker, or raise ``ExecutorError``."""
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except TimeoutError as err:
+        raise ExecutorError(
+            f"{where}: the Dask scheduler has no worker after {timeout:g} s. Start workers for it (dask worker "
+            f"ADDRESS --nthreads 1), check that they can reach the scheduler (its address, a firewall), or wait "
+            f"longer with MOEGEO_DASK_WORKER_TIMEOUT=SECONDS") from err
+
+
+@contextlib.contextmanager
+def open_executor(executor="serial", n_tasks: int | None = None,
+                  worker_timeout: float | None = None) -> Iterator[Handle]:
     """An executor from a spec string (see the module docstring) or an executor object, open
     for the duration of the ``with`` block; what this function started it also stops (a
-    process pool, a Dask client and its ``LocalCluster``). ``n_tasks`` caps the local workers
-    started. Optional packages are imported only here, and a missing one is an ``ImportError``
-    naming the extra that installs it."""
+    process pool and its worker processes, a Dask client and its ``LocalCluster``). ``n_tasks``
+    caps the local workers started. Optional packages are imported only here, and a missing one
+    is an ``ImportError`` naming the extra that installs it.
+
+    A Dask scheduler (``dask://`` or a ``distributed.Client``) must answer within
+    ``DASK_CONNECT_TIMEOUT`` seconds and have a worker within ``worker_timeout`` seconds (None:
+    ``$MOEGEO_DASK_WORKER_TIMEOUT``, else ``DASK_WORKER_TIMEOUT``), or this raises
+    ``ExecutorError``. A process pool's workers are stopped on SIGTERM and exit if this process
+    dies (module docstring)."""
+    if worker_timeout is None:
+        worker_timeout = _seconds("MOEGEO_DASK_WORKER_TIMEOUT", DASK_WORKER_TIMEOUT)
     if not isinstance(executor, str):
-        yield _wrap(executor)
+        yield _wrap(executor, worker_timeout)
         return
     spec = parse_executor(executor)
 
@@ -259,22 +389,34 @@ def open_executor(executor="serial", n_tasks: int | None = None) -> Iterator[Han
         return min(n, n_tasks) if n_tasks else n
 
     if spec.kind == "serial":
-        yield Handle(SerialExecutor(), "serial", in_flight=1)
+        yield Handle(SerialExecutor(), "serial", in_flight=1, spec=str(spec))
     elif spec.kind == "processes":
         n = local_workers()
-        pool = concurrent.futures.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
-        try:
-            yield Handle(pool, f"{n} processes")
-        except BaseException:  # an error or Ctrl-C: don't wait for the running tasks
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
+        pool = concurrent.futures.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
+                                                      initializer=_exit_with_parent, initargs=(os.getpid(),))
+        with _stop_workers_on_sigterm(pool):
+            try:
+                yield Handle(pool, f"{n} processes", spec=str(spec))
+            except BaseException:  # an error, Ctrl-C or SIGTERM: stop the running tasks, don't wait for them
+                _stop_workers(pool)
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
     elif spec.kind in ("dask", "dask-local"):
         distributed = _require("distributed", "dask", spec)
         with contextlib.ExitStack() as stack:
             if spec.kind == "dask":
-                client = stack.enter_context(distributed.Client(spec.arg))
+                connect = _seconds("MOEGEO_DASK_CONNECT_TIMEOUT", DASK_CONNECT_TIMEOUT)
+                try:
+                    client = stack.enter_context(distributed.Client(spec.arg, timeout=connect))
+                except OSError as err:  # TimeoutError included
+                    raise ExecutorError(
+                        f"executor {str(spec)!r}: cannot reach the Dask scheduler at {spec.arg} within {connect:g} s "
+                        f"({err}). Check that a scheduler runs there (dask scheduler --port PORT), the host name and "
+                        f"port, a firewall between here and it, the protocol (tcp://, tls:// with its security "
+                        f"settings); MOEGEO_DASK_CONNECT_TIMEOUT=SECONDS waits longer") from err
                 name = f"dask scheduler {spec.arg}"
+                _wait_for_workers(client, f"executor {str(spec)!r}", worker_timeout)
             else:
                 n = local_workers()
                 # no memory limit: the nanny would pause a worker at 80% of RAM / n and kill it at 95%,
@@ -284,25 +426,27 @@ def open_executor(executor="serial", n_tasks: int | None = None) -> Iterator[Han
                     dashboard_address="127.0.0.1:0"))
                 client = stack.enter_context(distributed.Client(cluster))
                 name = f"dask LocalCluster of {n} workers"
-            yield Handle(client.get_executor(pure=False), name)
+            yield Handle(client.get_executor(pure=False), name, spec=str(spec))
     elif spec.kind == "slurm":
         submitit = _require("submitit", "slurm", spec)
         folder = Path(os.environ.get("MOEGEO_SUBMITIT_DIR", cache_mod.cache_dir() / "submitit"))
         ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
         params = dict(SLURM_PARAMETERS, **({"slurm_partition": spec.arg} if spec.arg else {}))
         ex.update_parameters(**params)
-        yield Handle(ex, f"slurm{':' + spec.arg if spec.arg else ''} (submitit, logs in {folder})")
+        yield Handle(ex, f"slurm{':' + spec.arg if spec.arg else ''} (submitit, logs in {folder})", spec=str(spec))
     else:  # pragma: no cover - parse_executor knows every kind
         raise AssertionError(spec)
 
 
-def _wrap(executor) -> Handle:
-    """An executor object as a Handle (a Dask client through its concurrent.futures facade)."""
+def _wrap(executor, worker_timeout: float) -> Handle:
+    """An executor object as a Handle (a Dask client through its concurrent.futures facade, once
+    its scheduler has a worker)."""
     if not hasattr(executor, "submit"):
         raise TypeError(f"an executor must have submit(fn, *args) (a concurrent.futures.Executor, a "
                         f"distributed.Client, a submitit executor), got {type(executor).__name__}")
     if hasattr(executor, "get_executor") and type(executor).__module__.startswith("distributed"):
         address = getattr(getattr(executor, "scheduler", None), "address", "?")
+        _wait_for_workers(executor, f"dask scheduler {address}", worker_timeout)
         return Handle(executor.get_executor(pure=False), f"dask scheduler {address}")
     return Handle(executor, type(executor).__name__, in_flight=1 if isinstance(executor, SerialExecutor) else None)
 
@@ -319,6 +463,11 @@ def _wait_first(pending: set) -> set:
         time.sleep(POLL_SECONDS)
 
 
+def _worker_died(err: BaseException) -> bool:
+    """Whether a task's error says its worker died (rather than the task raising)."""
+    return isinstance(err, concurrent.futures.BrokenExecutor) or type(err).__name__ == "KilledWorker"
+
+
 def execute(handle: Handle, todo: list[Task], progress: bool | None = None,
             desc: str = "sweep") -> Iterator[tuple[Task, pd.DataFrame, float]]:
     """Run ``compute_task`` for every task on ``handle``; yield ``(task, frame, seconds)`` as each
@@ -326,16 +475,26 @@ def execute(handle: Handle, todo: list[Task], progress: bool | None = None,
     started are cancelled, but those already running are waited for and yielded (so the caller
     stores their work), then the first error is raised. Ctrl-C cancels what it can and returns at
     once. ``progress``: a tqdm bar of tasks done out of ``len(todo)`` with an ETA (None: only on a
-    terminal; False: never)."""
+    terminal; False: never).
+
+    A worker that dies mid-task (``BrokenProcessPool`` and other ``BrokenExecutor``, Dask's
+    ``KilledWorker``) is raised as an ``ExecutorError`` naming the executor and the tasks it
+    left unfinished, from the original error; the tasks yielded before are the caller's to keep."""
     queue = list(reversed(todo))
     pending: dict[Any, Task] = {}
     failed: BaseException | None = None
+    lost: list[Task] = []  # tasks whose worker died
+    finished = 0
     bar = tqdm(total=len(todo), desc=desc, unit="task", disable=None if progress is None else not progress)
     try:
         while queue or pending:
             while failed is None and queue and (handle.in_flight is None or len(pending) < handle.in_flight):
                 task = queue.pop()
-                pending[handle.executor.submit(compute_task, task.cfg, task.key)] = task
+                try:
+                    pending[handle.executor.submit(compute_task, task.cfg, task.key)] = task
+                except concurrent.futures.BrokenExecutor as err:  # broken before this task could be sent
+                    failed = failed or err
+                    lost.append(task)
             if failed is not None:
                 queue.clear()
                 for future in [f for f in pending if f.cancel()]:  # not started: dropped
@@ -348,11 +507,23 @@ def execute(handle: Handle, todo: list[Task], progress: bool | None = None,
                     frame, seconds = future.result()
                 except Exception as err:  # keep the first; let the running ones finish and be stored
                     failed = failed or err
+                    if _worker_died(err):
+                        lost.append(task)
                     continue
                 bar.set_postfix_str(f"{task.name}[{task.index}] {seconds:.0f} s", refresh=False)
                 bar.update(1)
+                finished += 1
                 yield task, frame, seconds
         if failed is not None:
+            if _worker_died(failed):
+                unfinished = ", ".join(f"{t.name}[{t.index}]" for t in lost)
+                raise ExecutorError(
+                    f"a worker of {handle.describe()} died, task(s) {unfinished} unfinished "
+                    f"({type(failed).__name__}: {failed}): it was killed (the out-of-memory killer, a job's memory or "
+                    f"time limit, kill -9) or crashed. The {finished} task(s) that finished before it were returned "
+                    f"(a sweep has cached them): run the sweep again to compute the rest. Check the memory each "
+                    f"worker needs against the machine's (fewer workers: processes:N with a smaller N) and the "
+                    f"system log (dmesg) for the out-of-memory killer") from failed
             raise failed
     finally:
         for future in pending:
@@ -391,8 +562,12 @@ def sweep(grid, executor="serial", chunk: int | None = None, cache: bool = True,
 
     With ``cache`` (default), tasks already in the cache are read, not computed, and every task
     computed is stored the moment it returns, so an interrupted sweep resumes where it stopped;
-    the executor is not even opened when every task is cached. Identical tasks (same key) are
-    computed once. Returns a ``SweepResult``.
+    the executor is not even opened when every task is cached. A task whose entry cannot be
+    written (a read-only cache, a full disk) is kept in the result, with a ``CacheWarning``.
+    Identical tasks (same key) are computed once. Returns a ``SweepResult``.
+
+    Raises ``ExecutorError`` when the executor cannot run the tasks (module docstring, Faults),
+    after storing every task finished before; a task's own error is raised as it is.
     """
     plan = tasks(grid, chunk)
     names = list(dict.fromkeys(t.name for t in plan))
@@ -417,7 +592,7 @@ def sweep(grid, executor="serial", chunk: int | None = None, cache: bool = True,
             desc = f"sweep on {handle.name}" + (f" ({len(result.cached)} cached)" if result.cached else "")
             for t, frame, secs in execute(handle, todo, progress, desc):
                 if cache:
-                    cache_mod.store(t.key, frame)
+                    cache_mod.try_store(t.key, frame)
                 done[t.key], seconds[t.key] = frame, secs
                 result.computed.append(t)
     for name in names:

@@ -98,9 +98,9 @@ def test_cache_is_reused_and_corrupt_entries_are_recomputed(monkeypatch):
     monkeypatch.setattr(experiment, "_compute", lambda *a: calls.append(1) or real(*a))
     pd.testing.assert_frame_equal(experiment.run(TINY, progress=False), first)
     assert calls == []
-    path = cache.cache_dir() / f"{TINY.key()}.pkl"
+    path = cache.entry_path(TINY.key())
     path.write_bytes(path.read_bytes()[:-10])  # truncated write
-    with pytest.warns(UserWarning, match="corrupt"):
+    with pytest.warns(cache.CacheWarning, match="is not used"):
         again = experiment.run(TINY, progress=False)
     assert calls == [1]
     pd.testing.assert_frame_equal(again, first)
@@ -109,8 +109,8 @@ def test_cache_is_reused_and_corrupt_entries_are_recomputed(monkeypatch):
 def test_entry_stored_under_another_key_is_not_trusted():
     other = dataclasses.replace(TINY, steps=21)
     cache.store(TINY.key(), pd.DataFrame({"x": [1]}))
-    (cache.cache_dir() / f"{TINY.key()}.pkl").rename(cache.cache_dir() / f"{other.key()}.pkl")
-    with pytest.warns(UserWarning, match="holds key"):
+    cache.entry_path(TINY.key()).rename(cache.entry_path(other.key()))
+    with pytest.warns(cache.CacheWarning, match="holds key"):
         assert cache.load(other.key()) is None
 
 
