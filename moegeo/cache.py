@@ -61,7 +61,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import __version__
+from ._version import __version__
 
 #: the entry format this module writes and reads
 FORMAT = "moegeo-cache/2"

@@ -159,7 +159,7 @@ def named_grid(grid) -> dict[str, RunConfig]:
     return {str(name): cfg for name, cfg in grid.items()}
 
 
-def tasks(grid, chunk: int | None = None) -> list[Task]:
+def tasks(grid, *, chunk: int | None = None) -> list[Task]:
     """The tasks of ``grid`` (see ``named_grid``), config by config in the grid's order.
 
     ``chunk``: seeds per task, consecutive in the config's seed order; None (default) makes one
@@ -364,7 +364,7 @@ def _wait_for_workers(client, where: str, timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def open_executor(executor="serial", n_tasks: int | None = None,
+def open_executor(executor="serial", *, n_tasks: int | None = None,
                   worker_timeout: float | None = None) -> Iterator[Handle]:
     """An executor from a spec string (see the module docstring) or an executor object, open
     for the duration of the ``with`` block; what this function started it also stops (a
@@ -468,7 +468,7 @@ def _worker_died(err: BaseException) -> bool:
     return isinstance(err, concurrent.futures.BrokenExecutor) or type(err).__name__ == "KilledWorker"
 
 
-def execute(handle: Handle, todo: list[Task], progress: bool | None = None,
+def execute(handle: Handle, todo: list[Task], *, progress: bool | None = None,
             desc: str = "sweep") -> Iterator[tuple[Task, pd.DataFrame, float]]:
     """Run ``compute_task`` for every task on ``handle``; yield ``(task, frame, seconds)`` as each
     finishes (any order). When a task fails, nothing more is submitted and the tasks not yet
@@ -554,7 +554,7 @@ class SweepResult:
         return pd.concat([df.assign(config=name) for name, df in self.frames.items()], ignore_index=True)
 
 
-def sweep(grid, executor="serial", chunk: int | None = None, cache: bool = True,
+def sweep(grid, *, executor="serial", chunk: int | None = None, cache: bool = True,
           progress: bool | None = None) -> SweepResult:
     """Compute every config of ``grid`` (name -> config, a list of configs, or one config) as
     independent tasks of ``chunk`` seeds (None: all seeds of a config, one task per config) on
@@ -569,7 +569,7 @@ def sweep(grid, executor="serial", chunk: int | None = None, cache: bool = True,
     Raises ``ExecutorError`` when the executor cannot run the tasks (module docstring, Faults),
     after storing every task finished before; a task's own error is raised as it is.
     """
-    plan = tasks(grid, chunk)
+    plan = tasks(grid, chunk=chunk)
     names = list(dict.fromkeys(t.name for t in plan))
     if isinstance(executor, str):
         parse_executor(executor)  # a bad spec fails before anything is loaded or computed
@@ -590,7 +590,7 @@ def sweep(grid, executor="serial", chunk: int | None = None, cache: bool = True,
     if todo:
         with open_executor(executor, n_tasks=len(todo)) as handle:
             desc = f"sweep on {handle.name}" + (f" ({len(result.cached)} cached)" if result.cached else "")
-            for t, frame, secs in execute(handle, todo, progress, desc):
+            for t, frame, secs in execute(handle, todo, progress=progress, desc=desc):
                 if cache:
                     cache_mod.try_store(t.key, frame)
                 done[t.key], seconds[t.key] = frame, secs

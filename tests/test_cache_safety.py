@@ -23,7 +23,7 @@ import pytest
 
 import moegeo
 from moegeo import ExperimentConfig, cache, experiment
-from moegeo.__main__ import main
+from moegeo.cli import main
 
 TINY = ExperimentConfig(n_experts=4, d_model=8, d_hidden=16, n_samples=64, steps=20, record_every=10,
                         trajectory_points=16, seeds=(0, 1))
@@ -499,5 +499,5 @@ def test_the_sweep_keeps_results_it_cannot_cache(monkeypatch):
     cfg = dataclasses.replace(TINY, steps=10, record_every=5, seeds=(0, 1))
     monkeypatch.setattr(cache, "os", FullDisk())
     with pytest.warns(cache.CacheWarning, match="cannot write cache entry"):
-        res = sweeps.sweep(cfg, "serial", chunk=1, progress=False)
+        res = sweeps.sweep(cfg, executor="serial", chunk=1, progress=False)
     assert len(res.computed) == 2 and set(res.frames["0"].seed) == {0, 1}

@@ -83,7 +83,7 @@ from moegeo import ExperimentConfig, Arm, sweeps
 sweeps.compute_task = moegeo_faulty_task.compute
 cfg = ExperimentConfig(n_experts=4, d_model=8, d_hidden=16, n_samples=64, steps=10, record_every=5,
                        trajectory_points=16, seeds=(0, 1), arms=(Arm.TOPK,))
-sweeps.sweep(cfg, "processes:2", chunk=1, progress=False)
+sweeps.sweep(cfg, executor="processes:2", chunk=1, progress=False)
 """
 
 
@@ -150,7 +150,7 @@ def test_a_pool_worker_killed_mid_task_is_a_clear_error_and_finished_tasks_stay_
     killer = threading.Thread(target=kill_the_slow_worker, daemon=True)
     killer.start()
     with pytest.raises(sweeps.ExecutorError, match=r"a worker of executor 'processes:2' \(2 processes\) died") as err:
-        sweeps.sweep(cfg, "processes:2", chunk=1, progress=False)
+        sweeps.sweep(cfg, executor="processes:2", chunk=1, progress=False)
     killer.join()
     assert killed, "the slow task never started"
     message = str(err.value)
@@ -169,7 +169,7 @@ def test_a_dask_scheduler_without_workers_is_a_clear_error(monkeypatch):
         spec = "dask://" + address.removeprefix("tcp://")
         t0 = time.monotonic()
         with pytest.raises(sweeps.ExecutorError, match="has no worker after 1 s") as err:
-            sweeps.sweep(CFG, spec, cache=False, progress=False)
+            sweeps.sweep(CFG, executor=spec, cache=False, progress=False)
         assert time.monotonic() - t0 < 15
         assert spec in str(err.value)
         with distributed.Client(address) as client, pytest.raises(sweeps.ExecutorError, match=address):
@@ -193,7 +193,7 @@ def test_an_unreachable_dask_scheduler_is_a_clear_error(monkeypatch):
     spec = f"dask://127.0.0.1:{port}"
     t0 = time.monotonic()
     with pytest.raises(sweeps.ExecutorError, match="cannot reach the Dask scheduler") as err:
-        sweeps.sweep(CFG, spec, cache=False, progress=False)
+        sweeps.sweep(CFG, executor=spec, cache=False, progress=False)
     assert time.monotonic() - t0 < 15
     assert f"executor '{spec}'" in str(err.value) and "Check that a scheduler runs there" in str(err.value)
     assert isinstance(err.value.__cause__, OSError)

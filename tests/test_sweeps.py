@@ -250,7 +250,7 @@ KILLED_SWEEP = """
 import pickle, sys
 from moegeo import sweeps
 cfg = pickle.load(open(sys.argv[1], "rb"))
-sweeps.sweep(cfg, "serial", chunk=1, progress=False)
+sweeps.sweep(cfg, executor="serial", chunk=1, progress=False)
 """
 
 
