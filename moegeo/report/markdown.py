@@ -2,6 +2,7 @@
 number and table formats every section shares."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
@@ -37,12 +38,28 @@ def existing_section(text: str, markers: tuple[str, str] = BENCHMARK_MARKERS) ->
 
 
 def write_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    """Write ``text`` to ``path`` atomically: to a temporary file beside it, renamed into place.
+    A symbolic link is followed (its target is rewritten, the link kept), an existing file keeps
+    its mode, and a new one gets the mode of an ordinary file under the umask. Returns the path
+    written (the link's target)."""
+    target = Path(os.path.realpath(path))
+    try:
+        mode = target.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return target
 
 
 def _git_revision() -> str:

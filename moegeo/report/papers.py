@@ -1,386 +1,352 @@
-"""The text of REPORT.md written by ``pytest claims/``: the verdicts of every paper, the settings,
-the readings and the figures, rendered from the verdict table and the results frames."""
+"""The text of REPORT.md written by ``pytest claims/``: what replicates and why not, per paper, on
+the first screen; then each paper's verdicts with their parts, controls, power and tipping
+points; the power per family; the sensitivity readings in summary (every reading in
+``results/verdicts.csv``); the declarations; the figures with their captions."""
 from __future__ import annotations
 
 import datetime
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from ..claims import Results, paper_value_in_prediction_interval
-from ..claims import geometric_asymmetry, routers_geometry
-from ..claims.dual_jacobian_pca import CLAIMS, HOT_TEMPERATURE, UNTESTED
+from .. import stats
+from ..claims import CONTROLS, PAPERS, claim_power, geometric_asymmetry, part_summary, tipping_shift
+from ..claims.engine import declarations_digest, frozen
 from ..config import Arm
-from .figures import make_figures
-from .markdown import (BENCHMARK_MARKERS, SENSITIVITY_MARKERS, _cpu, _fmt, _git_revision, _seed_range, _tally,
-                       _verdict_table, _versions, existing_section, write_atomic)
+from .figures import CAPTIONS, make_figures
+from .markdown import (BENCHMARK_MARKERS, SENSITIVITY_MARKERS, _cpu, _fmt, _git_revision, _versions, existing_section,
+                       write_atomic)
+
+V = stats.Verdict
+#: how the headline groups verdicts, in its order
+HEADLINE = (
+    ("replicated", (V.REPLICATED.value,)),
+    ("consistent in size", (V.CONSISTENT.value,)),
+    ("contradicted", (V.CONTRADICTED.value, V.DIFFERENT_SIZE.value, V.NOT_BORNE_OUT.value)),
+    ("depends on the definition", (V.DEPENDS_ON_DEFINITION.value,)),
+    ("by construction (a control reaches the same call)", (V.BY_CONSTRUCTION.value,)),
+    ("in the claimed direction, size undetermined", (V.CLAIMED_SIGN.value,)),
+    ("against the claim, size undetermined", (V.OPPOSITE_SIGN.value,)),
+    ("negligible", (V.NEGLIGIBLE.value,)),
+    ("premise not met", (V.CONDITION_NOT_MET.value,)),
+    ("not decided", (V.NOT_REPLICATED.value, V.TOO_FEW_SEEDS.value)),
+)
+UNDECIDED = (V.NOT_REPLICATED.value, V.TOO_FEW_SEEDS.value)
+POWER_TARGET = 0.8
 
 
-#: the later papers, in the order of their report sections
-LATER_PAPERS = {routers_geometry.PAPER: "the routers paper (Ahrac et al., 2026)",
-                geometric_asymmetry.PAPER: "the geometric asymmetry paper (arXiv 2605.16349)"}
+# --------------------------------------------------------------------------- decorations of the primary rows
+def annotate(verdicts: pd.DataFrame, claims: dict) -> pd.DataFrame:
+    """The primary rows with their power (``power``, ``power_how``) and, where the threshold is
+    moegeo's, its tipping point (``tipping``: text)."""
+    prim = verdicts[verdicts.primary].copy()
+    prim["power"], prim["power_how"], prim["tipping"] = np.nan, "", ""
+    for i, row in prim.iterrows():
+        c = claims[row.claim]
+        if c.kind == "direction":
+            prim.at[i, "power"], prim.at[i, "power_how"] = claim_power(row, c)
+        if c.threshold_declared:
+            tip = tipping_shift(verdicts, i)
+            prim.at[i, "tipping"] = _tipping_text(tip, c, row)
+    return prim
+
+
+def _tipping_text(tip, c, row) -> str:
+    if tip is None:
+        return "no shift of the threshold within the data's range changes the verdict"
+    shift, to = tip
+    if c.kind == "magnitude":
+        return f"the paper's value moved by {-shift:+.3g} (on the test's scale) would make it {to}"
+    where = f" (threshold {c.threshold_value - c.threshold_sign * shift:.4g} instead of {c.threshold_value:.4g})" \
+        if c.threshold_value is not None else ""
+    return f"{to} if the threshold moved by {-c.threshold_sign * shift:+.3g}{where}"
+
+
+# --------------------------------------------------------------------------- cells
+def _parts_cell(row, c) -> str:
+    """Each part's verdict, median [exact CI] and seeds in the claimed direction."""
+    out = []
+    for p in part_summary(row, c):
+        label = f"`{p['label']}` " if len(row.parts) > 1 else ""
+        verdict = f"{p['verdict']}: " if len(row.parts) > 1 else ""
+        out.append(f"{label}{verdict}{_fmt(p['effect'])} [{_fmt(p['ci_low'])}, {_fmt(p['ci_high'])}], "
+                   f"{p['n_claimed']}/{p['n']}")
+    return "<br>".join(out)
+
+
+def _controls_cell(row, c) -> str:
+    """Per declared control: its verdict and the trained-minus-control median of each part."""
+    out = []
+    for name in CONTROLS:
+        v, deltas = getattr(row, f"control_{name}"), getattr(row, f"delta_{name}")
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            continue
+        d = "; ".join(f"{_fmt(x['effect'])} [{_fmt(x['ci_low'])}, {_fmt(x['ci_high'])}]" for x in deltas)
+        out.append(f"{name}: {v}, Δ {d}")
+    if not out:
+        return c.control_note or "—"
+    return "<br>".join(out)
+
+
+def _extra_cell(row) -> str:
+    bits = []
+    if row.verdict in UNDECIDED and not np.isnan(row.power):
+        bits.append(f"power {row.power:.2f} ({row.power_how})")
+    if row.tipping:
+        bits.append(f"tipping point: {row.tipping}")
+    return "; ".join(bits) or "—"
+
+
+def verdict_table(prim: pd.DataFrame, claims: dict, live: dict | None = None) -> list[str]:
+    """The table of primary verdicts: one row per claim (the one row format of the report)."""
+    out = ["| claim | verdict | statistic: median [exact CI], seeds in the claimed direction (per part) | controls: "
+           "verdict, Δ = trained − control | power, tipping point |", "|---|---|---|---|---|"]
+    for row in prim.itertuples():
+        c = claims[row.claim]
+        flags = "".join(f" ({f})" for f, on in (("hedged", c.hedged), ("non-diagnostic", not c.diagnostic)) if on)
+        raw = f" ({row.raw_verdict.lower()})" if row.verdict == V.BY_CONSTRUCTION.value else ""
+        live_cell = f"<br>live experts: {live[row.claim]}" if live and row.claim in live else ""
+        out.append(f"| **{c.id}** {c.title}{flags} | **{row.verdict}**{raw} | {c.statistic}:<br>{_parts_cell(row, c)}"
+                   f"{live_cell} | {_controls_cell(row, c)} | {_extra_cell(row)} |")
+    return out
+
+
+# --------------------------------------------------------------------------- the first screen
+def headline(prim: pd.DataFrame, claims: dict, module) -> list[str]:
+    """One paper's verdicts in plain words, grouped by what was measured."""
+    own = prim[prim.claim.map(lambda i: claims[i].paper == module.PAPER and not claims[i].generalises)]
+    gen = prim[prim.claim.map(lambda i: claims[i].paper == module.PAPER and bool(claims[i].generalises))]
+    out = [f"**{module.TITLE}**: {len(own)} claims on {own.claim.map(lambda i: claims[i].measures).nunique()} "
+           "measurements."]
+    for label, kinds in HEADLINE:
+        sel = own[own.verdict.isin(kinds)]
+        if len(sel):
+            groups = {}
+            for row in sel.itertuples():
+                groups.setdefault(claims[row.claim].measures, []).append(row.claim)
+            out.append(f"- {label}: " + "; ".join(f"{m}: {', '.join(ids)}" for m, ids in groups.items()) + ".")
+    declared = own[own.claim.map(lambda i: claims[i].threshold_declared)]
+    if len(declared):
+        out.append(f"- decided by a threshold moegeo declared (tipping points in its section): {', '.join(declared.claim)}.")
+    weak = own[own.verdict.isin(UNDECIDED) & (own.power < POWER_TARGET)]
+    if len(weak):
+        out.append(f"- underpowered (power below {POWER_TARGET} where undecided): {', '.join(weak.claim)}.")
+    if len(gen):
+        counts = gen.verdict.value_counts()
+        out.append("- re-tested in another setting (generalisation tests, their own family): "
+                   + ", ".join(f"{n} {k.lower()}" for k, n in counts.items()) + ".")
+    return out
+
+
+# --------------------------------------------------------------------------- power per family
+def power_table(prim: pd.DataFrame, claims: dict) -> list[str]:
+    """Per primary family: seeds, hypotheses, the power of its reference claim at the paper's
+    effect (or when 90% of seeds agree), and the seeds that would give 0.8."""
+    out = ["| family | seeds | hypotheses M | reference claim | power | seeds for power 0.8 |", "|---|---|---|---|---|---|"]
+    for fam, g in prim.groupby("family", sort=False):
+        ref = next((r for r in g.itertuples() if claims[r.claim].paper_effect is not None and not np.isnan(r.power)), None)
+        ref = ref or next((r for r in g.itertuples() if not np.isnan(r.power)), None)
+        if ref is None:
+            continue
+        c = claims[ref.claim]
+        need = _seeds_for(ref, c)
+        out.append(f"| `{fam}` | {int(g.n.min())}-{int(g.n.max())} | {int(g.M.iloc[0])} | {ref.claim} ({ref.power_how}) | "
+                   f"{ref.power:.2f} | {need} |")
+    return out
+
+
+def _seeds_for(row, c) -> str:
+    """The fewest seeds with power 0.8 for the same effect and family size."""
+    for n in range(4, 201):
+        probe = row._replace(n=n)
+        if claim_power(probe, c)[0] >= POWER_TARGET:
+            return str(n)
+    return "> 200"
+
+
+# --------------------------------------------------------------------------- the sensitivity readings
+def sensitivity_summary(verdicts: pd.DataFrame, prim: pd.DataFrame) -> list[str]:
+    """Per claim: in how many of its other readings and checkpoints the median has the primary's
+    sign, and how many of them are significant each way."""
+    out = ["| claim | same sign as the primary | claimed call (REPLICATED or CLAIMED SIGN) | against (CONTRADICTED or "
+           "OPPOSITE SIGN) | effect range |", "|---|---|---|---|---|"]
+    sens = verdicts[~verdicts.primary]
+    for row in prim.itertuples():
+        s = sens[sens.claim == row.claim]
+        if s.empty:
+            continue
+        same = int((np.sign(s.effect) == np.sign(row.effect)).sum())
+        pro = int(s.verdict.isin([V.REPLICATED.value, V.CLAIMED_SIGN.value]).sum())
+        con = int(s.verdict.isin([V.CONTRADICTED.value, V.OPPOSITE_SIGN.value, V.NOT_BORNE_OUT.value]).sum())
+        out.append(f"| {row.claim} | {same} of {len(s)} | {pro} | {con} | {_fmt(s.effect.min())} to {_fmt(s.effect.max())} |")
+    return out
+
+
+def write_tables(verdicts: pd.DataFrame, directory: Path) -> Path:
+    """Every reading's verdict as a CSV (the full table REPORT.md summarises)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "verdicts.csv"
+    cols = ["claim", "paper", "reading", "primary", "family", "n", "M", "effect", "ci_low", "ci_high", "p_adj",
+            "raw_verdict", "verdict", "part_labels", "medians", "condition", "message"]
+    table = verdicts[cols].copy()
+    table["part_verdicts"] = [";".join(p.verdict.value for p in d.parts) for d in verdicts.decision]
+    write_atomic(path, table.to_csv(index=False))
+    return path
+
+
+# --------------------------------------------------------------------------- extra tables per setting
+def _live_experts(frames: dict) -> str:
+    """The language model's live experts at the final step (of every layer and seed), per MoE arm."""
+    df = frames.get("lm")
+    if df is None:
+        return ""
+    final = df[(df.step == df.steps) & (df.control == "")]
+    total = final.seed.nunique() * int(df.n_experts.iloc[0]) * int(df.n_layers.iloc[0])
+    dead = final[final.metric == "excluded"].groupby("arm").size()
+    return ", ".join(f"{arm} {total - int(dead.get(arm, 0))}/{total}" for arm in ("topk", "soft") if arm in set(final.arm))
+
+
+def lm_table(frames: dict) -> list[str]:
+    """The language model's held-out perplexity against the unigram model, and its dead experts."""
+    df = frames.get("lm")
+    if df is None:
+        return []
+    final = int(df.steps.iloc[0])
+    ppl = df[(df.metric == "perplexity") & (df.step == final) & (df.control == "")]
+    unigram = float(ppl[ppl.arm == "unigram"].value.median())
+    out = ["", f"Language model (3 layers, d_model {int(df.d_model.iloc[0])}, {final} steps on the shipped WikiText-2): "
+           f"held-out perplexity, median over seeds [10%, 90%], against the unigram model's {unigram:.1f}:", "",
+           "| arm | perplexity | seeds below unigram | live experts at the final step |", "|---|---|---|---|"]
+    dead = df[(df.metric == "excluded") & (df.step == final) & (df.control == "")].groupby("arm").size()
+    for arm in [a.value for a in Arm if a.value in set(ppl.arm)]:
+        v = ppl[ppl.arm == arm].groupby("seed").value.mean()
+        total = len(v) * int(df.n_experts.iloc[0]) * int(df.n_layers.iloc[0])
+        live = f"{total - int(dead.get(arm, 0))}/{total}" if Arm(arm).is_moe else "—"
+        out.append(f"| {arm} | {v.median():.1f} [{v.quantile(0.1):.1f}, {v.quantile(0.9):.1f}] | "
+                   f"{int((v < unigram).sum())}/{len(v)} | {live} |")
+    return out
+
+
+# --------------------------------------------------------------------------- the document
+def header(configs: dict, wall_time: float, timings: dict | None, peak_gib: float | None) -> list[str]:
+    fz = frozen()
+    digest = declarations_digest()
+    state = ("frozen on " + fz["date"] + (", unchanged since" if fz["digest"] == digest else
+                                          f", CHANGED since (frozen digest {fz['digest'][:16]})")) if fz else "not frozen"
+    seeds = {name: f"{cfg.seeds[0]}-{cfg.seeds[-1]}" for name, cfg in configs.items()}
+    lines = [f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; git revision "
+             f"{_git_revision()}; {_versions()}; CPU: {_cpu()}",
+             f"- declarations (claims modules and engine) digest `{digest[:16]}`: {state}",
+             "- seeds: " + ", ".join(f"{k} {v}" for k, v in seeds.items())
+             + (f" (the confirmatory range; {fz['exploratory']} was explored while the declarations were written)"
+                if fz else ""),
+             f"- wall time {wall_time:.0f} s" + (" (per config: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+                                                  + ")" if timings else "")
+             + (f"; peak resident memory {peak_gib:.2f} GiB" if peak_gib is not None else "")]
+    lines += ["", "<details><summary>configurations</summary>", ""]
+    lines += [f"- `{name}` (key {cfg.key()}): `{cfg.to_dict()}`" for name, cfg in configs.items()]
+    lines += ["", "</details>"]
+    return lines
+
+
+LEGEND = ("Verdicts (one Holm family per paper over every hypothesis of every part of every primary reading; "
+          "`moegeo/stats.py`): REPLICATED, the median beyond the smallest meaningful effect in the claimed direction; "
+          "CONTRADICTED, beyond it the other way; NEGLIGIBLE, significantly inside it; CLAIMED / OPPOSITE SIGN, SIZE "
+          "UNDETERMINED, significant in direction only; DEPENDS ON DEFINITION, parts of a joint reading significant in "
+          "opposite directions; CONSISTENT / DIFFERENT SIZE, the paper's single-seed value inside / outside our seeds' "
+          "prediction interval; NOT BORNE OUT, a hedged expectation found against; BY CONSTRUCTION, a declared control "
+          "(the arms at initialisation, the routing permuted across inputs, the router at initialisation) reaches the "
+          "same call, so the claim says nothing about training or routing; NOT REPLICATED, TOO FEW SEEDS, CONDITION NOT "
+          "MET. Δ is the trained-minus-control median over seeds, paired by seed, with its exact CI.")
 
 
 def render(verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dict[str, Path], report_path: Path,
-           timings: dict | None = None, peak_gib: float | None = None, frames: dict | None = None) -> str:
-    """The Markdown text of the report: the Dual Jacobian-PCA paper's sections, then the routers
-    paper's (when its claims were run)."""
-    by_id = {c.id: c for c in CLAIMS}
-    others, verdicts = verdicts[~verdicts.claim.isin(by_id)], verdicts[verdicts.claim.isin(by_id)]
-    general = verdicts.claim.map(lambda i: bool(by_id[i].generalises))
-    gen, verdicts = verdicts[general], verdicts[~general]
-    prim = verdicts[verdicts.primary]
-    kind = prim.claim.map(lambda i: "hedged" if by_id[i].hedged else ("results" if by_id[i].diagnostic else "nondiag"))
-    res = prim[kind == "results"]
-
-    def tally(v):
-        return ", ".join(f"{n} {k}" for k, n in v.verdict.value_counts().items())
-
-    fam = prim.family.iloc[0]
-    lines = [
-        "# moegeo replication report: Dual Jacobian-PCA (Liu, 2025)"
-        + "".join(f", {title}" for paper, title in LATER_PAPERS.items() if (others.paper == paper).any()),
-        "",
-        "Generated by `pytest claims/`; do not edit by hand.",
-        "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-        f"- git revision: {_git_revision()}",
-        f"- versions: {_versions()}",
-        f"- CPU: {_cpu()}",
-        f"- wall time of this run: {wall_time:.0f} s (cached runs are reused)"
-        + (" — per config (uncached configs train side by side, one single-threaded task per worker of `--executor`, default one process per core): "
-           + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) if timings else ""),
-    ]
-    if peak_gib is not None:
-        lines.append(f"- peak resident memory of the run (the largest of the main and worker processes): {peak_gib:.2f} GiB")
-    for name, cfg in configs.items():
-        lines.append(f"- config `{name}`: `{cfg.to_dict()}` (key {cfg.key()})")
-    lines += [
-        "",
-        f"**{int((res.verdict == 'REPLICATED').sum())} of {len(res)} result claims replicated** at their primary "
-        f"reading ({tally(res)}). The paper's §4 expectations: {tally(prim[kind == 'hedged'])} "
-        f"({', '.join(prim[kind == 'hedged'].claim)}). Non-diagnostic claims, settled by construction in this "
-        f"setting: {tally(prim[kind == 'nondiag'])} ({', '.join(prim[kind == 'nondiag'].claim)})."
-        + (f" The language-model setting (C12, C13 above, tested on a 3-layer Transformer trained on WikiText-2) "
-           f"also re-tests {gen.claim.nunique()} MLP-setting claims on language: {tally(gen[gen.primary])} "
-           "(section *The language-model setting*)." if len(gen) else "")
-        + "".join(f" **{title}** (its own section at the end): {int((p.verdict == 'REPLICATED').sum())} of {len(p)} "
-                  f"claims replicated ({tally(p)})." for paper, title in LATER_PAPERS.items()
-                  for p in [others[(others.paper == paper) & others.primary & others.family.str.endswith("/primary")
-                                   & ~others.family.str.contains("generalisation")]] if len(p)),
-        "",
-        f"Seeds are the unit of analysis ({int(prim.n.max())} seeds in the MLP setting"
-        + (f", {int(gen.n.max())} in the language model" if len(gen) else "") + "). Every claim is one exact, distribution-free test "
-        "of a median over seeds (sign tests; two one-sided tests for ranges and magnitudes; intersection-union for "
-        "joint readings `a+b`, which must hold under both), with Holm's correction at alpha = 0.05 over both "
-        f"one-sided p-values of the {int(prim.m.iloc[0])} distinct primary tests of the paper (family `{fam}`). Every "
-        "other reading and checkpoint is a sensitivity analysis, corrected in its own family, below.",
-        "",
-        "Verdicts: REPLICATED (significant in the claimed direction / inside the claimed range, and at least the "
-        "smallest meaningful effect); NEGLIGIBLE (significant but below it); CONTRADICTED (significant the other "
-        "way / outside the range); DIFFERENT SIZE (a magnitude significantly outside the paper's widened interval); "
-        "NOT REPLICATED / INCONCLUSIVE (neither); TOO FEW SEEDS; CONDITION NOT MET (the claim's premise fails).",
-        "",
-        "## Verdict by claim (primary reading)",
-        "",
-        "| claim | the paper says | primary reading | statistic: median [exact CI] | seeds in claimed direction | rule | Holm p (the significant or smaller side) | verdict |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in prim.itertuples():
-        c = by_id[row.claim]
-        flag = (" (§4 expectation)" if c.hedged else "") + ("" if c.diagnostic else " (non-diagnostic)")
-        parts = f" (binding part of a joint reading; {row.medians.split('effect by part: ')[1]})" if "effect by part" in row.medians else ""
-        lines.append(f"| {c.id} {c.title}{flag} | \"{c.quote}\" ({c.source}) | `{row.reading or '-'}` | {c.statistic}: "
-                     f"{_fmt(row.effect)} [{_fmt(row.ci_low)}, {_fmt(row.ci_high)}]{parts} | {row.n_claimed}/{row.n} | "
-                     f"{c.rule()} | {_fmt(min(row.p_adj, row.p_opposite_adj))} | **{row.verdict}** |")
-    lines += ["", "## Plain-language summary", ""]
-    for row in prim.itertuples():
-        c = by_id[row.claim]
-        sens = verdicts[(verdicts.claim == c.id) & ~verdicts.primary]
-        agree = int((sens.verdict == row.verdict).sum())
-        extra = f" {c.note}." if c.note else ""
-        inside = paper_value_in_prediction_interval(row, c)
-        if inside is not None:
-            extra += (f" The paper's single-seed value {'lies' if inside else 'does not lie'} inside our "
-                      f"{100 * row.pi_coverage:.0f}% prediction interval for one seed [{_fmt(row.pi_low)}, {_fmt(row.pi_high)}].")
-        if row.condition:
-            extra += f" Premise: {row.condition}."
-        lines.append(f"- **{c.id} {c.title}: {row.verdict}.** {c.statistic} has median {_fmt(row.effect)} "
-                     f"[{_fmt(row.ci_low)}, {_fmt(row.ci_high)}], {row.n_claimed}/{row.n} seeds "
-                     f"{'in the claimed direction' if c.kind == 'direction' else 'inside the interval'}."
-                     f"{extra} Sensitivity: {agree} of {len(sens)} other readings give the same verdict.")
-    if frames is not None and "lm" in frames:
-        lines += _lm_section(frames["lm"], verdicts, gen, by_id, figures, report_path)
-    lines += ["", "## Primary readings and why", ""]
-    for c in CLAIMS:
-        if not c.generalises:
-            lines.append(f"- **{c.id}**: {c.primary_because}.")
-    lines += ["", "## Sensitivity analyses", "",
-              "Every other reading and checkpoint of every claim, Holm-corrected over the paper's sensitivity family "
-              f"({int(verdicts[~verdicts.primary].m.max()) if (~verdicts.primary).any() else 0} distinct tests; the "
-              "generalisation tests' other readings are in the language-model section). "
-              "These show how much each verdict depends on the paper's ambiguities and on training length.", "",
-              "| claim | verdicts over sensitivity readings |", "|---|---|"]
-    for c in CLAIMS:
-        sens = verdicts[(verdicts.claim == c.id) & ~verdicts.primary]
-        if len(sens):
-            lines.append(f"| {c.id} | " + ", ".join(f"{k}: {n}" for k, n in sens.verdict.value_counts().items()) + " |")
-    lines += ["", "### Readings: share replicated by option", ""]
-    lines += _readings_section(verdicts[~verdicts.primary])
-    lines += ["", "### Every sensitivity reading", "",
-              "| claim | reading | per-arm medians | effect (median) [exact CI] | seeds | Holm p | verdict |",
-              "|---|---|---|---|---|---|---|"]
-    for row in verdicts[~verdicts.primary].itertuples():
-        lines.append(f"| {row.claim} | {row.reading} | {row.medians} | {_fmt(row.effect)} [{_fmt(row.ci_low)}, "
-                     f"{_fmt(row.ci_high)}] | {row.n_claimed}/{row.n} | {_fmt(min(row.p_adj, row.p_opposite_adj))} | {row.verdict} |")
-    lines += ["", "## Claims, quotes and thresholds", "",
-              "Each threshold, tolerance, smallest meaningful effect and primary reading is declared in "
-              "`moegeo/claims/dual_jacobian_pca.py` with its source. Honest history: they were declared after an "
-              "earlier report of this harness (500 steps, every reading) had been published; most make replication "
-              "harder (the magnitude tolerance of half a reported digit, the joint primaries that need both of the "
-              "paper's definitions to agree); check each against the paper, not against its timing.", ""]
-    for c in (c for c in CLAIMS if not c.generalises):
-        lines.append(f"- **{c.id} {c.title}** ({c.source}): \"{c.quote}\". Statistic per seed: {c.statistic}. "
-                     f"Test: {c.kind}. Threshold: {c.threshold}. Rule: {c.rule()}." + (f" Note: {c.note}." if c.note else ""))
-    lines += ["", "## What the paper states that is not tested here", ""]
-    lines += [f"- {what}: {why}." for what, why in UNTESTED]
-    lines += ["", "## Figures", "",
-              "Medians over seeds of expert means, with 10-90% seed bands; the claims figure shows each claim's "
-              "median statistic with its exact CI at every checkpoint (primary reading's other axes).", ""]
-    for name, path in figures.items():
-        if name.startswith(("lm_", routers_geometry.FIGURES, geometric_asymmetry.FIGURES)):
-            continue  # in the language-model and the later papers' sections
-        rel = os.path.relpath(path, report_path.parent)
-        lines += [f"### {name}", "", f"![{name}]({rel})", ""]
-    if (others.paper == routers_geometry.PAPER).any():
-        lines += _routers_section(others[others.paper == routers_geometry.PAPER], frames or {}, figures, report_path)
-    if (others.paper == geometric_asymmetry.PAPER).any():
-        lines += _asymmetry_section(others[others.paper.str.startswith(geometric_asymmetry.PAPER)], frames or {}, figures,
-                                    report_path)
+           timings: dict | None = None, peak_gib: float | None = None, frames: dict | None = None,
+           tables: Path | None = None) -> str:
+    """The Markdown of REPORT.md (module docstring)."""
+    frames = frames or {}
+    claims = {c.id: c for m in PAPERS for c in m.CLAIMS} | {c.id: c for c in geometric_asymmetry.PRETRAINED_CLAIMS}
+    prim = annotate(verdicts, claims)
+    rel = lambda p: os.path.relpath(p, report_path.parent)  # noqa: E731
+    lines = ["# moegeo replication report", "", "Generated by `pytest claims/`; do not edit by hand.", "",
+             "## What replicates, and why not", ""]
+    for module in PAPERS:
+        if (prim.paper == module.PAPER).any():
+            lines += headline(prim, claims, module) + [""]
+    lines += [LEGEND, ""] + header(configs, wall_time, timings, peak_gib)
+    lines += ["", "## Power per family", "",
+              "At Holm's worst case (every other hypothesis of the family null); the noise of a paper's effect is the "
+              "seed spread of the claim's reference arm, never of the effect itself (`moegeo.claims.claim_power`).", ""]
+    lines += power_table(prim, claims)
+    live = _live_experts(frames)
+    for module in PAPERS:
+        mine = prim[prim.paper == module.PAPER]
+        if mine.empty:
+            continue
+        own = mine[~mine.claim.map(lambda i: bool(claims[i].generalises))]
+        gen = mine[mine.claim.map(lambda i: bool(claims[i].generalises))]
+        lm_live = {r.claim: live for r in mine.itertuples() if claims[r.claim].frame == "lm" and live}
+        lines += ["", f"## {module.TITLE}", "", module.INTRO, "",
+                  f"Family `{own.family.iloc[0]}`: M = {int(own.M.iloc[0])} hypotheses.", ""]
+        lines += verdict_table(own, claims, lm_live)
+        if module.PAPER == "dual_jacobian_pca":
+            lines += lm_table(frames)
+        if len(gen):
+            lines += ["", f"Generalisation tests (family `{gen.family.iloc[0]}`, M = {int(gen.M.iloc[0])}):", ""]
+            lines += verdict_table(gen, claims, lm_live)
+        pre = verdicts[verdicts.paper == geometric_asymmetry.PRETRAINED_PAPER]
+        if module is geometric_asymmetry:
+            lines += ["", "On a pretrained checkpoint: " + ("below." if len(pre) else
+                      "**not run**: needs a local checkpoint (`pytest claims/ --hf-model DIR`, or `moegeo claims "
+                      "--hf-model DIR` alone).")]
+            if len(pre):
+                lines += verdict_table(annotate(pre, claims), claims)
+        lines += _figures(figures, module.FIGURES, rel)
+    lines += ["", "## Sensitivity readings", "",
+              "Every other reading and checkpoint of every claim, corrected in its own family per paper, setting and "
+              "seed count (Tarone's rule drops what cannot reach significance). Robustness as agreement of sign: "
+              + (f"every reading's verdict is in `{rel(tables)}`." if tables else ""), ""]
+    lines += sensitivity_summary(verdicts, prim)
+    lines += _figures(figures, ("claims_",), rel)
+    lines += ["", "## Declarations", "", "<details><summary>every claim: quote, statistic, rule, primary reading, "
+              "controls and revisions</summary>", ""]
+    for module in PAPERS:
+        for c in module.CLAIMS:
+            if c.generalises:
+                continue
+            lines.append(f"- **{c.id}** ({c.source}): \"{c.quote}\". Statistic: {c.statistic}. Threshold: {c.threshold}. "
+                         f"Rule: {c.rule()}. Primary: {c.primary_because}. Controls: "
+                         f"{', '.join(c.controls) or 'none'}{'; ' + c.control_note if c.control_note else ''}."
+                         + (f" Note: {c.note}." if c.note else "")
+                         + "".join(f" Revision: {r}." for r in c.revisions))
+    lines += ["", "</details>", "", "<details><summary>statements not tested, and why</summary>", ""]
+    for module in PAPERS:
+        lines += [f"- {module.SHORT}: {what}: {why}." for what, why in module.UNTESTED]
+    lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
 
 
-def _paper_section(module, heading: str, intro: str, verdicts: pd.DataFrame, figures: dict, report_path: Path,
-                   extra: list[str] = ()) -> list[str]:
-    """A later paper's section: its primary verdicts, per-arm medians, ``extra`` (tables of its
-    own), its generalisation tests, its sensitivity readings, claims with quotes, what is not
-    tested and its figures (named ``<module's figure prefix>_*``)."""
-    by_id = {c.id: c for c in module.CLAIMS}
-    general = verdicts.claim.map(lambda i: bool(by_id[i].generalises))
-    own, gen = verdicts[~general], verdicts[general]
-    prim = own[own.primary]
-    out = ["", heading, "", intro, "",
-           f"**{int((prim.verdict == 'REPLICATED').sum())} of {len(prim)} claims replicated** at their primary reading "
-           f"({_tally(prim)}); Holm over both one-sided p-values of the {int(prim.m.iloc[0])} distinct primary tests "
-           f"(family `{prim.family.iloc[0]}`), {_seed_range(prim.n)} seeds per test (a comparison uses the seeds both "
-           "arms have).", ""]
-    out += _verdict_table(prim, by_id)
-    out += ["", "Per-arm medians behind each primary verdict:", ""]
-    out += [f"- **{row.claim}**: {row.medians}." for row in prim.itertuples()]
-    out += list(extra)
-    if len(gen):
-        gp = gen[gen.primary]
-        out += ["", f"Generalisation tests: {gen.claim.nunique()} claims re-tested in another setting, Holm over their "
-                f"own family (`{gp.family.iloc[0]}`): {_tally(gp)}.", ""]
-        out += _verdict_table(gp, by_id)
-    sens = verdicts[~verdicts.primary]
-    out += ["", f"Sensitivity readings (every other reading and checkpoint; Holm over each sensitivity family, "
-            f"{int(sens.m.max()) if len(sens) else 0} distinct tests in the largest):", "",
-            "| claim | reading | effect [exact CI] | seeds | Holm p | verdict |", "|---|---|---|---|---|---|"]
-    for row in sens.itertuples():
-        out.append(f"| {row.claim} | {row.reading} | {_fmt(row.effect)} [{_fmt(row.ci_low)}, {_fmt(row.ci_high)}] | "
-                   f"{row.n_claimed}/{row.n} | {_fmt(min(row.p_adj, row.p_opposite_adj))} | {row.verdict} |")
-    out += ["", "Claims, quotes and thresholds:", ""]
-    for c in module.CLAIMS:
-        if not c.generalises:
-            out.append(f"- **{c.id} {c.title}** ({c.source}): \"{c.quote}\". Statistic per seed: {c.statistic}. "
-                       f"Threshold: {c.threshold}. Rule: {c.rule()}. Primary reading: {c.primary_because}.")
-    out += ["", "Not tested:", ""] + [f"- {what}: {why}." for what, why in module.UNTESTED]
-    prefix = module.FIGURES
-    out += ["", "Figures:", ""]
+def _figures(figures: dict, prefixes: tuple, rel) -> list[str]:
+    out = []
     for name, path in figures.items():
-        if name.startswith(prefix):
-            out += [f"### {name}", "", f"![{name}]({os.path.relpath(path, report_path.parent)})", ""]
-    return out
-
-
-def _routers_section(verdicts: pd.DataFrame, frames: dict, figures: dict, report_path: Path) -> list[str]:
-    """The routers paper: its verdicts, the routers' metrics and its figures."""
-    intro = ("Tested on moegeo's 3-layer language model, with four Top-2 routers: `learned` (the "
-             "`topk` arm: linear router, no balancing), `aux_loss` (+ the Switch Transformer loss), `loss_free` "
-             "(DeepSeek-V3 selection biases) and `kmeans` (parameter-free online K-Means: cosine to EMA centroids, "
-             "sign-updated biases); hyperparameters and their sources in `moegeo/config.py`. Only the paper's abstract "
-             "and a summary exist here, so every metric is a **named reading declared by moegeo**, not the paper's "
-             "definition (`moegeo/claims/routers_geometry.py`). The `learned` router is the language model's `topk` "
-             "arm, with its seeds.")
-    extra = []
-    if "routers" in frames and "lm" in frames:
-        extra += ["", "Router metrics at the final step (every layer pooled; median over seeds):", "",
-                  "| router | held-out perplexity | load std | router-direction mean abs cos | score-activation rho | "
-                  "coupling: own expert | coupling: other experts |", "|---|---|---|---|---|---|---|"]
-        for k, arm in routers_geometry.ARMS.items():
-            df = frames[routers_geometry.frame_of(k)]
-            f = df[(df.arm == arm) & (df.step == df.steps)]
-
-            def med(metric, reading=""):
-                v = f[(f.metric == metric) & (f.reading == reading)].groupby("seed").value.mean()
-                return _fmt(v.median()) if len(v) else "—"
-            extra.append(f"| {k} | {med('perplexity')} | {med('load_imbalance')} | {med('router_similarity')} | "
-                         f"{med('score_activation_rho')} | {med('router_expert_cos', 'pair=matched')} | "
-                         f"{med('router_expert_cos', 'pair=mismatched')} |")
-    return _paper_section(routers_geometry, "# The routers paper: *Routers Learn the Geometry of Their Experts* (Ahrac, "
-                          "Hochwald, Geva; arXiv 2605.12476)", intro, verdicts, figures, report_path, extra)
-
-
-def _asymmetry_section(verdicts: pd.DataFrame, frames: dict, figures: dict, report_path: Path) -> list[str]:
-    """The asymmetry paper: its verdicts, the subspace geometry against its null, its figures."""
-    ga = geometric_asymmetry
-    pre, verdicts = verdicts[verdicts.paper == ga.PRETRAINED_PAPER], verdicts[verdicts.paper == ga.PAPER]
-    intro = ("Jacobian-PCA-Grassmann geometry on moegeo's language model (primary: every FFN layer pooled, Top-2, "
-             "the final step) and, as generalisation tests, on the controlled MLP-MoE. An expert's subspace is the "
-             "top 10 (or its own k@0.9) principal directions of its routing-weighted PCA; principal angles, geodesic "
-             "and chordal distances and the overlap index are in `moegeo/grassmann.py`, with a random-subspace null "
-             "(exact overlap mean, Monte Carlo distances). Only the paper's abstract exists here, so every definition "
-             "is a **named reading declared by moegeo** (`moegeo/claims/geometric_asymmetry.py`), not the paper's. "
-             "Pretrained checkpoints: " + ("see the table *On the pretrained checkpoint* below." if len(pre) else
-                                           f"**not run: needs a local checkpoint** ({ga.PRETRAINED}; `pytest claims/ "
-                                           "--hf-model DIR`, section *Probing your own Hugging Face MoE model* of the "
-                                           "README)."))
-    extra = ["", "**Known limit of these readings.** The chance levels are those of isotropic, independent objects "
-             "(random matrices, uniformly random subspaces). A randomly initialised model already shows Jacobian "
-             "alignment at chance and subspace overlap above the random-subspace level, because every expert reads the "
-             "same anisotropic hidden states; so G1-G3 describe the geometry, they do not show that training made it. "
-             "Only G1's `null=init` reading compares with the same model at step 0; an init-matched subspace null, a "
-             "routing-permutation null and a split-half noise floor are not built. The readings were revised once, "
-             "before the first full run, after an independent statistical review (module docstring).",
-             "", "Geometry at the final step (primary site and subspace, every layer pooled; median over seeds):", "",
-             "| setting | arm | mean abs cos of J̄_e | chance | overlap index | its random-subspace mean | geodesic "
-             "distance | its random-subspace mean |", "|---|---|---|---|---|---|---|---|"]
-    for setting, name in (("lm", "lm"), ("mlp", "main")):
-        if name not in frames:
-            continue
-        R = Results(frames).view(name) if name == "lm" else Results(frames)
-        rd = {"pca_site": "input", "subspace": "r10"}
-        for arm in ga.MOE:
-            cells = [ga.alignment(R, arm, {}).median(), ga.alignment_chance(R)]
-            cells += [ga.mean_over_pairs(R, arm, m, ga._rd(rd), {}).median()
-                      for m in ("overlap", "overlap_null", "geodesic", "geodesic_null")]
-            extra.append(f"| {setting} | {arm} | " + " | ".join(_fmt(v) for v in cells) + " |")
-    left_out = []
-    for setting, name in (("lm", "lm"), ("mlp", "main")):
-        df = frames.get(name)
-        if df is None:
-            continue
-        gone = df[(df.metric == "subspace_excluded") & (df.step == df.steps)]
-        probed = df[(df.metric == "k@0.9") & (df.step == df.steps) & (df.reading == "pca_site=input")]
-        for (arm, rd), n in gone.groupby(["arm", "reading"]).size().items():
-            left_out.append(f"{setting} {arm} `{rd}`: {n} of {len(probed[probed.arm == arm])}")
-    extra += ["", "Experts left out of a subspace reading at the final step (their routed points span fewer than 10 "
-              "dimensions, or have no variance, so the subspace is not defined; `moegeo.experiment.subspace_rows`), "
-              "counted over seeds, layers and experts: " + ("; ".join(left_out) if left_out else "none") + "."]
-    if len(pre):
-        hf = frames.get("hf")
-        what = f"`{hf.model_type.iloc[0]}` from `{hf.checkpoint.iloc[0]}`" if hf is not None else "the given checkpoint"
-        pp = pre[pre.primary]
-        extra += ["", f"### On the pretrained checkpoint ({what})", "",
-                  f"{ga.LAYERS_AS_UNITS}. Holm over the {int(pp.m.iloc[0])} primary tests of family "
-                  f"`{pp.family.iloc[0]}`: {_tally(pp)}.", ""]
-        extra += _verdict_table(pp, {c.id: c for c in ga.PRETRAINED_CLAIMS})
-    return _paper_section(ga, "# The geometric asymmetry paper: *Geometric Asymmetry in MoE Specialization* (arXiv "
-                          "2605.16349)", intro, verdicts, figures, report_path, extra)
-
-
-def _lm_section(df: pd.DataFrame, verdicts: pd.DataFrame, gen: pd.DataFrame, by_id: dict, figures: dict,
-                report_path: Path) -> list[str]:
-    """The language-model setting: perplexity against the unigram model, the paper's two LM
-    claims, the generalisation tests and the per-layer figures."""
-    final = int(df.steps.iloc[0])
-    ppl = df[(df.metric == "perplexity") & (df.step == final)]
-    unigram = float(ppl[ppl.arm == "unigram"].value.median())
-    out = ["", "## The language-model setting (the later version's 3-layer Transformer on WikiText-2)", "",
-           f"A pre-LayerNorm decoder of {int(df.n_layers.iloc[0])} layers (d_model {int(df.d_model.iloc[0])}, context "
-           f"{int(df.context.iloc[0])}, vocabulary {int(df.vocab_size.iloc[0])}) whose every FFN is the MLP setting's "
-           f"layer, {final} Adam steps of batch {int(df.batch_size.iloc[0])}, trained on the shipped WikiText-2 "
-           "validation split and evaluated on the test split (`moegeo/lm.py`, `moegeo/wikitext.py`; sizes and reasons in "
-           "`moegeo.config.LMConfig`). The probes are the MLP setting's, on each FFN layer's input (post-LayerNorm) for "
-           f"the first {int(df.probe_tokens.iloc[0])} held-out tokens.", "",
-           f"**Is it a language model?** Held-out perplexity at step {final} ({int(df.eval_windows.iloc[0])} held-out "
-           f"windows), median over seeds [10%, 90%], against the unigram model of the training split ({unigram:.1f}):", "",
-           "| arm | held-out perplexity | seeds below unigram |", "|---|---|---|"]
-    for arm in [a.value for a in Arm if a.value in set(ppl.arm)]:
-        v = ppl[ppl.arm == arm].groupby("seed").value.mean()
-        out.append(f"| {arm} | {v.median():.1f} [{v.quantile(0.1):.1f}, {v.quantile(0.9):.1f}] | "
-                   f"{int((v < unigram).sum())}/{len(v)} |")
-    dead = df[(df.metric == "excluded") & (df.step == final)].groupby(["arm", "layer"]).size()
-    if len(dead):
-        n_seeds = df.seed.nunique()
-        out += ["", "Experts that received no routing weight on the probe tokens at the final step (no load-balancing loss "
-                "is used, as in the paper's setting; such experts are excluded from the probes): "
-                + "; ".join(f"{arm} layer {layer}: {n} of {n_seeds * int(df.n_experts.iloc[0])}" for (arm, layer), n in dead.items())
-                + "."]
-    out += ["", "**The paper's two claims on language** (in the paper's primary family above):", ""]
-    for row in verdicts[verdicts.primary & verdicts.claim.map(lambda i: by_id[i].frame == "lm")].itertuples():
-        out.append(f"- {row.message}")
-    per_layer = verdicts[~verdicts.primary & verdicts.claim.map(lambda i: by_id[i].frame == "lm")]
-    per_layer = per_layer[~per_layer.reading.str.contains("layer=pooled")]
-    out += ["", "Per layer (sensitivity readings, at the primary reading's other axes):", "",
-            "| claim | reading | effect (median) [exact CI] | seeds | Holm p | verdict |", "|---|---|---|---|---|---|"]
-    for cid in per_layer.claim.unique():
-        base = verdicts[verdicts.primary & (verdicts.claim == cid)].reading.iloc[0].split(";", 1)
-        rest = base[1] if len(base) > 1 else ""
-        for row in per_layer[(per_layer.claim == cid) & (per_layer.reading.str.split(";", n=1).str[1].fillna("") == rest)].itertuples():
-            out.append(f"| {row.claim} | {row.reading} | {_fmt(row.effect)} [{_fmt(row.ci_low)}, {_fmt(row.ci_high)}] | "
-                       f"{row.n_claimed}/{row.n} | {_fmt(min(row.p_adj, row.p_opposite_adj))} | {row.verdict} |")
-    if len(gen):
-        gp = gen[gen.primary]
-        out += ["", "**Generalisation tests: the paper claims these for the MLP setting; here tested on language.** "
-                "Same statistic, rule and primary reading as the MLP claim, with every layer pooled; Holm over both "
-                f"one-sided p-values of their {int(gp.m.iloc[0])} distinct primary tests (family `{gp.family.iloc[0]}`); "
-                "other readings in family `" + gen[~gen.primary].family.iloc[0] + "`.", "",
-                "| test | MLP claim | primary reading | statistic: median [exact CI] | seeds | Holm p | verdict | MLP-setting verdict | other readings |",
-                "|---|---|---|---|---|---|---|---|---|"]
-        mlp = verdicts[verdicts.primary].set_index("claim").verdict
-        for row in gp.itertuples():
-            c = by_id[row.claim]
-            sens = gen[(gen.claim == c.id) & ~gen.primary].verdict.value_counts()
-            out.append(f"| {c.id} | {c.generalises} {c.title} | `{row.reading}` | {c.statistic}: {_fmt(row.effect)} "
-                       f"[{_fmt(row.ci_low)}, {_fmt(row.ci_high)}] | {row.n_claimed}/{row.n} | "
-                       f"{_fmt(min(row.p_adj, row.p_opposite_adj))} | **{row.verdict}** | {mlp.get(c.generalises, '—')} | "
-                       + ", ".join(f"{k}: {n}" for k, n in sens.items()) + " |")
-    out += ["", "Figures: medians over seeds with 10-90% seed bands, one panel per FFN layer.", ""]
-    for name, path in figures.items():
-        if name.startswith("lm_"):
-            out += [f"### {name}", "", f"![{name}]({os.path.relpath(path, report_path.parent)})", ""]
-    return out
-
-
-def _readings_section(verdicts: pd.DataFrame) -> list[str]:
-    out = ["Share of sensitivity tests replicated, split by each reading option (claims tested under that axis only).", "",
-           "| axis | option | replicated / tests |", "|---|---|---|"]
-    parts = verdicts.reading.str.split(";").explode().str.split("=", expand=True)
-    parts.columns = ["axis", "option"]
-    parts["replicated"] = (verdicts.verdict == "REPLICATED").reindex(parts.index).to_numpy()
-    for (axis, option), g in parts.groupby(["axis", "option"]):
-        out.append(f"| {axis} | {option} | {int(g.replicated.sum())} / {len(g)} |")
-    out += ["", "Axes: `jacobian` = which Jacobian the spectrum is of (per-point vs the averaged J̄_e); "
-            "`pca_site` = which hidden state is PCA'd (`input` is the paper's literal h(x)); `dense` = the dense "
-            "baseline's width (`expert`: as B.1 says, `matched`: E x d_hidden parameters); `norm` = the trajectory's "
-            f"norm; `moe` = routing; `step` = the checkpoint; `null`, `chart`: see C4n, C10; `layer`: the second layer "
-            f"of C11's stack, or the language model's FFN layer (C12, C13; `pooled` = every layer's experts). The C9 claims "
-            f"compare against soft routing at temperature {HOT_TEMPERATURE:g}."]
+        if name.startswith(tuple(prefixes)):
+            out += ["", f"![{name}]({rel(path)})", "", f"*{CAPTIONS.get(name, name)}*"]
     return out
 
 
 def write_report(path: Path, frames: dict, verdicts: pd.DataFrame, configs: dict, wall_time: float,
                  timings: dict | None = None, peak_gib: float | None = None) -> Path:
-    """Figures into ``<report dir>/figures/``, then the Markdown, written atomically; the
-    benchmark section of an existing report is kept."""
+    """Figures into ``<report dir>/figures/``, every reading into ``<report dir>/results/``, then
+    the Markdown, written atomically; the benchmark and sensitivity sections of an existing report
+    are kept."""
     path = Path(path)
-    stem = "figures" if path.stem == "REPORT" else f"figures-{path.stem}"
-    figures = make_figures(frames, path.parent / stem, verdicts)
-    text = render(verdicts, configs, wall_time, figures, path, timings, peak_gib, frames)
-    if path.exists():  # keep the sections that `pytest --benchmark-only` and `python -m moegeo sweep --grid` own
+    suffix = "" if path.stem == "REPORT" else f"-{path.stem}"
+    figures = make_figures(frames, path.parent / f"figures{suffix}", verdicts)
+    tables = write_tables(verdicts, path.parent / f"results{suffix}")
+    text = render(verdicts, configs, wall_time, figures, path, timings, peak_gib, frames, tables)
+    if path.exists():
         old = path.read_text()
         for markers in (SENSITIVITY_MARKERS, BENCHMARK_MARKERS):
             section = existing_section(old, markers)
