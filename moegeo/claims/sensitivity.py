@@ -253,6 +253,8 @@ def across_maps_error(tab: pd.DataFrame, alpha: float = stats.ALPHA) -> float:
     total = 0.0
     for _, g in tab.groupby("claim"):
         M, n = int(g.grid_M.iloc[0]), int(g.n.min())
+        if M == 0:  # nothing on this map could be tested
+            continue
         k = next((k for k in range(n + 1) if scipy.stats.binom.sf(k - 1, n, 0.5) <= alpha / M), None)
         total += 0.0 if k is None else M * float(scipy.stats.binom.sf(k - 1, n, 0.5))
     return min(1.0, total)

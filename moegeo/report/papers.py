@@ -188,6 +188,8 @@ def write_tables(verdicts: pd.DataFrame, directory: Path) -> Path:
     """Every reading's verdict as a CSV (the full table REPORT.md summarises)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "verdicts.csv"
+    if verdicts.empty:
+        return write_atomic(path, "")
     cols = ["claim", "paper", "reading", "primary", "family", "n", "M", "effect", "ci_low", "ci_high", "p_adj",
             "raw_verdict", "verdict", "part_labels", "medians", "condition", "message"]
     table = verdicts[cols].copy()
