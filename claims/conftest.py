@@ -18,11 +18,13 @@ import pytest
 
 from moegeo import ExperimentConfig, sweeps
 from moegeo.cache import cache_dir
+from moegeo.cli import output_file_problem
 from moegeo.claims import Results, evaluate
 from moegeo.claims import geometric_asymmetry, routers_geometry
 from moegeo.claims.dual_jacobian_pca import (CLAIMS, CONFIRMATORY_OFFSET, FAILURE_STEP, HOT_TEMPERATURE, LM_SEEDS, SEEDS,
                                              main_config)
 from moegeo.config import Arm, LMConfig
+from moegeo.data.wikitext import split_files
 
 VERDICTS = pytest.StashKey()
 STATE = pytest.StashKey()
@@ -71,21 +73,69 @@ def pytest_addoption(parser):
                      "depend on it")
 
 
+def report_path(config) -> Path:
+    """``--report``, or REPORT.md (REPORT-quick.md with ``--quick``) at the repository root."""
+    default = "REPORT-quick.md" if config.getoption("--quick") else "REPORT.md"
+    return Path(config.getoption("--report") or ROOT / default)
+
+
+def check_options(config) -> None:
+    """Every option a run reads, checked before anything trains: a ``pytest.UsageError`` naming
+    the option and what it expects (counts >= 1, ``--seed-offset`` >= 0, a writable ``--report``
+    file, an ``--lm-data`` directory with the WikiText splits, an ``--hf-model`` checkpoint
+    directory, a usable ``$MOEGEO_CACHE``)."""
+    for option in ("--seeds", "--lm-seeds", "--router-seeds", "--hf-tokens"):
+        if config.getoption(option) < 1:
+            raise pytest.UsageError(f"{option} must be >= 1, got {config.getoption(option)}")
+    for option in ("--steps", "--lm-steps"):
+        value = config.getoption(option)
+        if value is not None and value < 1:
+            raise pytest.UsageError(f"{option} must be >= 1, got {value}")
+    if config.getoption("--seed-offset") < 0:
+        raise pytest.UsageError(f"--seed-offset must be >= 0 (seeds are non-negative integers), got "
+                                f"{config.getoption('--seed-offset')}")
+    why = output_file_problem(str(report_path(config)))
+    if why:
+        raise pytest.UsageError(f"--report: {why}")
+    if config.getoption("--lm-data") is not None:
+        try:
+            split_files(config.getoption("--lm-data"))
+        except (OSError, ValueError) as err:
+            raise pytest.UsageError(f"--lm-data: {err}") from None
+    hf_model = config.getoption("--hf-model")
+    if hf_model is not None and not (Path(hf_model) / "config.json").is_file():
+        raise pytest.UsageError(f"--hf-model: {hf_model} is not a Hugging Face checkpoint directory (no config.json)")
+    try:
+        cache_dir()
+    except ValueError as err:
+        raise pytest.UsageError(str(err)) from None
+
+
 def configs(config) -> dict:
     """The runs of the claims: the MLP setting's main arms, soft routing at T=10 (§4 failure
     mode 1) and the coupled and deep Top-k arms (§4 failure modes 2 and 4), all on the same
     seeds; the language model's arms (the later version); and the routers paper's balancing
-    routers on the same language model (its learned router is the LM's ``topk`` arm)."""
+    routers on the same language model (its learned router is the LM's ``topk`` arm). A config
+    the options make invalid is a ``pytest.UsageError``."""
+    try:
+        return _configs(config)
+    except (ValueError, TypeError, OSError) as err:
+        raise pytest.UsageError(str(err)) from None
+
+
+def _configs(config) -> dict:
     quick = config.getoption("--quick")
     n = QUICK_SEEDS if quick else config.getoption("--seeds")
-    steps = config.getoption("--steps") or (FAILURE_STEP if quick else ExperimentConfig().steps)
+    steps = config.getoption("--steps")
+    steps = (FAILURE_STEP if quick else ExperimentConfig().steps) if steps is None else steps
     if steps < FAILURE_STEP:
         raise pytest.UsageError(f"--steps must be at least {FAILURE_STEP}: the §4 claims compare with the main arms at that step")
     offset = config.getoption("--seed-offset")
     main = main_config(n, offset, steps=steps, **(QUICK_MLP_SIZES if quick else {}))
     side = dataclasses.replace(main, steps=FAILURE_STEP, record_every=FAILURE_STEP, probe_steps=())
     n_lm = QUICK_SEEDS if quick else config.getoption("--lm-seeds")
-    lm_steps = config.getoption("--lm-steps") or (QUICK_LM_STEPS if quick else LMConfig().steps)
+    lm_steps = config.getoption("--lm-steps")
+    lm_steps = (QUICK_LM_STEPS if quick else LMConfig().steps) if lm_steps is None else lm_steps
     lm = LMConfig(steps=lm_steps, record_every=min(LMConfig().record_every, max(1, lm_steps // 2)),
                   seeds=tuple(range(offset, offset + n_lm)), data=config.getoption("--lm-data"),
                   **(QUICK_LM_SIZES if quick else {}))
@@ -138,6 +188,7 @@ def pytest_configure(config):
     if config.option.help or config.option.version or not collects_claims(config):
         return
     t0 = time.perf_counter()
+    check_options(config)
     cfgs = configs(config)
     spec = executor_spec(config)
     capture = config.pluginmanager.getplugin("capturemanager")
@@ -154,6 +205,8 @@ def pytest_configure(config):
             result = sweeps.sweep({name: cfgs[name] for name in order}, executor=spec)
         except ImportError as err:
             raise pytest.UsageError(f"--executor {spec}: {err}") from None
+        except (sweeps.ExecutorError, MemoryError, FloatingPointError) as err:
+            pytest.exit(f"moegeo: error: {err}", returncode=2)
         frames, timings = result.frames, result.seconds
     claims = CLAIMS + routers_geometry.CLAIMS + geometric_asymmetry.CLAIMS
     if config.getoption("--hf-model"):
@@ -187,8 +240,7 @@ def pytest_sessionfinish(session):
     from moegeo.report import write_report
 
     state = config.stash[STATE]
-    default = "REPORT-quick.md" if config.getoption("--quick") else "REPORT.md"
-    path = Path(config.getoption("--report") or ROOT / default)
+    path = report_path(config)
     # KiB -> GiB on Linux; the training workers are children
     peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 2**20
     write_report(path, state["frames"], config.stash[VERDICTS], state["configs"], time.perf_counter() - state["t0"],

@@ -9,12 +9,13 @@ import dataclasses
 import functools
 import hashlib
 import json
-import math
+import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 from ._version import __version__
+from .validate import check_count, check_memory, check_positive_number
 
 
 class PCASite(str, Enum):
@@ -128,22 +129,55 @@ class RunConfig:
 
     setting = ""
 
-    def _check(self, positive: tuple[str, ...], finite: tuple[str, ...]) -> None:
-        """Validate and normalise the shared fields (raises ValueError naming the field)."""
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in finite:
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    def _check(self) -> None:
+        """Validate and normalise the shared fields: every ``int`` field an integer >= 1 (not a
+        bool, not a float), every ``float`` field a finite number > 0, ``1 <= top_k <= n_experts``,
+        ``seeds`` distinct integers >= 0, ``arms`` distinct and non-empty, ``probe_steps``
+        integers >= 0. Raises ``TypeError`` (a wrong type) or ``ValueError`` (a wrong value)
+        naming the field."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int":
+                object.__setattr__(self, f.name, check_count(f.name, value, least=None if f.name == "top_k" else 1))
+            elif f.type == "float":
+                object.__setattr__(self, f.name, check_positive_number(f.name, value))
         if not 1 <= self.top_k <= self.n_experts:
             raise ValueError(f"top_k must satisfy 1 <= k <= E = {self.n_experts}, got k = {self.top_k}")
-        if len(self.seeds) == 0 or len(set(self.seeds)) != len(self.seeds):
+        seeds = _integers("seeds", self.seeds, least=0)
+        if len(seeds) == 0 or len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds must be non-empty and distinct, got {self.seeds}")
-        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
-        object.__setattr__(self, "arms", tuple(Arm(a) for a in self.arms))
-        object.__setattr__(self, "probe_steps", tuple(sorted({int(s) for s in self.probe_steps})))
+        if isinstance(self.arms, (str, Arm)) or not self.arms:
+            raise ValueError(f"arms must be a non-empty tuple of arms ({', '.join(a.value for a in Arm)}), "
+                             f"got {self.arms!r}")
+        arms = tuple(Arm(a) for a in self.arms)
+        twice = sorted({a.value for a in arms if arms.count(a) > 1})
+        if twice:
+            raise ValueError(f"arms must be distinct, got {twice} more than once in {[a.value for a in arms]}")
+        object.__setattr__(self, "seeds", seeds)
+        object.__setattr__(self, "arms", arms)
+        object.__setattr__(self, "probe_steps", tuple(sorted(set(_integers("probe_steps", self.probe_steps, least=0)))))
+
+    def describe(self) -> str:
+        """The config as its class and the fields that differ from the defaults, e.g.
+        ``ExperimentConfig(lr=1000.0, seeds=(0, 1))``: how an error names the run."""
+        default = type(self)()
+        shown = self.to_dict()
+        diff = [f"{f.name}={tuple(shown[f.name]) if isinstance(shown[f.name], list) else shown[f.name]!r}"
+                for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(default, f.name)]
+        return f"{type(self).__name__}({', '.join(diff)})"
+
+    def estimate_bytes(self, *, workers: int | None = None) -> dict[str, int]:
+        """The largest tensors a run of this config holds at once, in bytes, by part (see the
+        subclasses); ``workers``: seeds probed side by side (default: torch's thread count, as
+        ``moegeo.experiment.per_seed`` runs them)."""
+        raise NotImplementedError
+
+    def check_memory(self, *, workers: int | None = None) -> None:
+        """Raise ``MemoryError`` naming the estimated bytes (``estimate_bytes``, by part) when the
+        run would take more than ``moegeo.validate.MEMORY_FRACTION`` of the available memory."""
+        parts = self.estimate_bytes(workers=workers)
+        detail = ", ".join(f"{name} {b / 2**30:.3g} GiB" for name, b in parts.items())
+        check_memory(sum(parts.values()), f"{self.describe()} ({detail})")
 
     def checkpoints(self) -> tuple[int, ...]:
         """The checkpoints, the readings over training: ``probe_steps`` up to ``steps``, and
@@ -163,11 +197,23 @@ class RunConfig:
         return d
 
     def key(self) -> str:
-        """The cache key: a hash of the setting, the full config, the package version and the
-        package's source, so results computed by other code are never mistaken for this code's."""
-        payload = json.dumps({"setting": self.setting, "config": self.to_dict(), "version": __version__,
-                              "code": source_digest()}, sort_keys=True)
+        """The cache key: a hash of the setting, the full config, the content digest of the data it
+        reads (``data_digest``), the package version and the package's source, so results
+        computed by other code or on other data are never mistaken for this code's."""
+        payload = json.dumps({"setting": self.setting, "config": self.to_dict(), "data": self.data_digest(),
+                              "version": __version__, "code": source_digest()}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+    def data_digest(self) -> str | None:
+        """sha256 of the data files a run reads from disk (None: the data are generated from the seeds)."""
+        return None
+
+
+def _integers(name: str, values, *, least: int) -> tuple[int, ...]:
+    """``values`` as a tuple of ints, each an integer >= ``least`` (not a bool, not a float)."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be a tuple of integers, got {values!r}")
+    return tuple(check_count(f"{name} entry", v, least=least) for v in values)
 
 
 @dataclass(frozen=True)
@@ -199,8 +245,22 @@ class ExperimentConfig(RunConfig):
     setting = "mlp"
 
     def __post_init__(self):
-        self._check(("n_experts", "d_model", "d_hidden", "n_samples", "steps", "record_every", "trajectory_points"),
-                    ("temperature", "lr"))
+        self._check()
+
+    def estimate_bytes(self, *, workers: int | None = None) -> dict[str, int]:
+        """The largest tensors of a run, in bytes: the data (x and y, float32, every seed), the
+        widest arm's parameters with their gradients and Adam state (float32, every seed), its
+        training activations (every expert on every point for soft routing), and the probes of
+        ``workers`` seeds at once (float64: the per-point Jacobians, E N d^2 8 bytes per seed,
+        twice for a residual arm, and the PCA sites' states, E N h)."""
+        S, E, N, d, h = len(self.seeds), self.n_experts, self.n_samples, self.d_model, self.d_hidden
+        workers = min(S, workers or _threads())
+        layers = max(a.n_layers for a in self.arms)
+        weights = E * (2 * h * d + h + 2 * d + 1)
+        jac = E * N * d * d * 8 * (2 if any(a.residual for a in self.arms) else 1)
+        return {"data": 2 * S * N * d * 4, "weights and Adam state": 4 * S * layers * weights * 4,
+                "training activations": 3 * S * layers * N * E * h * 4,
+                "per-point Jacobians": workers * jac, "probe states": workers * 4 * E * N * (h + d) * 8}
 
 
 @dataclass(frozen=True)
@@ -243,8 +303,16 @@ class LMConfig(RunConfig):
     setting = "lm"
 
     def __post_init__(self):
-        self._check(("vocab_size", "d_model", "n_layers", "n_heads", "context", "n_experts", "d_hidden", "batch_size",
-                     "steps", "record_every", "eval_windows", "probe_tokens", "trajectory_points"), ("temperature", "lr"))
+        self._check()
+        if self.data is not None:
+            if not isinstance(self.data, (str, os.PathLike)) or not str(self.data).strip():
+                raise ValueError(f"data must be a directory holding WikiText-2 (None: the shipped copy), "
+                                 f"got {self.data!r}")
+            from .data.wikitext import split_files
+
+            root = Path(self.data).expanduser().resolve()
+            split_files(root)  # FileNotFoundError / ValueError naming what is missing
+            object.__setattr__(self, "data", str(root))
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model = {self.d_model} must be divisible by n_heads = {self.n_heads}")
         bad = [a.value for a in self.arms if a.n_layers != 1 or a.residual]
@@ -254,12 +322,39 @@ class LMConfig(RunConfig):
             raise ValueError(f"probe_tokens = {self.probe_tokens} must be a multiple of context = {self.context} "
                              "(whole held-out windows)")
 
+    def data_digest(self) -> str:
+        """sha256 of the WikiText files this run reads (``moegeo.data.wikitext.data_digest``: the
+        shipped copy, or the split files of ``data``)."""
+        from .data.wikitext import data_digest
+
+        return data_digest(self.data)
+
+    def estimate_bytes(self, *, workers: int | None = None) -> dict[str, int]:
+        """The largest tensors of a run, in bytes: the parameters with their gradients and Adam
+        state (float32, every seed), the training activations (the logits and their softmax, every
+        layer's attention and FFN states), and the probes of ``workers`` seeds at once (float64:
+        the per-point Jacobians, E N d^2 8 bytes per seed for N = probe_tokens, and the PCA sites)."""
+        S, V, T, d, L = len(self.seeds), self.vocab_size, self.context, self.d_model, self.n_layers
+        E, h, B, N = self.n_experts, self.d_hidden, self.batch_size, self.probe_tokens
+        workers = min(S, workers or _threads())
+        params = V * d + T * d + L * (4 * d * d + E * (2 * h * d + h + 2 * d + 1) + 4 * d)
+        tokens = S * B * T
+        return {"weights and Adam state": 4 * S * params * 4,
+                "training activations": tokens * (3 * V + L * (12 * d + 3 * E * h)) * 4 + S * B * T * T * L * 4,
+                "per-point Jacobians": workers * E * N * d * d * 8, "probe states": workers * 4 * E * N * (h + d) * 8}
+
 
 #: the parts of the package whose code never runs inside ``moegeo.experiment.run`` (they only read
 #: its results, or are another data source): left out of the cache key. Every other module is in
 #: it, so a module added anywhere else can only cause a recomputation, never a stale hit
 #: (``tests/test_experiment.py`` checks that a run imports none of these)
 READ_ONLY = ("claims", "report", "hf", "cli.py", "__main__.py")
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 @functools.cache

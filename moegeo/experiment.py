@@ -4,6 +4,7 @@ of ``moegeo.frame``, which run the same probe functions on each MoE layer's inpu
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 from concurrent.futures import ThreadPoolExecutor
 
@@ -51,9 +52,19 @@ def train_arm(arm: Arm, cfg: ExperimentConfig, x: torch.Tensor, y: torch.Tensor,
             rows.extend(_checkpoint_rows(arm, cfg, model, x, step, initial))
 
     record_at = [s for s in range(cfg.steps + 1) if s % cfg.record_every == 0 or s in checkpoints]
-    train.train(model, train.mse_loss(model, x, y), cfg.steps, cfg.lr, record=record, record_at=record_at,
-                progress=progress, desc=f"train {arm.value}")
+    with _naming(cfg, arm):
+        train.train(model, train.mse_loss(model, x, y), cfg.steps, cfg.lr, record=record, record_at=record_at,
+                    progress=progress, desc=f"train {arm.value}")
     return model, rows
+
+
+@contextlib.contextmanager
+def _naming(cfg: RunConfig, arm: Arm):
+    """A diverged run's ``FloatingPointError`` (``moegeo.train``), prefixed with the config and the arm."""
+    try:
+        yield
+    except FloatingPointError as err:
+        raise FloatingPointError(f"{cfg.describe()}, arm {arm.value}: {err}") from err
 
 
 @torch.no_grad()
@@ -113,11 +124,20 @@ def run(cfg: RunConfig = ExperimentConfig(), *, cache: bool = True, progress: bo
 
     Results are cached on disk under the config's hash (see ``moegeo.cache``); ``cache=False``
     recomputes. ``progress``: None shows bars only on a terminal, False never.
+
+    Before anything is computed, a run whose largest tensors (``cfg.estimate_bytes()``) would
+    take more than ``moegeo.validate.MEMORY_FRACTION`` of the available memory raises
+    ``MemoryError`` naming the estimate. A run that diverges raises ``FloatingPointError`` naming
+    the config, the arm, the step and the seeds (``moegeo.train.train``).
     """
     if not isinstance(cfg, (ExperimentConfig, LMConfig)):
         raise TypeError(f"cfg must be an ExperimentConfig or an LMConfig, got {type(cfg).__name__}")
     compute = {"mlp": _compute, "lm": _compute_lm}[cfg.setting]
-    return cached(cfg, lambda: compute(cfg, progress)) if cache else compute(cfg, progress)
+
+    def checked():
+        cfg.check_memory()
+        return compute(cfg, progress)
+    return cached(cfg, checked) if cache else checked()
 
 
 def _compute(cfg: ExperimentConfig, progress) -> pd.DataFrame:
@@ -165,7 +185,10 @@ def _compute_lm(cfg: LMConfig, progress) -> pd.DataFrame:
             for i, seed in enumerate(cfg.seeds):
                 r = Rows(seed, arm, -1, step)
                 r.add("loss", "", loss[i])
-                r.add("perplexity", "", ppl[i])
+                if bool(torch.isfinite(ppl[i])):
+                    r.add("perplexity", "", ppl[i])
+                else:  # a held-out loss beyond 709 nats: the perplexity overflows
+                    r.undefined("perplexity", "", [-1])
                 rows.extend(r)
             jobs = [(model.params(i, layer, torch.float32), h[i], seed, layer)
                     for layer, h in enumerate(inputs) for i, seed in enumerate(cfg.seeds)]
@@ -179,8 +202,9 @@ def _compute_lm(cfg: LMConfig, progress) -> pd.DataFrame:
                 rows.extend(per_seed(_probe_with_controls, jobs))
 
         model = lm.TransformerLM(arm, cfg)
-        train.train(model, train.next_token_loss(model, corpus.train, cfg.batch_size), cfg.steps, cfg.lr, record=record,
-                    record_at=record_at, progress=progress, desc=f"train lm {arm.value}")
+        with _naming(cfg, arm):
+            train.train(model, train.next_token_loss(model, corpus.train, cfg.batch_size), cfg.steps, cfg.lr,
+                        record=record, record_at=record_at, progress=progress, desc=f"train lm {arm.value}")
     return _frame(rows, cfg)
 
 

@@ -8,11 +8,19 @@ Face checkpoint); ``layer`` is the MoE layer (0 for the MLP setting's single lay
 whole-model quantity such as the loss or the perplexity); ``expert = -1`` marks a quantity not
 of one expert; ``index`` the position in a curve (1-based) or the partner expert of a cosine,
 ``-1`` for scalars.
+
+No value in the frame is NaN or Inf. A quantity that is undefined for an expert (the explained
+variance of routed points without variance, e.g. an expert with one routed token; the energy
+curve of a zero Jacobian; the cosine of a zero matrix; the similarity of a single router) is
+left out, and a row ``metric="undefined"``, value 1, ``reading`` naming what was left out (e.g.
+``metric=explained_variance;pca_site=input``) counts it for that expert (``Rows.undefined``);
+``check_finite_values`` refuses a frame that still holds one.
 """
 from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -80,6 +88,18 @@ class Rows(list):
         super().__init__()
         self.key = dict(seed=seed, arm=getattr(arm, "value", arm), layer=layer, step=step, control=control)
 
+    def undefined(self, metric: str, reading_: str, experts) -> None:
+        """Count a quantity left out because it is undefined: one row per expert in ``experts``
+        (-1: not of one expert), metric ``undefined``, value 1, ``reading`` naming what was left out
+        (``metric=<metric>`` and its own reading, e.g. ``metric=explained_variance;pca_site=input``)."""
+        label = reading(metric=metric) + (f";{reading_}" if reading_ else "")
+        for e in experts:
+            self.append(dict(self.key, expert=e, reading=label, metric="undefined", index=-1, value=1.0))
+
+    def where(self) -> str:
+        """The rows' seed, arm, layer, step (and control), for a message."""
+        return ", ".join(f"{k} {v}" for k, v in self.key.items() if k != "control" or v)
+
     def add(self, metric: str, reading_: str, values, experts=(-1,), index=None) -> None:
         """``values``: one scalar or curve per expert in ``experts`` (a curve's ``index`` is 1-based
         unless given, e.g. the partner expert of a cosine)."""
@@ -117,8 +137,14 @@ def _trajectory_layer(arm, cfg, p, h, seed, layer, step):
         if Jm is not None:
             r.add("jacobian_norm", reading(jacobian="effective", norm=norm), fn(Jm).mean())
     if int(live.sum()) > 1:
-        c = probes.cosine_matrix(jbar)
-        r.add("cosine_abs_mean", reading(jacobian=JacobianSite.MEAN), c[_offdiag(len(c))].abs().mean())
+        nonzero = jbar.flatten(1).norm(dim=1) > 0
+        label = reading(jacobian=JacobianSite.MEAN)
+        zero = [e for e, ok in zip(_indices(live), nonzero.tolist()) if not ok]
+        if zero:  # the cosine of a zero mean Jacobian is undefined
+            r.undefined("cosine_abs_mean", label, zero)
+        if int(nonzero.sum()) > 1:
+            c = probes.cosine_matrix(jbar[nonzero])
+            r.add("cosine_abs_mean", label, c[_offdiag(len(c))].abs().mean())
     if p.router_vectors is not None:
         r += _router_rows(p, h, g, seed, arm, layer, step)
     return r
@@ -133,17 +159,23 @@ def _router_rows(p, x, g, seed, arm, layer, step, full: bool = False, experts: l
     the others', the score-activation rank correlation per expert and, given the layer's
     ``initial`` parameters, the coupling of the accumulated updates (each router's change since
     initialisation against its own expert's and the others' input-weight change). Cosines are
-    skipped when a router vector is zero (they are undefined)."""
+    left out, with ``undefined`` rows, when a router vector is zero or there is one router (they
+    are undefined), and so is the rank correlation of an expert with too few tokens."""
     r = Rows(seed, arm, layer, step, control)
     R = p.router_vectors
     nonzero = bool((R.norm(dim=-1) > 0).all())
     if not full:
         r.add("load_fraction", "", probes.load_fractions(g), list(range(g.shape[1])))
         r.add("load_imbalance", "", probes.load_imbalance(g))
-        if nonzero:
+        if nonzero and len(R) > 1:
             r.add("router_similarity", "", probes.router_similarity(R))
+        else:
+            r.undefined("router_similarity", "", [-1])
         return r
     experts = list(range(g.shape[1])) if experts is None else experts
+    if len(experts) > 1 and not nonzero:
+        for metric in ("router_cosine", "router_expert_cos"):
+            r.undefined(metric, "", experts)
     if len(experts) > 1 and nonzero:
         R, W1 = R[experts], p.W1[experts]
         r.add("router_cosine", "", probes.cosine_matrix(R), experts, index=experts)
@@ -157,10 +189,13 @@ def _router_rows(p, x, g, seed, arm, layer, step, full: bool = False, experts: l
                 U = probes.router_expert_cosines(dR, dW1)
                 r.add("router_update_cos", "pair=matched", U.diagonal(), experts)
                 r.add("router_update_cos", "pair=mismatched", (U.sum(1) - U.diagonal()) / (n - 1), experts)
+            else:  # a router or an expert that has not moved: the cosine of its update is undefined
+                r.undefined("router_update_cos", "", experts)
     scores, gl = p.scores(x)[:, experts], g[:, experts]
     rho = probes.score_activation_correlation(scores, p.W1[experts], p.b1[experts], x, gl)
     ok = torch.nonzero(~rho.isnan()).flatten().tolist()
     r.add("score_activation_rho", "", rho[ok], [experts[i] for i in ok])
+    r.undefined("score_activation_rho", "", [e for i, e in enumerate(experts) if i not in ok])
     # the first SAMPLE_TOKENS tokens routed to each expert: its score and activation norm (figure)
     act = gelu(probes.expert_preactivations(p.W1[experts], p.b1[experts], x)).norm(dim=-1)
     for i, e in enumerate(experts):
@@ -233,7 +268,7 @@ def _variant_rows(p, x, g, rows: Rows, shared: dict, J_ln, initial) -> Rows:
     mass = probes.expert_mass(g)
     live = torch.nonzero(mass > 0).flatten()
     experts = live.tolist()
-    where = ", ".join(f"{k} {v}" for k, v in rows.key.items() if k != "control" or v)
+    where = rows.where()
     for e in torch.nonzero(mass <= 0).flatten().tolist():
         if not rows.key["control"]:
             warnings.warn(f"{where}: expert {e} received zero routing weight; excluded")
@@ -253,7 +288,7 @@ def _variant_rows(p, x, g, rows: Rows, shared: dict, J_ln, initial) -> Rows:
         charts[reading(jacobian=JacobianSite.MEAN, chart="residual")] = (
             charts[reading(jacobian=JacobianSite.MEAN, chart="ln")] + torch.eye(x.shape[-1], dtype=x.dtype))
         for r, M in charts.items():
-            rows.add("cosine", r, probes.cosine_matrix(M), experts, index=experts)
+            cosine_rows(rows, r, M, experts)
     return rows
 
 
@@ -268,37 +303,96 @@ def expert_geometry_rows(rows: Rows, x: torch.Tensor, g: torch.Tensor, J: torch.
     cosine of vec(J̄_e) (A.3), the weighted PCA of every site (A.4/B.5) and, at the sites whose
     coordinates experts share (``SUBSPACE_SITES``), the Grassmann geometry between expert
     subspaces (``subspace_rows``). ``s_point``: the singular values of ``J`` when already
-    computed. Returns J̄_e ``(E, d_out, d)``.
+    computed. Quantities undefined for an expert are left out with ``undefined`` rows (module
+    docstring). Returns J̄_e ``(E, d_out, d)``.
     """
     if s_point is None:  # (E, N, d); float64, so Gram is accurate here
         s_point = probes.singular_values(J, method="gram")
     jbar = probes.weighted_mean(J, g)
-    spectra = {
-        JacobianSite.POINTWISE: (probes.weighted_mean(s_point, g),
-                                 probes.weighted_mean(probes.energy_curve(s_point), g)),
-        JacobianSite.MEAN: (probes.singular_values(jbar), None),
+    # a point whose Jacobian is zero has no energy curve: its expert's pointwise energy is left out
+    nonzero_point = s_point[..., 0] > 0  # (E, N)
+    curves = probes.energy_curve(torch.where(nonzero_point[..., None], s_point, torch.ones_like(s_point)))
+    s_mean = probes.singular_values(jbar)
+    spectra = {  # site -> (spectrum, energy curve, whether the energy curve is defined per expert)
+        JacobianSite.POINTWISE: (probes.weighted_mean(s_point, g), probes.weighted_mean(curves, g),
+                                 (nonzero_point | (g.T <= 0)).all(1)),
+        JacobianSite.MEAN: (s_mean, None, s_mean[:, 0] > 0),
     }
-    for site, (s, energy) in spectra.items():
-        energy = probes.energy_curve(s) if energy is None else energy
+    for site, (s, energy, has_energy) in spectra.items():
         r, k = reading(jacobian=site), min(ENERGY_K, s.shape[-1])
         rows.add("sigma", r, s, experts)
         rows.add("sigma1", r, s[:, 0], experts)
-        rows.add(f"sigma_ratio@{k}", r, s[:, k - 1] / s[:, 0], experts)
-        rows.add("energy", r, energy, experts)
-        rows.add(f"energy@{k}", r, probes.value_at(energy, k), experts)
-        rows.add(f"energy_k@{ENERGY_TAU}", r, probes.k_at(energy, ENERGY_TAU).double(), experts)
+        def ratio_rows(ok, s=s, k=k):
+            return [(f"sigma_ratio@{k}", s[ok, k - 1] / s[ok, 0])]
+
+        def energy_rows(ok, s=s, energy=energy, k=k):
+            e = probes.energy_curve(s[ok]) if energy is None else energy[ok]
+            return [("energy", e), (f"energy@{k}", probes.value_at(e, k)),
+                    (f"energy_k@{ENERGY_TAU}", probes.k_at(e, ENERGY_TAU).double())]
+        _defined_rows(rows, r, experts, s[:, 0] > 0, [f"sigma_ratio@{k}"], ratio_rows, "have a zero Jacobian")
+        _defined_rows(rows, r, experts, has_energy, ["energy", f"energy@{k}", f"energy_k@{ENERGY_TAU}"], energy_rows,
+                      "have a zero Jacobian at a routed point" if site is JacobianSite.POINTWISE else "have a zero J̄")
     if len(experts) > 1:
-        rows.add("cosine", reading(jacobian=JacobianSite.MEAN), probes.cosine_matrix(jbar), experts, index=experts)
+        cosine_rows(rows, reading(jacobian=JacobianSite.MEAN), jbar, experts)
     for site, h in sites.items():
-        pca = probes.weighted_pca(h, g.T, vectors=site in SUBSPACE_SITES)
-        r, k = reading(pca_site=site), min(PCA_K, h.shape[-1])
-        rows.add("explained_variance", r, pca.explained_variance_ratio, experts)
-        rows.add(f"cumvar@{k}", r, pca.cumvar_at(k), experts)
-        rows.add(f"k@{PCA_TAU}", r, pca.k_at(PCA_TAU).double(), experts)
-        rows.add("total_variance", r, pca.eigenvalues.clamp_min(0).sum(-1), experts)
-        if site in SUBSPACE_SITES and len(experts) > 1:
-            subspace_rows(rows, pca, site, experts)
+        pca_site_rows(rows, site, h, g, experts)
     return jbar
+
+
+def _defined_rows(rows: Rows, reading_: str, experts: list[int], defined: torch.Tensor, metrics: list[str],
+                  values, lacks: str) -> None:
+    """The rows ``values(defined) -> [(metric, per-expert values)]`` of the experts where
+    ``defined`` (bool, per expert) holds; an ``undefined`` row for each of ``metrics`` of every
+    other expert, and (for the trained run's own rows) a warning saying what they ``lack``."""
+    keep = [e for e, ok in zip(experts, defined.tolist()) if ok]
+    gone = [e for e, ok in zip(experts, defined.tolist()) if not ok]
+    if gone:
+        if not rows.key["control"]:
+            warnings.warn(f"{rows.where()}, {reading_}: expert(s) {gone} {lacks}; {', '.join(metrics)} are undefined "
+                          "there and left out (an undefined row records each)", stacklevel=2)
+        for metric in metrics:
+            rows.undefined(metric, reading_, gone)
+    if keep:
+        for metric, value in values(defined):
+            rows.add(metric, reading_, value, keep)
+
+
+def cosine_rows(rows: Rows, reading_: str, M: torch.Tensor, experts: list[int]) -> None:
+    """The ``cosine`` matrix of vec(M_e) between the experts (A.3), ``M: (E, *)``, ``index`` the
+    partner expert. The cosine of a zero matrix is undefined: such an expert is left out, with
+    an ``undefined`` row."""
+    nonzero = M.flatten(1).norm(dim=1) > 0
+    zero = [e for e, ok in zip(experts, nonzero.tolist()) if not ok]
+    if zero:
+        rows.undefined("cosine", reading_, zero)
+    keep = [e for e, ok in zip(experts, nonzero.tolist()) if ok]
+    if len(keep) > 1:
+        rows.add("cosine", reading_, probes.cosine_matrix(M[nonzero]), keep, index=keep)
+
+
+def pca_site_rows(rows: Rows, site: PCASite, h: torch.Tensor, g: torch.Tensor, experts: list[int], *,
+                  total_variance: bool = True) -> probes.PCAResult:
+    """The weighted PCA of one site (A.4/B.5), ``h: (N, D)`` or ``(E, N, D)`` as computed (its
+    dtype sets the rounding floor, ``probes.PCAResult.has_variance``), ``g: (N, E)``: per expert
+    the explained variance curve, cum-var@k and k@0.9, its ``total_variance`` (unless
+    ``total_variance=False``) and, at the ``SUBSPACE_SITES``, the Grassmann rows
+    (``subspace_rows``). The routed points of an expert may have no variance (one token, or
+    identical points): its explained variance, cum-var and k@0.9 are undefined and left out, with
+    ``undefined`` rows (its total variance, 0, stays). Returns the PCA."""
+    pca = probes.weighted_pca(h, g.T, vectors=site in SUBSPACE_SITES)
+    r, k = reading(pca_site=site), min(PCA_K, h.shape[-1])
+
+    def values(ok):
+        sub = pca[ok]
+        return [("explained_variance", sub.explained_variance_ratio), (f"cumvar@{k}", sub.cumvar_at(k)),
+                (f"k@{PCA_TAU}", sub.k_at(PCA_TAU).double())]
+    _defined_rows(rows, r, experts, pca.has_variance, ["explained_variance", f"cumvar@{k}", f"k@{PCA_TAU}"], values,
+                  "have routed points without variance (one point, or identical points)")
+    if total_variance:
+        rows.add("total_variance", r, pca.total_variance, experts)
+    if site in SUBSPACE_SITES and len(experts) > 1:
+        subspace_rows(rows, pca, site, experts)
+    return pca
 
 
 def subspace_rows(rows: Rows, pca: probes.PCAResult, site: PCASite, experts: list[int]) -> None:
@@ -313,20 +407,24 @@ def subspace_rows(rows: Rows, pca: probes.PCAResult, site: PCASite, experts: lis
     also the principal angles, one metric ``angle@i`` per i. An expert whose routed points span
     fewer than ``SUBSPACE_R`` dimensions has no top-r subspace (``SUBSPACE_RANK_TOL``) and is left
     out of the ``r10`` rows; its ``k90`` subspace lies within its span and stays, unless its points
-    have no variance at all (one distinct point: no principal directions, left out of both). Each
+    have no variance at all (one distinct point: no principal directions, left out of both; so is
+    one whose points vary only by rounding, ``probes.PCAResult.has_variance``). Each
     expert left out gets a ``subspace_excluded`` row (value 1) under that reading, and a warning.
     """
     D = pca.components.shape[-1]
-    ks = pca.k_at(PCA_TAU).tolist()
+    varies = pca.has_variance
+    ks = torch.ones(len(experts), dtype=torch.long)
+    if bool(varies.any()):
+        ks[varies] = pca[varies].k_at(PCA_TAU)
     R = min(SUBSPACE_R, D)
     lam = pca.eigenvalues.clamp_min(0)
     subspaces = {  # reading -> (each expert's basis, whether it is defined, what an undefined one lacks)
-        f"r{SUBSPACE_R}": (pca.subspace(R), (lam[:, R - 1] > SUBSPACE_RANK_TOL * lam[:, 0]).tolist(),
+        f"r{SUBSPACE_R}": (pca.subspace(R), (varies & (lam[:, R - 1] > SUBSPACE_RANK_TOL * lam[:, 0])).tolist(),
                            f"span fewer than {R} dimensions; their top-{R} subspace is not defined"),
-        "k90": ([pca.components[i, :, :k] for i, k in enumerate(ks)], (lam[:, 0] > 0).tolist(),
+        "k90": ([pca.components[i, :, :k] for i, k in enumerate(ks.tolist())], varies.tolist(),
                 "have no variance (one distinct point); they have no principal directions"),
     }
-    where = ", ".join(f"{k} {v}" for k, v in rows.key.items() if k != "control" or v)  # seed, arm, layer, step
+    where = rows.where()  # seed, arm, layer, step
     for name, (all_bases, defined, lacks) in subspaces.items():
         r = reading(pca_site=site, subspace=name)
         dropped = [e for e, ok in zip(experts, defined) if not ok]
@@ -351,12 +449,30 @@ def subspace_rows(rows: Rows, pca: probes.PCAResult, site: PCASite, experts: lis
 
 
 def _frame(rows: list[dict], cfg: RunConfig) -> pd.DataFrame:
+    """The tidy frame of a run's rows with its config's columns (and, for a run that reads data
+    files, their ``data_digest``); ``check_finite_values`` guards it."""
     df = pd.DataFrame(rows, columns=COLUMNS)
     df["setting"] = cfg.setting
     for k, v in cfg.to_dict().items():
         if k not in ("seeds", "arms", "probe_steps"):
             df[k] = v
+    digest = cfg.data_digest()
+    if digest is not None:
+        df["data_digest"] = digest
     df["config_key"] = cfg.key()
+    return check_finite_values(df)
+
+
+def check_finite_values(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` itself when every ``value`` is finite; else ``ValueError`` naming the rows' metrics
+    and readings. The row builders leave every undefined quantity out (``undefined`` rows count
+    them), so a NaN or Inf here is a bug in a builder, never a number to write."""
+    bad = df[~np.isfinite(df["value"].to_numpy(dtype=float))]
+    if len(bad):
+        where = bad.groupby(["metric", "reading"]).size().head(8)
+        raise ValueError(f"{len(bad)} NaN/Inf value(s) reached the frame, in (metric, reading): "
+                         f"{', '.join(f'{m} [{r}] x{n}' for (m, r), n in where.items())}; a row builder must leave an "
+                         "undefined quantity out with an undefined row instead")
     return df
 
 
@@ -364,7 +480,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     """Final-step scalar probes averaged over experts and seeds: rows (metric, reading), and the
     MoE layer first when there are several (the language model), columns arms."""
     final = df[(df["index"] == -1) & (df["step"] == df["steps"]) & (df["expert"] >= 0)]
-    final = final[~final["metric"].isin(["jacobian_norm", "load", "excluded", "subspace_excluded"])]
+    final = final[~final["metric"].isin(["jacobian_norm", "load", "excluded", "subspace_excluded", "undefined"])]
     rows = (["layer"] if final["layer"].nunique() > 1 else []) + ["metric", "reading"]
     t = final.groupby(rows + ["arm"])["value"].mean().unstack("arm")
     return t[[a for a in (x.value for x in Arm) if a in t.columns]]

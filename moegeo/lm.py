@@ -153,8 +153,8 @@ def unembedding_cross_entropy(h: torch.Tensor, w: torch.Tensor, targets: torch.T
 
 
 def perplexity(loss: torch.Tensor) -> torch.Tensor:
-    """exp of a mean cross-entropy in nats."""
-    return torch.exp(loss)
+    """exp of a mean cross-entropy in nats, in float64 (Inf only above 709 nats)."""
+    return torch.exp(loss.double())
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ from torch import nn
 from .config import Arm, Router
 from .nn import gelu, layer_norm, seed_generator
 from .routers import ROUTERS, KMeansRouter, cosine_scores, route, topk_route
+from .validate import check_finite_rows, check_positive_number
 
 ROUTINGS = ("topk", "soft", "dense")
 
@@ -101,9 +102,9 @@ class MLPMoE(nn.Module):
             raise ValueError(f"a dense FFN has one expert, got n_experts = {n_experts}")
         if routing != "dense":
             route(torch.zeros(1, n_experts), routing, top_k=top_k)  # validates k against E
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        temperature = check_positive_number("temperature", temperature)
         self.routing, self.top_k, self.temperature = routing, top_k, temperature
+        self.seeds = tuple(seeds)
         E, d, h = n_experts, d_model, d_hidden
         shapes = {"W1": ((E, h, d), d), "b1": ((E, h), d), "W2": ((E, d, h), h), "b2": ((E, d), h)}
         cls = None if routing == "dense" else ROUTERS[router]
@@ -163,9 +164,11 @@ class MLPMoE(nn.Module):
         return out[0] if single else out
 
     def _check_x(self, x: torch.Tensor) -> None:
-        """``x`` must be ``(S, N, d)`` for this layer's S seeds and input width d."""
+        """``x`` must be ``(S, N, d)`` for this layer's S seeds and input width d, and finite
+        (``moegeo.validate.NonFiniteError`` naming the seed indices that are not)."""
         if x.dim() != 3 or x.shape[0] != self.n_seeds or x.shape[-1] != self.W1.shape[-1]:
             raise ValueError(f"x must have shape (S={self.n_seeds}, N, d={self.W1.shape[-1]}), got {tuple(x.shape)}")
+        check_finite_rows("x", x)
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Router scores s(x), ``(S, N, d) -> (S, N, E)``: the router's (logits Wr x + br, or cosines
@@ -265,6 +268,11 @@ class MoENet(nn.Module):
     @property
     def n_seeds(self) -> int:
         return self.layers[0].n_seeds
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The seed of each index of the leading (seed) dimension."""
+        return self.layers[0].seeds
 
     def trace(self, x: torch.Tensor) -> Trace:
         """The forward pass with every MoE layer's input and block input (``Trace``), ``(S, N, d)`` each."""

@@ -7,6 +7,7 @@ from torch import nn
 
 from .config import AUX_COEF, BIAS_RATE, CENTROID_EMA, Router
 from .nn import seed_generator
+from .validate import check_positive_number
 
 
 def route(logits: torch.Tensor, routing: str, *, top_k: int = 2, temperature: float = 1.0,
@@ -15,8 +16,10 @@ def route(logits: torch.Tensor, routing: str, *, top_k: int = 2, temperature: fl
 
     "topk": softmax, keep the top k, renormalise (= softmax over the k largest scores; with a
     selection ``bias``, over the k largest of s + bias, weighted by s alone); "soft": softmax
-    over all E. ``logits: (*, E) -> (*, E)``.
+    over all E. ``logits: (*, E) -> (*, E)``; ``temperature`` a finite number > 0 (``ValueError``
+    otherwise: the weights would be NaN).
     """
+    check_positive_number("temperature", temperature)
     if routing == "soft":
         return torch.softmax(logits / temperature, -1)
     if routing == "topk":
@@ -30,7 +33,8 @@ def topk_route(logits: torch.Tensor, top_k: int, *, temperature: float = 1.0,
     """Top-k routing as (weights, expert indices), each ``(*, k)``: the softmax over the k
     largest scores (B.3: softmax, keep the top k, renormalise). A ``bias`` (broadcast to the
     scores) changes which k are selected but not their weights (DeepSeek-V3's loss-free
-    balancing: "the bias term is only used for routing")."""
+    balancing: "the bias term is only used for routing"). ``temperature``: a finite number > 0."""
+    check_positive_number("temperature", temperature)
     if not 1 <= top_k <= logits.shape[-1]:
         raise ValueError(f"top_k must satisfy 1 <= k <= E = {logits.shape[-1]}, got k = {top_k}")
     if bias is None:

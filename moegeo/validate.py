@@ -1,8 +1,11 @@
 """Input checks, done once at the public boundary, with messages a researcher understands."""
 from __future__ import annotations
 
-import torch
+import math
+import numbers
+import os
 
+import torch
 
 SUMMABLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # check_finite's one-sum test
 
@@ -28,6 +31,26 @@ def check_finite(**tensors: torch.Tensor) -> None:
         if not summed and not torch.isfinite(t).all():
             bad = (~torch.isfinite(t)).sum().item()
             raise ValueError(f"{name} holds {bad} NaN/Inf value(s) out of {t.numel()}")
+
+
+class NonFiniteError(ValueError):
+    """A tensor holds NaN or Inf; ``index``: the positions along its leading dimension (e.g. the
+    seeds of a seed-stacked batch) that do."""
+
+    def __init__(self, message: str, index: list[int]):
+        super().__init__(message)
+        self.index = index
+
+
+def check_finite_rows(name: str, t: torch.Tensor) -> None:
+    """Raise ``NonFiniteError`` naming the positions along the leading dimension of ``t`` that
+    hold NaN or Inf (one sum when none does)."""
+    if t.dtype in SUMMABLE and bool(torch.isfinite(t.detach().sum())):
+        return
+    bad = torch.nonzero(~torch.isfinite(t.detach()).flatten(1).all(1)).flatten().tolist()
+    if bad:
+        raise NonFiniteError(f"{name} holds NaN/Inf values at index(es) {bad} of its leading dimension "
+                             f"(size {t.shape[0]}); expected finite values", bad)
 
 
 def check_shape(name: str, t: torch.Tensor, expected: tuple, what: str = "") -> None:
@@ -61,3 +84,50 @@ def check_expert_mass(mass: torch.Tensor) -> None:
             f"expert(s) {dead} received zero total routing weight (sum g = 0); they have no "
             "local chart. Drop them (moegeo.experiment does so and reports it) or pass other data."
         )
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation: MemAvailable of /proc/meminfo (Linux), else
+    the free physical pages (``os.sysconf``)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+#: fraction of the available memory a run or a loaded model may take (the rest is the system's)
+MEMORY_FRACTION = 0.8
+
+
+def check_memory(need: int, what: str, *, fraction: float = MEMORY_FRACTION, have: int | None = None) -> None:
+    """Raise ``MemoryError`` when ``need`` bytes exceed ``fraction`` of the available memory
+    (``available_memory()``, or ``have``); the message names ``what`` and both sizes."""
+    have = available_memory() if have is None else have
+    if need > fraction * have:
+        raise MemoryError(f"{what} needs about {need / 2**30:.3g} GiB ({need:.3g} bytes) but only "
+                          f"{have / 2**30:.3g} GiB of memory is available (at most {fraction:.0%} of it may be used); "
+                          "make it smaller or run it on a larger machine")
+
+
+def check_positive_number(name: str, value, *, allow_zero: bool = False) -> float:
+    """``value`` as a float: a real number (not a bool) that is finite and > 0 (>= 0 with
+    ``allow_zero``); ``ValueError`` naming ``name`` otherwise."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not (value >= 0 if allow_zero else value > 0):
+        raise ValueError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
+def check_count(name: str, value, *, least: int | None = 1) -> int:
+    """``value`` as an int: an integer (not a bool, not a float) >= ``least`` (None: any);
+    ``TypeError`` or ``ValueError`` naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        bound = "" if least is None else f" >= {least}"
+        raise TypeError(f"{name} must be an integer{bound}, got {value!r} ({type(value).__name__})")
+    if least is not None and value < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value}")
+    return int(value)

@@ -256,8 +256,13 @@ def _read_shipped(name: str) -> tuple[str, str]:
     return f"shipped {name}", _decode(raw, f"shipped {name}")
 
 
-def _read_user_dir(root: Path) -> dict[str, tuple[str, str]]:
-    """(label, text) per split found in a user's WikiText directory; train and test required."""
+def split_files(root: str | os.PathLike) -> dict[str, Path]:
+    """The file of each split that ``load_wikitext(root)`` reads: role (``train``, ``valid``,
+    ``heldout``) -> path, the first of ``wiki.<split>.tokens``, ``<split>.txt`` (each optionally
+    ``.gz``) present; ``valid`` only when present. Raises ``FileNotFoundError`` when ``root``
+    does not exist or lacks a train or test file (listing the names looked for and what it
+    holds), ``ValueError`` when it is a file."""
+    root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"WikiText path {root} does not exist; expected a directory holding "
                                 "wiki.train.tokens / wiki.valid.tokens / wiki.test.tokens (or train.txt ...)")
@@ -268,12 +273,50 @@ def _read_user_dir(root: Path) -> dict[str, tuple[str, str]]:
         names = [base + gz for base in (f"wiki.{split}.tokens", f"{split}.txt") for gz in ("", ".gz")]
         file = next((root / n for n in names if (root / n).is_file()), None)
         if file is not None:
-            raw = _decompress(file.read_bytes(), str(file)) if file.suffix == ".gz" else file.read_bytes()
-            found[role] = (str(file), _decode(raw, str(file)))
+            found[role] = file
         elif role != "valid":  # valid is optional: nothing is trained or scored on it
             present = sorted(p.name for p in root.iterdir())
             raise FileNotFoundError(f"{root} has no {split} split: looked for {', '.join(names)}; "
                                     f"found {present[:20] or 'an empty directory'}")
+    return found
+
+
+#: (path, size, mtime_ns) -> sha256 of the file's bytes, for ``data_digest`` (in-process only)
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of the bytes of ``path``, computed once per (path, size, modification time)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _FILE_DIGESTS[key] = h.hexdigest()
+    return _FILE_DIGESTS[key]
+
+
+def data_digest(path: str | os.PathLike | None = None) -> str:
+    """sha256 over the files ``load_wikitext(path)`` reads (each split's role, file name and the
+    sha256 of its bytes): the shipped copy for None, else ``split_files(path)``. Identical data
+    give the same digest wherever they lie; a rewritten file gives another. Each file's digest is
+    kept in this process per (path, size, modification time)."""
+    if path is None:
+        files = {"train": _SHIPPED_DIR / "valid.txt.gz", "heldout": _SHIPPED_DIR / "test.txt.gz"}
+        parts = [(role, Path(str(f)).name, SHIPPED_SHA256[Path(str(f)).name]) for role, f in files.items()]
+    else:
+        parts = [(role, f.name, _file_digest(f)) for role, f in split_files(path).items()]
+    return hashlib.sha256("\n".join(":".join(p) for p in parts).encode()).hexdigest()
+
+
+def _read_user_dir(root: Path) -> dict[str, tuple[str, str]]:
+    """(label, text) per split found in a user's WikiText directory; train and test required."""
+    found = {}
+    for role, file in split_files(root).items():
+        raw = _decompress(file.read_bytes(), str(file)) if file.suffix == ".gz" else file.read_bytes()
+        found[role] = (str(file), _decode(raw, str(file)))
     return found
 
 

@@ -9,49 +9,32 @@ from dataclasses import dataclass
 
 import torch
 
-
-#: fraction of the available memory a model may take when loaded (probing needs the rest)
-MEMORY_FRACTION = 0.8
-#: default number of tokens probed
+from ..validate import MEMORY_FRACTION, available_memory, check_count
 
 
 #: default number of tokens probed
 MAX_TOKENS = 512
 #: default tokens per sequence (fewer when the model's max_position_embeddings is smaller)
-
-
-#: default tokens per sequence (fewer when the model's max_position_embeddings is smaller)
 CONTEXT = 512
 #: fraction of unknown tokens in the probed text above which the probe warns: a few rare words are
 #: normal for a word-level vocabulary, more means the text does not suit the tokenizer
-
-
-#: fraction of unknown tokens in the probed text above which the probe warns: a few rare words are
-#: normal for a word-level vocabulary, more means the text does not suit the tokenizer
 UNKNOWN_TOKENS_WARN = 0.05
+#: names of a checkpoint's weights listed in an error before "and N more"
+LISTED_NAMES = 6
 
 
-def available_memory() -> int:
-    """Bytes of memory available to a new allocation: MemAvailable of /proc/meminfo (Linux), else
-    the free physical pages (``os.sysconf``)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+def meta_model(config):
+    """The causal LM a ``config`` describes, on the meta device (shapes only, nothing allocated)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
 
 
 def estimate_bytes(config, *, dtype: torch.dtype = torch.float64) -> tuple[int, int]:
     """(parameter count, bytes in ``dtype``) of the causal LM a ``config`` describes, counted on the
     meta device (nothing is allocated)."""
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    n = sum(p.numel() for p in model.parameters())
+    n = sum(p.numel() for p in meta_model(config).parameters())
     return n, n * torch.empty((), dtype=dtype).element_size()
 
 
@@ -72,17 +55,31 @@ def checkpoint_config(path: str | os.PathLike):
     return AutoConfig.from_pretrained(path, local_files_only=True)
 
 
-def load(path: str | os.PathLike, *, dtype: torch.dtype = torch.float64, memory_fraction: float = MEMORY_FRACTION):
+def load(path: str | os.PathLike, *, dtype: torch.dtype = torch.float64, memory_fraction: float = MEMORY_FRACTION,
+         allow_missing=()):
     """Load a local ``transformers`` causal-LM checkpoint directory for probing.
 
     The size is checked from the config (``checkpoint_config``) first: a model whose parameters in
-    ``dtype`` would take more than ``memory_fraction`` of the available memory raises
-    ``MemoryError`` with the estimate, before anything is materialised. Loads with
-    ``experts_implementation="eager"`` (float64 needs it on the CPU) and never touches the network
-    (``local_files_only``).
+    ``dtype`` would take more than ``memory_fraction`` (a number in (0, 1]) of the available
+    memory raises ``MemoryError`` with the estimate, before anything is materialised. Every
+    ``*.safetensors`` file must parse (a truncated or garbage file is a ``ValueError`` naming
+    it). Loads with ``experts_implementation="eager"`` (float64 needs it on the CPU) and never
+    touches the network (``local_files_only``).
+
+    The checkpoint must hold exactly the model's weights: a weight the model has and the
+    checkpoint lacks (``transformers`` would initialise it at random, and the probe would read
+    noise), a checkpoint tensor the model has no place for, or one of another shape is a
+    ``ValueError`` naming them, unless every such name matches one of the ``fnmatch`` patterns
+    of ``allow_missing`` (e.g. ``("model.layers.1.mlp.experts.*",)``; CLI ``--allow-missing``).
     """
     from transformers import AutoModelForCausalLM
 
+    if not (isinstance(memory_fraction, (int, float)) and not isinstance(memory_fraction, bool)
+            and 0 < memory_fraction <= 1):
+        raise ValueError(f"memory_fraction must be a number in (0, 1], got {memory_fraction!r}")
+    patterns = (allow_missing,) if isinstance(allow_missing, str) else tuple(allow_missing)
+    if not all(isinstance(p, str) and p for p in patterns):
+        raise TypeError(f"allow_missing must be fnmatch patterns (non-empty strings), got {allow_missing!r}")
     config = checkpoint_config(path)
     n, need = estimate_bytes(config, dtype=dtype)
     have = available_memory()
@@ -91,9 +88,64 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype = torch.float64, memory_
                           f"{need / 2**30:.1f} GiB in {dtype} but only {have / 2**30:.1f} GiB of memory is available "
                           f"(at most {memory_fraction:.0%} of it may hold the model); load it in a smaller dtype "
                           "(e.g. dtype=torch.float32) or on a larger machine")
-    model = AutoModelForCausalLM.from_pretrained(os.fspath(path), dtype=dtype, experts_implementation="eager",
-                                                 local_files_only=True)
+    _check_weight_files(path)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            os.fspath(path), dtype=dtype, experts_implementation="eager", local_files_only=True,
+            output_loading_info=True, ignore_mismatched_sizes=True)
+    except Exception as err:  # safetensors' SafetensorError derives from Exception only
+        if type(err).__name__ != "SafetensorError":
+            raise
+        raise ValueError(f"{path}: the weights cannot be read ({err}); the files are damaged or not safetensors: "
+                         "re-download or re-save the checkpoint") from None
+    _check_loading_info(path, config, info, patterns)
     return model.eval()
+
+
+def _check_weight_files(path) -> None:
+    """Every ``*.safetensors`` file of ``path`` must open (header and data as it declares)."""
+    from safetensors import SafetensorError, safe_open
+
+    for name in sorted(f for f in os.listdir(path) if f.endswith(".safetensors")):
+        file = os.path.join(os.fspath(path), name)
+        try:
+            with safe_open(file, "pt") as f:
+                f.keys()
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{file}: not a readable safetensors file ({err}); it is truncated or damaged: "
+                             "re-download or re-save the checkpoint") from None
+
+
+def _names(names, limit: int = LISTED_NAMES) -> str:
+    names = sorted(names)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _check_loading_info(path, config, info: dict, patterns: tuple[str, ...]) -> None:
+    """Refuse missing, unexpected or mismatched weights (``load``) not matched by ``patterns``."""
+    import fnmatch
+
+    def kept(names):
+        return [n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+    missing, unexpected = kept(info.get("missing_keys", ())), kept(info.get("unexpected_keys", ()))
+    mismatched = {m[0]: m for m in info.get("mismatched_keys", ())}
+    shapes = [f"{n} (checkpoint {tuple(mismatched[n][1])}, model {tuple(mismatched[n][2])})"
+              for n in sorted(kept(mismatched))]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} weight(s) of the model missing from the checkpoint (they would be "
+                        f"initialised at random): {_names(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} checkpoint tensor(s) the model has no place for: {_names(unexpected)}")
+    if shapes:
+        problems.append(f"{len(shapes)} tensor(s) of another shape: {_names(shapes)}")
+    if problems:
+        raise ValueError(f"{path}: the checkpoint does not match its {config.model_type} architecture: "
+                         f"{'; '.join(problems)}. The probe would read random weights; re-save the checkpoint, or "
+                         "accept these names explicitly with allow_missing=[PATTERN, ...] (--allow-missing PATTERN, "
+                         "fnmatch patterns)")
 
 
 @dataclass(frozen=True)
@@ -148,35 +200,42 @@ def load_tokenizer(path: str | os.PathLike):
     return tok
 
 
-def tokenize(path: str | os.PathLike, *, text: str | None = None, tokens: int = MAX_TOKENS,
-             context: int | None = None, max_context: int | None = None) -> TokenBatch:
-    """The first ``tokens`` tokens of ``text`` (default: the shipped WikiText-2 test split) by the
-    checkpoint's own tokenizer in ``path`` (``load_tokenizer``), in sequences of ``context``
-    tokens (default ``CONTEXT``, or ``max_context`` if smaller, at most the tokens probed).
+def tokenize(path: str | os.PathLike, *, text: str | None = None, text_file: str | os.PathLike | None = None,
+             tokens: int = MAX_TOKENS, context: int | None = None, max_context: int | None = None) -> TokenBatch:
+    """The first ``tokens`` tokens of a text by the checkpoint's own tokenizer in ``path``
+    (``load_tokenizer``), in sequences of ``context`` tokens (default ``CONTEXT``, or
+    ``max_context`` if smaller, at most the tokens probed).
+
+    The text is ``text`` (the text itself, a ``str``), or the UTF-8 file ``text_file``, or (neither
+    given) the shipped WikiText-2 test split; not both. It is tokenised from its start, a prefix
+    cut at a whitespace (never inside a word) grown until it gives enough tokens, or whole.
 
     All ``tokens`` are probed, none are dropped: the last sequence is completed with the text's
     following tokens (from its start again when the text ends), which are run but not probed (see
     ``TokenBatch``). A text shorter than ``tokens`` gives all its tokens (``n_tokens`` says how
-    many). Warns when more than ``UNKNOWN_TOKENS_WARN`` of them are the unknown token. Raises
-    ``ValueError`` for ``tokens`` or ``context`` below 1, ``context`` above ``max_context`` (the
-    model's ``max_position_embeddings``), no usable tokenizer, or a text that gives no tokens.
+    many) with a warning naming both numbers. Warns when more than ``UNKNOWN_TOKENS_WARN`` of them
+    are the unknown token. Raises ``ValueError`` for ``tokens`` or ``context`` below 1,
+    ``context`` above ``max_context`` (the model's ``max_position_embeddings``), no usable
+    tokenizer, both ``text`` and ``text_file``, a file that is not UTF-8, or a text that gives no
+    tokens; ``TypeError`` for a ``text`` that is not a ``str``.
     """
     from ..data.wikitext import shipped_text
 
-    if tokens < 1:
-        raise ValueError(f"tokens must be >= 1, got {tokens}")
-    if context is not None and context < 1:
-        raise ValueError(f"context must be >= 1, got {context}")
+    tokens = check_count("tokens", tokens)
+    if context is not None:
+        context = check_count("context", context)
     if context is not None and max_context is not None and context > max_context:
         raise ValueError(f"context {context} exceeds the model's max_position_embeddings ({max_context})")
+    text = read_text(text=text, text_file=text_file)
     tok = load_tokenizer(path)
     text = shipped_text("test") if text is None else text
     context = context or min(CONTEXT, max_context or CONTEXT)
-    # a token is far shorter than 64 characters: tokenising a prefix is enough and fast
-    ids = tok(text[: 64 * (tokens + context)], add_special_tokens=False)["input_ids"]
+    ids = _leading_ids(tok, text, tokens + context)
     if not ids:
         raise ValueError(f"the text gives no tokens with the tokenizer of {path} (is it empty?)")
     n = min(tokens, len(ids))
+    if n < tokens:
+        warnings.warn(f"the text has only {n} tokens: all {n} are probed, not the {tokens} asked for", stacklevel=2)
     context = min(context, n)
     B = -(-n // context)
     unknown = sum(i == tok.unk_token_id for i in ids[:n]) / n if tok.unk_token_id is not None else 0.0
@@ -185,8 +244,54 @@ def tokenize(path: str | os.PathLike, *, text: str | None = None, tokens: int = 
     return TokenBatch(torch.tensor((ids + ids)[: B * context]).reshape(B, context), n, unknown)
 
 
+def read_text(*, text: str | None = None, text_file: str | os.PathLike | None = None) -> str | None:
+    """The text to probe: ``text`` itself, or the content of the UTF-8 file ``text_file``, or
+    None when neither is given (``ValueError`` for both, or a file that is not UTF-8;
+    ``FileNotFoundError`` for a missing file; ``TypeError`` for a ``text`` that is not a ``str``)."""
+    if text is not None and text_file is not None:
+        raise ValueError("give the text as text= (the text itself) or text_file= (a path), not both")
+    if text is not None and not isinstance(text, str):
+        raise TypeError(f"text must be the text itself, a str, got {type(text).__name__}; pass a path as text_file=")
+    if text_file is None:
+        return text
+    try:
+        with open(text_file, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{text_file}: not UTF-8 text ({err}); expected a UTF-8 text file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{text_file} is a directory; expected a UTF-8 text file") from None
+
+
+def _leading_ids(tok, text: str, need: int) -> list[int]:
+    """Token ids of the start of ``text``: at least ``need`` of them, or all of the text. A prefix
+    is cut just before a whitespace character (a word is never cut), starting at 64 characters per
+    token and doubled until it gives more than ``need`` tokens; its last token is then dropped (the
+    boundary's neighbour may tokenise differently in the whole text)."""
+    end = 64 * need
+    while True:
+        cut = _before_whitespace(text, end) if end < len(text) else len(text)
+        if cut is None:  # no whitespace just before ``end``: a longer prefix
+            end *= 2
+            continue
+        ids = tok(text[:cut], add_special_tokens=False)["input_ids"]
+        if cut == len(text):
+            return ids
+        if len(ids) > need:
+            return ids[:-1]
+        end *= 2
+
+
+def _before_whitespace(text: str, end: int, window: int = 4096) -> int | None:
+    """The largest i <= end with text[i] whitespace, looked for in the ``window`` characters
+    before ``end`` (a prefix text[:i] then ends at a word's end); None when there is none."""
+    start = max(0, end - window)
+    found = [m.start() for m in re.finditer(r"\s", text[start:end + 1])]
+    return start + found[-1] if found else None
+
+
 def unknown_tokens_warning(unknown: float) -> str:
     """What a text with this fraction of unknown tokens means for the probe (above ``UNKNOWN_TOKENS_WARN``)."""
     return (f"{unknown:.0%} of the probed tokens are the tokenizer's unknown token (more than "
             f"{UNKNOWN_TOKENS_WARN:.0%}): there the model sees one and the same token, not the text; probe a text that "
-            "suits the tokenizer (--text FILE), or check that the tokenizer is the model's own")
+            "suits the tokenizer (--text-file FILE), or check that the tokenizer is the model's own")

@@ -251,7 +251,7 @@ def capture(model: torch.nn.Module, input_ids: torch.Tensor, *, layers: list[int
     ----------
     model : a ``transformers`` causal LM with MoE layers (put in eval mode here).
     input_ids : (B, T) or (T,) token ids.
-    layers : decoder-layer indices to capture (default: every MoE layer).
+    layers : decoder-layer indices to capture (default: every MoE layer); not empty.
     max_tokens : keep the first ``max_tokens`` tokens (whole sequences are run, then the
         captured rows truncated; None keeps all).
 
@@ -261,6 +261,7 @@ def capture(model: torch.nn.Module, input_ids: torch.Tensor, *, layers: list[int
     against the block's own output).
     """
     input_ids = _check_ids(model, input_ids)
+    check_layers(layers)
     found = moe_layers(model)
     if layers is not None:
         known = {m.layer: m for m in found}
@@ -299,6 +300,20 @@ def capture(model: torch.nn.Module, input_ids: torch.Tensor, *, layers: list[int
             h.remove()
     n = None if max_tokens is None else max_tokens
     return [_build(m, records[m.layer], n) for m in found]
+
+
+def check_layers(layers) -> None:
+    """``layers`` must be None (every MoE layer) or a non-empty list of integer layer indices."""
+    if layers is None:
+        return
+    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+        raise TypeError(f"layers must be a list of decoder-layer indices (None: every MoE layer), got {layers!r}")
+    layers = list(layers)
+    if not layers:
+        raise ValueError("layers must name at least one decoder layer (None: every MoE layer), got []")
+    bad = [l for l in layers if isinstance(l, bool) or not isinstance(l, int)]
+    if bad:
+        raise TypeError(f"layers must be integer decoder-layer indices, got {bad}")
 
 
 def _check_ids(model, input_ids) -> torch.Tensor:

@@ -2,8 +2,11 @@
 through the row builders the other settings use (``moegeo.frame``)."""
 from __future__ import annotations
 
+import functools
 import os
+import time
 import warnings
+from dataclasses import dataclass
 from typing import Callable
 
 import pandas as pd
@@ -12,9 +15,9 @@ from tqdm.auto import tqdm
 
 from .. import probes
 from ..config import JacobianSite, PCASite
-from ..frame import COLUMNS, PCA_K, PCA_TAU, SUBSPACE_SITES, Rows, expert_geometry_rows, reading, subspace_rows
-from .layers import MoECapture, _model_type, capture, tokenwise_jacobians, tokenwise_operator
-from .checkpoint import MAX_TOKENS, checkpoint_config, load, tokenize
+from ..frame import COLUMNS, Rows, check_finite_values, cosine_rows, expert_geometry_rows, pca_site_rows, reading
+from .layers import MoECapture, _model_type, capture, check_layers, moe_layers, tokenwise_jacobians, tokenwise_operator
+from .checkpoint import MAX_TOKENS, checkpoint_config, load, meta_model, tokenize
 
 
 #: the ``expert`` id of a layer's shared expert(s) in the frame (-1 already means "not one expert")
@@ -63,7 +66,9 @@ def probe_model(model: torch.nn.Module, input_ids: torch.Tensor, *, layers: list
     layer sum to its ``routing_weight_sum``), and ``routed_tokens``, the tokens with g_e > 0.
     Without the matrix-free path these are exactly the rows of the other settings; with it
     (``jacobian_path`` metric 1) only sigma_1 of the per-point Jacobians (and
-    ``sigma1_converged``) and the full spectrum of J̄_e.
+    ``sigma1_converged``) and the full spectrum of J̄_e. A quantity undefined for an expert (e.g.
+    the explained variance of one token, or of a text of one repeated word) is left out with an
+    ``undefined`` row (``moegeo.frame``); no value is NaN (``frame.check_finite_values``).
     """
     model_type = _model_type(model)
     restore = _eager_experts(model)
@@ -77,7 +82,7 @@ def probe_model(model: torch.nn.Module, input_ids: torch.Tensor, *, layers: list
     df = pd.DataFrame(rows, columns=COLUMNS)
     df["setting"] = "hf"
     df["model_type"] = model_type
-    return df
+    return check_finite_values(df)
 
 
 def _eager_experts(model) -> Callable[[], None]:
@@ -110,9 +115,10 @@ def layer_rows(cap: MoECapture, arm: str, *, seed: int = 0, max_bytes: int = MAX
     rows.add("routed_tokens", "", (gl > 0).sum(0).double(), experts)
     rows.add("routing_weight_sum", "", g.sum(1).mean())
     pre, hidden = cap.hidden()
-    sites = {PCASite.INPUT: x, PCASite.PRE_ACTIVATION: pre[live].double(), PCASite.OUTPUT: cap.expert_outputs[live].double()}
+    # the PCA sites in the dtype the model computed them in: it sets their rounding floor (probes.weighted_pca)
+    sites = {PCASite.INPUT: cap.x, PCASite.PRE_ACTIVATION: pre[live], PCASite.OUTPUT: cap.expert_outputs[live]}
     if hidden is not None:
-        sites[PCASite.HIDDEN] = hidden[live].double()
+        sites[PCASite.HIDDEN] = hidden[live]
     E, (N, d) = len(experts), x.shape
     dense = E * N * d * d * 8 <= max_bytes
     rows.add("jacobian_path", "", 0.0 if dense else 1.0)
@@ -166,20 +172,14 @@ def _matrix_free_rows(rows: Rows, g, sigma1, converged, jbar, sites: dict, exper
     rows.add("sigma", r_mean, s, experts)
     rows.add("sigma1", r_mean, s[:, 0], experts)
     if len(experts) > 1:
-        rows.add("cosine", r_mean, probes.cosine_matrix(jbar), experts, index=experts)
+        cosine_rows(rows, r_mean, jbar, experts)
     for site, h in sites.items():
         D = h.shape[-1]
         if len(experts) * D * D * 8 > max_bytes:
             warnings.warn(f"layer {rows.key['layer']}: PCA at site {site.value} skipped, its covariances "
                           f"({len(experts)} x {D} x {D}) exceed max_bytes = {max_bytes}")
             continue
-        pca = probes.weighted_pca(h, g.T, vectors=site in SUBSPACE_SITES)
-        label, k = reading(pca_site=site), min(PCA_K, D)
-        for metric, value in (("explained_variance", pca.explained_variance_ratio), (f"cumvar@{k}", pca.cumvar_at(k)),
-                              (f"k@{PCA_TAU}", pca.k_at(PCA_TAU).double())):
-            rows.add(metric, label, value, experts)
-        if site in SUBSPACE_SITES and len(experts) > 1:
-            subspace_rows(rows, pca, site, experts)
+        pca_site_rows(rows, site, h, g, experts, total_variance=False)
 
 
 def _shared_rows(rows: Rows, cap: MoECapture, max_bytes: int) -> None:
@@ -188,7 +188,7 @@ def _shared_rows(rows: Rows, cap: MoECapture, max_bytes: int) -> None:
     X = cap.block_input.double()
     N, d = X.shape
     ones = torch.ones(N, 1, dtype=torch.float64)
-    sites = {PCASite.INPUT: X, PCASite.OUTPUT: cap.shared.double()[None]}
+    sites = {PCASite.INPUT: cap.block_input, PCASite.OUTPUT: cap.shared[None]}
     fn = cap.shared_fn()
     if N * d * d * 8 <= max_bytes:
         J = tokenwise_jacobians(fn, cap.block_input).double()[None]
@@ -201,26 +201,104 @@ def _shared_rows(rows: Rows, cap: MoECapture, max_bytes: int) -> None:
                       [SHARED_EXPERT], max_bytes)
 
 
-def probe_checkpoint(path: str | os.PathLike, *, text: str | None = None, tokens: int = MAX_TOKENS,
-                     layers: list[int] | None = None, context: int | None = None,
-                     dtype: torch.dtype = torch.float64, progress: bool | None = None) -> pd.DataFrame:
-    """What ``python -m moegeo probe`` runs: ``tokenize`` ``text`` (default: the shipped WikiText-2
-    test split) with the checkpoint's tokenizer in sequences of at most ``context`` tokens (default
-    ``CONTEXT``, or the model's ``max_position_embeddings`` if smaller), ``load`` the checkpoint at
-    ``path`` and ``probe_model`` it on exactly ``tokens`` tokens (fewer only when the text is
-    shorter): the tidy frame. Beside ``n_tokens`` each layer gets the rows ``context`` (tokens per
-    sequence) and ``unknown_tokens`` (``TokenBatch.unknown``). The config and the tokenizer are
-    checked before the model is loaded, and so are ``layers`` against the config's number of
-    decoder layers (whether a layer in range is an MoE layer is known only once it is loaded)."""
+def probe_checkpoint(path: str | os.PathLike, *, text: str | None = None, text_file: str | os.PathLike | None = None,
+                     tokens: int = MAX_TOKENS, layers: list[int] | None = None, context: int | None = None,
+                     dtype: torch.dtype = torch.float64, progress: bool | None = None, allow_missing=(),
+                     announce: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """What ``python -m moegeo probe`` runs: ``tokenize`` the text (``text``, the text itself;
+    ``text_file``, a UTF-8 file; default: the shipped WikiText-2 test split) with the
+    checkpoint's tokenizer in sequences of at most ``context`` tokens (default ``CONTEXT``, or the
+    model's ``max_position_embeddings`` if smaller), ``load`` the checkpoint at ``path`` (refusing
+    weights it lacks or has in excess unless ``allow_missing`` names them) and ``probe_model`` it
+    on exactly ``tokens`` tokens (fewer only when the text is shorter, with a warning): the tidy
+    frame. Beside ``n_tokens`` each layer gets the rows ``context`` (tokens per sequence) and
+    ``unknown_tokens`` (``TokenBatch.unknown``). The config, the tokenizer, the text and
+    ``layers`` (not empty, within the config's number of decoder layers; whether a layer in range
+    is an MoE layer is known only once it is loaded) are checked before the model is loaded.
+    ``announce``: called with one sentence, the estimated time and memory of the probe
+    (``estimate_probe``), after tokenising and before loading."""
+    check_layers(layers)
     config = checkpoint_config(path)
     limit = getattr(config, "max_position_embeddings", None)
     n_layers = getattr(config.get_text_config(), "num_hidden_layers", None)
     outside = sorted({l for l in layers or () if n_layers is not None and not 0 <= l < n_layers})
     if outside:
         raise ValueError(f"layers {outside} do not exist: the checkpoint has {n_layers} decoder layers (0 to {n_layers - 1})")
-    batch = tokenize(path, text=text, tokens=tokens, context=context, max_context=limit)
-    model = load(path, dtype=dtype)
+    batch = tokenize(path, text=text, text_file=text_file, tokens=tokens, context=context, max_context=limit)
+    if announce is not None:
+        est = estimate_probe(config, batch.n_tokens, layers=layers, dtype=dtype)
+        size = f"{est.bytes / 2**30:.3g} GiB" if est.bytes >= 2**30 else f"{est.bytes / 2**20:.3g} MiB"
+        announce(f"probing {batch.n_tokens} tokens on {est.layers} MoE layer(s): about {est.seconds:.2g} s and {size} "
+                 f"of memory (a rough estimate: the probes' main products at the {est.rate / 1e9:.3g} GFLOP/s of a "
+                 f"short {_gemm_name(dtype)} here)")
+    model = load(path, dtype=dtype, allow_missing=allow_missing)
     df = probe_model(model, batch.input_ids, layers=layers, max_tokens=batch.n_tokens, progress=progress)
     per_layer = df[df["metric"] == "n_tokens"]
     return pd.concat([df, per_layer.assign(metric="context", value=float(batch.input_ids.shape[1])),
                       per_layer.assign(metric="unknown_tokens", value=batch.unknown)], ignore_index=True)
+
+
+@dataclass(frozen=True)
+class ProbeEstimate:
+    """A rough cost of ``probe_model`` on a checkpoint: ``flops`` (the main products of the
+    probes, summed over the ``layers`` probed), ``seconds`` (``flops / rate``), ``bytes`` (the
+    model in its dtype, the captured tensors of every layer and the largest layer's probe
+    tensors) and ``rate`` (FLOP/s of a short
+    matrix product here, ``gemm_rate``)."""
+
+    flops: float
+    seconds: float
+    bytes: int
+    rate: float
+    layers: int
+
+
+def estimate_probe(config, n_tokens: int, *, layers: list[int] | None = None, dtype: torch.dtype = torch.float64,
+                   max_bytes: int = MAX_BYTES) -> ProbeEstimate:
+    """The rough cost of probing the model ``config`` describes on ``n_tokens`` tokens, from the
+    shapes of its experts on the meta device (nothing is allocated): per MoE layer with E experts
+    of width h on inputs of width d, the per-point Jacobians (4 E N d^2 h) and their spectra
+    (11 E N d^3) or, above ``max_bytes``, Lanczos on them (2 starts, up to min(d, LANCZOS_STEPS)
+    steps of 8 d h per routed token), and the PCA of four sites (2 E N D^2 + 9 E D^3). A lower
+    bound of the arithmetic, timed at the rate of one large matrix product: small LAPACK
+    problems run slower, so the real time is longer."""
+    model = meta_model(config)
+    found = moe_layers(model)
+    if layers is not None:
+        found = [m for m in found if m.layer in set(layers)]
+    d = config.get_text_config().hidden_size
+    size = torch.empty((), dtype=dtype).element_size()
+    N, flops, largest, captured = n_tokens, 0.0, 0, 0
+    for m in found:
+        E = m.experts.gate_up_proj.shape[0]
+        h = m.experts.down_proj.numel() // (E * d)
+        if E * N * d * d * 8 <= max_bytes:
+            flops += 4 * E * N * d * d * h + 11 * E * N * d ** 3
+            jacobians = 2 * E * N * d * d * 8
+        else:
+            flops += 2 * min(d, LANCZOS_STEPS) * 8 * d * h * N * E
+            jacobians = max_bytes
+        flops += sum(2 * E * N * D * D + 9 * E * D ** 3 for D in (d, h, h, d))
+        captured += (E * N * d + 6 * N * d + N * E) * size  # expert outputs, states, routing: kept for every layer
+        largest = max(largest, jacobians + E * N * (3 * h + 2 * max(d, h)) * 8)  # the PCA sites, centred, in float64
+    model_bytes = sum(p.numel() for p in model.parameters()) * size
+    rate = gemm_rate(dtype)
+    return ProbeEstimate(flops, flops / rate, model_bytes + captured + largest, rate, len(found))
+
+
+def _gemm_name(dtype: torch.dtype) -> str:
+    return {torch.float64: "dgemm", torch.float32: "sgemm"}.get(dtype, f"{dtype} matrix product")
+
+
+@functools.cache
+def gemm_rate(dtype: torch.dtype = torch.float64, n: int = 384, seconds: float = 0.2) -> float:
+    """FLOP/s of an ``n x n`` matrix product in ``dtype`` on this machine, the best of repeats for
+    about ``seconds`` (measured once per process)."""
+    a = torch.randn(n, n, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    best, spent = float("inf"), 0.0
+    while spent < seconds:
+        t = time.perf_counter()
+        a @ a
+        dt = time.perf_counter() - t
+        best, spent = min(best, dt), spent + dt
+    return 2 * n ** 3 / max(best, 1e-9)

@@ -34,7 +34,12 @@ def cosine_null(dim: int) -> scipy.stats.rv_continuous:
 
 def router_similarity(R: torch.Tensor) -> torch.Tensor:
     """Mean |cos| between the distinct router vectors (rows of R, ``(E, d)``; the centroids of a
-    K-Means router): the routers paper's "router direction similarity"."""
+    K-Means router): the routers paper's "router direction similarity". ``ValueError`` for
+    fewer than two routers (E = 1 has no pair)."""
+    check_finite(R=R)
+    if R.dim() != 2 or R.shape[0] < 2:
+        raise ValueError(f"R must hold at least two router vectors, shape (E >= 2, d), got {tuple(R.shape)}: "
+                         "the similarity between distinct routers is undefined for E = 1")
     c = cosine_matrix(R)
     return c[~torch.eye(len(c), dtype=torch.bool)].abs().mean()
 

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from ..nn import gelu, gelu_grad, silu_grad
-from ..validate import check_expert_mass, check_finite, check_gates, check_shape
+from ..validate import check_expert_mass, check_finite, check_gates, check_positive_number, check_shape
 from .routing import expert_mass, weighted_mean
 
 
@@ -248,9 +248,10 @@ def moe_jacobian(W1, b1, W2, b2, x, g, Wr, *, temperature: float = 1.0) -> torch
     For softmax routing renormalised over the selected set S(x) (Top-k; S = all experts for
     fully-soft), g_e = softmax_S(z / T)_e with z = Wr x + br, so d g_e / dx = g_e (Wr_e -
     sum_j g_j Wr_j) / T, zero off S (the selection is piecewise constant). ``g: (N, E)`` the
-    layer's routing weights at ``x: (N, d)``, ``Wr: (E, d)``; ``b2: (E, d_out)``.
-    Returns ``(N, d_out, d)``.
+    layer's routing weights at ``x: (N, d)``, ``Wr: (E, d)``; ``b2: (E, d_out)``; ``temperature``
+    a finite number > 0. Returns ``(N, d_out, d)``.
     """
+    check_positive_number("temperature", temperature)
     J = expert_jacobians(W1, b1, W2, x)  # checks the expert tensors and x
     check_finite(b2=b2, g=g, Wr=Wr)
     check_shape("g", g, (x.shape[0], W1.shape[0]), " = (N, E)")

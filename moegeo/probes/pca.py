@@ -8,6 +8,11 @@ import torch
 from ..validate import check_expert_mass, check_finite, check_weights
 from .spectra import k_at, value_at
 
+#: points whose total variance is at most (NO_VARIANCE_ULPS x the machine epsilon of their dtype)^2
+#: times their second moment have no variance but rounding (identical points computed along
+#: different paths; exactly 0 for a single point): their explained variance is undefined
+NO_VARIANCE_ULPS = 256
+
 
 @dataclass(frozen=True)
 class PCAResult:
@@ -16,10 +21,37 @@ class PCAResult:
     mean: torch.Tensor  # (*, D) weighted mean mu_e
     eigenvalues: torch.Tensor  # (*, D) lambda_1 >= ... >= lambda_D of C_e
     components: torch.Tensor | None = None  # (*, D, D) eigenvectors of C_e, column i for lambda_i (``vectors=True``)
+    #: (*,) the total variance at or below which the points have no variance but rounding
+    #: (``NO_VARIANCE_ULPS``); None: only an exactly zero total is none
+    floor: torch.Tensor | None = None
+
+    @property
+    def total_variance(self) -> torch.Tensor:
+        """sum_i lambda_i, the trace of C_e: ``(*,)``."""
+        return self.eigenvalues.clamp_min(0).sum(-1)
+
+    @property
+    def has_variance(self) -> torch.Tensor:
+        """Whether each expert's points vary beyond rounding (``floor``), ``(*,)`` bool: where
+        not, the ratios below are undefined."""
+        return self.total_variance > (0 if self.floor is None else self.floor)
+
+    def __getitem__(self, index) -> PCAResult:
+        """The PCA of a subset of the leading (expert) dimensions, e.g. ``pca[pca.has_variance]``."""
+        return PCAResult(self.mean[index], self.eigenvalues[index],
+                         None if self.components is None else self.components[index],
+                         None if self.floor is None else self.floor[index])
 
     @property
     def explained_variance_ratio(self) -> torch.Tensor:
-        """e_i = lambda_i / sum_j lambda_j (A.4)."""
+        """e_i = lambda_i / sum_j lambda_j (A.4). ``ValueError`` where the points have no variance
+        (``has_variance``): select the others first (``pca[pca.has_variance]``)."""
+        none = torch.nonzero(~self.has_variance.reshape(-1)).flatten().tolist()
+        if none:
+            listed = f"{none[:8]}{' ...' if len(none) > 8 else ''}"
+            raise ValueError(f"the points of expert(s) {listed} (flat index) have no "
+                             "variance (total variance at rounding level, e.g. one point or identical points): their "
+                             "explained variance is undefined; select the experts with pca[pca.has_variance]")
         lam = self.eigenvalues.clamp_min(0)
         return lam / lam.sum(-1, keepdim=True)
 
@@ -59,11 +91,15 @@ def weighted_pca(h: torch.Tensor, w: torch.Tensor, *, vectors: bool = False) -> 
     Scaling all weights leaves the result unchanged. The eigenvalues come descending; with
     ``vectors=True`` also their eigenvectors (``components: (*, D, D)``), whose leading columns
     span the expert subspaces (eigenvectors cost several times the eigenvalues at large D).
+    ``floor`` is set from h's own dtype (``NO_VARIANCE_ULPS``), so pass h as it was computed:
+    the explained variance of points without variance (constant h, one point) is a
+    ``ValueError``, not a number (``PCAResult.has_variance``).
     """
     check_finite(h=h)
     check_weights("w", w)
     if h.shape[-2] != w.shape[-1]:
         raise ValueError(f"h has {h.shape[-2]} samples (shape {tuple(h.shape)}) but w has {w.shape[-1]} (shape {tuple(w.shape)})")
+    eps = torch.finfo(h.dtype).eps
     h, w = h.double(), w.double()
     mass = w.sum(-1)
     check_expert_mass(mass.reshape(-1))
@@ -71,7 +107,9 @@ def weighted_pca(h: torch.Tensor, w: torch.Tensor, *, vectors: bool = False) -> 
     mu = torch.einsum("...n,...nd->...d", p, h)
     c = h - mu[..., None, :]
     cov = torch.einsum("...n,...nd,...nk->...dk", p, c, c)
+    second = mu.square().sum(-1) + cov.diagonal(dim1=-2, dim2=-1).sum(-1)  # weighted mean of ||h||^2
+    floor = (NO_VARIANCE_ULPS * eps) ** 2 * second
     if not vectors:
-        return PCAResult(mean=mu, eigenvalues=torch.linalg.eigvalsh(cov).flip(-1))
+        return PCAResult(mean=mu, eigenvalues=torch.linalg.eigvalsh(cov).flip(-1), floor=floor)
     eig, vec = torch.linalg.eigh(cov)  # ascending; flipped so column i belongs to lambda_i
-    return PCAResult(mean=mu, eigenvalues=eig.flip(-1), components=vec.flip(-1))
+    return PCAResult(mean=mu, eigenvalues=eig.flip(-1), components=vec.flip(-1), floor=floor)

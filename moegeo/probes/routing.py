@@ -33,10 +33,15 @@ def routing_entropy(g: torch.Tensor) -> torch.Tensor:
 
 def load_fractions(g: torch.Tensor) -> torch.Tensor:
     """The fraction of token slots each expert receives: f_e = #{n: g_ne > 0} / #{(n, e): g_ne > 0}
-    (N k slots for Top-k), ``(N, E) -> (E,)``, summing to 1."""
+    (N k slots for Top-k), ``(N, E) -> (E,)``, summing to 1. ``ValueError`` when ``g`` routes
+    no token (every weight 0): the fractions are undefined."""
     check_weights("g", g)
     routed = (g > 0).to(g.dtype)
-    return routed.sum(0) / routed.sum()
+    total = routed.sum()
+    if total == 0:
+        raise ValueError(f"g routes no token (every routing weight of its {g.shape[0]} row(s) is 0): the load "
+                         "fractions are undefined; expected some g_ne > 0")
+    return routed.sum(0) / total
 
 
 def load_imbalance(g: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import numpy as np
 import scipy.sparse.linalg
 import torch
 
-from ..validate import check_finite, check_shape
+from ..validate import check_count, check_finite, check_positive_number, check_shape
 from ..nn import gelu_grad
 from .experts import JacobianOperator, _check_mlp, expert_preactivations
 
@@ -59,6 +59,13 @@ def _start_vectors(op: JacobianOperator, starts: int, v0: torch.Tensor | None, g
     return V / V.norm(dim=-1, keepdim=True)
 
 
+def _check_stopping(tol: float, max_iter, *, optional: bool = False) -> None:
+    """``tol`` a finite number > 0 and ``max_iter`` an integer >= 1 (or None where ``optional``)."""
+    check_positive_number("tol", tol)
+    if not (optional and max_iter is None):
+        check_count("max_iter", max_iter)
+
+
 def _gram_apply(op: JacobianOperator, V: torch.Tensor) -> torch.Tensor:
     """J^T J applied to every start: ``(starts, *batch, d_in)`` -> same. The operator takes exactly
     its own batch shape, hence one call per start (not per batch element)."""
@@ -79,8 +86,8 @@ def power_iteration_sigma1(
     Parameters
     ----------
     op : the batch of Jacobians, ``batch_shape`` leading dims.
-    tol : relative change of the estimate that counts as converged (see below).
-    max_iter : iterations before giving up (``converged=False``).
+    tol : relative change of the estimate that counts as converged (see below); a finite number > 0.
+    max_iter : iterations before giving up (``converged=False``); an integer >= 1.
     v0 : (*batch, d_in), optional
         Start of the first chain (e.g. the ``vectors`` of an earlier call); the others are random.
     generator, dtype : for the random starts (``dtype`` is ignored when ``v0`` is given).
@@ -106,6 +113,7 @@ def power_iteration_sigma1(
     power ``starts``.
     Each chain costs one J^T J application per iteration.
     """
+    _check_stopping(tol, max_iter)
     V = _start_vectors(op, starts, v0, generator, dtype)
     sigma = torch.zeros(V.shape[:-1], dtype=V.dtype)
     tiny = torch.finfo(V.dtype).tiny
@@ -136,8 +144,9 @@ def lanczos_sigma1(
     Parameters
     ----------
     op : the batch of Jacobians, ``batch_shape`` leading dims.
-    tol : relative residual at which a run stops (see below).
-    max_iter : Lanczos steps at most; defaults to ``d_in``, where the Krylov space is the whole space.
+    tol : relative residual at which a run stops (see below); a finite number > 0.
+    max_iter : Lanczos steps at most (an integer >= 1); defaults to ``d_in``, where the Krylov space is the
+        whole space.
     v0 : (*batch, d_in), optional
         Start of the first run (e.g. a planted start); the others are random.
     generator, dtype : for the random starts (``dtype`` is ignored when ``v0`` is given).
@@ -166,6 +175,7 @@ def lanczos_sigma1(
     breakdown) and the value is exact whatever the start.
     Cost and memory scale with ``starts``: the bases are O(starts x batch x iters x d_in).
     """
+    _check_stopping(tol, max_iter, optional=True)
     k_max = min(max_iter or op.d_in, op.d_in)
     q = _start_vectors(op, starts, v0, generator, dtype)
     shape, dtype = q.shape, q.dtype
@@ -211,6 +221,7 @@ def arpack_sigma1(op: JacobianOperator, *, tol: float = 1e-10, dtype: torch.dtyp
     float64 operator keeps the accuracy ``tol`` asks for, whatever torch's default dtype).
     Returns ``values: (*batch,)`` and ``iterations``, the operator applications used.
     """
+    check_positive_number("tol", tol, allow_zero=True)  # 0: ARPACK's machine precision
     if math.prod(op.batch_shape) != 1:
         raise ValueError(f"arpack_sigma1 takes one matrix; op has batch shape {op.batch_shape}")
     calls = [0]
@@ -372,8 +383,7 @@ def mlp_lanczos_sigma1(
     runs = starts + (v0 is not None)
     if runs < 1:
         raise ValueError("starts=0 needs a start of your own (v0): at least one run per matrix")
-    if not tol > 0:
-        raise ValueError(f"tol must be > 0, got {tol}")
+    check_positive_number("tol", tol)
     E, N, d = W1.shape[0], x.shape[-2], W1.shape[2]
     a = gelu_grad(expert_preactivations(W1, b1, x)).repeat(1, runs, 1)  # (E, R N, h): runs stacked
     q = torch.randn(E, starts, N, d, generator=generator, dtype=x.dtype)
@@ -447,20 +457,29 @@ def mlp_lanczos_sigma1(
 def energy_curve(s: torch.Tensor) -> torch.Tensor:
     """Normalised cumulative spectral energy E_k = sum_{j<=k} s_j^2 / sum_j s_j^2 (Fig. 1D).
 
-    Energy is the squared singular value (the Frobenius energy). ``s: (*, n) -> (*, n)``.
+    Energy is the squared singular value (the Frobenius energy). ``s: (*, n) -> (*, n)``. A
+    spectrum of zero energy (every s_j = 0: a zero matrix) has no energy curve: ``ValueError``
+    naming how many there are (``moegeo.frame`` leaves such experts out, with ``undefined`` rows).
     """
+    check_finite(s=s)
     e = s.square().cumsum(-1)
-    return e / e[..., -1:]
+    total = e[..., -1:]
+    zero = int((total <= 0).sum())
+    if zero:
+        raise ValueError(f"s holds {zero} spectrum(s) of zero energy (every singular value 0) out of "
+                         f"{total.numel()}: their energy curve is undefined; expected a spectrum with some s_j > 0")
+    return e / total
 
 
 def k_at(curve: torch.Tensor, tau: float) -> torch.Tensor:
     """Components needed to reach ``tau`` on a cumulative curve (k@tau, A.4).
 
     scikit-learn's rule: ``searchsorted(curve, tau, side="right") + 1``, capped at the length.
-    ``curve: (*, n) -> (*,)`` integer.
+    ``curve: (*, n) -> (*,)`` integer. ``curve`` must be finite (``ValueError`` otherwise).
     """
     if not 0 < tau <= 1:
         raise ValueError(f"tau must be in (0, 1], got {tau}")
+    check_finite(curve=curve)
     tau_t = torch.full((*curve.shape[:-1], 1), tau, dtype=curve.dtype)
     k = torch.searchsorted(curve.contiguous(), tau_t, right=True).squeeze(-1) + 1
     return k.clamp_max(curve.shape[-1])
