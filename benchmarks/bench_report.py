@@ -4,6 +4,7 @@
 automatically at the end of ``pytest --benchmark-only``. The section sits between markers, so
 the claims report and this one each regenerate only their own part.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,17 @@ SWEEP_GOAL = 2
 def load(path: Path) -> tuple[pd.DataFrame, dict]:
     """One row per benchmark: group, method, median/min seconds, extra_info fields."""
     raw = json.loads(Path(path).read_text())
-    rows = [dict(group=b["group"], name=b["name"], median=b["stats"]["median"], min=b["stats"]["min"],
-                 rounds=b["stats"]["rounds"], **b.get("extra_info", {})) for b in raw["benchmarks"]]
+    rows = [
+        dict(
+            group=b["group"],
+            name=b["name"],
+            median=b["stats"]["median"],
+            min=b["stats"]["min"],
+            rounds=b["stats"]["rounds"],
+            **b.get("extra_info", {}),
+        )
+        for b in raw["benchmarks"]
+    ]
     df = pd.DataFrame(rows)
     # a method timed on a subset carries `scale`: its time for the whole problem is median x scale
     df["time"] = df["median"] * (df["scale"].fillna(1.0) if "scale" in df else 1.0)
@@ -42,8 +52,10 @@ def _ratio_table(g: pd.DataFrame) -> list[str]:
         note = f" (x{r.time / r.median:g}, extrapolated from a subset)" if r.time != r.median else ""
         err = getattr(r, "max_rel_error", float("nan"))
         it = getattr(r, "iterations", float("nan"))
-        out.append(f"| {r.method}{' (baseline)' if getattr(r, 'baseline', False) is True else ''} | {_t(t)}{note} | "
-                   f"{t0 / t:.2f}x | {'' if err != err else f'{err:.1e}'} | {'' if it != it or it is None else int(it)} |")
+        out.append(
+            f"| {r.method}{' (baseline)' if getattr(r, 'baseline', False) is True else ''} | {_t(t)}{note} | "
+            f"{t0 / t:.2f}x | {'' if err != err else f'{err:.1e}'} | {'' if it != it or it is None else int(it)} |"
+        )
     return out
 
 
@@ -53,22 +65,30 @@ def _sweep_row(r, rate: float) -> str:
     records, checkpoint probes, each against its own floor. Training is what the sweep's time
     leaves after the two timed probe stages, so it also holds the little else the sweep does."""
     if "trajectory_seconds" not in r:  # results.json of a run before 2026-11-27's full measurement
-        return (f"| the main-arms sweep of `pytest claims/` within {SWEEP_GOAL:g}x of its FLOP floor: this run timed "
-                f"{r.steps_timed:.0f} steps only, which cannot decide the target (it asks for the sweep measured in full) "
-                f"| n/a | no |")
+        return (
+            f"| the main-arms sweep of `pytest claims/` within {SWEEP_GOAL:g}x of its FLOP floor: this run timed "
+            f"{r.steps_timed:.0f} steps only, which cannot decide the target (it asks for the sweep measured in full) "
+            f"| n/a | no |"
+        )
     probes = r.trajectory_seconds + r.checkpoint_seconds
-    parts = {f"{r.steps:.0f} training steps and the rest (data, models, the results frame)":
-             (r["median"] - probes, r.steps * r.train_flops_per_step),
-             "trajectory records": (r.trajectory_seconds, r.trajectory_flops),
-             "checkpoint probes": (r.checkpoint_seconds, r.probe_flops)}
+    parts = {
+        f"{r.steps:.0f} training steps and the rest (data, models, the results frame)": (
+            r["median"] - probes,
+            r.steps * r.train_flops_per_step,
+        ),
+        "trajectory records": (r.trajectory_seconds, r.trajectory_flops),
+        "checkpoint probes": (r.checkpoint_seconds, r.probe_flops),
+    }
     floor = sum(f for _, f in parts.values()) / rate
     where = "; ".join(f"{name} {_t(t)} against {_t(f / rate)} ({t * rate / f:.1f}x)" for name, (t, f) in parts.items())
     ratio = r["median"] / floor
-    return (f"| the main-arms sweep of `pytest claims/` within {SWEEP_GOAL:g}x of its FLOP floor, measured in full "
-            f"(one run: {r.trajectory_records:.0f} trajectory records and {r.checkpoints:.0f} checkpoint probe stages "
-            f"over all arms): {_t(r['median'])} vs floor {_t(floor)} at the best sustained sgemm rate "
-            f"{rate / 1e9:.0f} GFLOP/s; {where} | {ratio:.2f}x of floor at {rate / 1e9:.0f} GFLOP/s | "
-            f"{'yes' if ratio <= SWEEP_GOAL else 'no'} |")
+    return (
+        f"| the main-arms sweep of `pytest claims/` within {SWEEP_GOAL:g}x of its FLOP floor, measured in full "
+        f"(one run: {r.trajectory_records:.0f} trajectory records and {r.checkpoints:.0f} checkpoint probe stages "
+        f"over all arms): {_t(r['median'])} vs floor {_t(floor)} at the best sustained sgemm rate "
+        f"{rate / 1e9:.0f} GFLOP/s; {where} | {ratio:.2f}x of floor at {rate / 1e9:.0f} GFLOP/s | "
+        f"{'yes' if ratio <= SWEEP_GOAL else 'no'} |"
+    )
 
 
 def _t(s: float) -> str:
@@ -91,8 +111,11 @@ def scaling_plot(df: pd.DataFrame, out: Path) -> tuple[Path, str]:
     free = s[s.method.str.startswith("matrix_free")].groupby("d")["median"].min()
     both = pd.concat([exact, free], axis=1, keys=["exact", "free"]).dropna()
     cross = both[both.free < both.exact].index
-    text = (f"matrix-free methods are faster than the best exact method from d = {int(cross.min())} on"
-            if len(cross) else "matrix-free methods never overtake the best exact method in this range")
+    text = (
+        f"matrix-free methods are faster than the best exact method from d = {int(cross.min())} on"
+        if len(cross)
+        else "matrix-free methods never overtake the best exact method in this range"
+    )
     if len(cross):
         ax.axvline(cross.min(), color="gray", ls=":", label=f"crossover d={int(cross.min())}")
     ax.set_xlabel("d (h = 2d, E = 1, N = 8)")
@@ -136,8 +159,10 @@ def growth_plot(df: pd.DataFrame, out: Path) -> tuple[Path, list[str]]:
         ax.set_xlabel(f"{axis} ({fixed})")
         ax.set_ylabel("probe_rows time [s]")
         ax.legend(fontsize=7)
-        table.append(f"| {axis} | {', '.join(str(int(v)) for v in size)} | {fixed} | {_t(t.min())} - {_t(t.max())} | "
-                     f"{slope:.2f} | {r2:.3f} |")
+        table.append(
+            f"| {axis} | {', '.join(str(int(v)) for v in size)} | {fixed} | {_t(t.min())} - {_t(t.max())} | "
+            f"{slope:.2f} | {r2:.3f} |"
+        )
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -166,15 +191,24 @@ def _product_floor_row(product, read: pd.DataFrame, its: float, exact: float, ra
         row += f": {flops / 1e6:.0f} MFLOP at {flops / t1 / 1e9:.0f} GFLOP/s, GEMMs of only N = 8 columns"
     if len(read):
         t_read, size = float(read["min"].iloc[0]), float(read.bytes.iloc[0])
-        share = ("so memory traffic is not the bound" if t_read <= t1 / 2 else
-                 "so memory traffic is a large part of the product's time")
+        share = (
+            "so memory traffic is not the bound"
+            if t_read <= t1 / 2
+            else "so memory traffic is a large part of the product's time"
+        )
         row += f"; reading its {size / 2**20:.0f} MiB of weights alone takes {_t(t_read)} ({size / t_read / 1e9:.0f} GB/s), {share}"
     row += f") = {_t(its * t1)}, at most {at_product:.1f}x over the best exact method"
     if flops == flops and rate == rate:
         at_sgemm = exact / (its * flops / rate)
-        row += (f"; at the square sgemm's {rate / 1e9:.0f} GFLOP/s the {its:g} products would take {_t(its * flops / rate)}, "
-                f"at most {at_sgemm:.0f}x | {at_product:.1f}x possible at the product's rate, {at_sgemm:.0f}x at the sgemm rate | ")
-        row += "possible" if at_product >= 50 else ("no: even at the sgemm rate" if at_sgemm < 50 else "no: the skinny GEMMs' rate")
+        row += (
+            f"; at the square sgemm's {rate / 1e9:.0f} GFLOP/s the {its:g} products would take {_t(its * flops / rate)}, "
+            f"at most {at_sgemm:.0f}x | {at_product:.1f}x possible at the product's rate, {at_sgemm:.0f}x at the sgemm rate | "
+        )
+        row += (
+            "possible"
+            if at_product >= 50
+            else ("no: even at the sgemm rate" if at_sgemm < 50 else "no: the skinny GEMMs' rate")
+        )
     else:  # no sgemm benchmark (or no product FLOPs) in this run: no second bound, and no cause named
         row += f" | {at_product:.1f}x possible at the product's rate | {'possible' if at_product >= 50 else 'no'}"
     return row + " |"
@@ -182,6 +216,7 @@ def _product_floor_row(product, read: pd.DataFrame, its: float, exact: float, ra
 
 def targets(df: pd.DataFrame) -> list[str]:
     """The issue's speed targets, each as measured in this run."""
+
     def med(group_prefix, method):
         sel = df[df.group.str.startswith(group_prefix) & (df.method == method)]
         return float(sel["median"].iloc[0]) if len(sel) else float("nan")
@@ -191,14 +226,20 @@ def targets(df: pd.DataFrame) -> list[str]:
     def add(name, value, goal):
         rows.append(f"| {name} | {value:.2f}x | {'yes' if value >= goal else 'no'} |")
 
-    add("closed-form Jacobians vs vmap(jacrev), paper size (goal >= 3x)",
-        med("jacobians [E=8 d=64 h=128 N=512]", "vmap_jacrev") / med("jacobians [E=8 d=64 h=128 N=512]", "closed_form"), 3)
+    add(
+        "closed-form Jacobians vs vmap(jacrev), paper size (goal >= 3x)",
+        med("jacobians [E=8 d=64 h=128 N=512]", "vmap_jacrev") / med("jacobians [E=8 d=64 h=128 N=512]", "closed_form"),
+        3,
+    )
     g = df[df.group.str.startswith("sigma1 of all")]
     base = med("sigma1 of all", "vmap_jacrev+svdvals")
     best = g[g.method != "vmap_jacrev+svdvals"].sort_values("time").iloc[0] if len(g) > 1 else None
     if best is not None:
-        add(f"sigma_1 of all E*N Jacobians, best method ({best.method}) vs vmap(jacrev)+svdvals (goal >= 10x)",
-            base / best["time"], 10)
+        add(
+            f"sigma_1 of all E*N Jacobians, best method ({best.method}) vs vmap(jacrev)+svdvals (goal >= 10x)",
+            base / best["time"],
+            10,
+        )
     s = df[df.group.str.startswith("sigma1 scaling") & (df.get("d") == 1024)]
     if len(s):
         exact = s[s.method.str.startswith("closed_form")]["median"].min()
@@ -207,25 +248,42 @@ def targets(df: pd.DataFrame) -> list[str]:
         product = df[df.method == "gram_product"] if "method" in df else df.iloc[:0]
         if len(product):
             its = free.get("products", float("nan"))  # runs before cca39c5 recorded iterations only
-            rows.append(_product_floor_row(product.iloc[0], df[df.method == "weights_read"],
-                                           float(its if its == its else free.iterations), exact, sgemm_rate(df)))
+            rows.append(
+                _product_floor_row(
+                    product.iloc[0],
+                    df[df.method == "weights_read"],
+                    float(its if its == its else free.iterations),
+                    exact,
+                    sgemm_rate(df),
+                )
+            )
     topk, soft = med("one training step, main arms", "topk"), med("one training step, main arms", "soft")
     pair = df[df.method == "topk+soft"] if "method" in df else df.iloc[:0]
-    pair_topk, pair_soft = ((float(pair.topk_median.iloc[0]), float(pair.soft_median.iloc[0])) if len(pair)
-                            else (float("nan"), float("nan")))
+    pair_topk, pair_soft = (
+        (float(pair.topk_median.iloc[0]), float(pair.soft_median.iloc[0]))
+        if len(pair)
+        else (float("nan"), float("nan"))
+    )
     if topk == topk and soft == soft:
         # declared at 2026-11-27, before the first run with the interleaved benchmark: met only if both
         # measurements, the separate benchmarks and the interleaved rounds, are at or below 0.5x
         both = topk / soft <= 0.5 and (not len(pair) or pair_topk / pair_soft <= 0.5)
-        rows.append(f"| one Top-k training step of the MLP setting (main arms, seeds batched): {topk * 1e3:.1f} ms vs the soft step "
-                    f"{soft * 1e3:.1f} ms (goal <= 0.5x{', in both this and the interleaved measurement' if len(pair) else ''}) | "
-                    f"{topk / soft:.2f}x | {'yes' if both else 'no'} |")
+        rows.append(
+            f"| one Top-k training step of the MLP setting (main arms, seeds batched): {topk * 1e3:.1f} ms vs the soft step "
+            f"{soft * 1e3:.1f} ms (goal <= 0.5x{', in both this and the interleaved measurement' if len(pair) else ''}) | "
+            f"{topk / soft:.2f}x | {'yes' if both else 'no'} |"
+        )
     if len(pair):
-        where = ("counted in the row above" if topk == topk and soft == soft else
-                 "n/a: the target needs the separate Top-k and soft benchmarks too, not in this run")
-        rows.append(f"| one Top-k training step of the MLP setting against the soft step, measured in alternating rounds "
-                    f"(one of each per round, medians of each): {pair_topk * 1e3:.1f} ms vs {pair_soft * 1e3:.1f} ms | "
-                    f"{pair_topk / pair_soft:.2f}x | {where} |")
+        where = (
+            "counted in the row above"
+            if topk == topk and soft == soft
+            else "n/a: the target needs the separate Top-k and soft benchmarks too, not in this run"
+        )
+        rows.append(
+            f"| one Top-k training step of the MLP setting against the soft step, measured in alternating rounds "
+            f"(one of each per round, medians of each): {pair_topk * 1e3:.1f} ms vs {pair_soft * 1e3:.1f} ms | "
+            f"{pair_topk / pair_soft:.2f}x | {where} |"
+        )
     sw = df[df.group == "claims sweep"]
     rate = sgemm_rate(df)
     if len(sw) and rate == rate:
@@ -234,55 +292,86 @@ def targets(df: pd.DataFrame) -> list[str]:
     if len(steps_lm) and rate == rate:
         for r in steps_lm.itertuples():
             floor = r.flops / rate
-            rows.append(f"| one LM training step, arm {r.method} ({r.group.split(', ')[-1]}): {r.median * 1e3:.0f} ms vs its "
-                        f"FLOP floor {floor * 1e3:.0f} ms at {rate / 1e9:.0f} GFLOP/s (goal <= 3x) "
-                        f"| {r.median / floor:.1f}x of floor at {rate / 1e9:.0f} GFLOP/s "
-                        f"| {'yes' if r.median / floor <= 3 else 'no'} |")
+            rows.append(
+                f"| one LM training step, arm {r.method} ({r.group.split(', ')[-1]}): {r.median * 1e3:.0f} ms vs its "
+                f"FLOP floor {floor * 1e3:.0f} ms at {rate / 1e9:.0f} GFLOP/s (goal <= 3x) "
+                f"| {r.median / floor:.1f}x of floor at {rate / 1e9:.0f} GFLOP/s "
+                f"| {'yes' if r.median / floor <= 3 else 'no'} |"
+            )
         shared = df[df.group.str.startswith("LM shared parts")]
         moe = steps_lm[steps_lm.method.isin([a.value for a in Arm if a.routing == "topk"])]
         if len(shared) and len(moe):
             sh, top = shared.iloc[0], moe.sort_values("median").iloc[0]  # the fastest Top-k arm
             goal, ffn_floor = 3 * top.flops / rate, (top.flops - sh.flops) / rate
             left = goal - sh["median"]
-            budget = (f"leaves its FFN layers {left * 1e3:.0f} ms" if left > 0 else
-                      f"is already spent by these parts ({-left * 1e3:.0f} ms over)")
-            rows.append(f"| LM: the parts every arm shares (the step with every FFN zero: attention, LayerNorms, embedding, "
-                        f"tied unembedding and cross-entropy, Adam on their parameters) take {sh['median'] * 1e3:.0f} ms, "
-                        f"{sh['median'] / (sh.flops / rate):.1f}x their FLOP floor {sh.flops / rate * 1e3:.0f} ms; the "
-                        f"fastest Top-k arm's goal ({top.method}: 3 x {top.flops / rate * 1e3:.0f} ms = {goal * 1e3:.0f} ms) "
-                        f"{budget}; they take {(top['median'] - sh['median']) * 1e3:.0f} ms (with their routers and Adam on "
-                        f"their weights; their FLOP floor, the routed experts' and routers' products, {ffn_floor * 1e3:.0f} ms) "
-                        f"| FFN layers {(top['median'] - sh['median']) / ffn_floor:.1f}x of their floor, "
-                        f"{max(left, 0) / ffn_floor:.1f}x allowed | n/a (where the time goes) |")
+            budget = (
+                f"leaves its FFN layers {left * 1e3:.0f} ms"
+                if left > 0
+                else f"is already spent by these parts ({-left * 1e3:.0f} ms over)"
+            )
+            rows.append(
+                f"| LM: the parts every arm shares (the step with every FFN zero: attention, LayerNorms, embedding, "
+                f"tied unembedding and cross-entropy, Adam on their parameters) take {sh['median'] * 1e3:.0f} ms, "
+                f"{sh['median'] / (sh.flops / rate):.1f}x their FLOP floor {sh.flops / rate * 1e3:.0f} ms; the "
+                f"fastest Top-k arm's goal ({top.method}: 3 x {top.flops / rate * 1e3:.0f} ms = {goal * 1e3:.0f} ms) "
+                f"{budget}; they take {(top['median'] - sh['median']) * 1e3:.0f} ms (with their routers and Adam on "
+                f"their weights; their FLOP floor, the routed experts' and routers' products, {ffn_floor * 1e3:.0f} ms) "
+                f"| FFN layers {(top['median'] - sh['median']) / ffn_floor:.1f}x of their floor, "
+                f"{max(left, 0) / ffn_floor:.1f}x allowed | n/a (where the time goes) |"
+            )
     return rows
 
 
 def render(df: pd.DataFrame, machine: dict, plot: Path | None, plot_text: str, report_dir: Path) -> str:
-    lines = [BEGIN, "## Benchmarks", "",
-             "Generated by `pytest --benchmark-only` (pytest-benchmark; medians of several rounds, all methods measured "
-             "side by side in one run). Every fast method is checked against exact float64 SVD inside its benchmark "
-             "(max relative error of sigma_1 <= 1e-4).", "",
-             f"Machine: {machine.get('cpu', {}).get('brand_raw', machine.get('processor', '?'))}, "
-             f"{machine.get('cpu', {}).get('count', '?')} CPUs, Python {machine.get('python_version', '?')}.", "",
-             "### Targets", ""]
+    lines = [
+        BEGIN,
+        "## Benchmarks",
+        "",
+        "Generated by `pytest --benchmark-only` (pytest-benchmark; medians of several rounds, all methods measured "
+        "side by side in one run). Every fast method is checked against exact float64 SVD inside its benchmark "
+        "(max relative error of sigma_1 <= 1e-4).",
+        "",
+        f"Machine: {machine.get('cpu', {}).get('brand_raw', machine.get('processor', '?'))}, "
+        f"{machine.get('cpu', {}).get('count', '?')} CPUs, Python {machine.get('python_version', '?')}.",
+        "",
+        "### Targets",
+        "",
+    ]
     lines += targets(df)
     lines += ["", "**Which method, at which size.** " + plot_text + ".", ""]
     if plot is not None:
         lines += [f"![sigma_1 time against d]({os.path.relpath(plot, report_dir)})", ""]
     if (df.group == GROWTH).any():
         fig, table = growth_plot(df, report_dir / "figures" / "bench_probe_cost_growth.png")
-        lines += [f"### {GROWTH}", "", "`moegeo.frame.probe_rows` on one soft MLP-MoE layer (h = 2d), one axis "
-                  "varied at a time; exponent of the least-squares line of log time against log size.", ""]
+        lines += [
+            f"### {GROWTH}",
+            "",
+            "`moegeo.frame.probe_rows` on one soft MLP-MoE layer (h = 2d), one axis "
+            "varied at a time; exponent of the least-squares line of log time against log size.",
+            "",
+        ]
         lines += table + ["", f"![probe pipeline time against N, E, d]({os.path.relpath(fig, report_dir)})", ""]
     for group, g in df.groupby("group", sort=False):
         if group == GROWTH:
             continue
         if group == "sigma1 scaling in d (h=2d, E=1, N=8)":
-            lines += [f"### {group}", "", "| d | method | median time | max rel. error | iterations |", "|---|---|---|---|---|"]
+            lines += [
+                f"### {group}",
+                "",
+                "| d | method | median time | max rel. error | iterations |",
+                "|---|---|---|---|---|",
+            ]
             for r in g.sort_values(["d", "median"]).itertuples():
-                lines.append(f"| {int(r.d)} | {r.method} | {_t(r.median)} | {r.max_rel_error:.1e} | {int(r.iterations)} |")
+                lines.append(
+                    f"| {int(r.d)} | {r.method} | {_t(r.median)} | {r.max_rel_error:.1e} | {int(r.iterations)} |"
+                )
         elif group.startswith("peak memory"):
-            lines += [f"### {group}", "", "| method | d | peak growth | one N x d x d float32 tensor |", "|---|---|---|---|"]
+            lines += [
+                f"### {group}",
+                "",
+                "| method | d | peak growth | one N x d x d float32 tensor |",
+                "|---|---|---|---|",
+            ]
             for r in g.itertuples():
                 lines.append(f"| {r.method} | {int(r.d)} | {r.peak_mb:.0f} MB | {r.n_d_d_tensor_mb:.0f} MB |")
         else:

@@ -5,6 +5,7 @@ alone). The run's JSON goes to ``benchmarks/results.json`` unless ``--benchmark-
 given, and the benchmark section of REPORT.md is rendered from it at the end
 (``python benchmarks/bench_report.py`` re-renders it from a saved JSON).
 """
+
 from pathlib import Path
 
 import pytest

@@ -5,6 +5,7 @@ runs (2 m n k FLOPs each) and the eigensolves of the Jacobians' Gram matrices. I
 best sgemm rate of the run (``bench_report.sgemm_rate``). ``tests/test_bench_floors.py``
 checks every count against ``torch.utils.flop_counter.FlopCounterMode`` and counted eigensolves.
 """
+
 import pandas as pd
 
 from moegeo import experiment
@@ -78,12 +79,15 @@ def trajectory_flops(df: pd.DataFrame, cfg: ExperimentConfig) -> tuple[float, fl
     (one pointwise spectral-norm row each), and for an MoE layer the effective Jacobian (one row
     per seed and record), which forms every expert's Jacobians again and takes one spectrum."""
     norm = df[df.metric == "jacobian_norm"]
-    products, eig = _per_expert(norm[norm.reading == reading(jacobian=JacobianSite.POINTWISE, norm=Norm.SPECTRAL)],
-                                cfg, cfg.trajectory_points)
+    products, eig = _per_expert(
+        norm[norm.reading == reading(jacobian=JacobianSite.POINTWISE, norm=Norm.SPECTRAL)], cfg, cfg.trajectory_points
+    )
     P, d = cfg.trajectory_points, cfg.d_model
     effective = int((norm.reading == reading(jacobian="effective", norm=Norm.SPECTRAL)).sum())
-    return (products + effective * (cfg.n_experts * P * 2 * d * cfg.d_hidden * d + P * 2 * d**3),
-            eig + effective * P * EIGVALSH * d**3)
+    return (
+        products + effective * (cfg.n_experts * P * 2 * d * cfg.d_hidden * d + P * 2 * d**3),
+        eig + effective * P * EIGVALSH * d**3,
+    )
 
 
 def _per_expert(rows: pd.DataFrame, cfg: ExperimentConfig, n_points: int) -> tuple[float, float]:

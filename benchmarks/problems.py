@@ -1,4 +1,5 @@
 """Benchmark problems: random 2-layer GELU experts of a given size, and the exact reference."""
+
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -30,8 +31,9 @@ class Problem:
         """sigma_1 of every J_e(x_i) in float64 by LAPACK SVD, point by point: (E, N)."""
         out = torch.empty(self.E, self.N, dtype=torch.float64)
         for e in range(self.E):
-            out[e] = probes.singular_values(probes.expert_jacobians(self.W1[e:e + 1], self.b1[e:e + 1],
-                                                                    self.W2[e:e + 1], self.x))[0, :, 0]
+            out[e] = probes.singular_values(
+                probes.expert_jacobians(self.W1[e : e + 1], self.b1[e : e + 1], self.W2[e : e + 1], self.x)
+            )[0, :, 0]
         return out
 
     def rel_error(self, sigma1: torch.Tensor) -> float:

@@ -7,14 +7,15 @@ the synthetic data of B.2. The report fits log time against log size per axis
 finite, and expert 0's pointwise sigma_1 row equals the g-weighted mean of sigma_1 of
 ``torch.linalg.svdvals`` of ``vmap(jacrev)`` Jacobians of the expert itself (rel. err <= 1e-10).
 """
+
 import math
 
 import pytest
 import torch
 
 from moegeo.config import Arm
-from moegeo.frame import probe_rows
 from moegeo.data import make_data
+from moegeo.frame import probe_rows
 from moegeo.model import MLPMoE
 
 GROUP = "probe pipeline cost growth"
@@ -32,6 +33,7 @@ def layer(N, E, d):
 
 def reference_pointwise_sigma1(p, x) -> float:
     """Expert 0's g-weighted mean over points of sigma_1(J_0(x_i)), by autograd and LAPACK SVD."""
+
     def expert_fn(xi):
         return p.W2[0] @ torch.nn.functional.gelu(p.W1[0] @ xi + p.b1[0]) + p.b2[0]
 
@@ -46,8 +48,11 @@ def test_probe_pipeline_cost_growth(benchmark, axis, size):
     benchmark.group = GROUP
     # one round: each costs seconds to tens of seconds, 11 points in all
     rows = benchmark.pedantic(probe_rows, (p, x, 0, Arm.SOFT, 0), rounds=1, warmup_rounds=0)
-    ours = [r["value"] for r in rows if r["metric"] == "sigma1" and r["expert"] == 0
-            and r["reading"] == "jacobian=pointwise"]
+    ours = [
+        r["value"]
+        for r in rows
+        if r["metric"] == "sigma1" and r["expert"] == 0 and r["reading"] == "jacobian=pointwise"
+    ]
     ref = reference_pointwise_sigma1(p, x)
     err = abs(ours[0] - ref) / ref
     benchmark.extra_info.update(method=f"probe_rows ({axis})", axis=axis, **size, max_rel_error=err)

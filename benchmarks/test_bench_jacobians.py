@@ -1,9 +1,10 @@
 """Expert-local Jacobians for all experts and points (paper size, and small N with the naive loop)."""
+
 import pytest
 import torch
+from problems import PAPER, Problem, loop_jacobians, vmap_jacobians
 
 from moegeo import probes
-from problems import PAPER, Problem, loop_jacobians, vmap_jacobians
 
 SMALL = Problem(**{**PAPER, "N": 16})
 PAPER_P = Problem(**PAPER)
@@ -27,14 +28,18 @@ def test_jacobians_small(benchmark, method):
     benchmark.group = f"jacobians [{SMALL.label}]"
     fn = loop_jacobians if method == "autograd_row_loop" else METHODS[method]
     J = benchmark.pedantic(fn, SMALL.args, rounds=3 if method == "autograd_row_loop" else 10, warmup_rounds=1)
-    benchmark.extra_info.update(method=method, size=SMALL.label, max_rel_error=check(J, SMALL), baseline=method == "vmap_jacrev")
+    benchmark.extra_info.update(
+        method=method, size=SMALL.label, max_rel_error=check(J, SMALL), baseline=method == "vmap_jacrev"
+    )
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_jacobians_paper(benchmark, method):
     benchmark.group = f"jacobians [{PAPER_P.label}]"
     J = benchmark.pedantic(METHODS[method], PAPER_P.args, rounds=5, warmup_rounds=1)
-    benchmark.extra_info.update(method=method, size=PAPER_P.label, max_rel_error=check(J, PAPER_P), baseline=method == "vmap_jacrev")
+    benchmark.extra_info.update(
+        method=method, size=PAPER_P.label, max_rel_error=check(J, PAPER_P), baseline=method == "vmap_jacrev"
+    )
 
 
 def test_mean_jacobian_closed_form(benchmark):

@@ -1,16 +1,17 @@
 """One training step of each language-model arm and of each router of the routers paper (the
 claims' LM configuration, seeds batched) against its floating-point floor: its matrix-product
 FLOPs at the sgemm rate measured in the same run (``test_bench_training.py::test_sgemm_rate``)."""
+
 import pytest
 import torch
+from floors import lm_flops
 
 from moegeo import lm
 from moegeo.claims.dual_jacobian_pca import LM_SEEDS
 from moegeo.config import Arm, LMConfig
+from moegeo.data.wikitext import batches, load_wikitext
 from moegeo.experiment import _keep_freed_memory
 from moegeo.nn import adam
-from moegeo.data.wikitext import batches, load_wikitext
-from floors import lm_flops
 
 CFG = LMConfig(seeds=tuple(range(LM_SEEDS)))  # the claims' LM configuration
 ARMS = CFG.arms + (Arm.TOPK_AUX, Arm.TOPK_LOSS_FREE, Arm.KMEANS)  # + the routers paper's balancing routers

@@ -4,6 +4,7 @@ Reported as the growth of the peak resident set during the method beyond what th
 held before it (weights and inputs allocated): the kernel's peak counter (VmHWM) is reset
 through /proc/self/clear_refs just before the method runs.
 """
+
 import json
 import subprocess
 import sys
@@ -26,8 +27,13 @@ open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
 SIGMA1[{method!r}](args)
 print(json.dumps(dict(peak_mb=(status("VmHWM:") - before) / 1024)))
 """
-CASES = [("closed_form+svdvals", 1024), ("closed_form+gram_eigvalsh", 1024), ("matrix_free_power", 1024),
-         ("matrix_free_lanczos", 1024), ("matrix_free_lanczos", 4096)]
+CASES = [
+    ("closed_form+svdvals", 1024),
+    ("closed_form+gram_eigvalsh", 1024),
+    ("matrix_free_power", 1024),
+    ("matrix_free_lanczos", 1024),
+    ("matrix_free_lanczos", 4096),
+]
 
 
 @pytest.mark.parametrize("method, d", CASES)

@@ -1,10 +1,11 @@
 """Routing-weighted PCA (A.4/B.5) of every expert at the paper's size, against numpy."""
+
 import numpy as np
 import pytest
 import torch
+from problems import PAPER, Problem
 
 from moegeo import nn, probes
-from problems import PAPER, Problem
 
 P = Problem(**PAPER)
 

@@ -3,20 +3,22 @@
 Every fast method is checked against exact float64 SVD inside its benchmark: max relative
 error of sigma_1 <= 1e-4 (recorded in extra_info with the iterations used).
 """
+
 import numpy as np
 import pytest
 import torch
+from problems import PAPER, Problem, vmap_jacobians
 
 from moegeo import nn, probes
-from problems import PAPER, Problem, vmap_jacobians
 
 TOL = 1e-4
 P = Problem(**PAPER)
 
 
 def _power(op):
-    r = probes.power_iteration_sigma1(op, tol=1e-6, max_iter=20000, dtype=torch.float32,
-                                      generator=torch.Generator().manual_seed(0))
+    r = probes.power_iteration_sigma1(
+        op, tol=1e-6, max_iter=20000, dtype=torch.float32, generator=torch.Generator().manual_seed(0)
+    )
     return r.values, r.iterations
 
 
@@ -31,14 +33,22 @@ def _mlp_lanczos(args):
 
 
 def materialised_op(J):
-    return probes.JacobianOperator(lambda v: torch.einsum("...oi,...i->...o", J, v),
-                                   lambda u: torch.einsum("...oi,...o->...i", J, u), J.shape[:-2], J.shape[-1], J.shape[-2])
+    return probes.JacobianOperator(
+        lambda v: torch.einsum("...oi,...i->...o", J, v),
+        lambda u: torch.einsum("...oi,...o->...i", J, u),
+        J.shape[:-2],
+        J.shape[-1],
+        J.shape[-2],
+    )
 
 
 SIGMA1 = {
     "vmap_jacrev+svdvals": lambda a: (probes.singular_values(vmap_jacobians("rev", *a))[..., 0], 1),
     "closed_form+svdvals": lambda a: (probes.singular_values(probes.expert_jacobians(*a))[..., 0], 1),
-    "closed_form+gram_eigvalsh": lambda a: (probes.singular_values(probes.expert_jacobians(*a), method="gram")[..., 0], 1),
+    "closed_form+gram_eigvalsh": lambda a: (
+        probes.singular_values(probes.expert_jacobians(*a), method="gram")[..., 0],
+        1,
+    ),
     "closed_form+power": lambda a: _power(materialised_op(probes.expert_jacobians(*a))),
     "closed_form+lanczos": lambda a: _lanczos(materialised_op(probes.expert_jacobians(*a))),
     "matrix_free_power": lambda a: _power(probes.mlp_jacobian_operator(*a)),
@@ -52,8 +62,15 @@ def record(benchmark, p, method, result, baseline=False):
     # every matrix the method solved, each against its exact float64 SVD: no broadcasting, no sample
     assert sigma1.shape == p.exact_sigma1.shape, f"{method}: {tuple(sigma1.shape)} != {tuple(p.exact_sigma1.shape)}"
     err = p.rel_error(sigma1)  # the max over all of them
-    benchmark.extra_info.update(method=method, size=p.label, d=p.d, max_rel_error=err, iterations=iterations,
-                                products=products[0] if products else iterations, baseline=baseline)
+    benchmark.extra_info.update(
+        method=method,
+        size=p.label,
+        d=p.d,
+        max_rel_error=err,
+        iterations=iterations,
+        products=products[0] if products else iterations,
+        baseline=baseline,
+    )
     assert err <= TOL, f"{method}: sigma_1 relative error {err:.2e} > {TOL}"
 
 
@@ -71,10 +88,12 @@ def test_sigma1_paper_arpack(benchmark):
     sub = Problem(E=1, d=P.d, h=P.h, N=64)
 
     def run():
-        ops = [probes.mlp_jacobian_operator(sub.W1, sub.b1, sub.W2, sub.x[i:i + 1]) for i in range(sub.N)]
+        ops = [probes.mlp_jacobian_operator(sub.W1, sub.b1, sub.W2, sub.x[i : i + 1]) for i in range(sub.N)]
         results = [probes.arpack_sigma1(op, tol=1e-10) for op in ops]
         # iterations: operator applications per matrix, averaged
-        return torch.stack([r.values.reshape(()) for r in results])[None], sum(r.iterations for r in results) // len(results)
+        return torch.stack([r.values.reshape(()) for r in results])[None], sum(r.iterations for r in results) // len(
+            results
+        )
 
     benchmark.group = f"sigma1 of all E*N Jacobians [{P.label}]"
     result = benchmark.pedantic(run, rounds=2, warmup_rounds=0)
@@ -92,17 +111,24 @@ def test_sigma1_paper_batched_lanczos_many_problems(benchmark):
     problems = [Problem(**PAPER, seed=s) for s in TRAP_SEEDS]
 
     def run():
-        out = [probes.mlp_lanczos_sigma1(*p.args, tol=1e-6, generator=torch.Generator().manual_seed(p.seed))
-               for p in problems]
+        out = [
+            probes.mlp_lanczos_sigma1(*p.args, tol=1e-6, generator=torch.Generator().manual_seed(p.seed))
+            for p in problems
+        ]
         return out
 
     benchmark.group = f"sigma1 trap check: {len(problems)} problems [{P.label}]"
     results = benchmark.pedantic(run, rounds=1, warmup_rounds=0)
-    errors = torch.cat([((r.values.double() - p.exact_sigma1).abs() / p.exact_sigma1).reshape(-1)
-                        for r, p in zip(results, problems)])
-    benchmark.extra_info.update(method="matrix_free_batched_lanczos", matrices=errors.numel(),
-                                above_tol=int((errors > TOL).sum()), max_rel_error=float(errors.max()),
-                                iterations=max(r.iterations for r in results))
+    errors = torch.cat(
+        [((r.values.double() - p.exact_sigma1).abs() / p.exact_sigma1).reshape(-1) for r, p in zip(results, problems)]
+    )
+    benchmark.extra_info.update(
+        method="matrix_free_batched_lanczos",
+        matrices=errors.numel(),
+        above_tol=int((errors > TOL).sum()),
+        max_rel_error=float(errors.max()),
+        iterations=max(r.iterations for r in results),
+    )
     assert int((errors > TOL).sum()) == 0, f"{int((errors > TOL).sum())} of {errors.numel()} off by more than {TOL}"
 
 
@@ -112,7 +138,9 @@ def test_full_spectra_paper(benchmark, method):
     float32 (absolute error ~ eps sigma_1^2 / sigma)."""
     J = probes.expert_jacobians(P.W1, P.b1, P.W2, P.x)
     benchmark.group = f"full spectra of all E*N Jacobians, float64 [{P.label}]"
-    s = benchmark.pedantic(probes.singular_values, (J, "svd" if method == "svdvals" else "gram"), rounds=3, warmup_rounds=1)
+    s = benchmark.pedantic(
+        probes.singular_values, (J, "svd" if method == "svdvals" else "gram"), rounds=3, warmup_rounds=1
+    )
     # reference: numpy's LAPACK SVD, not the torch call under test (svdvals against itself is 0 by construction)
     ref = torch.from_numpy(np.linalg.svd(J.numpy(), compute_uv=False))
     assert s.shape == ref.shape
@@ -147,8 +175,9 @@ def scaled(d):
 def test_sigma1_scaling(benchmark, d, method):
     p = scaled(d)  # the reference is exact float64 SVD at every d (~7 min on one core at d = 4096, untimed)
     benchmark.group = "sigma1 scaling in d (h=2d, E=1, N=8)"
-    result = benchmark.pedantic(SCALING[method][1], (p.args,), rounds=1 if d >= 512 or "power" in method else 3,
-                                warmup_rounds=0)
+    result = benchmark.pedantic(
+        SCALING[method][1], (p.args,), rounds=1 if d >= 512 or "power" in method else 3, warmup_rounds=0
+    )
     record(benchmark, p, method, result, baseline=method == "closed_form+svdvals")
 
 
@@ -170,8 +199,9 @@ def test_gram_product_floor(benchmark):
     J = probes.expert_jacobians(W1.double(), b1.double(), W2.double(), x.double())
     ref = torch.einsum("enji,enjk,enk->eni", J, J, v.double())  # J^T J v, materialised in float64
     err = float(((out.double() - ref).norm(dim=-1) / ref.norm(dim=-1)).max())
-    benchmark.extra_info.update(method="gram_product", d=p.d, flops=4 * 2 * p.d * p.h * p.N,
-                                bytes=4 * p.d * p.h * 4, max_rel_error=err)
+    benchmark.extra_info.update(
+        method="gram_product", d=p.d, flops=4 * 2 * p.d * p.h * p.N, bytes=4 * p.d * p.h * 4, max_rel_error=err
+    )
     assert err <= TOL
 
 

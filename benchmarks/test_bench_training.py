@@ -4,18 +4,19 @@ The floor of the main-arms sweep of `pytest claims/` is its FLOP count divided b
 measured in the same run. The sweep is timed in full, once, as the claims run it (every step,
 every trajectory record and every checkpoint's probes).
 """
+
 import statistics
 import time
 
 import pytest
 import torch
+from floors import STAGES, checkpoint_flops, measure_stages, train_flops, trajectory_flops
 
 from moegeo import ExperimentConfig, experiment
-from moegeo.config import Arm
 from moegeo.claims.dual_jacobian_pca import SEEDS
+from moegeo.config import Arm
 from moegeo.data import make_data
 from moegeo.nn import adam
-from floors import STAGES, checkpoint_flops, measure_stages, train_flops, trajectory_flops
 
 CFG = ExperimentConfig(seeds=tuple(range(SEEDS)))  # the claims' main configuration
 SGEMM_N = 2048
@@ -111,8 +112,13 @@ def test_claims_sweep(benchmark, monkeypatch):
     n_records = len({s for s in range(CFG.steps + 1) if s % CFG.record_every == 0} | set(CFG.checkpoints()))
     assert (len(records), len(checkpoints)) == (n_records * len(CFG.arms), len(CFG.checkpoints()) * len(CFG.arms))
     benchmark.extra_info.update(
-        method="sweep", steps=CFG.steps, train_flops_per_step=sum(train_flops(a, CFG) for a in CFG.arms),
-        trajectory_records=len(records), trajectory_seconds=sum(records),
+        method="sweep",
+        steps=CFG.steps,
+        train_flops_per_step=sum(train_flops(a, CFG) for a in CFG.arms),
+        trajectory_records=len(records),
+        trajectory_seconds=sum(records),
         trajectory_flops=sum(trajectory_flops(df, CFG)),
-        checkpoints=len(checkpoints), checkpoint_seconds=sum(checkpoints),
-        probe_flops=sum(checkpoint_flops(df, CFG)))
+        checkpoints=len(checkpoints),
+        checkpoint_seconds=sum(checkpoints),
+        probe_flops=sum(checkpoint_flops(df, CFG)),
+    )

@@ -9,6 +9,7 @@ the workers read the same cached runs, so the verdicts are the same. Uncached ru
 ``moegeo.sweeps`` on ``--executor`` (default one process per core), one single-threaded task per
 run, so the numbers, and the verdicts, are the same on every executor.
 """
+
 import dataclasses
 import resource
 import time
@@ -18,11 +19,17 @@ import pytest
 
 from moegeo import ExperimentConfig, sweeps
 from moegeo.cache import cache_dir
+from moegeo.claims import Results, evaluate, geometric_asymmetry, routers_geometry
+from moegeo.claims.dual_jacobian_pca import (
+    CLAIMS,
+    CONFIRMATORY_OFFSET,
+    FAILURE_STEP,
+    HOT_TEMPERATURE,
+    LM_SEEDS,
+    SEEDS,
+    main_config,
+)
 from moegeo.cli import output_file_problem
-from moegeo.claims import Results, evaluate
-from moegeo.claims import geometric_asymmetry, routers_geometry
-from moegeo.claims.dual_jacobian_pca import (CLAIMS, CONFIRMATORY_OFFSET, FAILURE_STEP, HOT_TEMPERATURE, LM_SEEDS, SEEDS,
-                                             main_config)
 from moegeo.config import Arm, LMConfig
 from moegeo.data.wikitext import split_files
 
@@ -42,35 +49,67 @@ QUICK_LM_SIZES = dict(probe_tokens=256, eval_windows=32, trajectory_points=32)
 def pytest_addoption(parser):
     g = parser.getgroup("moegeo claims")
     g.addoption("--seeds", type=int, default=SEEDS, help=f"number of seeds (default {SEEDS})")
-    g.addoption("--seed-offset", type=int, default=CONFIRMATORY_OFFSET,
-                help=f"first seed (default {CONFIRMATORY_OFFSET}, the confirmatory range; 0: the exploratory seeds 0-23 "
-                     "the declarations were written with)")
+    g.addoption(
+        "--seed-offset",
+        type=int,
+        default=CONFIRMATORY_OFFSET,
+        help=f"first seed (default {CONFIRMATORY_OFFSET}, the confirmatory range; 0: the exploratory seeds 0-23 "
+        "the declarations were written with)",
+    )
     g.addoption("--steps", type=int, default=None, help=f"training steps (default {ExperimentConfig().steps})")
     g.addoption("--lm-seeds", type=int, default=LM_SEEDS, help=f"number of language-model seeds (default {LM_SEEDS})")
-    g.addoption("--lm-steps", type=int, default=None, help=f"language-model training steps (default {LMConfig().steps})")
-    g.addoption("--router-seeds", type=int, default=routers_geometry.ROUTER_SEEDS,
-                help=f"seeds of the balancing routers (default {routers_geometry.ROUTER_SEEDS}; at most --lm-seeds: the "
-                     "learned router is the language model's topk arm)")
-    g.addoption("--lm-data", default=None,
-                help="a directory with the full WikiText-2 (wiki.{train,valid,test}.tokens): train the LM on its train "
-                     "split (default: the shipped copy, training on valid)")
-    g.addoption("--quick", action="store_true",
-                help=f"smoke run: {QUICK_SEEDS} seeds, {FAILURE_STEP} MLP steps and {QUICK_LM_STEPS} LM steps, half the probe points and tokens, report "
-                     "to REPORT-quick.md (verdicts: too few seeds)")
+    g.addoption(
+        "--lm-steps", type=int, default=None, help=f"language-model training steps (default {LMConfig().steps})"
+    )
+    g.addoption(
+        "--router-seeds",
+        type=int,
+        default=routers_geometry.ROUTER_SEEDS,
+        help=f"seeds of the balancing routers (default {routers_geometry.ROUTER_SEEDS}; at most --lm-seeds: the "
+        "learned router is the language model's topk arm)",
+    )
+    g.addoption(
+        "--lm-data",
+        default=None,
+        help="a directory with the full WikiText-2 (wiki.{train,valid,test}.tokens): train the LM on its train "
+        "split (default: the shipped copy, training on valid)",
+    )
+    g.addoption(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: {QUICK_SEEDS} seeds, {FAILURE_STEP} MLP steps and {QUICK_LM_STEPS} LM steps, half the probe points and tokens, report "
+        "to REPORT-quick.md (verdicts: too few seeds)",
+    )
     g.addoption("--all-readings", action="store_true", help="also one test per sensitivity reading")
-    g.addoption("--reading", action="append", default=[],
-                help="only show tests whose reading contains this text, e.g. pca_site=hidden (repeatable; "
-                     "never changes what is corrected)")
-    g.addoption("--hf-model", default=None, metavar="DIR",
-                help="also test the asymmetry paper's pretrained-model claims on this local Hugging Face checkpoint "
-                     "(needs the [hf] extra; without it they are reported as not run)")
-    g.addoption("--hf-tokens", type=int, default=512, help="tokens of the shipped WikiText-2 test split fed to --hf-model "
-                                                           "(default 512)")
+    g.addoption(
+        "--reading",
+        action="append",
+        default=[],
+        help="only show tests whose reading contains this text, e.g. pca_site=hidden (repeatable; "
+        "never changes what is corrected)",
+    )
+    g.addoption(
+        "--hf-model",
+        default=None,
+        metavar="DIR",
+        help="also test the asymmetry paper's pretrained-model claims on this local Hugging Face checkpoint "
+        "(needs the [hf] extra; without it they are reported as not run)",
+    )
+    g.addoption(
+        "--hf-tokens",
+        type=int,
+        default=512,
+        help="tokens of the shipped WikiText-2 test split fed to --hf-model (default 512)",
+    )
     g.addoption("--report", default=None, help="report path (default REPORT.md, REPORT-quick.md with --quick)")
-    g.addoption("--executor", default=None, metavar="SPEC",
-                help="where uncached runs train: serial, processes:N (default: one process per core), dask://host:port, "
-                     "dask-local:N (the [dask] extra), slurm[:partition] (the [slurm] extra); the verdicts do not "
-                     "depend on it")
+    g.addoption(
+        "--executor",
+        default=None,
+        metavar="SPEC",
+        help="where uncached runs train: serial, processes:N (default: one process per core), dask://host:port, "
+        "dask-local:N (the [dask] extra), slurm[:partition] (the [slurm] extra); the verdicts do not "
+        "depend on it",
+    )
 
 
 def report_path(config) -> Path:
@@ -92,8 +131,9 @@ def check_options(config) -> None:
         if value is not None and value < 1:
             raise pytest.UsageError(f"{option} must be >= 1, got {value}")
     if config.getoption("--seed-offset") < 0:
-        raise pytest.UsageError(f"--seed-offset must be >= 0 (seeds are non-negative integers), got "
-                                f"{config.getoption('--seed-offset')}")
+        raise pytest.UsageError(
+            f"--seed-offset must be >= 0 (seeds are non-negative integers), got {config.getoption('--seed-offset')}"
+        )
     why = output_file_problem(str(report_path(config)))
     if why:
         raise pytest.UsageError(f"--report: {why}")
@@ -129,26 +169,38 @@ def _configs(config) -> dict:
     steps = config.getoption("--steps")
     steps = (FAILURE_STEP if quick else ExperimentConfig().steps) if steps is None else steps
     if steps < FAILURE_STEP:
-        raise pytest.UsageError(f"--steps must be at least {FAILURE_STEP}: the §4 claims compare with the main arms at that step")
+        raise pytest.UsageError(
+            f"--steps must be at least {FAILURE_STEP}: the §4 claims compare with the main arms at that step"
+        )
     offset = config.getoption("--seed-offset")
     main = main_config(n, offset, steps=steps, **(QUICK_MLP_SIZES if quick else {}))
     side = dataclasses.replace(main, steps=FAILURE_STEP, record_every=FAILURE_STEP, probe_steps=())
     n_lm = QUICK_SEEDS if quick else config.getoption("--lm-seeds")
     lm_steps = config.getoption("--lm-steps")
     lm_steps = (QUICK_LM_STEPS if quick else LMConfig().steps) if lm_steps is None else lm_steps
-    lm = LMConfig(steps=lm_steps, record_every=min(LMConfig().record_every, max(1, lm_steps // 2)),
-                  seeds=tuple(range(offset, offset + n_lm)), data=config.getoption("--lm-data"),
-                  **(QUICK_LM_SIZES if quick else {}))
+    lm = LMConfig(
+        steps=lm_steps,
+        record_every=min(LMConfig().record_every, max(1, lm_steps // 2)),
+        seeds=tuple(range(offset, offset + n_lm)),
+        data=config.getoption("--lm-data"),
+        **(QUICK_LM_SIZES if quick else {}),
+    )
     n_routers = QUICK_SEEDS if quick else config.getoption("--router-seeds")
     if n_routers > n_lm:
-        raise pytest.UsageError(f"--router-seeds ({n_routers}) must not exceed --lm-seeds ({n_lm}): the learned router "
-                                "is the language model's topk arm on the same seeds")
-    routers = dataclasses.replace(lm, arms=(Arm.TOPK_AUX, Arm.TOPK_LOSS_FREE, Arm.KMEANS),
-                                  seeds=tuple(range(offset, offset + n_routers)))
-    return {"main": main,
-            "hot": dataclasses.replace(side, temperature=HOT_TEMPERATURE, arms=(Arm.SOFT,)),
-            "failure": dataclasses.replace(side, arms=(Arm.TOPK_COUPLED, Arm.TOPK_DEEP)),
-            "lm": lm, "routers": routers}
+        raise pytest.UsageError(
+            f"--router-seeds ({n_routers}) must not exceed --lm-seeds ({n_lm}): the learned router "
+            "is the language model's topk arm on the same seeds"
+        )
+    routers = dataclasses.replace(
+        lm, arms=(Arm.TOPK_AUX, Arm.TOPK_LOSS_FREE, Arm.KMEANS), seeds=tuple(range(offset, offset + n_routers))
+    )
+    return {
+        "main": main,
+        "hot": dataclasses.replace(side, temperature=HOT_TEMPERATURE, arms=(Arm.SOFT,)),
+        "failure": dataclasses.replace(side, arms=(Arm.TOPK_COUPLED, Arm.TOPK_DEEP)),
+        "lm": lm,
+        "routers": routers,
+    }
 
 
 def executor_spec(config) -> str:
@@ -194,9 +246,12 @@ def pytest_configure(config):
     capture = config.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():  # let the progress bars through on a terminal
         if not hasattr(config, "workerinput"):
-            print(f"moegeo: MLP {len(cfgs['main'].seeds)} seeds x {cfgs['main'].steps} steps, LM "
-                  f"{len(cfgs['lm'].seeds)} seeds x {cfgs['lm'].steps} steps; finished runs are reused from {cache_dir()}; "
-                  f"uncached runs train on {spec}", flush=True)
+            print(
+                f"moegeo: MLP {len(cfgs['main'].seeds)} seeds x {cfgs['main'].steps} steps, LM "
+                f"{len(cfgs['lm'].seeds)} seeds x {cfgs['lm'].steps} steps; finished runs are reused from {cache_dir()}; "
+                f"uncached runs train on {spec}",
+                flush=True,
+            )
         # uncached runs train side by side, one single-threaded task per worker, longest first, one
         # task per config (all its seeds: the unchunked run, so the verdicts never depend on the
         # executor); xdist workers find them in the cache
@@ -223,8 +278,11 @@ def pytest_generate_tests(metafunc):
             v = v[v.primary]
         for text in metafunc.config.getoption("--reading"):
             v = v[v.reading.str.contains(text, regex=False)]
-        metafunc.parametrize("claim_reading", list(zip(v.claim, v.reading)),
-                             ids=[f"{c}[{r}]" if r else c for c, r in zip(v.claim, v.reading)])
+        metafunc.parametrize(
+            "claim_reading",
+            list(zip(v.claim, v.reading)),
+            ids=[f"{c}[{r}]" if r else c for c, r in zip(v.claim, v.reading)],
+        )
 
 
 @pytest.fixture
@@ -243,8 +301,15 @@ def pytest_sessionfinish(session):
     path = report_path(config)
     # KiB -> GiB on Linux; the training workers are children
     peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 2**20
-    write_report(path, state["frames"], config.stash[VERDICTS], state["configs"], time.perf_counter() - state["t0"],
-                 state["timings"], peak)
+    write_report(
+        path,
+        state["frames"],
+        config.stash[VERDICTS],
+        state["configs"],
+        time.perf_counter() - state["t0"],
+        state["timings"],
+        peak,
+    )
     config.stash[STATE]["written"] = path
 
 

@@ -1,4 +1,5 @@
 """``python -m moegeo``: the command line of ``moegeo.cli`` (also installed as ``moegeo``)."""
+
 import sys
 
 from .cli import main

@@ -1,2 +1,3 @@
 """The package version: in every cache key and every report header (CHANGELOG.md, one section each)."""
-__version__ = "0.1.0"
+
+__version__ = "0.2.0"

@@ -42,6 +42,7 @@ secret set, entries are signed, and an entry whose signature is missing or does 
 miss, recomputed and replaced by a signed one; a reader without the secret accepts signed and
 unsigned entries alike.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,8 +53,8 @@ import os
 import re
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -90,8 +91,10 @@ def cache_dir() -> Path:
     if "MOEGEO_CACHE" in os.environ:
         value = os.environ["MOEGEO_CACHE"]
         if not value.strip():
-            raise ValueError("MOEGEO_CACHE is set but empty: unset it for the default cache "
-                             "($XDG_CACHE_HOME/moegeo or ~/.cache/moegeo) or set it to a directory")
+            raise ValueError(
+                "MOEGEO_CACHE is set but empty: unset it for the default cache "
+                "($XDG_CACHE_HOME/moegeo or ~/.cache/moegeo) or set it to a directory"
+            )
         return Path(value)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "moegeo"
 
@@ -102,8 +105,9 @@ def _secret() -> bytes | None:
     if value is None:
         return None
     if not value:
-        raise ValueError("MOEGEO_CACHE_KEY is set but empty: unset it, or set it to the secret shared by the "
-                         "cache's trusted writers")
+        raise ValueError(
+            "MOEGEO_CACHE_KEY is set but empty: unset it, or set it to the secret shared by the cache's trusted writers"
+        )
     return value.encode()
 
 
@@ -136,7 +140,8 @@ def _check_columns(columns, schema: pa.Schema) -> None:
     and every column has a kind the cache accepts (and its tidy kind, for a tidy column)."""
     fields = {"name", "arrow", "pandas"}
     if not isinstance(columns, list) or not all(
-            isinstance(c, dict) and set(c) == fields and all(isinstance(v, str) for v in c.values()) for c in columns):
+        isinstance(c, dict) and set(c) == fields and all(isinstance(v, str) for v in c.values()) for c in columns
+    ):
         raise ValueError("the record's column list is malformed")
     names = [c["name"] for c in columns]
     if names != schema.names:
@@ -172,11 +177,11 @@ def _digest(table: pa.Table) -> str:
             h.update(np.packbits(arr.is_valid().to_numpy(zero_copy_only=False)).tobytes())
         if kind == "string":
             arr = pc.fill_null(arr, "").cast(pa.large_string())
-            offsets = np.frombuffer(arr.buffers()[1], dtype="<i8")[arr.offset:arr.offset + len(arr) + 1]
+            offsets = np.frombuffer(arr.buffers()[1], dtype="<i8")[arr.offset : arr.offset + len(arr) + 1]
             h.update(np.diff(offsets).astype("<i8").tobytes())
             data = arr.buffers()[2]
             if data is not None:
-                h.update(memoryview(data)[offsets[0]:offsets[-1]])
+                h.update(memoryview(data)[offsets[0] : offsets[-1]])
         else:
             values = pc.fill_null(arr, False if kind == "boolean" else 0).to_numpy(zero_copy_only=False)
             h.update(np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes())
@@ -200,8 +205,14 @@ def _encode(key: str, frame: pd.DataFrame, secret: bytes | None) -> pa.Buffer:
     table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
     columns = [{"name": f.name, "arrow": str(f.type), "pandas": str(frame[f.name].dtype)} for f in table.schema]
     _check_columns(columns, table.schema)
-    record = {"format": FORMAT, "key": key, "version": __version__, "rows": table.num_rows, "columns": columns,
-              "digest": _digest(table)}
+    record = {
+        "format": FORMAT,
+        "key": key,
+        "version": __version__,
+        "rows": table.num_rows,
+        "columns": columns,
+        "digest": _digest(table),
+    }
     if secret is not None:
         record["hmac"] = _signature(record, secret)
     sink = pa.BufferOutputStream()
@@ -222,8 +233,9 @@ def _decode(key: str, blob: bytes, secret: bytes | None) -> pd.DataFrame:
     if secret is not None:
         signature = record.get("hmac")
         if not isinstance(signature, str) or not hmac.compare_digest(signature, _signature(record, secret)):
-            raise ValueError("its signature does not verify with MOEGEO_CACHE_KEY (unsigned, or signed with another "
-                             "secret)")
+            raise ValueError(
+                "its signature does not verify with MOEGEO_CACHE_KEY (unsigned, or signed with another secret)"
+            )
     if record.get("key") != key:
         raise ValueError(f"it holds key {record.get('key')!r}, not {key!r}")
     if record.get("version") != __version__:
@@ -262,14 +274,21 @@ def load(key: str) -> pd.DataFrame | None:
     except FileNotFoundError:
         return None
     except OSError as err:
-        warnings.warn(f"cannot read cache entry {path} ({err}); recomputing it (the entry is left in place)",
-                      CacheWarning, stacklevel=2)
+        warnings.warn(
+            f"cannot read cache entry {path} ({err}); recomputing it (the entry is left in place)",
+            CacheWarning,
+            stacklevel=2,
+        )
         return None
     try:
         return _decode(key, blob, secret)
     except Exception as err:  # whatever the bytes are, they are not this key's valid entry
-        warnings.warn(f"cache entry {path} is not used: {err}; recomputing it (the entry is left in place for the "
-                      "next writer to replace)", CacheWarning, stacklevel=2)
+        warnings.warn(
+            f"cache entry {path} is not used: {err}; recomputing it (the entry is left in place for the "
+            "next writer to replace)",
+            CacheWarning,
+            stacklevel=2,
+        )
         return None
 
 
@@ -314,8 +333,11 @@ def try_store(key: str, frame: pd.DataFrame) -> Path | None:
     try:
         return store(key, frame)
     except OSError as err:
-        warnings.warn(f"cannot write cache entry {entry_path(key)} ({err}); the result is returned but not cached",
-                      CacheWarning, stacklevel=2)
+        warnings.warn(
+            f"cannot write cache entry {entry_path(key)} ({err}); the result is returned but not cached",
+            CacheWarning,
+            stacklevel=2,
+        )
         return None
 
 

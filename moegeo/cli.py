@@ -17,6 +17,7 @@ cannot finish (too large for memory, diverged, an executor that fails), is one l
 ``PROG: error: ...`` on stderr and exit status 2, never a traceback; a standard output closed
 by its reader (``| head``) ends the command quietly with status 141, the files it wrote kept.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,8 +84,9 @@ def output_dir_problem(path: str) -> str | None:
     return None if os.access(probe, os.W_OK | os.X_OK) else f"{probe} is not writable, so {path} cannot be written"
 
 
-def _check_outputs(ap: argparse.ArgumentParser, files: dict[str, str | None] | None = None,
-                   dirs: dict[str, str | None] | None = None) -> None:
+def _check_outputs(
+    ap: argparse.ArgumentParser, files: dict[str, str | None] | None = None, dirs: dict[str, str | None] | None = None
+) -> None:
     """A usage error for the first output path (option -> path; None: not given) that cannot be written."""
     files, dirs = files or {}, dirs or {}
     for option, path in files.items():
@@ -133,13 +135,23 @@ def main(argv=None) -> int:
 
 def run_main(argv) -> int:
     """``python -m moegeo [--setting mlp|lm]``: train the arms of one setting and print the probe table."""
-    ap = argparse.ArgumentParser(prog="python -m moegeo", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    _setting_and_seeds(ap, "mlp: the controlled MLP-MoE (default); lm: the Transformer language model on WikiText-2",
-                       "number of seeds (default 1)")
-    ap.add_argument("--steps", type=int, default=None,
-                    help=f"training steps (default {ExperimentConfig().steps} for mlp, {LMConfig().steps} for lm)")
-    ap.add_argument("--lm-data", default=None, help="lm: a directory with the full WikiText-2 (default: the shipped copy)")
+    ap = argparse.ArgumentParser(
+        prog="python -m moegeo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    _setting_and_seeds(
+        ap,
+        "mlp: the controlled MLP-MoE (default); lm: the Transformer language model on WikiText-2",
+        "number of seeds (default 1)",
+    )
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"training steps (default {ExperimentConfig().steps} for mlp, {LMConfig().steps} for lm)",
+    )
+    ap.add_argument(
+        "--lm-data", default=None, help="lm: a directory with the full WikiText-2 (default: the shipped copy)"
+    )
     ap.add_argument("--no-cache", action="store_true", help="recompute even if a cached run exists")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--csv", help="also write the tidy results frame to this CSV file")
@@ -164,12 +176,24 @@ def run_main(argv) -> int:
         return _fail(ap.prog, err)
     if args.csv:  # first: a closed standard output below must not lose it
         df.to_csv(args.csv, index=False)
-    print(f"moegeo ({cfg.setting}): {len(cfg.arms)} arms x {len(cfg.seeds)} seed(s) {list(cfg.seeds)}, {cfg.steps} steps "
-          f"({time.perf_counter() - t0:.1f} s); probes at the final step, mean over experts and seeds")
+    print(
+        f"moegeo ({cfg.setting}): {len(cfg.arms)} arms x {len(cfg.seeds)} seed(s) {list(cfg.seeds)}, {cfg.steps} steps "
+        f"({time.perf_counter() - t0:.1f} s); probes at the final step, mean over experts and seeds"
+    )
     if cfg.setting == "lm":
-        print(f"data: {cfg.data or 'the shipped WikiText-2 (train on valid, hold out test)'}, sha256 {cfg.data_digest()}")
-    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
-                           "display.float_format", "{:.4g}".format):
+        print(
+            f"data: {cfg.data or 'the shipped WikiText-2 (train on valid, hold out test)'}, sha256 {cfg.data_digest()}"
+        )
+    with pd.option_context(
+        "display.max_rows",
+        None,
+        "display.max_columns",
+        None,
+        "display.width",
+        200,
+        "display.float_format",
+        "{:.4g}".format,
+    ):
         print(summary_table(df))
         if cfg.setting == "lm":
             print("\nheld-out perplexity at the final step (mean over seeds):")
@@ -195,26 +219,59 @@ def _positive_int(s: str) -> int:
 
 def probe_main(argv) -> int:
     """``python -m moegeo probe``: every probe of a local Hugging Face MoE checkpoint on a text."""
-    ap = argparse.ArgumentParser(prog="python -m moegeo probe",
-                                 description="Every probe of a local Hugging Face MoE checkpoint on a text: writes "
-                                             "PROBE.md, figures/ and probe.csv (the tidy frame) to --out.")
-    ap.add_argument("--hf-model", required=True, metavar="DIR",
-                    help="a local checkpoint directory (config.json, weights and tokenizer, as save_pretrained writes)")
-    ap.add_argument("--text-file", "--text", dest="text_file", metavar="FILE",
-                    help="a UTF-8 text file to run the model on (default: the shipped WikiText-2 test split)")
-    ap.add_argument("--allow-missing", action="append", default=[], metavar="PATTERN",
-                    help="accept checkpoint weights that are missing, unexpected or of another shape when their names "
-                         "match this fnmatch pattern (repeatable; default: refuse any, since missing weights are "
-                         "initialised at random)")
-    ap.add_argument("--layers", type=int, nargs="+", metavar="L", help="decoder-layer indices to probe (default: every MoE layer)")
-    ap.add_argument("--tokens", type=_positive_int, default=512, metavar="N",
-                    help="tokens probed: exactly the first N of the text, fewer only if the text is shorter; the output "
-                         "and the report state the number (default 512)")
-    ap.add_argument("--context", type=_positive_int, default=None, metavar="C",
-                    help="tokens per sequence, at most the model's max_position_embeddings (default: min(N, 512, "
-                         "max_position_embeddings)); the last sequence is completed with the following tokens of "
-                         "the text, which are not probed")
-    ap.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="dtype to load and probe in (default float64)")
+    ap = argparse.ArgumentParser(
+        prog="python -m moegeo probe",
+        description="Every probe of a local Hugging Face MoE checkpoint on a text: writes "
+        "PROBE.md, figures/ and probe.csv (the tidy frame) to --out.",
+    )
+    ap.add_argument(
+        "--hf-model",
+        required=True,
+        metavar="DIR",
+        help="a local checkpoint directory (config.json, weights and tokenizer, as save_pretrained writes)",
+    )
+    ap.add_argument(
+        "--text-file",
+        "--text",
+        dest="text_file",
+        metavar="FILE",
+        help="a UTF-8 text file to run the model on (default: the shipped WikiText-2 test split)",
+    )
+    ap.add_argument(
+        "--allow-missing",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="accept checkpoint weights that are missing, unexpected or of another shape when their names "
+        "match this fnmatch pattern (repeatable; default: refuse any, since missing weights are "
+        "initialised at random)",
+    )
+    ap.add_argument(
+        "--layers", type=int, nargs="+", metavar="L", help="decoder-layer indices to probe (default: every MoE layer)"
+    )
+    ap.add_argument(
+        "--tokens",
+        type=_positive_int,
+        default=512,
+        metavar="N",
+        help="tokens probed: exactly the first N of the text, fewer only if the text is shorter; the output "
+        "and the report state the number (default 512)",
+    )
+    ap.add_argument(
+        "--context",
+        type=_positive_int,
+        default=None,
+        metavar="C",
+        help="tokens per sequence, at most the model's max_position_embeddings (default: min(N, 512, "
+        "max_position_embeddings)); the last sequence is completed with the following tokens of "
+        "the text, which are not probed",
+    )
+    ap.add_argument(
+        "--dtype",
+        choices=("float64", "float32"),
+        default="float64",
+        help="dtype to load and probe in (default float64)",
+    )
     ap.add_argument("--out", metavar="DIR", help="report directory (default: probe-<checkpoint name>)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
@@ -236,10 +293,17 @@ def probe_main(argv) -> int:
     try:
         with warnings.catch_warnings():  # one line each on stderr, without the source line of the warning
             warnings.showwarning = lambda message, *_, **__: print(f"{ap.prog}: warning: {message}", file=sys.stderr)
-            df = hf.probe_checkpoint(args.hf_model, text_file=args.text_file, tokens=args.tokens, layers=args.layers,
-                                     context=args.context, dtype=getattr(torch, args.dtype),
-                                     progress=False if args.quiet else None, allow_missing=args.allow_missing,
-                                     announce=lambda line: print(f"{ap.prog}: {line}", file=sys.stderr, flush=True))
+            df = hf.probe_checkpoint(
+                args.hf_model,
+                text_file=args.text_file,
+                tokens=args.tokens,
+                layers=args.layers,
+                context=args.context,
+                dtype=getattr(torch, args.dtype),
+                progress=False if args.quiet else None,
+                allow_missing=args.allow_missing,
+                announce=lambda line: print(f"{ap.prog}: {line}", file=sys.stderr, flush=True),
+            )
     except RUN_ERRORS as err:
         return _fail(ap.prog, err)
     source = probe_report.source_line(df, args.hf_model, args.dtype, args.text_file, args.tokens)
@@ -247,8 +311,10 @@ def probe_main(argv) -> int:
         path = probe_report.write(df, out, name, source)
     except OSError as err:
         return _fail(ap.prog, err)
-    print(f"{ap.prog}: {df['layer'].nunique()} MoE layer(s) probed in {time.perf_counter() - t0:.1f} s. {source}\n"
-          f"Report written to {path}")
+    print(
+        f"{ap.prog}: {df['layer'].nunique()} MoE layer(s) probed in {time.perf_counter() - t0:.1f} s. {source}\n"
+        f"Report written to {path}"
+    )
     return 0
 
 
@@ -257,8 +323,9 @@ def _field_value(cls, name: str, text: str):
     ``none`` for None); ValueError naming the field."""
     names = [f.name for f in dataclasses.fields(cls) if f.name != "seeds"]
     if name not in names:
-        raise ValueError(f"{cls.__name__} has no field {name!r} to set (seeds: --seeds, --seed-offset); "
-                         f"fields: {', '.join(names)}")
+        raise ValueError(
+            f"{cls.__name__} has no field {name!r} to set (seeds: --seeds, --seed-offset); fields: {', '.join(names)}"
+        )
     default = getattr(cls(), name)
     try:
         if isinstance(default, tuple):
@@ -296,30 +363,54 @@ def sweep_main(argv) -> int:
     from . import sweeps
 
     ap = argparse.ArgumentParser(
-        prog="python -m moegeo sweep", description=sweep_main.__doc__,
+        prog="python -m moegeo sweep",
+        description=sweep_main.__doc__,
         epilog="executors: serial; processes:N (local processes); dask://host:port (a running Dask scheduler, the "
-               "[dask] extra); dask-local:N (a Dask LocalCluster started here); slurm[:partition] (submitit, the "
-               "[slurm] extra). Example: python -m moegeo sweep --seeds 4 --set steps=500 --grid top_k=1,2 "
-               "temperature=0.5,1,2 --executor dask-local:2")
+        "[dask] extra); dask-local:N (a Dask LocalCluster started here); slurm[:partition] (submitit, the "
+        "[slurm] extra). Example: python -m moegeo sweep --seeds 4 --set steps=500 --grid top_k=1,2 "
+        "temperature=0.5,1,2 --executor dask-local:2",
+    )
     _setting_and_seeds(ap, "mlp (default) or lm", "number of seeds of every config (default 1)")
-    ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
-                    help="fixed config fields, e.g. steps=500 n_experts=4 arms=topk+soft (tuples joined by +)")
-    ap.add_argument("--grid", nargs="+", default=[], metavar="FIELD=V1,V2",
-                    help="one axis per field, e.g. top_k=1,2 lr=1e-3,3e-3; every combination is a config. Or the name of "
-                         "a declared grid, small or full (moegeo.claims.sensitivity): every claim of the MLP setting's main arms "
-                         "at every grid point, and the sensitivity section of --report")
-    ap.add_argument("--executor", default=None, metavar="SPEC",
-                    help="where tasks run (default processes:N, one per core); see below")
-    ap.add_argument("--chunk", type=int, default=None,
-                    help="seeds per task (default: all seeds of a config; a chunked config agrees with its unchunked "
-                         "run to rounding, not bit for bit)")
+    ap.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="fixed config fields, e.g. steps=500 n_experts=4 arms=topk+soft (tuples joined by +)",
+    )
+    ap.add_argument(
+        "--grid",
+        nargs="+",
+        default=[],
+        metavar="FIELD=V1,V2",
+        help="one axis per field, e.g. top_k=1,2 lr=1e-3,3e-3; every combination is a config. Or the name of "
+        "a declared grid, small or full (moegeo.claims.sensitivity): every claim of the MLP setting's main arms "
+        "at every grid point, and the sensitivity section of --report",
+    )
+    ap.add_argument(
+        "--executor",
+        default=None,
+        metavar="SPEC",
+        help="where tasks run (default processes:N, one per core); see below",
+    )
+    ap.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="seeds per task (default: all seeds of a config; a chunked config agrees with its unchunked "
+        "run to rounding, not bit for bit)",
+    )
     ap.add_argument("--metric", default="sigma1", help="metric of the printed table (default sigma1)")
     ap.add_argument("--reading", default="jacobian=pointwise", help="its reading (default jacobian=pointwise)")
     ap.add_argument("--no-cache", action="store_true", help="recompute every task and store none")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--csv", help="write every config's tidy frame to this CSV file (column config: the grid name)")
-    ap.add_argument("--report", default="REPORT.md", metavar="PATH",
-                    help="--grid small|full: the report whose sensitivity section is written (default REPORT.md here)")
+    ap.add_argument(
+        "--report",
+        default="REPORT.md",
+        metavar="PATH",
+        help="--grid small|full: the report whose sensitivity section is written (default REPORT.md here)",
+    )
     args = ap.parse_args(argv)
     spec = args.executor or sweeps.DEFAULT_EXECUTOR
     _check_outputs(ap, files={"--csv": args.csv})
@@ -347,25 +438,41 @@ def sweep_main(argv) -> int:
         ap.error(str(err))
     t0 = time.perf_counter()
     try:
-        result = sweeps.sweep(grid, executor=spec, chunk=args.chunk, cache=not args.no_cache,
-                              progress=False if args.quiet else None)
+        result = sweeps.sweep(
+            grid, executor=spec, chunk=args.chunk, cache=not args.no_cache, progress=False if args.quiet else None
+        )
     except (ImportError, sweeps.ExecutorError, *RUN_ERRORS) as err:
         return _fail(ap.prog, err)
     if args.csv:  # first: a closed standard output below must not lose it
         result.tidy().to_csv(args.csv, index=False)
-    print(f"moegeo sweep ({args.setting}): {len(grid)} config(s) x {len(seeds)} seed(s), {len(result.tasks)} task(s) on "
-          f"{spec}: {len(result.computed)} computed, {len(result.cached)} from the cache "
-          f"({time.perf_counter() - t0:.1f} s)")
+    print(
+        f"moegeo sweep ({args.setting}): {len(grid)} config(s) x {len(seeds)} seed(s), {len(result.tasks)} task(s) on "
+        f"{spec}: {len(result.computed)} computed, {len(result.cached)} from the cache "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
     table = {}
     for name, df in result.frames.items():
-        final = df[(df.step == df.steps) & (df.metric == args.metric) & (df.reading == args.reading)
-                   & (df.expert >= 0) & (df["index"] == -1)]
+        final = df[
+            (df.step == df.steps)
+            & (df.metric == args.metric)
+            & (df.reading == args.reading)
+            & (df.expert >= 0)
+            & (df["index"] == -1)
+        ]
         table[name] = final.groupby("arm")["value"].mean()
     table = pd.DataFrame(table).T
     table = table[[a.value for a in Arm if a.value in table.columns]]
     print(f"{args.metric} [{args.reading}] at the final step, mean over layers, experts and seeds:")
-    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
-                           "display.float_format", "{:.4g}".format):
+    with pd.option_context(
+        "display.max_rows",
+        None,
+        "display.max_columns",
+        None,
+        "display.width",
+        200,
+        "display.float_format",
+        "{:.4g}".format,
+    ):
         print(table.to_string() if not table.empty else "(no such rows)")
     if args.csv:
         print(f"results frame written to {args.csv}")
@@ -383,8 +490,11 @@ def _named_grid(ap: argparse.ArgumentParser, args, spec: str) -> int:
         g = sensitivity.grid(args.grid[0])
     except ValueError as err:
         ap.error(str(err))
-    fixed = [f"--{name.replace('_', '-')}" for name in ("seeds", "seed_offset", "set", "chunk")
-             if getattr(args, name) not in (None, [])]
+    fixed = [
+        f"--{name.replace('_', '-')}"
+        for name in ("seeds", "seed_offset", "set", "chunk")
+        if getattr(args, name) not in (None, [])
+    ]
     if fixed or args.setting != "mlp":
         ap.error(f"--grid {g.name} declares its own configs, seeds and setting; drop {', '.join(fixed) or '--setting'}")
     n = len(g.configs)
@@ -397,16 +507,25 @@ def _named_grid(ap: argparse.ArgumentParser, args, spec: str) -> int:
     if args.csv:  # the files first: a closed standard output below must not lose them
         tab.to_csv(args.csv, index=False)
     path = report.write_sensitivity(args.report, result, f"python -m moegeo sweep --grid {g.name} --executor {spec}")
-    print(f"grid {g.name} on {spec}: {len(result.sweep.computed)} configs trained, {len(result.sweep.cached)} from the "
-          f"cache ({result.seconds:.0f} s). Per point: the claim's primary statistic (median over seeds) and, after it, "
-          "+ where it holds, - where it fails and ~ where it is below the smallest meaningful effect (Holm across the grid "
-          "per claim and per point; exploratory):")
+    print(
+        f"grid {g.name} on {spec}: {len(result.sweep.computed)} configs trained, {len(result.sweep.cached)} from the "
+        f"cache ({result.seconds:.0f} s). Per point: the claim's primary statistic (median over seeds) and, after it, "
+        "+ where it holds, - where it fails and ~ where it is below the smallest meaningful effect (Holm across the grid "
+        "per claim and per point; exploratory):"
+    )
     marks = {"holds": "+", "fails": "-", "negligible": "~", "undecided": ""}
     marks["by construction"] = "="
-    mark = [marks[sensitivity.outcome(gv, v, c)] for gv, v, c in zip(tab.grid_verdict, tab.raw_verdict, tab.control_init)]
-    cells = tab.assign(cell=[f"{e:.3g}{m}" for e, m in zip(tab.effect, mark)], point=tab.config + " @" + tab.step.astype(str))
-    wide = cells.pivot(index="point", columns="claim", values="cell").reindex(
-        index=[f"{c} @{s}" for c, s in g.points()], columns=list(dict.fromkeys(tab.claim))).fillna("n/a")
+    mark = [
+        marks[sensitivity.outcome(gv, v, c)] for gv, v, c in zip(tab.grid_verdict, tab.raw_verdict, tab.control_init)
+    ]
+    cells = tab.assign(
+        cell=[f"{e:.3g}{m}" for e, m in zip(tab.effect, mark)], point=tab.config + " @" + tab.step.astype(str)
+    )
+    wide = (
+        cells.pivot(index="point", columns="claim", values="cell")
+        .reindex(index=[f"{c} @{s}" for c, s in g.points()], columns=list(dict.fromkeys(tab.claim)))
+        .fillna("n/a")
+    )
     with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 250):
         print(wide.T.to_string())
     for cid, sentence in report.sensitivity_sentences(tab, g).items():

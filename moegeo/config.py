@@ -3,6 +3,7 @@
 Every default cites its source in the Dual Jacobian-PCA paper (Liu, 2025; "the paper").
 The whole config goes into every result row and every cache key.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -107,8 +108,9 @@ class Arm(str, Enum):
 
     @property
     def router(self) -> Router:
-        return {Arm.TOPK_AUX: Router.AUX_LOSS, Arm.TOPK_LOSS_FREE: Router.LOSS_FREE,
-                Arm.KMEANS: Router.KMEANS}.get(self, Router.LEARNED)
+        return {Arm.TOPK_AUX: Router.AUX_LOSS, Arm.TOPK_LOSS_FREE: Router.LOSS_FREE, Arm.KMEANS: Router.KMEANS}.get(
+            self, Router.LEARNED
+        )
 
     @property
     def n_layers(self) -> int:
@@ -147,8 +149,9 @@ class RunConfig:
         if len(seeds) == 0 or len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds must be non-empty and distinct, got {self.seeds}")
         if isinstance(self.arms, (str, Arm)) or not self.arms:
-            raise ValueError(f"arms must be a non-empty tuple of arms ({', '.join(a.value for a in Arm)}), "
-                             f"got {self.arms!r}")
+            raise ValueError(
+                f"arms must be a non-empty tuple of arms ({', '.join(a.value for a in Arm)}), got {self.arms!r}"
+            )
         arms = tuple(Arm(a) for a in self.arms)
         twice = sorted({a.value for a in arms if arms.count(a) > 1})
         if twice:
@@ -162,8 +165,11 @@ class RunConfig:
         ``ExperimentConfig(lr=1000.0, seeds=(0, 1))``: how an error names the run."""
         default = type(self)()
         shown = self.to_dict()
-        diff = [f"{f.name}={tuple(shown[f.name]) if isinstance(shown[f.name], list) else shown[f.name]!r}"
-                for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(default, f.name)]
+        diff = [
+            f"{f.name}={tuple(shown[f.name]) if isinstance(shown[f.name], list) else shown[f.name]!r}"
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(default, f.name)
+        ]
         return f"{type(self).__name__}({', '.join(diff)})"
 
     def estimate_bytes(self, *, workers: int | None = None) -> dict[str, int]:
@@ -200,8 +206,16 @@ class RunConfig:
         """The cache key: a hash of the setting, the full config, the content digest of the data it
         reads (``data_digest``), the package version and the package's source, so results
         computed by other code or on other data are never mistaken for this code's."""
-        payload = json.dumps({"setting": self.setting, "config": self.to_dict(), "data": self.data_digest(),
-                              "version": __version__, "code": source_digest()}, sort_keys=True)
+        payload = json.dumps(
+            {
+                "setting": self.setting,
+                "config": self.to_dict(),
+                "data": self.data_digest(),
+                "version": __version__,
+                "code": source_digest(),
+            },
+            sort_keys=True,
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
     def data_digest(self) -> str | None:
@@ -258,9 +272,13 @@ class ExperimentConfig(RunConfig):
         layers = max(a.n_layers for a in self.arms)
         weights = E * (2 * h * d + h + 2 * d + 1)
         jac = E * N * d * d * 8 * (2 if any(a.residual for a in self.arms) else 1)
-        return {"data": 2 * S * N * d * 4, "weights and Adam state": 4 * S * layers * weights * 4,
-                "training activations": 3 * S * layers * N * E * h * 4,
-                "per-point Jacobians": workers * jac, "probe states": workers * 4 * E * N * (h + d) * 8}
+        return {
+            "data": 2 * S * N * d * 4,
+            "weights and Adam state": 4 * S * layers * weights * 4,
+            "training activations": 3 * S * layers * N * E * h * 4,
+            "per-point Jacobians": workers * jac,
+            "probe states": workers * 4 * E * N * (h + d) * 8,
+        }
 
 
 @dataclass(frozen=True)
@@ -306,8 +324,9 @@ class LMConfig(RunConfig):
         self._check()
         if self.data is not None:
             if not isinstance(self.data, (str, os.PathLike)) or not str(self.data).strip():
-                raise ValueError(f"data must be a directory holding WikiText-2 (None: the shipped copy), "
-                                 f"got {self.data!r}")
+                raise ValueError(
+                    f"data must be a directory holding WikiText-2 (None: the shipped copy), got {self.data!r}"
+                )
             from .data.wikitext import split_files
 
             root = Path(self.data).expanduser().resolve()
@@ -319,8 +338,10 @@ class LMConfig(RunConfig):
         if bad:
             raise ValueError(f"the LM setting runs the arms dense, dense_matched, topk and soft; got {bad}")
         if self.probe_tokens % self.context:
-            raise ValueError(f"probe_tokens = {self.probe_tokens} must be a multiple of context = {self.context} "
-                             "(whole held-out windows)")
+            raise ValueError(
+                f"probe_tokens = {self.probe_tokens} must be a multiple of context = {self.context} "
+                "(whole held-out windows)"
+            )
 
     def data_digest(self) -> str:
         """sha256 of the WikiText files this run reads (``moegeo.data.wikitext.data_digest``: the
@@ -339,9 +360,12 @@ class LMConfig(RunConfig):
         workers = min(S, workers or _threads())
         params = V * d + T * d + L * (4 * d * d + E * (2 * h * d + h + 2 * d + 1) + 4 * d)
         tokens = S * B * T
-        return {"weights and Adam state": 4 * S * params * 4,
-                "training activations": tokens * (3 * V + L * (12 * d + 3 * E * h)) * 4 + S * B * T * T * L * 4,
-                "per-point Jacobians": workers * E * N * d * d * 8, "probe states": workers * 4 * E * N * (h + d) * 8}
+        return {
+            "weights and Adam state": 4 * S * params * 4,
+            "training activations": tokens * (3 * V + L * (12 * d + 3 * E * h)) * 4 + S * B * T * T * L * 4,
+            "per-point Jacobians": workers * E * N * d * d * 8,
+            "probe states": workers * 4 * E * N * (h + d) * 8,
+        }
 
 
 #: the parts of the package whose code never runs inside ``moegeo.experiment.run`` (they only read

@@ -2,6 +2,7 @@
 ``run(cfg)``. Both settings train through ``moegeo.train`` and record through the row builders
 of ``moegeo.frame``, which run the same probe functions on each MoE layer's input.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,7 +23,15 @@ from .model import MoENet, build_arm
 
 def build_model(arm: Arm, cfg: ExperimentConfig) -> MoENet:
     """The model of one arm for all of ``cfg.seeds``."""
-    return build_arm(arm, n_experts=cfg.n_experts, d_model=cfg.d_model, d_hidden=cfg.d_hidden, top_k=cfg.top_k, temperature=cfg.temperature, seeds=cfg.seeds)
+    return build_arm(
+        arm,
+        n_experts=cfg.n_experts,
+        d_model=cfg.d_model,
+        d_hidden=cfg.d_hidden,
+        top_k=cfg.top_k,
+        temperature=cfg.temperature,
+        seeds=cfg.seeds,
+    )
 
 
 def _quiet(progress: bool | None) -> bool | None:
@@ -47,14 +56,24 @@ def train_arm(arm: Arm, cfg: ExperimentConfig, x: torch.Tensor, y: torch.Tensor,
             rows.extend(r)
         rows.extend(_trajectory_rows(arm, cfg, model, x, step))
         if step == 0:
-            initial.update({(l, i): model.params(i, l) for l in range(len(model.layers)) for i in range(len(cfg.seeds))})
+            initial.update(
+                {(l, i): model.params(i, l) for l in range(len(model.layers)) for i in range(len(cfg.seeds))}
+            )
         if step in checkpoints:
             rows.extend(_checkpoint_rows(arm, cfg, model, x, step, initial))
 
     record_at = [s for s in range(cfg.steps + 1) if s % cfg.record_every == 0 or s in checkpoints]
     with _naming(cfg, arm):
-        train.train(model, train.mse_loss(model, x, y), cfg.steps, cfg.lr, record=record, record_at=record_at,
-                    progress=progress, desc=f"train {arm.value}")
+        train.train(
+            model,
+            train.mse_loss(model, x, y),
+            cfg.steps,
+            cfg.lr,
+            record=record,
+            record_at=record_at,
+            progress=progress,
+            desc=f"train {arm.value}",
+        )
     return model, rows
 
 
@@ -77,8 +96,11 @@ def _trajectory_rows(arm, cfg, model, x, step):
     ``cfg.trajectory_points`` points (x is i.i.d., so these are a random subsample), exactly.
     """
     trace = model.trace(x)
-    jobs = [(model.params(i, layer, torch.float32), h[i], seed, layer)
-            for layer, h in enumerate(trace.moe_inputs) for i, seed in enumerate(cfg.seeds)]
+    jobs = [
+        (model.params(i, layer, torch.float32), h[i], seed, layer)
+        for layer, h in enumerate(trace.moe_inputs)
+        for i, seed in enumerate(cfg.seeds)
+    ]
     return per_seed(lambda p, h, seed, layer: _trajectory_layer(arm, cfg, p, h, seed, layer, step), jobs)
 
 
@@ -91,8 +113,19 @@ def _checkpoint_rows(arm, cfg, model, x, step, initial):
     for layer, (h, block) in enumerate(zip(trace.moe_inputs, trace.block_inputs)):
         for i, seed in enumerate(cfg.seeds):
             ln = model.ln_weight[layer][i].detach().double() if model.residual else None
-            jobs.append((model.params(i, layer), h[i].double(), seed, arm, step, layer, block[i].double(), ln,
-                         initial.get((layer, i)) if step > 0 else None))
+            jobs.append(
+                (
+                    model.params(i, layer),
+                    h[i].double(),
+                    seed,
+                    arm,
+                    step,
+                    layer,
+                    block[i].double(),
+                    ln,
+                    initial.get((layer, i)) if step > 0 else None,
+                )
+            )
     return per_seed(_probe_with_controls, jobs)
 
 
@@ -137,6 +170,7 @@ def run(cfg: RunConfig = ExperimentConfig(), *, cache: bool = True, progress: bo
     def checked():
         cfg.check_memory()
         return compute(cfg, progress)
+
     return cached(cfg, checked) if cache else checked()
 
 
@@ -165,8 +199,10 @@ def _compute_lm(cfg: LMConfig, progress) -> pd.DataFrame:
     corpus = load_wikitext(cfg.data, cfg.vocab_size)
     windows, targets = heldout_windows(corpus.heldout, cfg.context)
     if len(windows) < max(cfg.eval_windows, cfg.probe_tokens // cfg.context):
-        raise ValueError(f"the held-out split has {len(windows)} windows of {cfg.context} tokens; eval_windows = "
-                         f"{cfg.eval_windows} and probe_tokens = {cfg.probe_tokens} need more")
+        raise ValueError(
+            f"the held-out split has {len(windows)} windows of {cfg.context} tokens; eval_windows = "
+            f"{cfg.eval_windows} and probe_tokens = {cfg.probe_tokens} need more"
+        )
     probe_idx = windows[: cfg.probe_tokens // cfg.context]
     unigram = unigram_perplexity(corpus.train, targets[: cfg.eval_windows].flatten(), cfg.vocab_size)
     rows = []
@@ -190,21 +226,44 @@ def _compute_lm(cfg: LMConfig, progress) -> pd.DataFrame:
                 else:  # a held-out loss beyond 709 nats: the perplexity overflows
                     r.undefined("perplexity", "", [-1])
                 rows.extend(r)
-            jobs = [(model.params(i, layer, torch.float32), h[i], seed, layer)
-                    for layer, h in enumerate(inputs) for i, seed in enumerate(cfg.seeds)]
+            jobs = [
+                (model.params(i, layer, torch.float32), h[i], seed, layer)
+                for layer, h in enumerate(inputs)
+                for i, seed in enumerate(cfg.seeds)
+            ]
             rows.extend(per_seed(lambda p, h, seed, layer: _trajectory_layer(arm, cfg, p, h, seed, layer, step), jobs))
             if step == 0:
                 initial.update({(l, i): model.params(i, l) for l in range(len(inputs)) for i in range(len(cfg.seeds))})
             if step in cfg.probe_steps_all():
-                jobs = [(model.params(i, layer), h[i].double(), seed, arm, step, layer, None, None,
-                         initial.get((layer, i)) if step > 0 else None)
-                        for layer, h in enumerate(inputs) for i, seed in enumerate(cfg.seeds)]
+                jobs = [
+                    (
+                        model.params(i, layer),
+                        h[i].double(),
+                        seed,
+                        arm,
+                        step,
+                        layer,
+                        None,
+                        None,
+                        initial.get((layer, i)) if step > 0 else None,
+                    )
+                    for layer, h in enumerate(inputs)
+                    for i, seed in enumerate(cfg.seeds)
+                ]
                 rows.extend(per_seed(_probe_with_controls, jobs))
 
         model = lm.TransformerLM(arm, cfg)
         with _naming(cfg, arm):
-            train.train(model, train.next_token_loss(model, corpus.train, cfg.batch_size), cfg.steps, cfg.lr,
-                        record=record, record_at=record_at, progress=progress, desc=f"train lm {arm.value}")
+            train.train(
+                model,
+                train.next_token_loss(model, corpus.train, cfg.batch_size),
+                cfg.steps,
+                cfg.lr,
+                record=record,
+                record_at=record_at,
+                progress=progress,
+                desc=f"train lm {arm.value}",
+            )
     return _frame(rows, cfg)
 
 

@@ -16,6 +16,7 @@ left out, and a row ``metric="undefined"``, value 1, ``reading`` naming what was
 ``metric=explained_variance;pca_site=input``) counts it for that expert (``Rows.undefined``);
 ``check_finite_values`` refuses a frame that still holds one.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -28,7 +29,6 @@ from . import probes
 from .config import Arm, JacobianSite, Norm, PCASite, RunConfig
 from .nn import gelu, layer_norm_jacobian, seed_generator
 from .probes import grassmann
-
 
 #: PCA thresholds of the paper: k@0.9 and cum-var@10 (A.4, B.5).
 PCA_TAU, PCA_K = 0.9, 10
@@ -73,6 +73,8 @@ SAMPLE_TOKENS = 32
 
 
 COLUMNS = ["setting", "seed", "arm", "layer", "expert", "reading", "metric", "step", "index", "value", "control"]
+#: the columns that name a row (every column but ``value``): no two rows of a frame share them
+KEYS = [c for c in COLUMNS if c != "value"]
 
 
 def reading(**choices) -> str:
@@ -109,8 +111,10 @@ class Rows(list):
                 self.append(dict(self.key, expert=e, reading=reading_, metric=metric, index=-1, value=float(v)))
             else:
                 idx = index if index is not None else range(1, len(v) + 1)
-                self.extend(dict(self.key, expert=e, reading=reading_, metric=metric, index=int(k), value=float(val))
-                            for k, val in zip(idx, v.tolist()))
+                self.extend(
+                    dict(self.key, expert=e, reading=reading_, metric=metric, index=int(k), value=float(val))
+                    for k, val in zip(idx, v.tolist())
+                )
 
 
 def _spectral(J: torch.Tensor) -> torch.Tensor:
@@ -129,11 +133,19 @@ def _trajectory_layer(arm, cfg, p, h, seed, layer, step):
     live, live_sub = probes.expert_mass(g) > 0, probes.expert_mass(g_sub) > 0
     jbar = probes.mean_jacobian(p.W1[live], p.b1[live], p.W2[live], h, g[:, live])
     J = probes.expert_jacobians(p.W1[live_sub], p.b1[live_sub], p.W2[live_sub], sub)
-    Jm = probes.moe_jacobian(p.W1, p.b1, p.W2, p.b2, sub, g_sub, p.Wr, temperature=p.temperature) if p.Wr is not None else None
+    Jm = (
+        probes.moe_jacobian(p.W1, p.b1, p.W2, p.b2, sub, g_sub, p.Wr, temperature=p.temperature)
+        if p.Wr is not None
+        else None
+    )
     for norm, fn in NORMS:
         r.add("jacobian_norm", reading(jacobian=JacobianSite.MEAN, norm=norm), fn(jbar), _indices(live))
-        r.add("jacobian_norm", reading(jacobian=JacobianSite.POINTWISE, norm=norm),
-              probes.weighted_mean(fn(J), g_sub[:, live_sub]), _indices(live_sub))
+        r.add(
+            "jacobian_norm",
+            reading(jacobian=JacobianSite.POINTWISE, norm=norm),
+            probes.weighted_mean(fn(J), g_sub[:, live_sub]),
+            _indices(live_sub),
+        )
         if Jm is not None:
             r.add("jacobian_norm", reading(jacobian="effective", norm=norm), fn(Jm).mean())
     if int(live.sum()) > 1:
@@ -150,8 +162,19 @@ def _trajectory_layer(arm, cfg, p, h, seed, layer, step):
     return r
 
 
-def _router_rows(p, x, g, seed, arm, layer, step, full: bool = False, experts: list[int] | None = None,
-                 control: str = "", initial=None) -> Rows:
+def _router_rows(
+    p,
+    x,
+    g,
+    seed,
+    arm,
+    layer,
+    step,
+    full: bool = False,
+    experts: list[int] | None = None,
+    control: str = "",
+    initial=None,
+) -> Rows:
     """The routers paper's metrics of one seed's layer at its input ``x`` with gates ``g``: load
     per expert, its imbalance and router-direction similarity (every trajectory record), or
     (``full``, the checkpoints; only the live ``experts``) router-expert coupling: the router
@@ -213,9 +236,19 @@ def _offdiag(n: int) -> torch.Tensor:
     return ~torch.eye(n, dtype=torch.bool)
 
 
-def probe_rows(p, x: torch.Tensor, seed: int, arm: Arm, step: int, layer: int = 0,
-               block_input: torch.Tensor | None = None, ln_weight: torch.Tensor | None = None, *,
-               controls: dict[str, torch.Tensor] | None = None, initial=None) -> list[dict]:
+def probe_rows(
+    p,
+    x: torch.Tensor,
+    seed: int,
+    arm: Arm,
+    step: int,
+    layer: int = 0,
+    block_input: torch.Tensor | None = None,
+    ln_weight: torch.Tensor | None = None,
+    *,
+    controls: dict[str, torch.Tensor] | None = None,
+    initial=None,
+) -> list[dict]:
     """Every probe of §2.2/Appendix A on one trained layer ``p`` (float64) and the hidden states
     ``x`` entering it; and again under each routing control, ``controls``: name -> routing
     weights ``(N, E)`` to use in place of the layer's own (rows labelled with ``control``).
@@ -234,11 +267,22 @@ def probe_rows(p, x: torch.Tensor, seed: int, arm: Arm, step: int, layer: int = 
     pre = probes.expert_preactivations(p.W1[ids], p.b1[ids], x)
     hidden = gelu(pre)
     J = probes.expert_jacobians(p.W1[ids], p.b1[ids], p.W2[ids], x)
-    shared = dict(ids=ids.tolist(), J=J, s_point=probes.singular_values(J, method="gram"), sites={
-        PCASite.INPUT: x, PCASite.PRE_ACTIVATION: pre, PCASite.HIDDEN: hidden,
-        PCASite.OUTPUT: torch.einsum("edh,enh->end", p.W2[ids], hidden) + p.b2[ids][:, None]})
-    J_ln = (torch.einsum("enoi,nij->enoj", J, layer_norm_jacobian(block_input, ln_weight))
-            if ln_weight is not None else None)
+    shared = dict(
+        ids=ids.tolist(),
+        J=J,
+        s_point=probes.singular_values(J, method="gram"),
+        sites={
+            PCASite.INPUT: x,
+            PCASite.PRE_ACTIVATION: pre,
+            PCASite.HIDDEN: hidden,
+            PCASite.OUTPUT: torch.einsum("edh,enh->end", p.W2[ids], hidden) + p.b2[ids][:, None],
+        },
+    )
+    J_ln = (
+        torch.einsum("enoi,nij->enoj", J, layer_norm_jacobian(block_input, ln_weight))
+        if ln_weight is not None
+        else None
+    )
     rows = []
     for control, g in variants.items():
         rows += _variant_rows(p, x, g, Rows(seed, arm, layer, step, control), shared, J_ln, initial)
@@ -271,29 +315,49 @@ def _variant_rows(p, x, g, rows: Rows, shared: dict, J_ln, initial) -> Rows:
     where = rows.where()
     for e in torch.nonzero(mass <= 0).flatten().tolist():
         if not rows.key["control"]:
-            warnings.warn(f"{where}: expert {e} received zero routing weight; excluded")
+            warnings.warn(f"{where}: expert {e} received zero routing weight; excluded", stacklevel=2)
         rows.add("excluded", "", 1.0, [e])
     rows.add("load", "", mass[live] / x.shape[0], experts)
     rows.add("routing_entropy", "", probes.routing_entropy(g).mean())
     key = rows.key
     if p.router_vectors is not None:
-        rows += _router_rows(p, x, g, key["seed"], key["arm"], key["layer"], key["step"], full=True, experts=experts,
-                             control=key["control"], initial=initial)
+        rows += _router_rows(
+            p,
+            x,
+            g,
+            key["seed"],
+            key["arm"],
+            key["layer"],
+            key["step"],
+            full=True,
+            experts=experts,
+            control=key["control"],
+            initial=initial,
+        )
     pos = [shared["ids"].index(e) for e in experts]
     gl = g[:, live]
     sites = {site: (h if h.dim() == 2 else h[pos]) for site, h in shared["sites"].items()}
     expert_geometry_rows(rows, x, gl, shared["J"][pos], sites, experts, s_point=shared["s_point"][pos])
     if J_ln is not None and len(live) > 1:  # the expert charts seen from the block input
         charts = {reading(jacobian=JacobianSite.MEAN, chart="ln"): probes.weighted_mean(J_ln[pos], gl)}
-        charts[reading(jacobian=JacobianSite.MEAN, chart="residual")] = (
-            charts[reading(jacobian=JacobianSite.MEAN, chart="ln")] + torch.eye(x.shape[-1], dtype=x.dtype))
+        charts[reading(jacobian=JacobianSite.MEAN, chart="residual")] = charts[
+            reading(jacobian=JacobianSite.MEAN, chart="ln")
+        ] + torch.eye(x.shape[-1], dtype=x.dtype)
         for r, M in charts.items():
             cosine_rows(rows, r, M, experts)
     return rows
 
 
-def expert_geometry_rows(rows: Rows, x: torch.Tensor, g: torch.Tensor, J: torch.Tensor, sites: dict,
-                         experts: list[int], *, s_point: torch.Tensor | None = None) -> torch.Tensor:
+def expert_geometry_rows(
+    rows: Rows,
+    x: torch.Tensor,
+    g: torch.Tensor,
+    J: torch.Tensor,
+    sites: dict,
+    experts: list[int],
+    *,
+    s_point: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The probes every setting shares, from one layer's tensors, appended to ``rows``.
 
     ``x: (N, d)`` the layer input, ``g: (N, E)`` the routing weights of the ``E`` live experts
@@ -314,24 +378,39 @@ def expert_geometry_rows(rows: Rows, x: torch.Tensor, g: torch.Tensor, J: torch.
     curves = probes.energy_curve(torch.where(nonzero_point[..., None], s_point, torch.ones_like(s_point)))
     s_mean = probes.singular_values(jbar)
     spectra = {  # site -> (spectrum, energy curve, whether the energy curve is defined per expert)
-        JacobianSite.POINTWISE: (probes.weighted_mean(s_point, g), probes.weighted_mean(curves, g),
-                                 (nonzero_point | (g.T <= 0)).all(1)),
+        JacobianSite.POINTWISE: (
+            probes.weighted_mean(s_point, g),
+            probes.weighted_mean(curves, g),
+            (nonzero_point | (g.T <= 0)).all(1),
+        ),
         JacobianSite.MEAN: (s_mean, None, s_mean[:, 0] > 0),
     }
     for site, (s, energy, has_energy) in spectra.items():
         r, k = reading(jacobian=site), min(ENERGY_K, s.shape[-1])
         rows.add("sigma", r, s, experts)
         rows.add("sigma1", r, s[:, 0], experts)
+
         def ratio_rows(ok, s=s, k=k):
             return [(f"sigma_ratio@{k}", s[ok, k - 1] / s[ok, 0])]
 
         def energy_rows(ok, s=s, energy=energy, k=k):
             e = probes.energy_curve(s[ok]) if energy is None else energy[ok]
-            return [("energy", e), (f"energy@{k}", probes.value_at(e, k)),
-                    (f"energy_k@{ENERGY_TAU}", probes.k_at(e, ENERGY_TAU).double())]
+            return [
+                ("energy", e),
+                (f"energy@{k}", probes.value_at(e, k)),
+                (f"energy_k@{ENERGY_TAU}", probes.k_at(e, ENERGY_TAU).double()),
+            ]
+
         _defined_rows(rows, r, experts, s[:, 0] > 0, [f"sigma_ratio@{k}"], ratio_rows, "have a zero Jacobian")
-        _defined_rows(rows, r, experts, has_energy, ["energy", f"energy@{k}", f"energy_k@{ENERGY_TAU}"], energy_rows,
-                      "have a zero Jacobian at a routed point" if site is JacobianSite.POINTWISE else "have a zero J̄")
+        _defined_rows(
+            rows,
+            r,
+            experts,
+            has_energy,
+            ["energy", f"energy@{k}", f"energy_k@{ENERGY_TAU}"],
+            energy_rows,
+            "have a zero Jacobian at a routed point" if site is JacobianSite.POINTWISE else "have a zero J̄",
+        )
     if len(experts) > 1:
         cosine_rows(rows, reading(jacobian=JacobianSite.MEAN), jbar, experts)
     for site, h in sites.items():
@@ -339,8 +418,9 @@ def expert_geometry_rows(rows: Rows, x: torch.Tensor, g: torch.Tensor, J: torch.
     return jbar
 
 
-def _defined_rows(rows: Rows, reading_: str, experts: list[int], defined: torch.Tensor, metrics: list[str],
-                  values, lacks: str) -> None:
+def _defined_rows(
+    rows: Rows, reading_: str, experts: list[int], defined: torch.Tensor, metrics: list[str], values, lacks: str
+) -> None:
     """The rows ``values(defined) -> [(metric, per-expert values)]`` of the experts where
     ``defined`` (bool, per expert) holds; an ``undefined`` row for each of ``metrics`` of every
     other expert, and (for the trained run's own rows) a warning saying what they ``lack``."""
@@ -348,8 +428,11 @@ def _defined_rows(rows: Rows, reading_: str, experts: list[int], defined: torch.
     gone = [e for e, ok in zip(experts, defined.tolist()) if not ok]
     if gone:
         if not rows.key["control"]:
-            warnings.warn(f"{rows.where()}, {reading_}: expert(s) {gone} {lacks}; {', '.join(metrics)} are undefined "
-                          "there and left out (an undefined row records each)", stacklevel=2)
+            warnings.warn(
+                f"{rows.where()}, {reading_}: expert(s) {gone} {lacks}; {', '.join(metrics)} are undefined "
+                "there and left out (an undefined row records each)",
+                stacklevel=2,
+            )
         for metric in metrics:
             rows.undefined(metric, reading_, gone)
     if keep:
@@ -370,8 +453,9 @@ def cosine_rows(rows: Rows, reading_: str, M: torch.Tensor, experts: list[int]) 
         rows.add("cosine", reading_, probes.cosine_matrix(M[nonzero]), keep, index=keep)
 
 
-def pca_site_rows(rows: Rows, site: PCASite, h: torch.Tensor, g: torch.Tensor, experts: list[int], *,
-                  total_variance: bool = True) -> probes.PCAResult:
+def pca_site_rows(
+    rows: Rows, site: PCASite, h: torch.Tensor, g: torch.Tensor, experts: list[int], *, total_variance: bool = True
+) -> probes.PCAResult:
     """The weighted PCA of one site (A.4/B.5), ``h: (N, D)`` or ``(E, N, D)`` as computed (its
     dtype sets the rounding floor, ``probes.PCAResult.has_variance``), ``g: (N, E)``: per expert
     the explained variance curve, cum-var@k and k@0.9, its ``total_variance`` (unless
@@ -384,10 +468,21 @@ def pca_site_rows(rows: Rows, site: PCASite, h: torch.Tensor, g: torch.Tensor, e
 
     def values(ok):
         sub = pca[ok]
-        return [("explained_variance", sub.explained_variance_ratio), (f"cumvar@{k}", sub.cumvar_at(k)),
-                (f"k@{PCA_TAU}", sub.k_at(PCA_TAU).double())]
-    _defined_rows(rows, r, experts, pca.has_variance, ["explained_variance", f"cumvar@{k}", f"k@{PCA_TAU}"], values,
-                  "have routed points without variance (one point, or identical points)")
+        return [
+            ("explained_variance", sub.explained_variance_ratio),
+            (f"cumvar@{k}", sub.cumvar_at(k)),
+            (f"k@{PCA_TAU}", sub.k_at(PCA_TAU).double()),
+        ]
+
+    _defined_rows(
+        rows,
+        r,
+        experts,
+        pca.has_variance,
+        ["explained_variance", f"cumvar@{k}", f"k@{PCA_TAU}"],
+        values,
+        "have routed points without variance (one point, or identical points)",
+    )
     if total_variance:
         rows.add("total_variance", r, pca.total_variance, experts)
     if site in SUBSPACE_SITES and len(experts) > 1:
@@ -419,18 +514,27 @@ def subspace_rows(rows: Rows, pca: probes.PCAResult, site: PCASite, experts: lis
     R = min(SUBSPACE_R, D)
     lam = pca.eigenvalues.clamp_min(0)
     subspaces = {  # reading -> (each expert's basis, whether it is defined, what an undefined one lacks)
-        f"r{SUBSPACE_R}": (pca.subspace(R), (varies & (lam[:, R - 1] > SUBSPACE_RANK_TOL * lam[:, 0])).tolist(),
-                           f"span fewer than {R} dimensions; their top-{R} subspace is not defined"),
-        "k90": ([pca.components[i, :, :k] for i, k in enumerate(ks.tolist())], varies.tolist(),
-                "have no variance (one distinct point); they have no principal directions"),
+        f"r{SUBSPACE_R}": (
+            pca.subspace(R),
+            (varies & (lam[:, R - 1] > SUBSPACE_RANK_TOL * lam[:, 0])).tolist(),
+            f"span fewer than {R} dimensions; their top-{R} subspace is not defined",
+        ),
+        "k90": (
+            [pca.components[i, :, :k] for i, k in enumerate(ks.tolist())],
+            varies.tolist(),
+            "have no variance (one distinct point); they have no principal directions",
+        ),
     }
     where = rows.where()  # seed, arm, layer, step
     for name, (all_bases, defined, lacks) in subspaces.items():
         r = reading(pca_site=site, subspace=name)
         dropped = [e for e, ok in zip(experts, defined) if not ok]
         if dropped and not rows.key["control"]:
-            warnings.warn(f"{where}, {r}: the routed points of expert(s) {dropped} {lacks}, and they are left out of "
-                          "its rows (a subspace_excluded row records each)")
+            warnings.warn(
+                f"{where}, {r}: the routed points of expert(s) {dropped} {lacks}, and they are left out of "
+                "its rows (a subspace_excluded row records each)",
+                stacklevel=2,
+            )
         if dropped:
             rows.add("subspace_excluded", r, torch.ones(len(dropped)), dropped)
         keep = [i for i, ok in enumerate(defined) if ok]
@@ -470,9 +574,11 @@ def check_finite_values(df: pd.DataFrame) -> pd.DataFrame:
     bad = df[~np.isfinite(df["value"].to_numpy(dtype=float))]
     if len(bad):
         where = bad.groupby(["metric", "reading"]).size().head(8)
-        raise ValueError(f"{len(bad)} NaN/Inf value(s) reached the frame, in (metric, reading): "
-                         f"{', '.join(f'{m} [{r}] x{n}' for (m, r), n in where.items())}; a row builder must leave an "
-                         "undefined quantity out with an undefined row instead")
+        raise ValueError(
+            f"{len(bad)} NaN/Inf value(s) reached the frame, in (metric, reading): "
+            f"{', '.join(f'{m} [{r}] x{n}' for (m, r), n in where.items())}; a row builder must leave an "
+            "undefined quantity out with an undefined row instead"
+        )
     return df
 
 

@@ -10,6 +10,7 @@ layer is ``moegeo.model.MLPMoE`` with the arm's routing, so the probes read its 
 as in the MLP setting; its input, the post-LayerNorm hidden state, is "the hidden state
 entering the MoE layer".
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,8 +43,19 @@ class TransformerLM(nn.Module):
         self.proj = nn.Parameter(torch.stack([normal(d, d, stream=f"lm/{arm.value}/proj{l}") for l in range(L)]))
         self.ln_w = nn.Parameter(torch.ones(2 * L + 1, S, d))  # LN1, LN2 of each layer, then the final LN
         self.ln_b = nn.Parameter(torch.zeros(2 * L + 1, S, d))
-        self.ffn = nn.ModuleList(ffn_layer(arm, n_experts=cfg.n_experts, d_model=d, d_hidden=cfg.d_hidden, top_k=cfg.top_k, temperature=cfg.temperature, seeds=seeds,
-                                           stream=f"lm/{arm.value}/ffn{l}") for l in range(L))
+        self.ffn = nn.ModuleList(
+            ffn_layer(
+                arm,
+                n_experts=cfg.n_experts,
+                d_model=d,
+                d_hidden=cfg.d_hidden,
+                top_k=cfg.top_k,
+                temperature=cfg.temperature,
+                seeds=seeds,
+                stream=f"lm/{arm.value}/ffn{l}",
+            )
+            for l in range(L)
+        )
 
     @property
     def n_seeds(self) -> int:
@@ -74,9 +86,13 @@ class TransformerLM(nn.Module):
         of every layer's FFN input and block input (its ``output`` is that hidden state)."""
         S, B, T = idx.shape
         if S != self.n_seeds or T > self.cfg.context:
-            raise ValueError(f"idx must have shape (S={self.n_seeds}, B, T <= {self.cfg.context}), got {tuple(idx.shape)}")
+            raise ValueError(
+                f"idx must have shape (S={self.n_seeds}, B, T <= {self.cfg.context}), got {tuple(idx.shape)}"
+            )
         if idx.min() < 0 or idx.max() >= self.cfg.vocab_size:
-            raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size}), got [{int(idx.min())}, {int(idx.max())}]")
+            raise ValueError(
+                f"token ids must lie in [0, {self.cfg.vocab_size}), got [{int(idx.min())}, {int(idx.max())}]"
+            )
         vocab = self.cfg.vocab_size * torch.arange(S)[:, None, None]  # one gather from all seeds' embeddings
         x = self.wte.flatten(0, 1)[idx + vocab] + self.wpe[:, None, :T]
         ffn_inputs, blocks = [], []
@@ -167,6 +183,6 @@ def heldout_loss(model: TransformerLM, heldout_ids: torch.Tensor, windows: int, 
     x, y = x[:windows], y[:windows]
     S, total = model.n_seeds, torch.zeros(model.n_seeds)
     for i in range(0, len(x), chunk):
-        xb, yb = x[i:i + chunk].expand(S, -1, -1), y[i:i + chunk].expand(S, -1, -1)
+        xb, yb = x[i : i + chunk].expand(S, -1, -1), y[i : i + chunk].expand(S, -1, -1)
         total += model.loss(xb, yb) * len(xb[0])
     return total / len(x)

@@ -4,6 +4,7 @@ sweep trains as one set of batched matrix products.
 Parameter shapes (S seeds, E experts): ``W1: (S, E, h, d)``, ``b1: (S, E, h)``,
 ``W2: (S, E, d, h)``, ``b2: (S, E, d)``, router ``Wr: (S, E, d)``, ``br: (S, E)``.
 """
+
 from __future__ import annotations
 
 import math
@@ -89,15 +90,28 @@ class MLPMoE(nn.Module):
     (``torch.no_grad``) never change the router.
     """
 
-    def __init__(self, *, n_experts: int = 8, d_model: int = 64, d_hidden: int = 128, routing: str = "topk",
-                 top_k: int = 2, temperature: float = 1.0, seeds=(0,), stream: str = "init", dtype=torch.float32,
-                 router: str = Router.LEARNED.value):
+    def __init__(
+        self,
+        *,
+        n_experts: int = 8,
+        d_model: int = 64,
+        d_hidden: int = 128,
+        routing: str = "topk",
+        top_k: int = 2,
+        temperature: float = 1.0,
+        seeds=(0,),
+        stream: str = "init",
+        dtype=torch.float32,
+        router: str = Router.LEARNED.value,
+    ):
         super().__init__()
         if routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
         router = Router(router)
         if router is not Router.LEARNED and routing != "topk":
-            raise ValueError(f"router {router.value!r} balances a Top-k selection; routing must be 'topk', got {routing!r}")
+            raise ValueError(
+                f"router {router.value!r} balances a Top-k selection; routing must be 'topk', got {routing!r}"
+            )
         if routing == "dense" and n_experts != 1:
             raise ValueError(f"a dense FFN has one expert, got n_experts = {n_experts}")
         if routing != "dense":
@@ -133,8 +147,13 @@ class MLPMoE(nn.Module):
         """Routing weights ``(S, N, d) -> (S, N, E)``."""
         if self.routing == "dense":
             return x.new_ones(*x.shape[:2], 1)
-        return route(self.scores(x), self.routing, top_k=self.top_k, temperature=self.temperature,
-                     bias=self.router.selection_bias())
+        return route(
+            self.scores(x),
+            self.routing,
+            top_k=self.top_k,
+            temperature=self.temperature,
+            bias=self.router.selection_bias(),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """f_MoE(x) = sum_e g_e(x) f_e(x) (§2.1): ``(S, N, d) -> (S, N, d)``; ``(N, d)`` if S = 1.
@@ -145,7 +164,9 @@ class MLPMoE(nn.Module):
         single = x.dim() == 2
         if single:
             if self.n_seeds != 1:
-                raise ValueError(f"x of shape {tuple(x.shape)} needs a seed dimension: the model holds {self.n_seeds} seeds")
+                raise ValueError(
+                    f"x of shape {tuple(x.shape)} needs a seed dimension: the model holds {self.n_seeds} seeds"
+                )
             x = x[None]
         self._check_x(x)
         if self.routing == "topk":
@@ -201,8 +222,9 @@ class MLPMoE(nn.Module):
         S, N, d = x.shape
         E, k = self.W1.shape[1], idx.shape[-1]
         if w.shape != (S, N, k) or idx.shape != (S, N, k):
-            raise ValueError(f"dispatch needs w and idx of shape (S, N, k) = ({S}, {N}, k), "
-                             f"got {tuple(w.shape)}, {tuple(idx.shape)}")
+            raise ValueError(
+                f"dispatch needs w and idx of shape (S, N, k) = ({S}, {N}, k), got {tuple(w.shape)}, {tuple(idx.shape)}"
+            )
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= E):  # would select another seed's expert
             raise ValueError(f"expert indices must lie in [0, {E}), got [{int(idx.min())}, {int(idx.max())}]")
         G = S * E
@@ -214,13 +236,20 @@ class MLPMoE(nn.Module):
         sorted_group = group[order]
         rank = torch.arange(len(group)) - (torch.cumsum(counts, 0) - counts)[sorted_group]  # within its group
         packed_row = torch.empty_like(order).index_copy_(  # of each (token, slot)
-            0, order, (torch.cumsum(blocks, 0) - blocks)[sorted_group] * rows + rank)
+            0, order, (torch.cumsum(blocks, 0) - blocks)[sorted_group] * rows + rank
+        )
         block_group = torch.repeat_interleave(torch.arange(G), blocks)
         n_blocks = len(block_group)
-        source = torch.full((n_blocks * rows,), S * N).index_copy_(0, packed_row, torch.arange(S * N).repeat_interleave(k))
+        source = torch.full((n_blocks * rows,), S * N).index_copy_(
+            0, packed_row, torch.arange(S * N).repeat_interleave(k)
+        )
         packed = torch.cat([x.reshape(S * N, d), x.new_zeros(1, d)]).index_select(0, source).view(n_blocks, rows, d)
-        W1t, b1, W2t, b2 = (self.W1.reshape(G, -1, d).transpose(1, 2), self.b1.reshape(G, 1, -1),
-                            self.W2.reshape(G, d, -1).transpose(1, 2), self.b2.reshape(G, 1, d))
+        W1t, b1, W2t, b2 = (
+            self.W1.reshape(G, -1, d).transpose(1, 2),
+            self.b1.reshape(G, 1, -1),
+            self.W2.reshape(G, d, -1).transpose(1, 2),
+            self.b2.reshape(G, 1, d),
+        )
         if not bool((blocks == 1).all()):  # not one block per group: each block takes its group's weights
             W1t, b1, W2t, b2 = (t.index_select(0, block_group) for t in (W1t, b1, W2t, b2))
         hidden = gelu(torch.baddbmm(b1, packed, W1t))
@@ -232,8 +261,9 @@ class MLPMoE(nn.Module):
         t = {n: getattr(self, n)[seed_index].detach().to(dtype) for n in ("W1", "b1", "W2", "b2")}
         r = dict(Wr=None, br=None) if self.router is None else self.router.probe_tensors(seed_index, dtype)
         kind = Router.LEARNED if self.router is None else self.router.kind
-        return ExpertParams(**t, **r, routing=self.routing, top_k=self.top_k, temperature=self.temperature,
-                            router=kind.value)
+        return ExpertParams(
+            **t, **r, routing=self.routing, top_k=self.top_k, temperature=self.temperature, router=kind.value
+        )
 
 
 @dataclass(frozen=True)
@@ -301,23 +331,53 @@ class MoENet(nn.Module):
         return self.layers[layer].params(seed_index, dtype)
 
 
-def ffn_layer(arm: Arm, *, n_experts: int, d_model: int, d_hidden: int, top_k: int, temperature: float,
-              seeds=(0,), stream: str = "init") -> MLPMoE:
+def ffn_layer(
+    arm: Arm,
+    *,
+    n_experts: int,
+    d_model: int,
+    d_hidden: int,
+    top_k: int,
+    temperature: float,
+    seeds=(0,),
+    stream: str = "init",
+) -> MLPMoE:
     """The feed-forward layer of one arm for all ``seeds``: E experts and a router (MoE arms),
     or one FFN of width d_hidden (``dense``) or E * d_hidden (``dense_matched``)."""
     if arm.is_moe:
-        return MLPMoE(n_experts=n_experts, d_model=d_model, d_hidden=d_hidden, routing=arm.routing, top_k=top_k,
-                      temperature=temperature, seeds=seeds, stream=stream, router=arm.router.value)
+        return MLPMoE(
+            n_experts=n_experts,
+            d_model=d_model,
+            d_hidden=d_hidden,
+            routing=arm.routing,
+            top_k=top_k,
+            temperature=temperature,
+            seeds=seeds,
+            stream=stream,
+            router=arm.router.value,
+        )
     width = d_hidden * (n_experts if arm is Arm.DENSE_MATCHED else 1)
     return MLPMoE(n_experts=1, d_model=d_model, d_hidden=width, routing="dense", seeds=seeds, stream=stream)
 
 
-def build_arm(arm: Arm, *, n_experts: int, d_model: int, d_hidden: int, top_k: int, temperature: float,
-              seeds=(0,)) -> MoENet:
+def build_arm(
+    arm: Arm, *, n_experts: int, d_model: int, d_hidden: int, top_k: int, temperature: float, seeds=(0,)
+) -> MoENet:
     """The model of one arm for all ``seeds``. Each layer initialises from its own stream
     (``init/<arm>`` for the first layer), so a seed's model is independent of the others."""
-    layers = [ffn_layer(arm, n_experts=n_experts, d_model=d_model, d_hidden=d_hidden, top_k=top_k, temperature=temperature, seeds=seeds,
-                        stream=f"init/{arm.value}" + (f"/layer{l}" if l else "")) for l in range(arm.n_layers)]
+    layers = [
+        ffn_layer(
+            arm,
+            n_experts=n_experts,
+            d_model=d_model,
+            d_hidden=d_hidden,
+            top_k=top_k,
+            temperature=temperature,
+            seeds=seeds,
+            stream=f"init/{arm.value}" + (f"/layer{l}" if l else ""),
+        )
+        for l in range(arm.n_layers)
+    ]
     return MoENet(layers, residual=arm.residual)
 
 

@@ -1,5 +1,6 @@
 """Numerical primitives every other module builds on: activations, LayerNorm, the optimizer and
 per-seed random streams. No moegeo imports (floor 1)."""
+
 from __future__ import annotations
 
 import math

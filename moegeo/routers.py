@@ -1,5 +1,6 @@
 """Routing: router scores to routing weights g(x) (A.1, B.3), and the four routers of the routers
 paper (arXiv 2605.12476) as small modules with a leading seed dimension."""
+
 from __future__ import annotations
 
 import torch
@@ -10,8 +11,9 @@ from .nn import seed_generator
 from .validate import check_positive_number
 
 
-def route(logits: torch.Tensor, routing: str, *, top_k: int = 2, temperature: float = 1.0,
-          bias: torch.Tensor | None = None) -> torch.Tensor:
+def route(
+    logits: torch.Tensor, routing: str, *, top_k: int = 2, temperature: float = 1.0, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """Routing weights g(x) on the simplex from router scores s(x) (A.1, B.3).
 
     "topk": softmax, keep the top k, renormalise (= softmax over the k largest scores; with a
@@ -28,8 +30,9 @@ def route(logits: torch.Tensor, routing: str, *, top_k: int = 2, temperature: fl
     raise ValueError(f"routing must be 'topk' or 'soft', got {routing!r}")
 
 
-def topk_route(logits: torch.Tensor, top_k: int, *, temperature: float = 1.0,
-               bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_route(
+    logits: torch.Tensor, top_k: int, *, temperature: float = 1.0, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k routing as (weights, expert indices), each ``(*, k)``: the softmax over the k
     largest scores (B.3: softmax, keep the top k, renormalise). A ``bias`` (broadcast to the
     scores) changes which k are selected but not their weights (DeepSeek-V3's loss-free
@@ -80,8 +83,9 @@ class LearnedRouter(nn.Module):
         """A per-expert bias added to the scores for choosing the top k only, ``(S, 1, E)``, or None."""
         return None
 
-    def update(self, x: torch.Tensor, scores: torch.Tensor, idx: torch.Tensor, top_k: int,
-               temperature: float) -> torch.Tensor | None:
+    def update(
+        self, x: torch.Tensor, scores: torch.Tensor, idx: torch.Tensor, top_k: int, temperature: float
+    ) -> torch.Tensor | None:
         """The router's load balancing after one training forward of a Top-k layer: its balancing
         loss ``(S,)`` (None for a router without one); state updates happen here, without gradients."""
         return None
@@ -145,8 +149,12 @@ class KMeansRouter(_BiasBalanced, nn.Module):
 
     def __init__(self, tensors, seeds, stream, n_experts: int, d_model: int, dtype: torch.dtype):
         super().__init__()
-        c = torch.stack([torch.randn(n_experts, d_model, generator=seed_generator(s, f"{stream}/centroids"), dtype=dtype)
-                         for s in seeds])
+        c = torch.stack(
+            [
+                torch.randn(n_experts, d_model, generator=seed_generator(s, f"{stream}/centroids"), dtype=dtype)
+                for s in seeds
+            ]
+        )
         self.register_buffer("centroids", torch.nn.functional.normalize(c, dim=-1))
         self.register_buffer("bias", torch.zeros(len(seeds), n_experts, dtype=dtype))
 
@@ -164,7 +172,9 @@ class KMeansRouter(_BiasBalanced, nn.Module):
         return None
 
     def probe_tensors(self, i, dtype):
-        return dict(Wr=None, br=None, bias=self.bias[i].detach().to(dtype), centroids=self.centroids[i].detach().to(dtype))
+        return dict(
+            Wr=None, br=None, bias=self.bias[i].detach().to(dtype), centroids=self.centroids[i].detach().to(dtype)
+        )
 
 
 ROUTERS = {cls.kind: cls for cls in (LearnedRouter, AuxLossRouter, LossFreeRouter, KMeansRouter)}

@@ -36,6 +36,7 @@ OUT.
 is; DEPENDS ON DEFINITION where some part supports the claim and another opposes it, each
 significantly; CONTRADICTED where some part is contradicted and none supports it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -69,9 +70,19 @@ class Verdict(str, Enum):
 
 
 #: verdicts that are significant calls (a control reaching one of them makes a claim BY CONSTRUCTION)
-CALLS = frozenset({Verdict.REPLICATED, Verdict.CONTRADICTED, Verdict.NEGLIGIBLE, Verdict.CLAIMED_SIGN,
-                   Verdict.OPPOSITE_SIGN, Verdict.DEPENDS_ON_DEFINITION, Verdict.CONSISTENT, Verdict.DIFFERENT_SIZE,
-                   Verdict.NOT_BORNE_OUT})
+CALLS = frozenset(
+    {
+        Verdict.REPLICATED,
+        Verdict.CONTRADICTED,
+        Verdict.NEGLIGIBLE,
+        Verdict.CLAIMED_SIGN,
+        Verdict.OPPOSITE_SIGN,
+        Verdict.DEPENDS_ON_DEFINITION,
+        Verdict.CONSISTENT,
+        Verdict.DIFFERENT_SIZE,
+        Verdict.NOT_BORNE_OUT,
+    }
+)
 SUPPORTS = frozenset({Verdict.REPLICATED, Verdict.CLAIMED_SIGN, Verdict.CONSISTENT})
 OPPOSES = frozenset({Verdict.CONTRADICTED, Verdict.OPPOSITE_SIGN, Verdict.DIFFERENT_SIZE, Verdict.NOT_BORNE_OUT})
 
@@ -160,7 +171,7 @@ def prediction_pvalue(x, low: float, high: float) -> float:
 
 def min_p(n: int) -> float:
     """The smallest one-sided sign-test p-value n seeds can give: a unanimous sweep, 2^-n."""
-    return 2.0 ** -n
+    return 2.0**-n
 
 
 # --------------------------------------------------------------------------- parts and their hypotheses
@@ -188,8 +199,11 @@ class Part:
         if not (math.isfinite(self.delta) and self.delta >= 0):
             raise ValueError(f"delta must be a finite number >= 0, got {self.delta}")
         if self.kind == "magnitude":
-            if self.interval is None or not (math.isfinite(self.interval[0]) and self.interval[0] <= self.interval[1]
-                                             and math.isfinite(self.interval[1])):
+            if self.interval is None or not (
+                math.isfinite(self.interval[0])
+                and self.interval[0] <= self.interval[1]
+                and math.isfinite(self.interval[1])
+            ):
                 raise ValueError(f"a magnitude part needs a finite interval low <= high, got {self.interval}")
 
     @property
@@ -204,13 +218,18 @@ class Part:
             lo, hi = self.interval
             p = 1.0 if self.n < 3 else prediction_pvalue(x, lo, hi)
             return {"dif": (p, f"{tag}:pred:{lo!r}:{hi!r}", 0.0 if self.n >= 3 else 1.0)}
-        out = {"rep": (median_test(x, d, "greater"), f"{tag}:>{d!r}", min_p(self.n)),
-               "con": (median_test(x, nd, "less"), f"{tag}:<{nd!r}", min_p(self.n))}
+        out = {
+            "rep": (median_test(x, d, "greater"), f"{tag}:>{d!r}", min_p(self.n)),
+            "con": (median_test(x, nd, "less"), f"{tag}:<{nd!r}", min_p(self.n)),
+        }
         if d > 0:
             out["pos"] = (median_test(x, 0.0, "greater"), f"{tag}:>0.0", min_p(self.n))
             out["neg"] = (median_test(x, 0.0, "less"), f"{tag}:<0.0", min_p(self.n))
-            out["eq"] = (max(median_test(x, -d, "greater"), median_test(x, d, "less")), f"{tag}:tost:{d!r}",
-                         min_p(self.n))
+            out["eq"] = (
+                max(median_test(x, -d, "greater"), median_test(x, d, "less")),
+                f"{tag}:tost:{d!r}",
+                min_p(self.n),
+            )
         return out
 
 
@@ -361,8 +380,11 @@ def decide(readings: list[list[Part]], alpha: float = ALPHA, *, drop_untestable:
         for part, h in zip(reading, parts):
             p_adj = {name: adjusted.get(key, 1.0) for name, (_, key, _) in h.items()}
             rejected = frozenset(name for name, q in p_adj.items() if q <= alpha)
-            decisions.append(PartDecision(part_verdict(part, rejected, M, alpha), rejected,
-                                          {name: v[0] for name, v in h.items()}, p_adj))
+            decisions.append(
+                PartDecision(
+                    part_verdict(part, rejected, M, alpha), rejected, {name: v[0] for name, v in h.items()}, p_adj
+                )
+            )
         out.append(Decision(combine([d.verdict for d in decisions]), tuple(decisions), M, len(entries) - M))
     return out
 

@@ -59,6 +59,7 @@ and then exits with status 143 (or calls the SIGTERM handler that was installed 
 workers also exit by themselves within ``PARENT_POLL_SECONDS`` when the sweep's process dies
 (SIGKILL included), so none is left orphaned.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -70,9 +71,10 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import pandas as pd
 import torch
@@ -174,7 +176,7 @@ def tasks(grid, *, chunk: int | None = None) -> list[Task]:
             out.append(Task(name, 0, cfg))
             continue
         for i in range(0, len(seeds), chunk):
-            out.append(Task(name, i // chunk, dataclasses.replace(cfg, seeds=seeds[i:i + chunk])))
+            out.append(Task(name, i // chunk, dataclasses.replace(cfg, seeds=seeds[i : i + chunk])))
     return out
 
 
@@ -189,8 +191,10 @@ def compute_task(cfg: RunConfig, key: str | None = None) -> tuple[pd.DataFrame, 
     than return numbers that the sweep would store under the sweep's key.
     """
     if key is not None and cfg.key() != key:
-        raise RuntimeError(f"this worker's moegeo gives the task key {cfg.key()}, the sweep expected {key}: install the "
-                           "same moegeo (version and source) on every worker as where the sweep runs")
+        raise RuntimeError(
+            f"this worker's moegeo gives the task key {cfg.key()}, the sweep expected {key}: install the "
+            "same moegeo (version and source) on every worker as where the sweep runs"
+        )
     torch.set_num_threads(1)
     t = time.perf_counter()
     frame = experiment.run(cfg, cache=False, progress=False)
@@ -250,7 +254,7 @@ def parse_executor(spec: str) -> ExecutorSpec:
     if s == "serial":
         return ExecutorSpec("serial")
     if s.startswith("dask://"):
-        address = s[len("dask://"):]
+        address = s[len("dask://") :]
         protocol, sep, rest = address.rpartition("://")
         host, colon, port = rest.rpartition(":")
         if (sep and not protocol.isalnum()) or not colon or not host or not (port.isascii() and port.isdigit()):
@@ -273,8 +277,9 @@ def _require(module: str, extra: str, spec) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise ImportError(f"executor {str(spec)!r} needs the {module} package: pip install 'moegeo[{extra}]' "
-                          f"({err})") from None
+        raise ImportError(
+            f"executor {str(spec)!r} needs the {module} package: pip install 'moegeo[{extra}]' ({err})"
+        ) from None
 
 
 @dataclass
@@ -360,12 +365,14 @@ def _wait_for_workers(client, where: str, timeout: float) -> None:
         raise ExecutorError(
             f"{where}: the Dask scheduler has no worker after {timeout:g} s. Start workers for it (dask worker "
             f"ADDRESS --nthreads 1), check that they can reach the scheduler (its address, a firewall), or wait "
-            f"longer with MOEGEO_DASK_WORKER_TIMEOUT=SECONDS") from err
+            f"longer with MOEGEO_DASK_WORKER_TIMEOUT=SECONDS"
+        ) from err
 
 
 @contextlib.contextmanager
-def open_executor(executor="serial", *, n_tasks: int | None = None,
-                  worker_timeout: float | None = None) -> Iterator[Handle]:
+def open_executor(
+    executor="serial", *, n_tasks: int | None = None, worker_timeout: float | None = None
+) -> Iterator[Handle]:
     """An executor from a spec string (see the module docstring) or an executor object, open
     for the duration of the ``with`` block; what this function started it also stops (a
     process pool and its worker processes, a Dask client and its ``LocalCluster``). ``n_tasks``
@@ -392,8 +399,9 @@ def open_executor(executor="serial", *, n_tasks: int | None = None,
         yield Handle(SerialExecutor(), "serial", in_flight=1, spec=str(spec))
     elif spec.kind == "processes":
         n = local_workers()
-        pool = concurrent.futures.ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
-                                                      initializer=_exit_with_parent, initargs=(os.getpid(),))
+        pool = concurrent.futures.ProcessPoolExecutor(
+            n, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent, initargs=(os.getpid(),)
+        )
         with _stop_workers_on_sigterm(pool):
             try:
                 yield Handle(pool, f"{n} processes", spec=str(spec))
@@ -414,16 +422,23 @@ def open_executor(executor="serial", *, n_tasks: int | None = None,
                         f"executor {str(spec)!r}: cannot reach the Dask scheduler at {spec.arg} within {connect:g} s "
                         f"({err}). Check that a scheduler runs there (dask scheduler --port PORT), the host name and "
                         f"port, a firewall between here and it, the protocol (tcp://, tls:// with its security "
-                        f"settings); MOEGEO_DASK_CONNECT_TIMEOUT=SECONDS waits longer") from err
+                        f"settings); MOEGEO_DASK_CONNECT_TIMEOUT=SECONDS waits longer"
+                    ) from err
                 name = f"dask scheduler {spec.arg}"
                 _wait_for_workers(client, f"executor {str(spec)!r}", worker_timeout)
             else:
                 n = local_workers()
                 # no memory limit: the nanny would pause a worker at 80% of RAM / n and kill it at 95%,
                 # where a process pool lets a large task finish; the dashboard only on localhost
-                cluster = stack.enter_context(distributed.LocalCluster(
-                    n_workers=n, threads_per_worker=1, processes=True, memory_limit=0,
-                    dashboard_address="127.0.0.1:0"))
+                cluster = stack.enter_context(
+                    distributed.LocalCluster(
+                        n_workers=n,
+                        threads_per_worker=1,
+                        processes=True,
+                        memory_limit=0,
+                        dashboard_address="127.0.0.1:0",
+                    )
+                )
                 client = stack.enter_context(distributed.Client(cluster))
                 name = f"dask LocalCluster of {n} workers"
             yield Handle(client.get_executor(pure=False), name, spec=str(spec))
@@ -442,8 +457,10 @@ def _wrap(executor, worker_timeout: float) -> Handle:
     """An executor object as a Handle (a Dask client through its concurrent.futures facade, once
     its scheduler has a worker)."""
     if not hasattr(executor, "submit"):
-        raise TypeError(f"an executor must have submit(fn, *args) (a concurrent.futures.Executor, a "
-                        f"distributed.Client, a submitit executor), got {type(executor).__name__}")
+        raise TypeError(
+            f"an executor must have submit(fn, *args) (a concurrent.futures.Executor, a "
+            f"distributed.Client, a submitit executor), got {type(executor).__name__}"
+        )
     if hasattr(executor, "get_executor") and type(executor).__module__.startswith("distributed"):
         address = getattr(getattr(executor, "scheduler", None), "address", "?")
         _wait_for_workers(executor, f"dask scheduler {address}", worker_timeout)
@@ -468,8 +485,9 @@ def _worker_died(err: BaseException) -> bool:
     return isinstance(err, concurrent.futures.BrokenExecutor) or type(err).__name__ == "KilledWorker"
 
 
-def execute(handle: Handle, todo: list[Task], *, progress: bool | None = None,
-            desc: str = "sweep") -> Iterator[tuple[Task, pd.DataFrame, float]]:
+def execute(
+    handle: Handle, todo: list[Task], *, progress: bool | None = None, desc: str = "sweep"
+) -> Iterator[tuple[Task, pd.DataFrame, float]]:
     """Run ``compute_task`` for every task on ``handle``; yield ``(task, frame, seconds)`` as each
     finishes (any order). When a task fails, nothing more is submitted and the tasks not yet
     started are cancelled, but those already running are waited for and yielded (so the caller
@@ -523,7 +541,8 @@ def execute(handle: Handle, todo: list[Task], *, progress: bool | None = None,
                     f"time limit, kill -9) or crashed. The {finished} task(s) that finished before it were returned "
                     f"(a sweep has cached them): run the sweep again to compute the rest. Check the memory each "
                     f"worker needs against the machine's (fewer workers: processes:N with a smaller N) and the "
-                    f"system log (dmesg) for the out-of-memory killer") from failed
+                    f"system log (dmesg) for the out-of-memory killer"
+                ) from failed
             raise failed
     finally:
         for future in pending:
@@ -554,8 +573,9 @@ class SweepResult:
         return pd.concat([df.assign(config=name) for name, df in self.frames.items()], ignore_index=True)
 
 
-def sweep(grid, *, executor="serial", chunk: int | None = None, cache: bool = True,
-          progress: bool | None = None) -> SweepResult:
+def sweep(
+    grid, *, executor="serial", chunk: int | None = None, cache: bool = True, progress: bool | None = None
+) -> SweepResult:
     """Compute every config of ``grid`` (name -> config, a list of configs, or one config) as
     independent tasks of ``chunk`` seeds (None: all seeds of a config, one task per config) on
     ``executor`` (a spec string or an executor object, see the module docstring).

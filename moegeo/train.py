@@ -5,9 +5,10 @@ Every model carries a leading seed dimension and the loss is the sum over seeds 
 own loss, so each seed's gradient, and its (elementwise) Adam update, is that of its own
 independent run.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -23,8 +24,17 @@ Record = Callable[[int, torch.nn.Module, torch.Tensor], None]
 DIVERGED_RATIO = 1e4
 
 
-def train(model: torch.nn.Module, loss_at: Callable[[int], torch.Tensor], steps: int, lr: float, *,
-          record: Record | None = None, record_at=(), progress: bool | None = None, desc: str = "train") -> None:
+def train(
+    model: torch.nn.Module,
+    loss_at: Callable[[int], torch.Tensor],
+    steps: int,
+    lr: float,
+    *,
+    record: Record | None = None,
+    record_at=(),
+    progress: bool | None = None,
+    desc: str = "train",
+) -> None:
     """Train ``model`` for ``steps`` Adam steps on ``loss_at(step) -> (S,)``, the per-seed loss of
     that step's batch, plus the model's ``balance_loss()`` (a load-balancing loss, zero for most
     routers).
@@ -54,8 +64,11 @@ def train(model: torch.nn.Module, loss_at: Callable[[int], torch.Tensor], steps:
         bad = ~torch.isfinite(value) | ((initial > 0) & (value > DIVERGED_RATIO * initial))
         if bool(bad.any()):
             i = torch.nonzero(bad).flatten().tolist()
-            raise FloatingPointError(_diverged(model, step, i, lr, f"the loss is {_floats(value[i])}, against "
-                                                                   f"{_floats(initial[i])} at step 0"))
+            raise FloatingPointError(
+                _diverged(
+                    model, step, i, lr, f"the loss is {_floats(value[i])}, against {_floats(initial[i])} at step 0"
+                )
+            )
         if record is not None and step in record_at:
             record(step, model, loss.detach())
         if step == steps:
@@ -92,4 +105,5 @@ def next_token_loss(model: torch.nn.Module, train_ids: torch.Tensor, batch_size:
     def loss_at(step: int) -> torch.Tensor:
         xs, ys = zip(*(batches(train_ids, model.cfg.context, batch_size, g) for g in gens))
         return model.loss(torch.stack(xs), torch.stack(ys))
+
     return loss_at

@@ -1,4 +1,5 @@
 """Input checks, done once at the public boundary, with messages a researcher understands."""
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,10 @@ def check_finite(**tensors: torch.Tensor) -> None:
         if not torch.is_tensor(t):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype} "
-                            f"(convert it with {name}.double() or {name}.float())")
+            raise TypeError(
+                f"{name} must be a floating-point tensor, got dtype {t.dtype} "
+                f"(convert it with {name}.double() or {name}.float())"
+            )
         # a NaN or Inf entry makes the sum NaN or Inf (IEEE), so a finite sum proves every entry
         # finite in one read-only pass (the elementwise test costs about 4 passes: 16 ms on the
         # 16 MB of weights at d = 1024); a sum that overflows on finite entries, and a dtype torch
@@ -49,8 +52,11 @@ def check_finite_rows(name: str, t: torch.Tensor) -> None:
         return
     bad = torch.nonzero(~torch.isfinite(t.detach()).flatten(1).all(1)).flatten().tolist()
     if bad:
-        raise NonFiniteError(f"{name} holds NaN/Inf values at index(es) {bad} of its leading dimension "
-                             f"(size {t.shape[0]}); expected finite values", bad)
+        raise NonFiniteError(
+            f"{name} holds NaN/Inf values at index(es) {bad} of its leading dimension "
+            f"(size {t.shape[0]}); expected finite values",
+            bad,
+        )
 
 
 def check_shape(name: str, t: torch.Tensor, expected: tuple, what: str = "") -> None:
@@ -108,9 +114,11 @@ def check_memory(need: int, what: str, *, fraction: float = MEMORY_FRACTION, hav
     (``available_memory()``, or ``have``); the message names ``what`` and both sizes."""
     have = available_memory() if have is None else have
     if need > fraction * have:
-        raise MemoryError(f"{what} needs about {need / 2**30:.3g} GiB ({need:.3g} bytes) but only "
-                          f"{have / 2**30:.3g} GiB of memory is available (at most {fraction:.0%} of it may be used); "
-                          "make it smaller or run it on a larger machine")
+        raise MemoryError(
+            f"{what} needs about {need / 2**30:.3g} GiB ({need:.3g} bytes) but only "
+            f"{have / 2**30:.3g} GiB of memory is available (at most {fraction:.0%} of it may be used); "
+            "make it smaller or run it on a larger machine"
+        )
 
 
 def check_positive_number(name: str, value, *, allow_zero: bool = False) -> float:

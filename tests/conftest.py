@@ -1,4 +1,5 @@
 """Hypothesis profiles, registered once and chosen by HYPOTHESIS_PROFILE (CI=... selects "ci"), and the Dask cluster fixture."""
+
 import os
 
 import pytest

@@ -10,13 +10,14 @@ env var ORACLE_BUG before import) to one of
     "e"    a joint reading: only its first part's hypotheses enter M
     "f"    (extra) single-step Bonferroni: reject iff p <= alpha/M, adjusted p = min(1, M p)
 """
+
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from scipy import stats as sps
@@ -69,10 +70,10 @@ class Decision:
     M: int
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tables(n):
     c = [math.comb(n, j) for j in range(n + 1)]
-    tot = 2 ** n
+    tot = 2**n
     cdf = [sum(c[: k + 1]) / tot for k in range(n + 1)]
     sf = [sum(c[k:]) / tot for k in range(n + 1)] + [0.0]
     return cdf, sf
@@ -161,7 +162,7 @@ def _direction_verdict(part, R, n, M, alpha):
         if "eq" in R:
             return V.NOT_BORNE_OUT
         if "pos" in R or "neg" in R:
-            return V.CLAIMED_SIGN          # assumption: spec silent for two-sided pos/neg
+            return V.CLAIMED_SIGN  # assumption: spec silent for two-sided pos/neg
     else:
         if "rep" in R:
             return V.REPLICATED
@@ -173,7 +174,7 @@ def _direction_verdict(part, R, n, M, alpha):
             return V.CLAIMED_SIGN
         if "neg" in R:
             return V.NOT_BORNE_OUT if part.hedged else V.OPPOSITE_SIGN
-    if not R and 2.0 ** -n > alpha / M:
+    if not R and 2.0**-n > alpha / M:
         return V.TOO_FEW_SEEDS
     return V.NOT_REPLICATED
 
@@ -219,7 +220,7 @@ def decide(readings, alpha=0.05):
                     keys.append(key)
                     pvals.append(p)
                     names_of_key[key] = name
-                    first_part_key[key] = (j == 0)
+                    first_part_key[key] = j == 0
                 elif j == 0:
                     first_part_key[key] = True
                 hrow.append((name, index[key]))

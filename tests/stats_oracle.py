@@ -39,11 +39,12 @@ tests can assert that each bug moves an exact value outside the Monte-Carlo band
               hypotheses of parts 2..k); denominators max(M_eff - i + 1, 1)
     "f"       (extra, not in the audit list) single-step Bonferroni: reject iff p <= alpha/M
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from scipy import stats as sps
@@ -54,10 +55,17 @@ BUG_VARIANTS = ("a", "b-", "b+", "c", "c_cc", "d", "e", "f")
 # verdict codes used by the enumerator
 REP, CON, NEG_, CLA, OPP, DEP, CONS, DIFS, NBO, NR, TFS = range(11)
 VERDICT_NAMES = {
-    REP: "REPLICATED", CON: "CONTRADICTED", NEG_: "NEGLIGIBLE",
-    CLA: "CLAIMED SIGN, SIZE UNDETERMINED", OPP: "OPPOSITE SIGN, SIZE UNDETERMINED",
-    DEP: "DEPENDS ON DEFINITION", CONS: "CONSISTENT", DIFS: "DIFFERENT SIZE",
-    NBO: "NOT BORNE OUT", NR: "NOT REPLICATED", TFS: "TOO FEW SEEDS",
+    REP: "REPLICATED",
+    CON: "CONTRADICTED",
+    NEG_: "NEGLIGIBLE",
+    CLA: "CLAIMED SIGN, SIZE UNDETERMINED",
+    OPP: "OPPOSITE SIGN, SIZE UNDETERMINED",
+    DEP: "DEPENDS ON DEFINITION",
+    CONS: "CONSISTENT",
+    DIFS: "DIFFERENT SIZE",
+    NBO: "NOT BORNE OUT",
+    NR: "NOT REPLICATED",
+    TFS: "TOO FEW SEEDS",
 }
 NAME_TO_CODE = {v: k for k, v in VERDICT_NAMES.items()}
 
@@ -65,13 +73,13 @@ NAME_TO_CODE = {v: k for k, v in VERDICT_NAMES.items()}
 # ----------------------------------------------------------------------------------------------
 # exact sign tests
 # ----------------------------------------------------------------------------------------------
-@lru_cache(maxsize=None)
+@cache
 def _cdf_table(n: int) -> np.ndarray:
     """F(k) = P(Bin(n,1/2) <= k) for k = 0..n, exactly as sum_{j<=k} C(n,j) / 2^n."""
     acc, out = 0, []
     for j in range(n + 1):
         acc += math.comb(n, j)
-        out.append(acc / 2 ** n)
+        out.append(acc / 2**n)
     return np.array(out)
 
 
@@ -101,7 +109,7 @@ def sign_p(k_claimed: int, n: int) -> float:
     """One-sided exact p when k_claimed of n seeds lie strictly on the alternative's side
     (no ties at the threshold): p = P(Bin(n,1/2) >= k_claimed) = sum_{j>=k} C(n,j)/2^n.
     (greater: k_claimed = n - #{x<=v};  less: k_claimed = #{x<v}.)"""
-    return sum(math.comb(n, j) for j in range(k_claimed, n + 1)) / 2 ** n
+    return sum(math.comb(n, j) for j in range(k_claimed, n + 1)) / 2**n
 
 
 def sign_p_normal(t: int, n: int, alternative: str, cc: bool) -> float:
@@ -182,6 +190,7 @@ def magnitude_p(x: np.ndarray, interval) -> float:
 class DirPart:
     """A direction part with n iid continuous seeds.  For delta == 0 give p_below = P(x < 0);
     for delta > 0 give the four cell probabilities (P(x<-d), P(-d<=x<0), P(0<=x<d), P(x>=d))."""
+
     n: int
     delta: float = 0.0
     p_below: float = 0.5
@@ -223,8 +232,7 @@ def part_outcomes(part: DirPart, variant="ok", prune=1e-12, cap=None):
         prob = sps.binom.pmf(K, n, part.p_below)
         pv = np.stack([_pv("greater", K, n, variant), _pv("less", K, n, variant)], axis=1)
     else:
-        rows = [(c0, c1, c2) for c0 in range(n + 1) for c1 in range(n + 1 - c0)
-                for c2 in range(n + 1 - c0 - c1)]
+        rows = [(c0, c1, c2) for c0 in range(n + 1) for c1 in range(n + 1 - c0) for c2 in range(n + 1 - c0 - c1)]
         C = np.array(rows)
         c0, c1, c2 = C[:, 0], C[:, 1], C[:, 2]
         c3 = n - c0 - c1 - c2
@@ -232,6 +240,7 @@ def part_outcomes(part: DirPart, variant="ok", prune=1e-12, cap=None):
         with np.errstate(divide="ignore"):
             logp = np.log(lp)
         from scipy.special import gammaln
+
         lg = gammaln(n + 1) - gammaln(c0 + 1) - gammaln(c1 + 1) - gammaln(c2 + 1) - gammaln(c3 + 1)
         terms = np.stack([c0, c1, c2, c3], 1) * np.where(np.isfinite(logp), logp, 0.0)
         bad = (np.stack([c0, c1, c2, c3], 1) > 0) & ~np.isfinite(logp)
@@ -254,7 +263,7 @@ def part_outcomes(part: DirPart, variant="ok", prune=1e-12, cap=None):
         pv = uniq
     order = np.argsort(-prob, kind="stable")
     prob, pv = prob[order], pv[order]
-    tail = np.cumsum(prob[::-1])[::-1]           # tail[i] = mass of outcomes i..end
+    tail = np.cumsum(prob[::-1])[::-1]  # tail[i] = mass of outcomes i..end
     keep = int(np.searchsorted(-tail, -prune, side="left"))  # first i with tail[i] <= prune
     keep = max(keep, 1)
     dropped = float(tail[keep]) if keep < len(prob) else 0.0
@@ -279,7 +288,7 @@ def holm_reject(P: np.ndarray, alpha: float, names: list, first_part_mask=None, 
         groups = [(cols_all, H)]
     shift = {"b-": -1, "b+": 1}.get(variant, 0)
     clamp = variant in ("d", "e")
-    if variant == "f":                       # single-step Bonferroni: p <= alpha/M, no step-down
+    if variant == "f":  # single-step Bonferroni: p <= alpha/M, no step-down
         return P <= alpha / H
     for cols, Meff in groups:
         if len(cols) == 0:
@@ -308,7 +317,7 @@ def _part_verdict(Rp: dict, names, n, M, alpha, hedged):
     eq, pos, neg = Rp.get("eq", z), Rp.get("pos", z), Rp.get("neg", z)
     anyr = rep | con | eq | pos | neg
     v = np.full(N, NR)
-    if 2.0 ** -n > alpha / M:
+    if 2.0**-n > alpha / M:
         v[~anyr] = TFS
     v = np.where(neg, NBO if hedged else OPP, v)
     v = np.where(pos, CLA, v)
@@ -338,16 +347,15 @@ def joint_verdict(V: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ExactResult:
-    verdicts: list            # per reading: dict verdict name -> probability
-    any_rejection: float      # P(at least one hypothesis rejected)
-    rejected: dict            # (reading, part, name) -> P(rejected)
+    verdicts: list  # per reading: dict verdict name -> probability
+    any_rejection: float  # P(at least one hypothesis rejected)
+    rejected: dict  # (reading, part, name) -> P(rejected)
     M: int
-    dropped: float            # probability mass neglected by pruning (an error bound)
+    dropped: float  # probability mass neglected by pruning (an error bound)
     events: dict = field(default_factory=dict)
 
 
-def exact_family(readings, alpha=ALPHA, variant="ok", prune=1e-12, max_configs=3_000_000,
-                 events=None, merge=True):
+def exact_family(readings, alpha=ALPHA, variant="ok", prune=1e-12, max_configs=3_000_000, events=None, merge=True):
     """Exact distribution of every reading's verdict for a family of independent direction
     parts (readings: list of lists of DirPart), by enumerating the product of the parts' count
     outcomes.  events: optional dict name -> f(R, cols, codes) returning a bool array; its
@@ -388,7 +396,7 @@ def exact_family(readings, alpha=ALPHA, variant="ok", prune=1e-12, max_configs=3
         codes = []
         for r, reading in enumerate(readings):
             Vs = []
-            for (rr, j, p, sl) in slices:
+            for rr, j, p, sl in slices:
                 if rr != r:
                     continue
                 Rp = {nm: R[:, sl.start + t] for t, nm in enumerate(p.names)}
@@ -400,8 +408,7 @@ def exact_family(readings, alpha=ALPHA, variant="ok", prune=1e-12, max_configs=3
             acc_ev[k] += float(prob[f(R, slices, codes)].sum())
     for r in range(len(readings)):
         verd[r] = {VERDICT_NAMES[c]: float(acc_v[r][c]) for c in range(11) if acc_v[r][c] > 0}
-    rej = {(r, j, nm): float(acc_rej[sl.start + t]) for (r, j, p, sl) in slices
-           for t, nm in enumerate(p.names)}
+    rej = {(r, j, nm): float(acc_rej[sl.start + t]) for (r, j, p, sl) in slices for t, nm in enumerate(p.names)}
     return ExactResult(verd, acc_any, rej, M, dropped, acc_ev)
 
 
@@ -412,8 +419,7 @@ def verdict_prob(res: ExactResult, reading: int, verdict: str) -> float:
 # ----------------------------------------------------------------------------------------------
 # the named quantities of the brief
 # ----------------------------------------------------------------------------------------------
-def false_replicated_boundary(n, delta, m_null, n_null=None, sigma=1.0, alpha=ALPHA,
-                              variant="ok"):
+def false_replicated_boundary(n, delta, m_null, n_null=None, sigma=1.0, alpha=ALPHA, variant="ok"):
     """One claim (delta > 0) whose true median is exactly +delta (normal seeds, sd sigma: each
     seed above +delta w.p. 1/2) in a family with m_null independent null delta=0 claims (median
     0).  M = 5 + 2 m_null.  Returns (exact, lower, upper):
@@ -452,14 +458,11 @@ def joint_boundary(n, delta, extra_null=0, sigma=1.0, alpha=ALPHA, variant="ok",
     nulls = [[DirPart(n)] for _ in range(extra_null)]
     b = DirPart.normal(n, delta, sigma, delta)
     o = DirPart.normal(n, -delta, sigma, delta)
-    out["rep_both_boundary"] = verdict_prob(exact_family([[b, b]] + nulls, alpha, variant), 0,
-                                            "REPLICATED")
+    out["rep_both_boundary"] = verdict_prob(exact_family([[b, b]] + nulls, alpha, variant), 0, "REPLICATED")
     if strong_mu is not None:
         s = DirPart.normal(n, strong_mu, sigma, delta)
-        out["rep_one_boundary"] = verdict_prob(exact_family([[b, s]] + nulls, alpha, variant), 0,
-                                               "REPLICATED")
-    out["con_opposite"] = verdict_prob(exact_family([[o, o]] + nulls, alpha, variant), 0,
-                                       "CONTRADICTED")
+        out["rep_one_boundary"] = verdict_prob(exact_family([[b, s]] + nulls, alpha, variant), 0, "REPLICATED")
+    out["con_opposite"] = verdict_prob(exact_family([[o, o]] + nulls, alpha, variant), 0, "CONTRADICTED")
     return out
 
 
@@ -471,7 +474,10 @@ def magnitude_in_family(K, alpha=ALPHA, variant="ok"):
       K = 2: reading 1 is rejected iff u1 <= t_1, or t_1 < u1 <= t_2 and u2 <= t_1
              (then u2 is the smaller one and passes step 1):  P = t_1 + (t_2 - t_1) t_1."""
     shift = {"b-": -1, "b+": 1}.get(variant, 0)
-    thr = lambda i: min(1.0, alpha / (K - i + 1 + shift)) if (K - i + 1 + shift) > 0 else 1.0
+
+    def thr(i):
+        return min(1.0, alpha / (K - i + 1 + shift)) if (K - i + 1 + shift) > 0 else 1.0
+
     if K == 1:
         return thr(1)
     if K == 2:
@@ -505,8 +511,7 @@ def magnitude_with_directions(dir_readings, alpha=ALPHA, variant="ok"):
     den = M - i + 1 + shift
     t = np.where(den > 0, alpha / np.where(den > 0, den, 1), np.inf)
     Qe = np.concatenate([np.zeros((len(Q), 1)), Q, np.ones((len(Q), 1))], 1)
-    prefix = np.concatenate([np.ones((len(Q), 1), bool),
-                             np.cumprod(Q <= t[None, :H], 1).astype(bool)], 1)  # r-1 = 0..H
+    prefix = np.concatenate([np.ones((len(Q), 1), bool), np.cumprod(Q <= t[None, :H], 1).astype(bool)], 1)  # r-1 = 0..H
     meas = np.zeros(len(Q))
     for r in range(1, M + 1):
         seg = np.clip(np.minimum(Qe[:, r], min(1.0, t[r - 1])) - Qe[:, r - 1], 0, None)
@@ -521,6 +526,7 @@ def power_exact(n, q, m_null, alpha=ALPHA, variant="ok"):
     claims' counts (multinomial weight m_null! / prod mult!), Holm over all M p-values; the
     effect claim is REPLICATED iff its rep is rejected (rep rejected excludes con)."""
     from itertools import combinations_with_replacement
+
     eff = part_outcomes(DirPart(n, 0.0, p_below=1 - q), variant, 0.0, cap=alpha)
     nul = part_outcomes(DirPart(n), variant, 0.0, cap=alpha)
     combos = list(combinations_with_replacement(range(len(nul[0])), m_null))
@@ -607,8 +613,13 @@ def direction_pvalues(x, delta):
     rep = greater(x, +d), con = less(x, -d) and, for d > 0, pos, neg, eq."""
     x = np.asarray(x, float)
     n = len(x)
-    g = lambda v: sign_p_greater(int(np.sum(x <= v)), n)
-    l = lambda v: sign_p_less(int(np.sum(x < v)), n)
+
+    def g(v):
+        return sign_p_greater(int(np.sum(x <= v)), n)
+
+    def l(v):
+        return sign_p_less(int(np.sum(x < v)), n)
+
     out = {"rep": g(delta), "con": l(-delta)}
     if delta > 0:
         out.update(pos=g(0.0), neg=l(0.0), eq=max(g(-delta), l(delta)))

@@ -1,4 +1,5 @@
 """Hypothesis strategies shared by the tests: small random MLP experts, points, weights."""
+
 import torch
 from hypothesis import strategies as st
 

@@ -1,6 +1,7 @@
 """Bad input, through the command lines as a user types them and through the public API: every
 case is a clear error naming the argument and what was expected, or a documented, counted
 exclusion (an ``undefined`` row), never a NaN, a silently wrong number or a raw traceback."""
+
 import dataclasses
 import importlib.util
 import io
@@ -23,11 +24,29 @@ from moegeo.routers import route, topk_route
 
 ROOT = Path(__file__).resolve().parents[1]
 #: a run of one arm that takes about a second
-MICRO = ExperimentConfig(n_experts=4, d_model=8, d_hidden=16, n_samples=64, steps=2, record_every=1,
-                         trajectory_points=16, seeds=(0,), arms=(Arm.TOPK,), probe_steps=())
+MICRO = ExperimentConfig(
+    n_experts=4,
+    d_model=8,
+    d_hidden=16,
+    n_samples=64,
+    steps=2,
+    record_every=1,
+    trajectory_points=16,
+    seeds=(0,),
+    arms=(Arm.TOPK,),
+    probe_steps=(),
+)
 #: the sweep command line of MICRO (``python -m moegeo sweep``)
-MICRO_SET = ["n_experts=4", "d_model=8", "d_hidden=16", "n_samples=64", "steps=2", "record_every=1",
-             "trajectory_points=16", "arms=topk"]
+MICRO_SET = [
+    "n_experts=4",
+    "d_model=8",
+    "d_hidden=16",
+    "n_samples=64",
+    "steps=2",
+    "record_every=1",
+    "trajectory_points=16",
+    "arms=topk",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -63,24 +82,27 @@ def undefined(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- configs
-@pytest.mark.parametrize("kw, error, match", [
-    (dict(seeds=(1.2, 1.7)), TypeError, r"seeds entry must be an integer >= 0, got 1\.2 \(float\)"),
-    (dict(seeds=(True, 2)), TypeError, r"seeds entry must be an integer >= 0, got True \(bool\)"),
-    (dict(seeds=(-1,)), ValueError, "seeds entry must be an integer >= 0, got -1"),
-    (dict(seeds=(3, 3)), ValueError, "seeds must be non-empty and distinct"),
-    (dict(n_experts=True), TypeError, r"n_experts must be an integer >= 1, got True \(bool\)"),
-    (dict(d_model=8.0), TypeError, r"d_model must be an integer >= 1, got 8\.0 \(float\)"),
-    (dict(n_experts=0, top_k=1), ValueError, "n_experts must be an integer >= 1, got 0"),
-    (dict(steps=0), ValueError, "steps must be an integer >= 1, got 0"),
-    (dict(top_k=True), TypeError, r"top_k must be an integer"),
-    (dict(arms=()), ValueError, "arms must be a non-empty tuple of arms"),
-    (dict(arms=("topk", "soft", "topk")), ValueError, r"arms must be distinct, got \['topk'\] more than once"),
-    (dict(arms=("hash",)), ValueError, "'hash' is not a valid Arm"),
-    (dict(probe_steps=(-5, 10)), ValueError, "probe_steps entry must be an integer >= 0, got -5"),
-    (dict(probe_steps=(2.5,)), TypeError, "probe_steps entry must be an integer"),
-    (dict(lr=float("nan")), ValueError, "lr must be a finite number > 0, got nan"),
-    (dict(temperature=True), ValueError, "temperature must be a finite number > 0, got True"),
-])
+@pytest.mark.parametrize(
+    "kw, error, match",
+    [
+        (dict(seeds=(1.2, 1.7)), TypeError, r"seeds entry must be an integer >= 0, got 1\.2 \(float\)"),
+        (dict(seeds=(True, 2)), TypeError, r"seeds entry must be an integer >= 0, got True \(bool\)"),
+        (dict(seeds=(-1,)), ValueError, "seeds entry must be an integer >= 0, got -1"),
+        (dict(seeds=(3, 3)), ValueError, "seeds must be non-empty and distinct"),
+        (dict(n_experts=True), TypeError, r"n_experts must be an integer >= 1, got True \(bool\)"),
+        (dict(d_model=8.0), TypeError, r"d_model must be an integer >= 1, got 8\.0 \(float\)"),
+        (dict(n_experts=0, top_k=1), ValueError, "n_experts must be an integer >= 1, got 0"),
+        (dict(steps=0), ValueError, "steps must be an integer >= 1, got 0"),
+        (dict(top_k=True), TypeError, r"top_k must be an integer"),
+        (dict(arms=()), ValueError, "arms must be a non-empty tuple of arms"),
+        (dict(arms=("topk", "soft", "topk")), ValueError, r"arms must be distinct, got \['topk'\] more than once"),
+        (dict(arms=("hash",)), ValueError, "'hash' is not a valid Arm"),
+        (dict(probe_steps=(-5, 10)), ValueError, "probe_steps entry must be an integer >= 0, got -5"),
+        (dict(probe_steps=(2.5,)), TypeError, "probe_steps entry must be an integer"),
+        (dict(lr=float("nan")), ValueError, "lr must be a finite number > 0, got nan"),
+        (dict(temperature=True), ValueError, "temperature must be a finite number > 0, got True"),
+    ],
+)
 def test_a_config_refuses_what_it_cannot_run(kw, error, match):
     with pytest.raises(error, match=match):
         ExperimentConfig(**kw)
@@ -103,24 +125,30 @@ def test_an_lm_config_refuses_an_empty_missing_or_empty_data_directory(tmp_path)
 
 
 # --------------------------------------------------------------------------- sizes
-@pytest.mark.parametrize("cfg, part", [
-    (ExperimentConfig(n_samples=10**9), "data"),
-    (ExperimentConfig(d_model=100_000), "per-point Jacobians"),
-    (LMConfig(d_model=100_000), "per-point Jacobians"),
-    (LMConfig(vocab_size=10**7, batch_size=512), "training activations"),
-])
+@pytest.mark.parametrize(
+    "cfg, part",
+    [
+        (ExperimentConfig(n_samples=10**9), "data"),
+        (ExperimentConfig(d_model=100_000), "per-point Jacobians"),
+        (LMConfig(d_model=100_000), "per-point Jacobians"),
+        (LMConfig(vocab_size=10**7, batch_size=512), "training activations"),
+    ],
+)
 def test_a_run_too_large_for_memory_is_refused_before_it_allocates(cfg, part, monkeypatch):
     monkeypatch.setattr(validate, "available_memory", lambda: 16 * 2**30)
     monkeypatch.setattr(experiment, "make_data", no_training)
     monkeypatch.setattr(experiment.train, "train", no_training)
-    with pytest.raises(MemoryError, match=rf"{type(cfg).__name__}\(.*\) \(.*{part} [0-9.e+]+ GiB.*\) needs about "
-                                          r"[0-9.e+]+ GiB \([0-9.e+]+ bytes\) but only 16 GiB"):
+    with pytest.raises(
+        MemoryError,
+        match=rf"{type(cfg).__name__}\(.*\) \(.*{part} [0-9.e+]+ GiB.*\) needs about "
+        r"[0-9.e+]+ GiB \([0-9.e+]+ bytes\) but only 16 GiB",
+    ):
         experiment.run(cfg, cache=False, progress=False)
 
 
 def test_the_size_estimate_counts_the_jacobians_of_each_seed_probed_at_once():
     cfg = ExperimentConfig(seeds=tuple(range(8)))
-    jac = cfg.n_experts * cfg.n_samples * cfg.d_model ** 2 * 8
+    jac = cfg.n_experts * cfg.n_samples * cfg.d_model**2 * 8
     assert cfg.estimate_bytes(workers=2)["per-point Jacobians"] == 2 * jac
     assert cfg.estimate_bytes(workers=64)["per-point Jacobians"] == 8 * jac  # never more than the seeds
 
@@ -128,9 +156,12 @@ def test_the_size_estimate_counts_the_jacobians_of_each_seed_probed_at_once():
 # --------------------------------------------------------------------------- a diverged run
 def test_a_diverged_run_names_the_config_the_arm_the_step_and_the_seeds():
     cfg = dataclasses.replace(MICRO, lr=1000.0, seeds=(4, 7), steps=5)
-    with pytest.raises(FloatingPointError, match=r"ExperimentConfig\(.*lr=1000\.0.*seeds=\(4, 7\).*\), arm topk: "
-                                                 r"training diverged at step 1: for seed\(s\) \[4, 7\] the loss is "
-                                                 r"\[.*\], against \[.*\] at step 0; lower the learning rate"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"ExperimentConfig\(.*lr=1000\.0.*seeds=\(4, 7\).*\), arm topk: "
+        r"training diverged at step 1: for seed\(s\) \[4, 7\] the loss is "
+        r"\[.*\], against \[.*\] at step 0; lower the learning rate",
+    ):
         experiment.run(cfg, cache=False, progress=False)
 
 
@@ -146,8 +177,12 @@ def test_hidden_states_that_become_nan_are_a_divergence_naming_the_seed():
             with torch.no_grad():
                 model.layers[0].W2[1].fill_(float("nan"))
         return (model(x) ** 2).mean(dim=(1, 2))
-    with pytest.raises(FloatingPointError, match=r"diverged at step 1: for seed\(s\) \[6\] the hidden states are not "
-                                                 "finite"):
+
+    with pytest.raises(
+        FloatingPointError,
+        match=r"diverged at step 1: for seed\(s\) \[6\] the hidden states are not "
+        "finite",
+    ):
         train.train(model, loss_at, 3, 1e-3, progress=False)
 
 
@@ -205,17 +240,24 @@ def test_the_explained_variance_of_points_without_variance_is_an_error():
 
 
 @pytest.mark.parametrize("fn", ["power", "lanczos"])
-@pytest.mark.parametrize("kw, error, match", [
-    (dict(tol=float("nan")), ValueError, "tol must be a finite number > 0, got nan"),
-    (dict(tol=-1.0), ValueError, "tol must be a finite number > 0, got -1.0"),
-    (dict(tol=float("inf")), ValueError, "tol must be a finite number > 0"),
-    (dict(max_iter=0), ValueError, "max_iter must be an integer >= 1, got 0"),
-    (dict(max_iter=2.5), TypeError, "max_iter must be an integer"),
-])
+@pytest.mark.parametrize(
+    "kw, error, match",
+    [
+        (dict(tol=float("nan")), ValueError, "tol must be a finite number > 0, got nan"),
+        (dict(tol=-1.0), ValueError, "tol must be a finite number > 0, got -1.0"),
+        (dict(tol=float("inf")), ValueError, "tol must be a finite number > 0"),
+        (dict(max_iter=0), ValueError, "max_iter must be an integer >= 1, got 0"),
+        (dict(max_iter=2.5), TypeError, "max_iter must be an integer"),
+    ],
+)
 def test_iterative_spectra_refuse_a_stopping_rule_that_cannot_stop_or_never_runs(fn, kw, error, match):
     g = torch.Generator().manual_seed(0)
-    op = probes.mlp_jacobian_operator(torch.randn(2, 5, 4, generator=g), torch.randn(2, 5, generator=g),
-                                      torch.randn(2, 4, 5, generator=g), torch.randn(3, 4, generator=g))
+    op = probes.mlp_jacobian_operator(
+        torch.randn(2, 5, 4, generator=g),
+        torch.randn(2, 5, generator=g),
+        torch.randn(2, 4, 5, generator=g),
+        torch.randn(3, 4, generator=g),
+    )
     method = probes.power_iteration_sigma1 if fn == "power" else probes.lanczos_sigma1
     with pytest.raises(error, match=match):
         method(op, **kw)
@@ -223,8 +265,12 @@ def test_iterative_spectra_refuse_a_stopping_rule_that_cannot_stop_or_never_runs
 
 def test_the_batched_lanczos_refuses_a_nan_tolerance():
     g = torch.Generator().manual_seed(0)
-    args = (torch.randn(2, 5, 4, generator=g), torch.randn(2, 5, generator=g), torch.randn(2, 4, 5, generator=g),
-            torch.randn(3, 4, generator=g))
+    args = (
+        torch.randn(2, 5, 4, generator=g),
+        torch.randn(2, 5, generator=g),
+        torch.randn(2, 4, 5, generator=g),
+        torch.randn(3, 4, generator=g),
+    )
     with pytest.raises(ValueError, match="tol must be a finite number > 0, got nan"):
         probes.mlp_lanczos_sigma1(*args, tol=float("nan"))
 
@@ -254,8 +300,11 @@ def test_an_expert_with_one_routed_token_gets_undefined_rows_not_nan():
     no_nan(df)
     u = undefined(df)
     assert set(u.expert) == {2} and (u.value == 1).all()
-    assert set(u.reading) == {"metric=explained_variance;pca_site=input", "metric=cumvar@4;pca_site=input",
-                              "metric=k@0.9;pca_site=input"}
+    assert set(u.reading) == {
+        "metric=explained_variance;pca_site=input",
+        "metric=cumvar@4;pca_site=input",
+        "metric=k@0.9;pca_site=input",
+    }
     assert set(df[df.metric == "k@0.9"].expert) == {0, 1}
     assert df[(df.metric == "total_variance") & (df.expert == 2)].value.tolist() == [0.0]  # defined: 0
 
@@ -274,16 +323,23 @@ def test_a_zero_jacobian_leaves_its_energy_and_cosine_out():
     no_nan(df)
     u = undefined(df)
     assert set(u.expert) == {1}
-    assert {"metric=energy;jacobian=pointwise", "metric=sigma_ratio@4;jacobian=mean", "metric=cosine;jacobian=mean",
-            "metric=energy_k@0.9;jacobian=mean"} <= set(u.reading)
+    assert {
+        "metric=energy;jacobian=pointwise",
+        "metric=sigma_ratio@4;jacobian=mean",
+        "metric=cosine;jacobian=mean",
+        "metric=energy_k@0.9;jacobian=mean",
+    } <= set(u.reading)
     assert set(df[df.metric == "cosine"].expert) == {0, 2}
 
 
-@pytest.mark.parametrize("kw, left_out", [
-    (dict(n_samples=1), "metric=explained_variance;pca_site=input"),  # one point: no variance anywhere
-    (dict(d_model=1, arms=(Arm.TOPK, Arm.TOPK_COUPLED)), "metric=cosine;jacobian=mean;chart=ln"),  # LN of 1 number
-    (dict(n_experts=1, top_k=1, arms=(Arm.SOFT,)), "metric=router_similarity"),  # one router
-])
+@pytest.mark.parametrize(
+    "kw, left_out",
+    [
+        (dict(n_samples=1), "metric=explained_variance;pca_site=input"),  # one point: no variance anywhere
+        (dict(d_model=1, arms=(Arm.TOPK, Arm.TOPK_COUPLED)), "metric=cosine;jacobian=mean;chart=ln"),  # LN of 1 number
+        (dict(n_experts=1, top_k=1, arms=(Arm.SOFT,)), "metric=router_similarity"),  # one router
+    ],
+)
 def test_a_degenerate_run_counts_what_is_undefined_and_writes_no_nan(kw, left_out):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -298,8 +354,11 @@ def test_a_degenerate_run_counts_what_is_undefined_and_writes_no_nan(kw, left_ou
 def test_a_frame_with_a_nan_is_refused():
     rows = frame.Rows(0, "topk", 0, 1)
     rows.add("sigma1", "jacobian=mean", torch.tensor([1.0, float("nan")]), [0, 1])
-    with pytest.raises(ValueError, match=r"1 NaN/Inf value\(s\) reached the frame, in \(metric, reading\): sigma1 "
-                                         r"\[jacobian=mean\] x1"):
+    with pytest.raises(
+        ValueError,
+        match=r"1 NaN/Inf value\(s\) reached the frame, in \(metric, reading\): sigma1 "
+        r"\[jacobian=mean\] x1",
+    ):
         frame._frame(list(rows), MICRO)
 
 
@@ -342,14 +401,17 @@ def test_the_lm_frame_and_the_command_line_report_the_data_digest(tmp_path, monk
 
 
 # --------------------------------------------------------------------------- python -m moegeo
-@pytest.mark.parametrize("argv, message", [
-    (["--steps", "0"], "steps must be an integer >= 1, got 0"),
-    (["--steps", "-3"], "steps must be an integer >= 1, got -3"),
-    (["--seed-offset", "-1"], "--seed-offset must be >= 0 (seeds are non-negative integers), got -1"),
-    (["--seeds", "0"], "--seeds must be >= 1, got 0"),
-    (["--setting", "lm", "--lm-data", "NOWHERE"], "--lm-data: WikiText path"),
-    (["--lm-data", "DIR"], "--lm-data needs --setting lm"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "0"], "steps must be an integer >= 1, got 0"),
+        (["--steps", "-3"], "steps must be an integer >= 1, got -3"),
+        (["--seed-offset", "-1"], "--seed-offset must be >= 0 (seeds are non-negative integers), got -1"),
+        (["--seeds", "0"], "--seeds must be >= 1, got 0"),
+        (["--setting", "lm", "--lm-data", "NOWHERE"], "--lm-data: WikiText path"),
+        (["--lm-data", "DIR"], "--lm-data needs --setting lm"),
+    ],
+)
 def test_the_run_command_refuses_bad_arguments_before_training(argv, message, capsys, monkeypatch):
     monkeypatch.setattr(cli, "run", no_training)
     assert cli_main(argv) == 2
@@ -368,13 +430,17 @@ def test_an_empty_lm_data_directory_and_an_empty_cache_variable_are_refused(tmp_
     assert "MOEGEO_CACHE" not in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("where, message", [
-    ("missing/out.csv", "the directory {tmp}/missing of {tmp}/missing/out.csv does not exist"),
-    (".", "{tmp} is a directory; expected a file name"),
-])
+@pytest.mark.parametrize(
+    "where, message",
+    [
+        ("missing/out.csv", "the directory {tmp}/missing of {tmp}/missing/out.csv does not exist"),
+        (".", "{tmp} is a directory; expected a file name"),
+    ],
+)
 @pytest.mark.parametrize("command", [[], ["sweep", "--set", "steps=2"]])
-def test_a_csv_that_cannot_be_written_is_refused_before_training(where, message, command, tmp_path, capsys,
-                                                                 monkeypatch):
+def test_a_csv_that_cannot_be_written_is_refused_before_training(
+    where, message, command, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setattr(cli, "run", no_training)
     monkeypatch.setattr(sweeps, "sweep", no_training)
     path = os.path.normpath(tmp_path / where)
@@ -404,9 +470,25 @@ def test_a_sweep_into_a_closed_pipe_ends_quietly_and_keeps_the_csv(tmp_path):
     """``python -m moegeo sweep ... --csv FILE | head -c 0``, as a shell runs it."""
     out = tmp_path / "frame.csv"
     env = dict(os.environ, MOEGEO_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(ROOT), TQDM_DISABLE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "moegeo", "sweep", "--set", *MICRO_SET, "--executor", "serial",
-                             "--quiet", "--csv", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            cwd=tmp_path)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "moegeo",
+            "sweep",
+            "--set",
+            *MICRO_SET,
+            "--executor",
+            "serial",
+            "--quiet",
+            "--csv",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
+    )
     proc.stdout.close()  # the reader is gone before anything is written
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err
@@ -414,13 +496,16 @@ def test_a_sweep_into_a_closed_pipe_ends_quietly_and_keeps_the_csv(tmp_path):
     assert len(pd.read_csv(out)) > 0
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--set", "n_experts=0", "top_k=1"], "n_experts must be an integer >= 1, got 0"),
-    (["--set", "seeds=1"], "no field 'seeds' to set"),
-    (["--set", "arms=topk+topk"], "arms must be distinct"),
-    (["--seed-offset", "-2"], "--seed-offset must be >= 0"),
-    (["--grid", "small", "--report", "."], "--report: "),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--set", "n_experts=0", "top_k=1"], "n_experts must be an integer >= 1, got 0"),
+        (["--set", "seeds=1"], "no field 'seeds' to set"),
+        (["--set", "arms=topk+topk"], "arms must be distinct"),
+        (["--seed-offset", "-2"], "--seed-offset must be >= 0"),
+        (["--grid", "small", "--report", "."], "--report: "),
+    ],
+)
 def test_the_sweep_command_refuses_bad_arguments_before_training(argv, message, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sweeps, "sweep", no_training)
@@ -436,8 +521,10 @@ def test_a_diverged_sweep_is_an_error_naming_the_step_not_a_traceback(capsys):
 
 def test_an_executor_fault_is_an_error_with_status_2(capsys, monkeypatch):
     """A killed pool worker (``sweeps.ExecutorError``, from the sweep itself: tests/test_sweep_faults.py)."""
+
     def dies(*args, **kwargs):
         raise sweeps.ExecutorError("executor 'processes:2': a worker process died while it ran task 0 (signal 9)")
+
     monkeypatch.setattr(sweeps, "sweep", dies)
     assert cli_main(["sweep", "--set", *MICRO_SET]) == 2
     assert "python -m moegeo sweep: error: executor 'processes:2': a worker process died" in capsys.readouterr().err
@@ -458,16 +545,34 @@ def test_the_probe_command_refuses_an_output_that_is_a_file_before_anything_load
     assert cli_main(["probe", "--hf-model", str(tmp_path), "--out", str(tmp_path / "taken")]) == 2
     assert f"--out: {tmp_path / 'taken'} exists and is not a directory" in capsys.readouterr().err
     assert (tmp_path / "taken").read_text() == "mine"
-    assert cli_main(["probe", "--hf-model", str(tmp_path), "--text-file", str(tmp_path / "no.txt"),
-                     "--out", str(tmp_path / "r")]) == 2
+    assert (
+        cli_main(
+            [
+                "probe",
+                "--hf-model",
+                str(tmp_path),
+                "--text-file",
+                str(tmp_path / "no.txt"),
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     assert f"--text-file: {tmp_path / 'no.txt'} is not a file" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- pytest claims/
 def _pytest_claims(args, tmp_path, timeout=60):
     env = dict(os.environ, MOEGEO_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "pytest", "claims/", "-p", "no:cacheprovider", *args], cwd=ROOT,
-                          capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "claims/", "-p", "no:cacheprovider", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def test_pytest_claims_help_prints_help_without_training(tmp_path):
@@ -496,26 +601,43 @@ class Options:
     """A stand-in for pytest's config: the claims options at their defaults, some overridden."""
 
     def __init__(self, module, **given):
-        self.values = {"--seeds": module.SEEDS, "--seed-offset": module.CONFIRMATORY_OFFSET, "--steps": None,
-                       "--lm-seeds": module.LM_SEEDS, "--lm-steps": None, "--router-seeds": 10, "--lm-data": None,
-                       "--quick": False, "--hf-model": None, "--hf-tokens": 512, "--report": None, **given}
+        self.values = {
+            "--seeds": module.SEEDS,
+            "--seed-offset": module.CONFIRMATORY_OFFSET,
+            "--steps": None,
+            "--lm-seeds": module.LM_SEEDS,
+            "--lm-steps": None,
+            "--router-seeds": 10,
+            "--lm-data": None,
+            "--quick": False,
+            "--hf-model": None,
+            "--hf-tokens": 512,
+            "--report": None,
+            **given,
+        }
 
     def getoption(self, name):
         return self.values[name]
 
 
-@pytest.mark.parametrize("given, message", [
-    ({"--seeds": 0}, "--seeds must be >= 1, got 0"),
-    ({"--lm-seeds": 0}, "--lm-seeds must be >= 1, got 0"),
-    ({"--seed-offset": -3}, "--seed-offset must be >= 0"),
-    ({"--steps": 0}, "--steps must be >= 1, got 0"),
-    ({"--lm-steps": 0}, "--lm-steps must be >= 1, got 0"),
-    ({"--report": "{tmp}"}, "--report: {tmp} is a directory"),
-    ({"--report": "{tmp}/missing/R.md"}, "--report: the directory {tmp}/missing of {tmp}/missing/R.md does not exist"),
-    ({"--lm-data": "{tmp}/nowhere"}, "--lm-data: WikiText path {tmp}/nowhere does not exist"),
-    ({"--lm-data": "{tmp}"}, "--lm-data: {tmp} has no train split"),
-    ({"--hf-model": "{tmp}"}, "--hf-model: {tmp} is not a Hugging Face checkpoint directory"),
-])
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ({"--seeds": 0}, "--seeds must be >= 1, got 0"),
+        ({"--lm-seeds": 0}, "--lm-seeds must be >= 1, got 0"),
+        ({"--seed-offset": -3}, "--seed-offset must be >= 0"),
+        ({"--steps": 0}, "--steps must be >= 1, got 0"),
+        ({"--lm-steps": 0}, "--lm-steps must be >= 1, got 0"),
+        ({"--report": "{tmp}"}, "--report: {tmp} is a directory"),
+        (
+            {"--report": "{tmp}/missing/R.md"},
+            "--report: the directory {tmp}/missing of {tmp}/missing/R.md does not exist",
+        ),
+        ({"--lm-data": "{tmp}/nowhere"}, "--lm-data: WikiText path {tmp}/nowhere does not exist"),
+        ({"--lm-data": "{tmp}"}, "--lm-data: {tmp} has no train split"),
+        ({"--hf-model": "{tmp}"}, "--hf-model: {tmp} is not a Hugging Face checkpoint directory"),
+    ],
+)
 def test_pytest_claims_checks_every_option_before_training(claims_conftest, given, message, tmp_path):
     given = {k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in given.items()}
     with pytest.raises(pytest.UsageError, match=message.format(tmp=tmp_path).replace("(", r"\(").replace(")", r"\)")):
@@ -573,33 +695,51 @@ def test_missing_expert_weights_are_refused_by_name_unless_allowed(damaged, caps
 
     weights = damaged / "model.safetensors"
     tensors = load_file(weights)
-    save_file({k: v for k, v in tensors.items() if not (".layers.1." in k and ".experts." in k)}, weights,
-              metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=r"does not match its mixtral architecture: 2 weight\(s\) of the model missing "
-                                         r"from the checkpoint \(they would be initialised at random\): "
-                                         r"model\.layers\.1\.mlp\.experts\.down_proj, "
-                                         r"model\.layers\.1\.mlp\.experts\.gate_up_proj\. .*--allow-missing PATTERN"):
+    save_file(
+        {k: v for k, v in tensors.items() if not (".layers.1." in k and ".experts." in k)},
+        weights,
+        metadata={"format": "pt"},
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"does not match its mixtral architecture: 2 weight\(s\) of the model missing "
+        r"from the checkpoint \(they would be initialised at random\): "
+        r"model\.layers\.1\.mlp\.experts\.down_proj, "
+        r"model\.layers\.1\.mlp\.experts\.gate_up_proj\. .*--allow-missing PATTERN",
+    ):
         hf.load(damaged)
     assert hf.load(damaged, allow_missing=["model.layers.1.mlp.experts.*"]) is not None
     assert cli_main(["probe", "--hf-model", str(damaged), "--tokens", "8", "--out", str(damaged / "r"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "error: " in err and "model.layers.1.mlp.experts.gate_up_proj" in err and "Traceback" not in err
-    save_file({k: v for k, v in tensors.items() if ".layers.1." not in k} | {"stray.weight": torch.zeros(2)}, weights,
-              metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=r"weight\(s\) of the model missing .* and \d+ more; 1 checkpoint tensor\(s\) "
-                                         r"the model has no place for: stray\.weight"):
+    save_file(
+        {k: v for k, v in tensors.items() if ".layers.1." not in k} | {"stray.weight": torch.zeros(2)},
+        weights,
+        metadata={"format": "pt"},
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"weight\(s\) of the model missing .* and \d+ more; 1 checkpoint tensor\(s\) "
+        r"the model has no place for: stray\.weight",
+    ):
         hf.load(damaged)
 
 
-@pytest.mark.parametrize("damage", [lambda b: b[:100], lambda b: b"\xff" * 8 + b"garbage" * 8, lambda b: b"",
-                                    lambda b: b[:-64]], ids=["truncated-header", "garbage", "empty", "truncated-data"])
+@pytest.mark.parametrize(
+    "damage",
+    [lambda b: b[:100], lambda b: b"\xff" * 8 + b"garbage" * 8, lambda b: b"", lambda b: b[:-64]],
+    ids=["truncated-header", "garbage", "empty", "truncated-data"],
+)
 def test_a_damaged_safetensors_file_is_a_clear_error(damaged, damage, capsys):
     from moegeo import hf
 
     weights = damaged / "model.safetensors"
     weights.write_bytes(damage(weights.read_bytes()))
-    with pytest.raises(ValueError, match=r"model\.safetensors: not a readable safetensors file \(.*\); it is truncated "
-                                         "or damaged"):
+    with pytest.raises(
+        ValueError,
+        match=r"model\.safetensors: not a readable safetensors file \(.*\); it is truncated "
+        "or damaged",
+    ):
         hf.load(damaged)
     assert cli_main(["probe", "--hf-model", str(damaged), "--tokens", "8", "--out", str(damaged / "r"), "--quiet"]) == 2
     err = capsys.readouterr().err
@@ -684,6 +824,7 @@ def test_the_hf_frame_refuses_a_nan_from_any_row_builder(monkeypatch):
         r = frame.Rows(0, arm, cap.layer, 0)
         r.add("sigma1", "jacobian=mean", float("nan"))
         return r
+
     monkeypatch.setattr(hf.rows, "layer_rows", nan_rows)
     with pytest.raises(ValueError, match="NaN/Inf value"):
         hf.probe_model(test_hf.build("mixtral"), test_hf.ids(), progress=False)

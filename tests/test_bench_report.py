@@ -1,18 +1,31 @@
 """The benchmark section of REPORT.md: rendered from pytest-benchmark JSON, spliced in place."""
+
 import json
 
+import bench_report
 import numpy as np
 import scipy.stats
-
-import bench_report
 
 
 def fake_results(path, closed=0.01, jacrev=0.05):
     group = "jacobians [E=8 d=64 h=128 N=512]"
-    bench = lambda method, t, **extra: dict(group=group, name=method, stats=dict(median=t, min=t, rounds=3),  # noqa: E731
-                                            extra_info=dict(method=method, max_rel_error=1e-7, **extra))
-    path.write_text(json.dumps(dict(machine_info=dict(python_version="3.11"), benchmarks=[
-        bench("closed_form", closed), bench("vmap_jacrev", jacrev, baseline=True)])))
+
+    def bench(method, t, **extra):
+        return dict(
+            group=group,
+            name=method,
+            stats=dict(median=t, min=t, rounds=3),  # noqa: E731
+            extra_info=dict(method=method, max_rel_error=1e-7, **extra),
+        )
+
+    path.write_text(
+        json.dumps(
+            dict(
+                machine_info=dict(python_version="3.11"),
+                benchmarks=[bench("closed_form", closed), bench("vmap_jacrev", jacrev, baseline=True)],
+            )
+        )
+    )
 
 
 def test_section_reports_speedup_against_baseline_and_target(tmp_path):
@@ -40,24 +53,36 @@ def test_section_is_replaced_not_appended_twice(tmp_path):
 
 
 def _bench(group, method, median, minimum=None, **extra):
-    return dict(group=group, name=method, stats=dict(median=median, min=median if minimum is None else minimum, rounds=3),
-                extra_info=dict(method=method, baseline=False, **extra))
+    return dict(
+        group=group,
+        name=method,
+        stats=dict(median=median, min=median if minimum is None else minimum, rounds=3),
+        extra_info=dict(method=method, baseline=False, **extra),
+    )
 
 
 def test_flop_floor_uses_the_fastest_sgemm_round_and_states_the_rate(tmp_path):
     results, report = tmp_path / "r.json", tmp_path / "REPORT.md"
     # 1 GFLOP in 10 ms at best (100 GFLOP/s), 20 ms median (a busy neighbour): the floor uses the best
     step = _bench("one LM training step, arm x", "soft", 0.05, flops=2e9)
-    results.write_text(json.dumps(dict(machine_info={}, benchmarks=[
-        _bench("floating-point floor", "sgemm (first in the run)", 0.02, 0.01, flops=1e9), step])))
+    results.write_text(
+        json.dumps(
+            dict(
+                machine_info={},
+                benchmarks=[_bench("floating-point floor", "sgemm (first in the run)", 0.02, 0.01, flops=1e9), step],
+            )
+        )
+    )
     bench_report.update_report(results, report)
     text = report.read_text()
     assert "FLOP floor 20 ms at 100 GFLOP/s" in text
     assert "| 2.5x of floor at 100 GFLOP/s | yes |" in text
     # two sgemm benchmarks (the run's start and end): the fastest round of either, in either order
     slow = _bench("floating-point floor", "sgemm", 0.03, 0.02, flops=1e9)
-    for order in ((slow, _bench("floating-point floor", "sgemm", 0.02, 0.01, flops=1e9)),
-                  (_bench("floating-point floor", "sgemm", 0.02, 0.01, flops=1e9), slow)):
+    for order in (
+        (slow, _bench("floating-point floor", "sgemm", 0.02, 0.01, flops=1e9)),
+        (_bench("floating-point floor", "sgemm", 0.02, 0.01, flops=1e9), slow),
+    ):
         results.write_text(json.dumps(dict(machine_info={}, benchmarks=[*order, step])))
         bench_report.update_report(results, report)
         assert "FLOP floor 20 ms at 100 GFLOP/s" in report.read_text()
@@ -68,17 +93,24 @@ def test_lm_shared_parts_row_splits_the_topk_goal(tmp_path):
     parts 1 GFLOP in 45 ms: they leave the FFN layers 15 ms, which take 35 ms of a 10 ms floor."""
     results, report = tmp_path / "r.json", tmp_path / "REPORT.md"
     group = "one LM training step, 12 seeds"
-    benches = [_bench("floating-point floor", "sgemm", 0.01, 0.01, flops=1e9), _bench(group, "dense", 0.05, flops=1.5e9),
-               _bench(group, "topk", 0.09, flops=2e9), _bench(group, "kmeans", 0.08, flops=2e9),
-               _bench("LM shared parts (every FFN zero), 12 seeds", "shared_parts", 0.045, flops=1e9)]
+    benches = [
+        _bench("floating-point floor", "sgemm", 0.01, 0.01, flops=1e9),
+        _bench(group, "dense", 0.05, flops=1.5e9),
+        _bench(group, "topk", 0.09, flops=2e9),
+        _bench(group, "kmeans", 0.08, flops=2e9),
+        _bench("LM shared parts (every FFN zero), 12 seeds", "shared_parts", 0.045, flops=1e9),
+    ]
     for b in benches:
         del b["extra_info"]["baseline"]  # as in a partial run of these benchmarks only (it raised KeyError: False)
     results.write_text(json.dumps(dict(machine_info={}, benchmarks=benches)))
     bench_report.update_report(results, report)
     text = report.read_text()
-    assert "take 45 ms, 4.5x their FLOP floor 10 ms; the fastest Top-k arm's goal (kmeans: 3 x 20 ms = 60 ms) " \
-           "leaves its FFN layers 15 ms; they take 35 ms (with their routers and Adam on their weights; their FLOP " \
-           "floor, the routed experts' and routers' products, 10 ms) | FFN layers 3.5x of their floor, 1.5x allowed |" in text
+    assert (
+        "take 45 ms, 4.5x their FLOP floor 10 ms; the fastest Top-k arm's goal (kmeans: 3 x 20 ms = 60 ms) "
+        "leaves its FFN layers 15 ms; they take 35 ms (with their routers and Adam on their weights; their FLOP "
+        "floor, the routed experts' and routers' products, 10 ms) | FFN layers 3.5x of their floor, 1.5x allowed |"
+        in text
+    )
     benches[-1]["stats"].update(median=0.07, min=0.07)  # shared parts alone over the goal: no negative budget
     results.write_text(json.dumps(dict(machine_info={}, benchmarks=benches)))
     bench_report.update_report(results, report)
@@ -89,29 +121,46 @@ def test_lm_shared_parts_row_splits_the_topk_goal(tmp_path):
 def test_topk_training_step_is_reported_against_half_the_soft_step(tmp_path):
     results, report = tmp_path / "r.json", tmp_path / "REPORT.md"
     group = "one training step, main arms"
-    results.write_text(json.dumps(dict(machine_info={}, benchmarks=[
-        _bench(group, "topk", 0.06, flops=1e9), _bench(group, "soft", 0.15, flops=2e9)])))
+    results.write_text(
+        json.dumps(
+            dict(
+                machine_info={},
+                benchmarks=[_bench(group, "topk", 0.06, flops=1e9), _bench(group, "soft", 0.15, flops=2e9)],
+            )
+        )
+    )
     bench_report.update_report(results, report)
     assert "60.0 ms vs the soft step 150.0 ms (goal <= 0.5x) | 0.40x | yes |" in report.read_text()
     # interleaved rounds at 0.55x: the target is not met although the separate benchmarks are at 0.40x
     pair = _bench("Top-k and soft steps interleaved, main arms", "topk+soft", 0.2, topk_median=0.055, soft_median=0.1)
-    results.write_text(json.dumps(dict(machine_info={}, benchmarks=[
-        _bench(group, "topk", 0.06, flops=1e9), _bench(group, "soft", 0.15, flops=2e9), pair])))
+    results.write_text(
+        json.dumps(
+            dict(
+                machine_info={},
+                benchmarks=[_bench(group, "topk", 0.06, flops=1e9), _bench(group, "soft", 0.15, flops=2e9), pair],
+            )
+        )
+    )
     bench_report.update_report(results, report)
     text = report.read_text()
     assert "interleaved measurement) | 0.40x | no |" in text
     assert "medians of each): 55.0 ms vs 100.0 ms | 0.55x | counted in the row above |" in text
     results.write_text(json.dumps(dict(machine_info={}, benchmarks=[pair])))  # the interleaved benchmark alone
     bench_report.update_report(results, report)
-    assert "| 0.55x | n/a: the target needs the separate Top-k and soft benchmarks too, not in this run |" in report.read_text()
+    assert (
+        "| 0.55x | n/a: the target needs the separate Top-k and soft benchmarks too, not in this run |"
+        in report.read_text()
+    )
 
 
 def test_growth_plot_recovers_a_planted_power_law(tmp_path):
     # t = c * size^1.5 along every axis: the fitted exponent is 1.5 to rounding
     base = dict(N=512, E=8, d=64)
-    benches = [_bench(bench_report.GROWTH, f"probe_rows ({axis})", 1e-4 * v**1.5, axis=axis, **{**base, axis: v})
-               for axis, values in dict(N=[128, 256, 512, 1024], E=[2, 4, 8, 16], d=[32, 64, 128]).items()
-               for v in values]
+    benches = [
+        _bench(bench_report.GROWTH, f"probe_rows ({axis})", 1e-4 * v**1.5, axis=axis, **{**base, axis: v})
+        for axis, values in dict(N=[128, 256, 512, 1024], E=[2, 4, 8, 16], d=[32, 64, 128]).items()
+        for v in values
+    ]
     results, report = tmp_path / "r.json", tmp_path / "REPORT.md"
     results.write_text(json.dumps(dict(machine_info={}, benchmarks=benches)))
     df, _ = bench_report.load(results)
@@ -134,20 +183,24 @@ def test_d1024_floor_row_sets_the_product_rate_beside_the_sgemm_rate_and_the_wei
     At the sgemm's 500 GFLOP/s they would take 20 ms: 50x, so only the product's rate misses 50x."""
     results, report = tmp_path / "r.json", tmp_path / "REPORT.md"
     scaling, floor = "sigma1 scaling in d (h=2d, E=1, N=8)", "floor: one J^T J product (d=1024, h=2d, E=1, N=8)"
-    benches = [_bench("floating-point floor", "sgemm", 0.004, 0.002, flops=1e9),
-               _bench(scaling, "closed_form+svdvals", 1.0, d=1024, iterations=1, max_rel_error=1e-7),
-               _bench(scaling, "matrix_free_batched_lanczos", 0.2, d=1024, iterations=10, max_rel_error=1e-7),
-               _bench(floor, "gram_product", 0.012, 0.01, flops=1e9, bytes=32 * 2**20, max_rel_error=1e-7),
-               _bench(floor, "weights_read", 0.002, 0.001, bytes=32 * 2**20)]
+    benches = [
+        _bench("floating-point floor", "sgemm", 0.004, 0.002, flops=1e9),
+        _bench(scaling, "closed_form+svdvals", 1.0, d=1024, iterations=1, max_rel_error=1e-7),
+        _bench(scaling, "matrix_free_batched_lanczos", 0.2, d=1024, iterations=10, max_rel_error=1e-7),
+        _bench(floor, "gram_product", 0.012, 0.01, flops=1e9, bytes=32 * 2**20, max_rel_error=1e-7),
+        _bench(floor, "weights_read", 0.002, 0.001, bytes=32 * 2**20),
+    ]
     results.write_text(json.dumps(dict(machine_info={}, benchmarks=benches)))
     bench_report.update_report(results, report)
     text = report.read_text()
     assert "vs best exact (goal >= 50x) | 5.00x | no |" in text
-    assert ("| d = 1024 floor: 10 J^T J products over all N points x one product (10.00 ms, the fastest round: 1000 MFLOP at 100 GFLOP/s, "
-            "GEMMs of only N = 8 columns; reading its 32 MiB of weights alone takes 1.00 ms (34 GB/s), so memory traffic is "
-            "not the bound) = 100.00 ms, at most 10.0x over the best exact method; at the square sgemm's 500 GFLOP/s the "
-            "10 products would take 20.00 ms, at most 50x | 10.0x possible at the product's rate, 50x at the sgemm rate | "
-            "no: the skinny GEMMs' rate |") in text
+    assert (
+        "| d = 1024 floor: 10 J^T J products over all N points x one product (10.00 ms, the fastest round: 1000 MFLOP at 100 GFLOP/s, "
+        "GEMMs of only N = 8 columns; reading its 32 MiB of weights alone takes 1.00 ms (34 GB/s), so memory traffic is "
+        "not the bound) = 100.00 ms, at most 10.0x over the best exact method; at the square sgemm's 500 GFLOP/s the "
+        "10 products would take 20.00 ms, at most 50x | 10.0x possible at the product's rate, 50x at the sgemm rate | "
+        "no: the skinny GEMMs' rate |"
+    ) in text
     benches[2]["extra_info"].update(products=7.5)  # a run that records products (some points stopped early) counts them
     results.write_text(json.dumps(dict(machine_info={}, benchmarks=benches)))
     bench_report.update_report(results, report)
@@ -163,8 +216,10 @@ def test_d1024_floor_row_sets_the_product_rate_beside_the_sgemm_rate_and_the_wei
     results.write_text(json.dumps(dict(machine_info={}, benchmarks=benches)))
     bench_report.update_report(results, report)
     text = report.read_text()
-    assert "takes 8.00 ms (4 GB/s), so memory traffic is a large part of the product's time) = 100.00 ms, at most " \
-           "10.0x over the best exact method | 10.0x possible at the product's rate | no |" in text
+    assert (
+        "takes 8.00 ms (4 GB/s), so memory traffic is a large part of the product's time) = 100.00 ms, at most "
+        "10.0x over the best exact method | 10.0x possible at the product's rate | no |" in text
+    )
     assert "nan" not in next(line for line in text.splitlines() if line.startswith("| d = 1024 floor"))
 
 
@@ -173,26 +228,51 @@ def test_sweep_row_is_the_full_measurement_against_the_sum_of_its_floors(tmp_pat
     (0.2 s): floor 1.3 s. The sweep takes 2.5 s (1.92x, met), then 2.7 s (2.08x, missed); a
     results.json whose sweep timed fewer steps decides nothing."""
     results, report = tmp_path / "r.json", tmp_path / "REPORT.md"
-    sweep = _bench("claims sweep", "sweep", 2.5, steps=10, train_flops_per_step=1e10, trajectory_records=4,
-                   trajectory_seconds=0.3, trajectory_flops=1e10, checkpoints=2, checkpoint_seconds=0.5, probe_flops=2e10)
+    sweep = _bench(
+        "claims sweep",
+        "sweep",
+        2.5,
+        steps=10,
+        train_flops_per_step=1e10,
+        trajectory_records=4,
+        trajectory_seconds=0.3,
+        trajectory_flops=1e10,
+        checkpoints=2,
+        checkpoint_seconds=0.5,
+        probe_flops=2e10,
+    )
     benches = [_bench("floating-point floor", "sgemm", 0.02, 0.01, flops=1e9), sweep]
-    for median, verdict in ((2.5, "2.50 s vs floor 1.30 s at the best sustained sgemm rate 100 GFLOP/s"),
-                            (2.7, "2.70 s vs floor 1.30 s at the best sustained sgemm rate 100 GFLOP/s")):
+    for median, verdict in (
+        (2.5, "2.50 s vs floor 1.30 s at the best sustained sgemm rate 100 GFLOP/s"),
+        (2.7, "2.70 s vs floor 1.30 s at the best sustained sgemm rate 100 GFLOP/s"),
+    ):
         sweep["stats"].update(median=median, min=median)
         results.write_text(json.dumps(dict(machine_info={}, benchmarks=benches)))
         bench_report.update_report(results, report)
         text = report.read_text()
         assert verdict in text
     assert "| 2.08x of floor at 100 GFLOP/s | no |" in text
-    assert "10 training steps and the rest (data, models, the results frame) 1.90 s against 1.00 s (1.9x); " \
-           "trajectory records 300.00 ms against 100.00 ms (3.0x); checkpoint probes 500.00 ms against 200.00 ms (2.5x)" in text
+    assert (
+        "10 training steps and the rest (data, models, the results frame) 1.90 s against 1.00 s (1.9x); "
+        "trajectory records 300.00 ms against 100.00 ms (3.0x); checkpoint probes 500.00 ms against 200.00 ms (2.5x)"
+        in text
+    )
     sweep["stats"].update(median=2.5, min=2.5)
     results.write_text(json.dumps(dict(machine_info={}, benchmarks=benches)))
     bench_report.update_report(results, report)
     assert "| 1.92x of floor at 100 GFLOP/s | yes |" in report.read_text()
-    benches[1] = _bench("claims sweep", "sweep@20 steps", 50.0, steps_timed=20, steps_default=1000,
-                        train_flops_per_step=1e9, probe_flops=1e9)
+    benches[1] = _bench(
+        "claims sweep",
+        "sweep@20 steps",
+        50.0,
+        steps_timed=20,
+        steps_default=1000,
+        train_flops_per_step=1e9,
+        probe_flops=1e9,
+    )
     results.write_text(json.dumps(dict(machine_info={}, benchmarks=benches)))
     bench_report.update_report(results, report)
-    assert "this run timed 20 steps only, which cannot decide the target (it asks for the sweep measured in full) " \
-           "| n/a | no |" in report.read_text()
+    assert (
+        "this run timed 20 steps only, which cannot decide the target (it asks for the sweep measured in full) "
+        "| n/a | no |" in report.read_text()
+    )

@@ -2,6 +2,7 @@
 code when read, schema and dtype violations and foreign entries are misses that are recomputed and
 left in place, a digest detects damage but authenticates nothing (an HMAC secret does), a write
 that fails keeps the result, entries get the umask's mode."""
+
 import contextlib
 import dataclasses
 import errno
@@ -25,11 +26,30 @@ import moegeo
 from moegeo import ExperimentConfig, cache, experiment
 from moegeo.cli import main
 
-TINY = ExperimentConfig(n_experts=4, d_model=8, d_hidden=16, n_samples=64, steps=20, record_every=10,
-                        trajectory_points=16, seeds=(0, 1))
-SWEEP_ARGS = ["sweep", "--executor", "serial", "--chunk", "1", "--grid", "top_k=1,2", "--seeds", "2", "--quiet",
-              "--set", "n_experts=4", "d_model=8", "d_hidden=16", "n_samples=64", "steps=10", "record_every=5",
-              "trajectory_points=16", "arms=topk+soft"]
+TINY = ExperimentConfig(
+    n_experts=4, d_model=8, d_hidden=16, n_samples=64, steps=20, record_every=10, trajectory_points=16, seeds=(0, 1)
+)
+SWEEP_ARGS = [
+    "sweep",
+    "--executor",
+    "serial",
+    "--chunk",
+    "1",
+    "--grid",
+    "top_k=1,2",
+    "--seeds",
+    "2",
+    "--quiet",
+    "--set",
+    "n_experts=4",
+    "d_model=8",
+    "d_hidden=16",
+    "n_samples=64",
+    "steps=10",
+    "record_every=5",
+    "trajectory_points=16",
+    "arms=topk+soft",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -62,18 +82,33 @@ def old_format_entry(key: str, marker: Path) -> bytes:
 def tidy_frame(key: str, n: int = 400, seed: int = 0) -> pd.DataFrame:
     """A frame with the tidy frame's columns and kinds, config columns included."""
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({
-        "setting": "mlp", "seed": rng.integers(0, 3, n), "arm": rng.choice(["topk", "soft"], n), "layer": 0,
-        "expert": rng.integers(-1, 4, n), "reading": rng.choice(["jacobian=mean", "pca_site=input"], n),
-        "metric": rng.choice(["sigma1", "cosine"], n), "step": 10, "index": -1, "value": rng.normal(size=n),
-        "n_experts": 4, "lr": 1e-3, "data": None, "config_key": key})
+    return pd.DataFrame(
+        {
+            "setting": "mlp",
+            "seed": rng.integers(0, 3, n),
+            "arm": rng.choice(["topk", "soft"], n),
+            "layer": 0,
+            "expert": rng.integers(-1, 4, n),
+            "reading": rng.choice(["jacobian=mean", "pca_site=input"], n),
+            "metric": rng.choice(["sigma1", "cosine"], n),
+            "step": 10,
+            "index": -1,
+            "value": rng.normal(size=n),
+            "n_experts": 4,
+            "lr": 1e-3,
+            "data": None,
+            "config_key": key,
+        }
+    )
 
 
 def describe(table: pa.Table) -> list[dict]:
     """The record's column list that describes ``table`` truthfully."""
     pandas_name = {"string": "str", "large_string": "str", "null": "object", "double": "float64"}
-    return [{"name": f.name, "arrow": str(f.type), "pandas": pandas_name.get(str(f.type), str(f.type))}
-            for f in table.schema]
+    return [
+        {"name": f.name, "arrow": str(f.type), "pandas": pandas_name.get(str(f.type), str(f.type))}
+        for f in table.schema
+    ]
 
 
 def plant(key: str, table: pa.Table, columns=None, record=None) -> Path:
@@ -85,8 +120,15 @@ def plant(key: str, table: pa.Table, columns=None, record=None) -> Path:
         digest = cache._digest(table)
     except Exception:  # a type the cache does not hash: the schema check must refuse it first
         digest = "0" * 64
-    rec = {"format": cache.FORMAT, "key": key, "version": moegeo.__version__, "rows": table.num_rows,
-           "columns": columns, "digest": digest, **(record or {})}
+    rec = {
+        "format": cache.FORMAT,
+        "key": key,
+        "version": moegeo.__version__,
+        "rows": table.num_rows,
+        "columns": columns,
+        "digest": digest,
+        **(record or {}),
+    }
     path = cache.entry_path(key)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table.replace_schema_metadata({cache.META_KEY: json.dumps(rec)}), path)
@@ -151,8 +193,12 @@ def test_a_pickle_in_parquet_extension_metadata_does_not_run(tmp_path):
     frame = tidy_frame("k")
     table = table_of(frame)
     i = table.schema.get_field_index("value")
-    field = table.schema.field(i).with_metadata({b"ARROW:extension:name": b"arrow.py_extension_type",
-                                                 b"ARROW:extension:metadata": pickle.dumps(Planted(marker))})
+    field = table.schema.field(i).with_metadata(
+        {
+            b"ARROW:extension:name": b"arrow.py_extension_type",
+            b"ARROW:extension:metadata": pickle.dumps(Planted(marker)),
+        }
+    )
     plant("k", table.set_column(i, field, table.column(i)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -219,14 +265,26 @@ def _violations():
     narrowed[1]["pandas"] = "int8"
     return {
         "value as strings": (swap("value", f.assign(value=f.value.astype(str))), None, {}, "column 'value' must be"),
-        "seed as floats": (swap("seed", f.assign(seed=f.seed.astype(float))), None, {},
-                           "column 'seed' must be integer"),
+        "seed as floats": (
+            swap("seed", f.assign(seed=f.seed.astype(float))),
+            None,
+            {},
+            "column 'seed' must be integer",
+        ),
         "arm as integers": (swap("arm", f.assign(arm=1)), None, {}, "column 'arm' must be string"),
         "a binary column": (t.append_column("blob", pa.array([b"x"] * len(f))), None, {}, "not a number"),
-        "integers with missing values": (t.set_column(1, "seed", pa.array([None] + [1] * (len(f) - 1), pa.int64())),
-                                         None, {}, "column 'seed' of type int64 has missing values"),
-        "booleans with missing values": (t.append_column("flag", pa.array([None, True] * (len(f) // 2))), None, {},
-                                         "column 'flag' of type bool has missing values"),
+        "integers with missing values": (
+            t.set_column(1, "seed", pa.array([None] + [1] * (len(f) - 1), pa.int64())),
+            None,
+            {},
+            "column 'seed' of type int64 has missing values",
+        ),
+        "booleans with missing values": (
+            t.append_column("flag", pa.array([None, True] * (len(f) // 2))),
+            None,
+            {},
+            "column 'flag' of type bool has missing values",
+        ),
         "a list column": (t.append_column("lst", pa.array([[1]] * len(f))), None, {}, "column 'lst' has type"),
         "columns not as recorded": (t, extra, {}, "are not the recorded"),
         "a type not as recorded": (t, retyped, {}, "recorded int32"),
@@ -276,8 +334,12 @@ def test_a_file_that_is_not_an_entry_is_a_miss_left_in_place(content):
 
 
 def test_a_tidy_frame_round_trips_exactly_with_its_dtypes(tiny_frame):
-    for frame in (tiny_frame, tidy_frame("k"), pd.DataFrame({"a": pd.Series([], dtype="int64")}),
-                  pd.DataFrame({"o": pd.Series(["x", "y"], dtype=object), "b": [True, False], "f": [np.nan, -0.0]})):
+    for frame in (
+        tiny_frame,
+        tidy_frame("k"),
+        pd.DataFrame({"a": pd.Series([], dtype="int64")}),
+        pd.DataFrame({"o": pd.Series(["x", "y"], dtype=object), "b": [True, False], "f": [np.nan, -0.0]}),
+    ):
         key = frame.config_key.iloc[0] if "config_key" in frame else "k"
         cache.store(key, frame)
         with warnings.catch_warnings():
@@ -288,10 +350,12 @@ def test_a_tidy_frame_round_trips_exactly_with_its_dtypes(tiny_frame):
 
 
 def test_a_frame_the_format_cannot_hold_is_refused_before_writing():
-    for frame, why in [(pd.DataFrame({"a": [1, 2]}, index=[5, 6]), "default index"),
-                       (pd.DataFrame({0: [1]}), "string column names"),
-                       (pd.DataFrame({"a": pd.to_datetime(["2020-01-01"])}), "not a number"),
-                       (pd.DataFrame({"value": ["x"]}), "column 'value' must be")]:
+    for frame, why in [
+        (pd.DataFrame({"a": [1, 2]}, index=[5, 6]), "default index"),
+        (pd.DataFrame({0: [1]}), "string column names"),
+        (pd.DataFrame({"a": pd.to_datetime(["2020-01-01"])}), "not a number"),
+        (pd.DataFrame({"value": ["x"]}), "column 'value' must be"),
+    ]:
         with pytest.raises(ValueError, match=why):
             cache.store("k", frame)
     assert not cache.cache_dir().exists() or not list(cache.cache_dir().iterdir())
@@ -316,7 +380,7 @@ def test_truncated_or_flipped_bytes_never_read_as_other_numbers():
     misses = 0
     positions = sorted(set(np.linspace(0, len(good) - 1, 200).astype(int)))
     damaged = [good[:n] for n in range(0, len(good), max(1, len(good) // 50))]
-    damaged += [good[:p] + bytes([good[p] ^ 0x5A]) + good[p + 1:] for p in positions]
+    damaged += [good[:p] + bytes([good[p] ^ 0x5A]) + good[p + 1 :] for p in positions]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", cache.CacheWarning)
         for blob in damaged:
@@ -444,8 +508,9 @@ print(w[0].message)
 
 
 def test_a_file_size_limit_warns_and_returns_the_result():
-    out = subprocess.run([sys.executable, "-c", FILE_SIZE_LIMIT], env=os.environ.copy(), capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", FILE_SIZE_LIMIT], env=os.environ.copy(), capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert "cannot write cache entry" in out.stdout and "File too large" in out.stdout
     assert not cache.entry_path("big").exists()

@@ -16,12 +16,13 @@ test_* wrappers assert them (tests/test_engine_mutations.py re-runs them with ea
 into moegeo.stats, and requires every bug to fail at least one). Written from the decision rule's
 specification without reading moegeo.stats.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import sys
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -33,9 +34,9 @@ import stats_oracle as O  # noqa: E402
 from moegeo import stats  # noqa: E402
 
 ALPHA = 0.05
-K_BAND = 4.0        # band half-width, in Monte-Carlo standard errors of the exact rate
-K_BUG = 3.0         # a targeted bug must sit K_BAND*se + K_BUG*se_bug away from the exact rate
-ALL_BUGS = ("a", "b-", "b+", "c", "c_cc", "d", "e", "f")   # f: extra (Bonferroni)
+K_BAND = 4.0  # band half-width, in Monte-Carlo standard errors of the exact rate
+K_BUG = 3.0  # a targeted bug must sit K_BAND*se + K_BUG*se_bug away from the exact rate
+ALL_BUGS = ("a", "b-", "b+", "c", "c_cc", "d", "e", "f")  # f: extra (Bonferroni)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -60,15 +61,19 @@ def _judge(label, count, N, exact, bugs=None, targets=()):
         eb = bugs[b]
         gap = abs(eb - exact)
         need = K_BAND * se + K_BUG * _se(eb, N)
-        assert gap > need, (f"design error in {label}: bug {b} exact {eb:.5f} vs {exact:.5f}, "
-                            f"gap {gap:.5f} <= {need:.5f}")
+        assert gap > need, (
+            f"design error in {label}: bug {b} exact {eb:.5f} vs {exact:.5f}, gap {gap:.5f} <= {need:.5f}"
+        )
     rate = count / N
     ok = lo <= rate <= hi
     bugtxt = ", ".join(f"{b}={bugs[b]:.4f}" for b in targets)
     extra = [b for b in _detectable(exact, bugs, N) if b not in targets]
-    msg = (f"{label}: rate {rate:.5f} ({count}/{N}), exact {exact:.5f}, band "
-           f"[{max(lo, 0):.5f}, {hi:.5f}]" + (f"; targeted bugs: {bugtxt}" if bugtxt else "")
-           + (f"; also outside: {', '.join(f'{b}={bugs[b]:.4f}' for b in extra)}" if extra else ""))
+    msg = (
+        f"{label}: rate {rate:.5f} ({count}/{N}), exact {exact:.5f}, band "
+        f"[{max(lo, 0):.5f}, {hi:.5f}]"
+        + (f"; targeted bugs: {bugtxt}" if bugtxt else "")
+        + (f"; also outside: {', '.join(f'{b}={bugs[b]:.4f}' for b in extra)}" if extra else "")
+    )
     return ok, msg
 
 
@@ -80,22 +85,21 @@ def _combine(results):
 def _detectable(exact, bugs, N):
     """Bug variants whose exact value lies outside the band (+ K_BUG se_bug) at this N."""
     se = _se(exact, N)
-    return tuple(b for b, eb in bugs.items()
-                 if abs(eb - exact) > K_BAND * se + K_BUG * _se(eb, N))
+    return tuple(b for b, eb in bugs.items() if abs(eb - exact) > K_BAND * se + K_BUG * _se(eb, N))
 
 
 # ------------------------------- cached oracle values ------------------------------------------
-@lru_cache(maxsize=None)
+@cache
 def _fwer(n, m, variant):
     return O.fwer_exact(n, m, variant=variant)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _power(n, q, m_null, variant):
-    return O.power_exact(n, q, m_null, variant=variant)   # multiset enumeration
+    return O.power_exact(n, q, m_null, variant=variant)  # multiset enumeration
 
 
-@lru_cache(maxsize=None)
+@cache
 def _family(spec, variant):
     """spec: tuple of readings, each a tuple of ('n', n, mu, sigma, delta) part descriptors."""
     readings = [[O.DirPart.normal(n, mu, sg, dl) for (_, n, mu, sg, dl) in rd] for rd in spec]
@@ -108,14 +112,12 @@ def _family_prob(spec, variant, reading, verdict):
 
 def _sim_family(rng, spec, N):
     """Simulate N families of spec (normal seeds) through stats.decide; yields decisions."""
-    flat = [(r, j, n, mu, sg, dl) for r, rd in enumerate(spec)
-            for j, (_, n, mu, sg, dl) in enumerate(rd)]
+    flat = [(r, j, n, mu, sg, dl) for r, rd in enumerate(spec) for j, (_, n, mu, sg, dl) in enumerate(rd)]
     draws = [rng.normal(mu, sg, size=(N, n)) for (_, _, n, mu, sg, _) in flat]
     for i in range(N):
         readings = [[] for _ in spec]
-        for (r, j, n, mu, sg, dl), X in zip(flat, draws):
-            readings[r].append(stats.Part(x=X[i], kind="direction", delta=dl,
-                                          two_sided=False, hedged=False))
+        for (r, _j, _n, _mu, _sg, dl), X in zip(flat, draws):
+            readings[r].append(stats.Part(x=X[i], kind="direction", delta=dl, two_sided=False, hedged=False))
         yield stats.decide(readings, alpha=ALPHA)
 
 
@@ -160,8 +162,7 @@ def _check_fwer(n, m, seed):
     X = rng.normal(0.0, 1.0, size=(N, m, n))
     hits = 0
     for i in range(N):
-        dec = stats.decide([[stats.Part(x=X[i, j], kind="direction", delta=0.0)]
-                            for j in range(m)], alpha=ALPHA)
+        dec = stats.decide([[stats.Part(x=X[i, j], kind="direction", delta=0.0)] for j in range(m)], alpha=ALPHA)
         if any(len(pd.rejected) > 0 for d in dec for pd in d.parts):
             hits += 1
     return _judge(f"FWER full null n={n} m={m} (M={2 * m})", hits, N, exact, bugs, targets)
@@ -214,8 +215,14 @@ def _check_power(n, q, m_null, seed):
         readings += [[stats.Part(x=X0[i, j], kind="direction", delta=0.0)] for j in range(m_null)]
         dec = stats.decide(readings, alpha=ALPHA)
         hits += _v(dec[0].verdict) == "REPLICATED"
-    return _judge(f"power n={n} q={q} M={M} (k*={O.first_step_threshold(n, M)}, "
-                  f"lower bound {lb:.5f})", hits, N, exact, bugs, targets)
+    return _judge(
+        f"power n={n} q={q} M={M} (k*={O.first_step_threshold(n, M)}, lower bound {lb:.5f})",
+        hits,
+        N,
+        exact,
+        bugs,
+        targets,
+    )
 
 
 def check_power_n20_M8():
@@ -248,12 +255,17 @@ JOINT_DESIGNS = {
     "delta0_n18": dict(
         rep=((_p(18, 0.0, 1.0, 0.0), _p(18, 3.1, 1.0, 0.0)),),
         con=((_p(18, 0.0, 1.0, 0.0), _p(18, 0.0, 1.0, 0.0)),),
-        N=2000, rep_targets=("a", "d", "e"),
-        con_targets=("a", "b-", "c", "d", "e")),
+        N=2000,
+        rep_targets=("a", "d", "e"),
+        con_targets=("a", "b-", "c", "d", "e"),
+    ),
     "delta1_n10": dict(
         rep=((_p(10, 1.0, 0.5, 1.0), _p(10, 4.0, 0.5, 1.0)),),
         con=((_p(10, -1.0, 0.5, 1.0), _p(10, -1.0, 0.5, 1.0)),),
-        N=2000, rep_targets=("a", "c", "d", "e"), con_targets=("a", "c", "d", "e")),
+        N=2000,
+        rep_targets=("a", "c", "d", "e"),
+        con_targets=("a", "c", "d", "e"),
+    ),
 }
 
 
@@ -261,8 +273,10 @@ def _check_joint(name, seed):
     D = JOINT_DESIGNS[name]
     N = D["N"]
     out = []
-    for side, verdict, targets, s in (("rep", "REPLICATED", D["rep_targets"], seed),
-                                      ("con", "CONTRADICTED", D["con_targets"], seed + 1)):
+    for side, verdict, targets, s in (
+        ("rep", "REPLICATED", D["rep_targets"], seed),
+        ("con", "CONTRADICTED", D["con_targets"], seed + 1),
+    ):
         spec = D[side]
         exact = _family_prob(spec, "ok", 0, verdict)
         bugs = {b: _family_prob(spec, b, 0, verdict) for b in ALL_BUGS}
@@ -308,8 +322,15 @@ def check_false_replicated_stepdown_n16():
     assert lo_b - 1e-12 <= exact <= hi_b + 1e-12 and hi_b - lo_b > 0.008
     bugs = {b: _family_prob(spec, b, 0, "REPLICATED") for b in ALL_BUGS}
     c = _count(spec, N, 402, {"v": (0, "REPLICATED")})["v"]
-    return _judge(f"false REPLICATED at +delta, step-down via pos (n=16, M=5; first-step size "
-                  f"{lo_b:.5f}, upper bound {hi_b:.5f})", c, N, exact, bugs, ("b+", "f"))
+    return _judge(
+        f"false REPLICATED at +delta, step-down via pos (n=16, M=5; first-step size "
+        f"{lo_b:.5f}, upper bound {hi_b:.5f})",
+        c,
+        N,
+        exact,
+        bugs,
+        ("b+", "f"),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,7 +357,7 @@ def _spec_direction_verdict(R):
         return "CLAIMED SIGN, SIZE UNDETERMINED"
     if "neg" in R:
         return "OPPOSITE SIGN, SIZE UNDETERMINED"
-    return "NOT REPLICATED"      # 2^-20 < alpha/5: never TOO FEW SEEDS here
+    return "NOT REPLICATED"  # 2^-20 < alpha/5: never TOO FEW SEEDS here
 
 
 def _neg_point(mu, N, seed, checks):
@@ -355,8 +376,12 @@ def _neg_point(mu, N, seed, checks):
         exact = _family_prob(spec, "ok", 0, verdict)
         bugs = {b: _family_prob(spec, b, 0, verdict) for b in ALL_BUGS}
         out.append(_judge(f"mu={mu} {verdict}", counts.get(verdict, 0), N, exact, bugs, targets))
-    out.append((not mismatch, f"mu={mu} verdict follows R in the spec's order"
-                + (": " + "; ".join(mismatch) if mismatch else "")))
+    out.append(
+        (
+            not mismatch,
+            f"mu={mu} verdict follows R in the spec's order" + (": " + "; ".join(mismatch) if mismatch else ""),
+        )
+    )
     return _combine(out), counts
 
 
@@ -374,9 +399,17 @@ def check_negligible_inside_095():
 
 def check_negligible_not_relabelled_m080():
     N = 1000
-    (ok, msg), counts = _neg_point(-0.8, N, 502, [
-        ("OPPOSITE SIGN, SIZE UNDETERMINED", ("a",)), ("NEGLIGIBLE", ()),
-        ("CONTRADICTED", ()), ("NOT REPLICATED", ("a",))])
+    (ok, msg), counts = _neg_point(
+        -0.8,
+        N,
+        502,
+        [
+            ("OPPOSITE SIGN, SIZE UNDETERMINED", ("a",)),
+            ("NEGLIGIBLE", ()),
+            ("CONTRADICTED", ()),
+            ("NOT REPLICATED", ("a",)),
+        ],
+    )
     exact_neg = _family_prob(((_p(20, -0.8, 1.0, 1.0),),), "ok", 0, "NEGLIGIBLE")
     assert exact_neg <= ALPHA
     hi = ALPHA + K_BAND * _se(ALPHA, N)
@@ -408,8 +441,7 @@ def check_magnitude_size():
     c = 0
     for i in range(N):
         y = float(X[i, n])
-        dec = stats.decide([[stats.Part(x=X[i, :n], kind="magnitude", interval=(y, y))]],
-                           alpha=ALPHA)
+        dec = stats.decide([[stats.Part(x=X[i, :n], kind="magnitude", interval=(y, y))]], alpha=ALPHA)
         c += _v(dec[0].verdict) == "DIFFERENT SIZE"
     out.append(_judge("magnitude alone n=4 (M=1)", c, N, O.magnitude_in_family(1)))
     N = 3000
@@ -419,8 +451,13 @@ def check_magnitude_size():
     c = 0
     for i in range(N):
         y = float(X[i, 5])
-        dec = stats.decide([[stats.Part(x=X[i, :5], kind="magnitude", interval=(y, y))],
-                            [stats.Part(x=Z[i], kind="direction", delta=0.0)]], alpha=ALPHA)
+        dec = stats.decide(
+            [
+                [stats.Part(x=X[i, :5], kind="magnitude", interval=(y, y))],
+                [stats.Part(x=Z[i], kind="direction", delta=0.0)],
+            ],
+            alpha=ALPHA,
+        )
         c += _v(dec[0].verdict) == "DIFFERENT SIZE"
     out.append(_judge("magnitude n=5 with a null direction claim (M=3)", c, N, exact))
     return _combine(out)
@@ -434,7 +471,7 @@ def check_median_test_matches_scipy():
     bad = []
     for _ in range(300):
         n = int(rng.integers(1, 26))
-        x = rng.integers(0, 6, size=n).astype(float)          # many ties
+        x = rng.integers(0, 6, size=n).astype(float)  # many ties
         for value in (float(rng.integers(-1, 7)), 2.5, float(x[0])):
             for alt in ("greater", "less"):
                 got = float(stats.median_test(x, value, alt))
@@ -476,7 +513,7 @@ def check_family_internals():
     {p_adj <= alpha} and the Holm step-down, and d.M equals the distinct count."""
     rng = np.random.default_rng(801)
     bad = []
-    for it in range(200):
+    for _it in range(200):
         x1 = rng.normal(0.6, 1.0, 20)
         x2 = rng.normal(0.0, 1.0, 24)
         x3 = rng.normal(0.0, 1.0, 6)
@@ -486,8 +523,7 @@ def check_family_internals():
             [stats.Part(x=x1, kind="direction", delta=0.5)],
             [stats.Part(x=x2, kind="direction", delta=0.0)],
             [stats.Part(x=x3, kind="magnitude", interval=(y - 0.1, y + 0.1))],
-            [stats.Part(x=j1, kind="direction", delta=0.5),
-             stats.Part(x=j2, kind="direction", delta=0.5)],
+            [stats.Part(x=j1, kind="direction", delta=0.5), stats.Part(x=j2, kind="direction", delta=0.5)],
             # the same data x1 at delta = 0: its rep/con are reading 0's pos/neg (count once)
             [stats.Part(x=x1, kind="direction", delta=0.0)],
         ]
@@ -505,9 +541,13 @@ def check_family_internals():
                 else:
                     d = float(part.delta)
                     pv = O.direction_pvalues(part.x, d)
-                    keys = {"rep": ("g", d, xk), "con": ("l", -d, xk),
-                            "pos": ("g", 0.0, xk), "neg": ("l", 0.0, xk),
-                            "eq": ("eq", d, xk)}
+                    keys = {
+                        "rep": ("g", d, xk),
+                        "con": ("l", -d, xk),
+                        "pos": ("g", 0.0, xk),
+                        "neg": ("l", 0.0, xk),
+                        "eq": ("eq", d, xk),
+                    }
                 for h, p in pv.items():
                     fam[keys[h]] = p
                 row.append((pv, keys))
@@ -544,8 +584,14 @@ def _data_with_counts(counts, delta):
         return np.concatenate([-1.0 - 0.01 * np.arange(K), 1.0 + 0.01 * np.arange(n - K)])
     d = delta
     c0, c1, c2, c3 = counts
-    return np.concatenate([-1.5 * d - 0.01 * np.arange(c0), -0.5 * d - 0.01 * np.arange(c1),
-                           0.5 * d + 0.01 * np.arange(c2), 1.5 * d + 0.01 * np.arange(c3)])
+    return np.concatenate(
+        [
+            -1.5 * d - 0.01 * np.arange(c0),
+            -0.5 * d - 0.01 * np.arange(c1),
+            0.5 * d + 0.01 * np.arange(c2),
+            1.5 * d + 0.01 * np.arange(c3),
+        ]
+    )
 
 
 def _outcomes(part):
@@ -567,6 +613,7 @@ def check_exact_enumeration_small():
     seeds with those counts, run stats.decide on each, weight by the configuration's
     probability, and compare the engine's exact verdict distribution with the oracle's."""
     from itertools import product
+
     bad = []
     families = [
         # M = 5 + 2 = 7; 2^-8 <= alpha/7
@@ -582,15 +629,17 @@ def check_exact_enumeration_small():
         for combo in product(*outs):
             prob = float(np.prod([c[1] for c in combo]))
             xs = iter([_data_with_counts(c[0], p.delta) for c, p in zip(combo, parts)])
-            readings = [[stats.Part(x=next(xs), kind="direction", delta=p.delta) for p in rd]
-                        for rd in fam]
+            readings = [[stats.Part(x=next(xs), kind="direction", delta=p.delta) for p in rd] for rd in fam]
             dec = stats.decide(readings, alpha=ALPHA)
             for r, d in enumerate(dec):
                 v = _v(d.verdict)
                 got[r][v] = got[r].get(v, 0.0) + prob
-        bad += [(r, k, got[r].get(k, 0), want[r].get(k, 0)) for r in range(len(fam))
-                for k in set(got[r]) | set(want[r])
-                if abs(got[r].get(k, 0) - want[r].get(k, 0)) > 1e-9]
+        bad += [
+            (r, k, got[r].get(k, 0), want[r].get(k, 0))
+            for r in range(len(fam))
+            for k in set(got[r]) | set(want[r])
+            if abs(got[r].get(k, 0) - want[r].get(k, 0)) > 1e-9
+        ]
     return (not bad), f"exact enumeration of two small families (1485 + 392 configurations): mismatches {bad[:4]}"
 
 
@@ -599,12 +648,9 @@ def check_dedupe_by_value():
     once -- also when the arrays are distinct objects with equal values."""
     x = np.linspace(-1.0, 2.0, 12)
     cases = [
-        ([[stats.Part(x=x, kind="direction", delta=0.0)],
-          [stats.Part(x=x.copy(), kind="direction", delta=0.0)]], 2),
-        ([[stats.Part(x=x, kind="direction", delta=0.5)],
-          [stats.Part(x=x.copy(), kind="direction", delta=0.0)]], 5),
-        ([[stats.Part(x=x, kind="direction", delta=0.5)],
-          [stats.Part(x=x + 1e-9, kind="direction", delta=0.5)]], 10),
+        ([[stats.Part(x=x, kind="direction", delta=0.0)], [stats.Part(x=x.copy(), kind="direction", delta=0.0)]], 2),
+        ([[stats.Part(x=x, kind="direction", delta=0.5)], [stats.Part(x=x.copy(), kind="direction", delta=0.0)]], 5),
+        ([[stats.Part(x=x, kind="direction", delta=0.5)], [stats.Part(x=x + 1e-9, kind="direction", delta=0.5)]], 10),
     ]
     bad = []
     for readings, M in cases:
@@ -626,14 +672,12 @@ def check_verdict_examples():
 
     up4, up6 = np.arange(1.0, 5.0), np.arange(1.0, 7.0)
     one([[stats.Part(x=up4, kind="direction", delta=0.0)]], 0, "TOO FEW SEEDS")  # 1/16 > .025
-    one([[stats.Part(x=up6, kind="direction", delta=0.0)]], 0, "REPLICATED")     # 1/64 <= .025
+    one([[stats.Part(x=up6, kind="direction", delta=0.0)]], 0, "REPLICATED")  # 1/64 <= .025
     one([[stats.Part(x=-up6, kind="direction", delta=0.0)]], 0, "CONTRADICTED")
     one([[stats.Part(x=-up6, kind="direction", delta=0.0, hedged=True)]], 0, "NOT BORNE OUT")
     one([[stats.Part(x=-up6, kind="direction", delta=0.0, two_sided=True)]], 0, "REPLICATED")
-    one([[stats.Part(x=np.array([0.1, 0.2]), kind="magnitude", interval=(5.0, 6.0))]], 0,
-        "TOO FEW SEEDS")
-    one([[stats.Part(x=np.array([0.1, 0.2, 0.15, 0.12]), kind="magnitude",
-                     interval=(0.0, 1.0))]], 0, "CONSISTENT")
+    one([[stats.Part(x=np.array([0.1, 0.2]), kind="magnitude", interval=(5.0, 6.0))]], 0, "TOO FEW SEEDS")
+    one([[stats.Part(x=np.array([0.1, 0.2, 0.15, 0.12]), kind="magnitude", interval=(0.0, 1.0))]], 0, "CONSISTENT")
     # 12 seeds all in (0, 0.5) with delta 1: eq rejected (p = 2^-12 for both TOST halves)
     small = np.linspace(0.05, 0.45, 12)
     one([[stats.Part(x=small, kind="direction", delta=1.0)]], 0, "NEGLIGIBLE")
@@ -643,13 +687,22 @@ def check_verdict_examples():
     one([[stats.Part(x=mid, kind="direction", delta=1.0)]], 0, "CLAIMED SIGN, SIZE UNDETERMINED")
     one([[stats.Part(x=-mid, kind="direction", delta=1.0)]], 0, "OPPOSITE SIGN, SIZE UNDETERMINED")
     # joint: one part replicated, the other contradicted
-    up8 = np.arange(1.0, 9.0)        # M = 4: 2^-8 <= alpha/4
-    one([[stats.Part(x=up8 + 10, kind="direction", delta=0.0),
-          stats.Part(x=-up8 - 10, kind="direction", delta=0.0)]], 0, "DEPENDS ON DEFINITION")
-    one([[stats.Part(x=up8 + 10, kind="direction", delta=0.0),
-          stats.Part(x=up8 + 20, kind="direction", delta=0.0)]], 0, "REPLICATED")
-    one([[stats.Part(x=-up8, kind="direction", delta=0.0),
-          stats.Part(x=up8 - 4.5, kind="direction", delta=0.0)]], 0, "CONTRADICTED")
+    up8 = np.arange(1.0, 9.0)  # M = 4: 2^-8 <= alpha/4
+    one(
+        [[stats.Part(x=up8 + 10, kind="direction", delta=0.0), stats.Part(x=-up8 - 10, kind="direction", delta=0.0)]],
+        0,
+        "DEPENDS ON DEFINITION",
+    )
+    one(
+        [[stats.Part(x=up8 + 10, kind="direction", delta=0.0), stats.Part(x=up8 + 20, kind="direction", delta=0.0)]],
+        0,
+        "REPLICATED",
+    )
+    one(
+        [[stats.Part(x=-up8, kind="direction", delta=0.0), stats.Part(x=up8 - 4.5, kind="direction", delta=0.0)]],
+        0,
+        "CONTRADICTED",
+    )
     return (not bad), f"verdict examples: {bad}"
 
 
@@ -657,28 +710,42 @@ def check_verdict_examples():
 # the list of checks (re-run by the bug-injection test) and coverage of the bug models
 # ----------------------------------------------------------------------------------------------
 CALIBRATION_CHECKS = [
-    check_fwer_null_n24_m3, check_fwer_null_n20_m5, check_fwer_null_n23_m5,
-    check_fwer_null_n20_m4, check_power_n20_M8, check_power_n23_M10,
-    check_joint_delta0_n18, check_joint_delta1_n10, check_false_replicated_boundary,
+    check_fwer_null_n24_m3,
+    check_fwer_null_n20_m5,
+    check_fwer_null_n23_m5,
+    check_fwer_null_n20_m4,
+    check_power_n20_M8,
+    check_power_n23_M10,
+    check_joint_delta0_n18,
+    check_joint_delta1_n10,
+    check_false_replicated_boundary,
     check_false_replicated_stepdown_n16,
-    check_negligible_inside_095, check_negligible_not_relabelled_m080,
-    check_negligible_outside_m120, check_magnitude_size,
+    check_negligible_inside_095,
+    check_negligible_not_relabelled_m080,
+    check_negligible_outside_m120,
+    check_magnitude_size,
 ]
-UNIT_CHECKS = [check_median_test_matches_scipy, check_holm_hand, check_family_internals,
-               check_verdict_examples, check_exact_enumeration_small, check_dedupe_by_value]
+UNIT_CHECKS = [
+    check_median_test_matches_scipy,
+    check_holm_hand,
+    check_family_internals,
+    check_verdict_examples,
+    check_exact_enumeration_small,
+    check_dedupe_by_value,
+]
 ALL_CHECKS = CALIBRATION_CHECKS + UNIT_CHECKS
 
 
 def targeted_bugs():
     """Bug models targeted (and asserted detectable) by the calibration designs."""
     t = set()
-    for (_, targets) in FWER_DESIGNS.values():
+    for _, targets in FWER_DESIGNS.values():
         t |= set(targets)
-    for (_, targets) in POWER_DESIGNS.values():
+    for _, targets in POWER_DESIGNS.values():
         t |= set(targets)
     for D in JOINT_DESIGNS.values():
         t |= set(D["rep_targets"]) | set(D["con_targets"])
-    return t | {"a", "d", "b+", "f"}     # + check_false_replicated_* targets
+    return t | {"a", "d", "b+", "f"}  # + check_false_replicated_* targets
 
 
 def test_every_bug_model_is_targeted():
@@ -696,19 +763,23 @@ def test_oracle_first_principles():
     assert O.first_step_threshold(20, 10) == 17 and O.first_step_threshold(20, 5) == 16
     assert O.first_step_threshold(23, 10) == 19 and O.first_step_threshold(23, 9) == 18
     assert O.first_step_threshold(20, 8) == 16 and O.first_step_threshold(20, 9) == 17
-    assert O.first_step_threshold(4, 2) == 5          # TOO FEW SEEDS: 2^-4 > alpha/2
+    assert O.first_step_threshold(4, 2) == 5  # TOO FEW SEEDS: 2^-4 > alpha/2
     # FWER: closed form == enumeration of the full product of counts
     for n, m in ((24, 3), (12, 2)):
-        assert math.isclose(O.fwer_full_null(n, m),
-                            O.exact_family([[O.DirPart(n)] for _ in range(m)]).any_rejection,
-                            rel_tol=1e-10)
+        assert math.isclose(
+            O.fwer_full_null(n, m), O.exact_family([[O.DirPart(n)] for _ in range(m)]).any_rejection, rel_tol=1e-10
+        )
     # multiset power enumeration == full product enumeration
     for v in ("ok", "a", "b+", "f"):
-        assert math.isclose(O.power_exact(12, 0.8, 2, variant=v),
-                            O.power_exact_bruteforce(12, 0.8, 2, variant=v), rel_tol=1e-9)
+        assert math.isclose(
+            O.power_exact(12, 0.8, 2, variant=v), O.power_exact_bruteforce(12, 0.8, 2, variant=v), rel_tol=1e-9
+        )
     # merging p > alpha and pruning do not change the enumeration
-    fam = [[O.DirPart.normal(10, 0.3, 1.0, 0.5)], [O.DirPart(9, p_below=0.3)],
-           [O.DirPart(6, p_below=0.2), O.DirPart(7)]]
+    fam = [
+        [O.DirPart.normal(10, 0.3, 1.0, 0.5)],
+        [O.DirPart(9, p_below=0.3)],
+        [O.DirPart(6, p_below=0.2), O.DirPart(7)],
+    ]
     r1 = O.exact_family(fam)
     r2 = O.exact_family(fam, merge=False, prune=0.0)
     for a, b in zip(r1.verdicts, r2.verdicts):

@@ -1,5 +1,6 @@
 """The thresholds moegeo declares where the papers give none are checked against chance: at
 exact chance each rule must behave as its declaration says."""
+
 import math
 
 import numpy as np
@@ -20,7 +21,8 @@ def _chance_cosines(rng, sims: int, E: int, d: int) -> np.ndarray:
     X /= np.linalg.norm(X, axis=-1, keepdims=True)
     C = np.einsum("sek,sfk->sef", X, X)
     np.testing.assert_allclose(C[0], cosine_matrix(torch.as_tensor(X[0])).numpy(), atol=1e-12)
-    return C[:, *np.triu_indices(E, 1)]
+    i, j = np.triu_indices(E, 1)
+    return C[:, i, j]
 
 
 def test_c4n_bound_is_the_one_sided_95_percent_point_of_chance():

@@ -1,11 +1,12 @@
 """A test of the tests: five plausible bugs of the decision rule, injected one at a time into
 ``moegeo.stats``, must each make at least one error-rate check of ``tests/test_calibration.py``
 fail. A calibration suite that every bug passes cannot vouch for the rule."""
+
 import numpy as np
 import pytest
 import scipy.stats
-
 import test_calibration as calibration
+
 from moegeo import stats
 
 CLAIMED = {"rep", "pos", "eq", "dif"}
@@ -13,6 +14,7 @@ CLAIMED = {"rep", "pos", "eq", "dif"}
 
 def _holm_with(m_of):
     """Holm's step-down where the multiplier of rank r is ``m_of(M) - r`` instead of ``M - r``."""
+
     def holm(pvalues):
         p = np.asarray(pvalues, dtype=float)
         adj, running = np.empty(len(p)), 0.0
@@ -20,6 +22,7 @@ def _holm_with(m_of):
             running = max(running, max(m_of(len(p)) - rank, 1e-300) * p[i])
             adj[i] = min(1.0, running)
         return adj
+
     return holm
 
 
@@ -34,10 +37,12 @@ def _per_direction(entries, alpha=stats.ALPHA, drop_untestable=False):
 
 def _counting_only(keep):
     """Bugs (d) and (e): every hypothesis adjusted as if the family held only those ``keep`` selects."""
+
     def adjust(entries, alpha=stats.ALPHA, drop_untestable=False):
         m = max(1, sum(keep(h) for h in entries.values()))
         keys = list(entries)
         return dict(zip(keys, _holm_with(lambda M: m)([entries[k].p for k in keys])))
+
     return adjust
 
 

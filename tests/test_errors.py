@@ -1,4 +1,5 @@
 """Bad input gets a clear error, never a silent NaN."""
+
 import pytest
 import torch
 from hypothesis import example, given, settings
@@ -9,7 +10,12 @@ from moegeo import ExperimentConfig, MLPMoE, probes, validate
 
 def mlp(E=3, h=5, d=4, N=6):
     g = torch.Generator().manual_seed(0)
-    return torch.randn(E, h, d, generator=g), torch.randn(E, h, generator=g), torch.randn(E, d, h, generator=g), torch.randn(N, d, generator=g)
+    return (
+        torch.randn(E, h, d, generator=g),
+        torch.randn(E, h, generator=g),
+        torch.randn(E, d, h, generator=g),
+        torch.randn(N, d, generator=g),
+    )
 
 
 @pytest.mark.parametrize("which", [0, 1, 2, 3])
@@ -23,9 +29,15 @@ def test_nan_or_inf_in_weights_or_inputs(which, bad):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from([0.0, 1.0, -2.5, 6e4, 3e38, -3e38, 1e-45, float("nan"), float("inf"), float("-inf")]),
-                min_size=1, max_size=12),
-       st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.float8_e5m2]), st.booleans())
+@given(
+    st.lists(
+        st.sampled_from([0.0, 1.0, -2.5, 6e4, 3e38, -3e38, 1e-45, float("nan"), float("inf"), float("-inf")]),
+        min_size=1,
+        max_size=12,
+    ),
+    st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.float8_e5m2]),
+    st.booleans(),
+)
 @example([3e38, 3e38], torch.float32, False)  # finite entries whose sum overflows: not an error
 @example([6e4, 6e4], torch.float16, True)
 @example([float("inf"), float("-inf")], torch.float32, False)  # the sum is NaN
@@ -113,10 +125,17 @@ def test_jacobian_too_large_points_to_matrix_free_path():
         probes.expert_jacobians(W1, b1, W2, x, max_bytes=100)
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(top_k=0), "1 <= k <= E"), (dict(top_k=9), "1 <= k <= E"), (dict(temperature=0.0), "temperature"),
-    (dict(steps=0), "steps"), (dict(seeds=()), "seeds"), (dict(seeds=(1, 1)), "seeds"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(top_k=0), "1 <= k <= E"),
+        (dict(top_k=9), "1 <= k <= E"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(steps=0), "steps"),
+        (dict(seeds=()), "seeds"),
+        (dict(seeds=(1, 1)), "seeds"),
+    ],
+)
 def test_bad_config(kw, match):
     with pytest.raises(ValueError, match=match):
         ExperimentConfig(**kw)

@@ -1,4 +1,5 @@
 """The controlled experiment end to end: training, tidy frame, determinism, cache."""
+
 import dataclasses
 
 import pandas as pd
@@ -13,8 +14,9 @@ from moegeo.data import make_data
 from moegeo.model import ExpertParams, block_rows
 from moegeo.routers import route, topk_route
 
-TINY = ExperimentConfig(n_experts=4, d_model=8, d_hidden=16, n_samples=64, steps=20, record_every=10,
-                        trajectory_points=16, seeds=(0, 1))
+TINY = ExperimentConfig(
+    n_experts=4, d_model=8, d_hidden=16, n_samples=64, steps=20, record_every=10, trajectory_points=16, seeds=(0, 1)
+)
 
 
 @pytest.fixture(autouse=True)
@@ -28,18 +30,26 @@ def test_stacked_training_matches_a_plain_per_expert_loop():
     x, y = make_data(3, n_samples=cfg.n_samples, d_model=cfg.d_model)
     ref = experiment.build_model(Arm.TOPK, cfg)
     layer = ref.layers[0]
-    params = [p.detach()[0].clone().requires_grad_() for p in (layer.W1, layer.b1, layer.W2, layer.b2, layer.router.Wr, layer.router.br)]
+    params = [
+        p.detach()[0].clone().requires_grad_()
+        for p in (layer.W1, layer.b1, layer.W2, layer.b2, layer.router.Wr, layer.router.br)
+    ]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     for _ in range(cfg.steps):
         W1, b1, W2, b2, Wr, br = params
         g = route(x @ Wr.T + br, "topk", top_k=cfg.top_k)
-        out = sum(g[:, e:e + 1] * (torch.nn.functional.gelu(x @ W1[e].T + b1[e]) @ W2[e].T + b2[e]) for e in range(cfg.n_experts))
+        out = sum(
+            g[:, e : e + 1] * (torch.nn.functional.gelu(x @ W1[e].T + b1[e]) @ W2[e].T + b2[e])
+            for e in range(cfg.n_experts)
+        )
         opt.zero_grad()
         ((out - y) ** 2).mean().backward()
         opt.step()
     model, _ = experiment.train_arm(Arm.TOPK, cfg, x[None], y[None], progress=False)
     mine_layer = model.layers[0]
-    for mine, theirs in zip((mine_layer.W1, mine_layer.b1, mine_layer.W2, mine_layer.b2, mine_layer.router.Wr, mine_layer.router.br), params):
+    for mine, theirs in zip(
+        (mine_layer.W1, mine_layer.b1, mine_layer.W2, mine_layer.b2, mine_layer.router.Wr, mine_layer.router.br), params
+    ):
         torch.testing.assert_close(mine[0].detach(), theirs.detach(), rtol=1e-5, atol=1e-6)
 
 
@@ -54,7 +64,9 @@ def test_seed_batched_training_is_bit_reproducible(arm):
     """Two identical seed-batched training runs end with the same bits in every parameter and
     router buffer (stable sorts and serial scatters only in the Top-k dispatch)."""
     cfg = dataclasses.replace(TINY, seeds=(0, 1, 2), steps=10)
-    x, y = (torch.stack(t) for t in zip(*(make_data(s, n_samples=cfg.n_samples, d_model=cfg.d_model) for s in cfg.seeds)))
+    x, y = (
+        torch.stack(t) for t in zip(*(make_data(s, n_samples=cfg.n_samples, d_model=cfg.d_model) for s in cfg.seeds))
+    )
     runs = [experiment.train_arm(arm, cfg, x, y, progress=False)[0] for _ in range(2)]
     a, b = (m.state_dict() for m in runs)  # parameters and router buffers (biases, centroids)
     assert a.keys() == b.keys()
@@ -77,13 +89,22 @@ def test_frame_holds_every_arm_under_every_reading():
     final = df[df.step == TINY.steps]
     for arm in TINY.arms:
         readings = set(final[final.arm == arm.value].reading)
-        assert {"jacobian=pointwise", "jacobian=mean", "pca_site=input", "pca_site=pre_activation",
-                "pca_site=hidden", "pca_site=output"} <= readings, arm
+        assert {
+            "jacobian=pointwise",
+            "jacobian=mean",
+            "pca_site=input",
+            "pca_site=pre_activation",
+            "pca_site=hidden",
+            "pca_site=output",
+        } <= readings, arm
     traj = df[df.metric == "jacobian_norm"]
     assert traj.step.nunique() == TINY.steps // TINY.record_every + 1
-    assert set(traj[traj.arm == "dense"].reading) == {f"jacobian={j};norm={n}" for j in ("pointwise", "mean")
-                                                      for n in ("spectral", "frobenius")}
-    assert {"jacobian=effective;norm=spectral", "jacobian=effective;norm=frobenius"} <= set(traj[traj.arm == "topk"].reading)
+    assert set(traj[traj.arm == "dense"].reading) == {
+        f"jacobian={j};norm={n}" for j in ("pointwise", "mean") for n in ("spectral", "frobenius")
+    }
+    assert {"jacobian=effective;norm=spectral", "jacobian=effective;norm=frobenius"} <= set(
+        traj[traj.arm == "topk"].reading
+    )
     assert set(df[df.metric == "sigma1"].step) == set(TINY.probe_steps_all()) == {0, *TINY.checkpoints()}
     assert set(df[df.metric == "cosine_abs_mean"].step) == set(traj.step)  # from step 0: the init null of C4n
     cos = df[df.metric == "cosine"]
@@ -118,7 +139,9 @@ def test_config_key_changes_with_every_field():
     base = ExperimentConfig()
     for f in dataclasses.fields(base):
         v = getattr(base, f.name)
-        new = {int: lambda v: v + 1, float: lambda v: v * 2, tuple: lambda v: v[:1] if len(v) > 1 else (v[0] + 1,)}[type(v)](v)
+        new = {int: lambda v: v + 1, float: lambda v: v * 2, tuple: lambda v: v[:1] if len(v) > 1 else (v[0] + 1,)}[
+            type(v)
+        ](v)
         assert dataclasses.replace(base, **{f.name: new}).key() != base.key(), f.name
 
 
@@ -127,8 +150,17 @@ def test_dead_expert_is_excluded_and_reported():
     x, _ = make_data(0, n_samples=32, d_model=d, dtype=torch.float64)
     g = torch.Generator().manual_seed(0)
     t = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
-    p = ExpertParams(W1=t(E, h, d), b1=t(E, h), W2=t(E, d, h), b2=t(E, d), Wr=t(E, d) * 0,
-                     br=torch.tensor([0.0, 0.0, -1e9], dtype=torch.float64), routing="topk", top_k=2, temperature=1.0)
+    p = ExpertParams(
+        W1=t(E, h, d),
+        b1=t(E, h),
+        W2=t(E, d, h),
+        b2=t(E, d),
+        Wr=t(E, d) * 0,
+        br=torch.tensor([0.0, 0.0, -1e9], dtype=torch.float64),
+        routing="topk",
+        top_k=2,
+        temperature=1.0,
+    )
     with pytest.warns(UserWarning, match="expert 2 received zero routing weight"):
         rows = pd.DataFrame(frame.probe_rows(p, x, seed=0, arm=Arm.TOPK, step=0))
     assert rows[rows.metric == "excluded"].expert.tolist() == [2]
@@ -139,7 +171,11 @@ def test_failure_mode_arms_carry_layers_and_coupled_charts():
     """§4 arms: the coupled arm's cosines through the shared LayerNorm; the deep arm's two layers."""
     df = experiment.run(dataclasses.replace(TINY, arms=(Arm.TOPK_COUPLED, Arm.TOPK_DEEP)), cache=False, progress=False)
     cos = df[df.metric == "cosine"]
-    assert set(cos[cos.arm == "topk_coupled"].reading) == {"jacobian=mean", "jacobian=mean;chart=ln", "jacobian=mean;chart=residual"}
+    assert set(cos[cos.arm == "topk_coupled"].reading) == {
+        "jacobian=mean",
+        "jacobian=mean;chart=ln",
+        "jacobian=mean;chart=residual",
+    }
     assert set(df[(df.arm == "topk_deep") & (df.metric == "sigma1")].layer) == {0, 1}
     assert set(df[df.metric == "loss"].layer) == {-1}
 
@@ -156,7 +192,12 @@ def test_captured_layers_reconstruct_the_models_output(arm):
             h = trace.moe_inputs[l][0]
             p = model.params(0, l, torch.float32)
             g = p.gates(h)
-            f = torch.einsum("eoh,neh->neo", p.W2, torch.nn.functional.gelu(torch.einsum("ehd,nd->neh", p.W1, h) + p.b1)) + p.b2
+            f = (
+                torch.einsum(
+                    "eoh,neh->neo", p.W2, torch.nn.functional.gelu(torch.einsum("ehd,nd->neh", p.W1, h) + p.b1)
+                )
+                + p.b2
+            )
             y = torch.einsum("ne,neo->no", g, f)
             stream = stream + y if model.residual else y
         torch.testing.assert_close(stream, model(x)[0], rtol=1e-5, atol=1e-5)
@@ -181,7 +222,9 @@ def test_sparse_topk_dispatch_equals_the_dense_compute_reference(router, skewed)
     takes most tokens and some get none, so the blocks are smaller than the busiest group and
     copy their weights (checked, so the test cannot drift to the other path)."""
     N = 300 if skewed else 40
-    layer = MLPMoE(n_experts=6, d_model=5, d_hidden=7, routing="topk", top_k=2, seeds=(0, 1, 2), dtype=torch.float64, router=router).eval()
+    layer = MLPMoE(
+        n_experts=6, d_model=5, d_hidden=7, routing="topk", top_k=2, seeds=(0, 1, 2), dtype=torch.float64, router=router
+    ).eval()
     g = torch.Generator().manual_seed(2)
     if getattr(layer.router, "bias", None) is not None:
         layer.router.bias = torch.randn(3, 6, generator=g, dtype=torch.float64)
@@ -231,7 +274,9 @@ def test_topk_dispatch_with_planted_group_counts(counts):
     gate = torch.zeros(1, N, E, dtype=torch.float64).scatter(-1, idx, w)
     results = []
     for out in (layer.dispatch(x, w, idx), layer.mix(x, gate)):
-        results.append([out.detach()] + list(torch.autograd.grad(out.square().sum(), [x, layer.W1, layer.b1, layer.W2, layer.b2])))
+        results.append(
+            [out.detach()] + list(torch.autograd.grad(out.square().sum(), [x, layer.W1, layer.b1, layer.W2, layer.b2]))
+        )
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     if counts == (64, 0, 32, 32):
@@ -287,12 +332,14 @@ def test_a_run_imports_none_of_the_modules_left_out_of_the_cache_key():
 
     from moegeo.config import READ_ONLY
 
-    code = ("import sys, dataclasses, moegeo.experiment as x; from moegeo import ExperimentConfig, LMConfig; "
-            "x.run(ExperimentConfig(n_experts=4, d_model=8, d_hidden=8, n_samples=32, steps=2, record_every=1, "
-            "trajectory_points=8, probe_steps=()), cache=False, progress=False); "
-            "x.run(LMConfig(vocab_size=64, d_model=8, n_layers=1, n_heads=2, context=8, n_experts=2, d_hidden=8, "
-            "batch_size=2, steps=2, record_every=1, eval_windows=2, probe_tokens=16, trajectory_points=8), cache=False, "
-            "progress=False); print(' '.join(sorted(m for m in sys.modules if m.startswith('moegeo'))))")
+    code = (
+        "import sys, dataclasses, moegeo.experiment as x; from moegeo import ExperimentConfig, LMConfig; "
+        "x.run(ExperimentConfig(n_experts=4, d_model=8, d_hidden=8, n_samples=32, steps=2, record_every=1, "
+        "trajectory_points=8, probe_steps=()), cache=False, progress=False); "
+        "x.run(LMConfig(vocab_size=64, d_model=8, n_layers=1, n_heads=2, context=8, n_experts=2, d_hidden=8, "
+        "batch_size=2, steps=2, record_every=1, eval_windows=2, probe_tokens=16, trajectory_points=8), cache=False, "
+        "progress=False); print(' '.join(sorted(m for m in sys.modules if m.startswith('moegeo'))))"
+    )
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True)
     loaded = {m.split(".")[1] for m in out.stdout.split() if "." in m}
     assert not loaded & {name.removesuffix(".py") for name in READ_ONLY}, loaded

@@ -1,5 +1,6 @@
 """Principal angles against planted angles and scipy, the distances' invariances and extremes,
 expert subspaces from weighted PCA, and the random-subspace null against its exact laws."""
+
 import math
 
 import numpy as np
@@ -9,10 +10,10 @@ import scipy.stats
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import seeds, subspace_pairs
 
 from moegeo import probes
 from moegeo.probes import grassmann
-from strategies import seeds, subspace_pairs
 
 DISTANCES = (grassmann.geodesic_distance, grassmann.chordal_distance, grassmann.overlap_index)
 
@@ -48,8 +49,9 @@ def test_small_angle_next_to_a_large_one_is_not_lost():
     V = torch.zeros(6, 2, dtype=torch.float64)
     V[[0, 2], 0] = torch.tensor([math.cos(1e-9), math.sin(1e-9)], dtype=torch.float64)
     V[[1, 3], 1] = torch.tensor([math.cos(1.5), math.sin(1.5)], dtype=torch.float64)
-    torch.testing.assert_close(grassmann.principal_angles(U, V), torch.tensor([1e-9, 1.5], dtype=torch.float64),
-                               rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        grassmann.principal_angles(U, V), torch.tensor([1e-9, 1.5], dtype=torch.float64), rtol=1e-12, atol=0
+    )
 
 
 @given(subspace_pairs())
@@ -71,14 +73,18 @@ def test_a_subspace_is_at_distance_zero_from_itself_in_any_basis(pair, seed):
 def test_angles_invariant_to_the_choice_of_bases(pair, seed):
     U, V, _ = pair
     UQ, VQ = U @ haar(U.shape[1], U.shape[1], seed), V @ haar(V.shape[1], V.shape[1], seed + 1)
-    torch.testing.assert_close(grassmann.principal_angles(UQ, VQ), grassmann.principal_angles(U, V), rtol=1e-8, atol=1e-13)
+    torch.testing.assert_close(
+        grassmann.principal_angles(UQ, VQ), grassmann.principal_angles(U, V), rtol=1e-8, atol=1e-13
+    )
 
 
 @given(subspace_pairs(), seeds)
 def test_angles_invariant_to_rotating_both_subspaces(pair, seed):
     U, V, _ = pair
     R = haar(U.shape[0], U.shape[0], seed)
-    torch.testing.assert_close(grassmann.principal_angles(R @ U, R @ V), grassmann.principal_angles(U, V), rtol=1e-8, atol=1e-13)
+    torch.testing.assert_close(
+        grassmann.principal_angles(R @ U, R @ V), grassmann.principal_angles(U, V), rtol=1e-8, atol=1e-13
+    )
 
 
 @given(st.integers(2, 10), st.data(), seeds)
@@ -115,7 +121,9 @@ def test_chordal_distance_is_the_projection_distance(pair):
 @given(subspace_pairs())
 def test_overlap_index_is_mean_squared_cross_gram(pair):
     U, V, theta = pair
-    torch.testing.assert_close(grassmann.overlap_index(U, V), (U.T @ V).square().sum() / theta.numel(), rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(
+        grassmann.overlap_index(U, V), (U.T @ V).square().sum() / theta.numel(), rtol=1e-10, atol=1e-14
+    )
 
 
 @given(st.integers(4, 10), st.data(), seeds)
@@ -161,11 +169,15 @@ def test_pairwise_matches_each_pair_and_is_symmetric(E, D, data, seed):
     geo = grassmann.pairwise(bases)
     for a in range(E):
         for b in range(E):
-            torch.testing.assert_close(geo.angles[a, b], grassmann.principal_angles(bases[a], bases[b]), rtol=1e-8, atol=1e-13)
+            torch.testing.assert_close(
+                geo.angles[a, b], grassmann.principal_angles(bases[a], bases[b]), rtol=1e-8, atol=1e-13
+            )
     for field in ("angles", "geodesic", "chordal", "overlap"):
         t = getattr(geo, field)
         assert torch.equal(t, t.transpose(0, 1)), field
-    torch.testing.assert_close(geo.overlap, grassmann.overlap_index(bases[:, None], bases[None]), rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(
+        geo.overlap, grassmann.overlap_index(bases[:, None], bases[None]), rtol=1e-10, atol=1e-14
+    )
 
 
 # --------------------------------------------------------------------------- expert subspaces from weighted PCA
@@ -206,7 +218,9 @@ def test_expert_subspaces_sharing_a_high_variance_direction_have_a_near_zero_ang
 
 
 def test_subspace_rejects_a_dimension_outside_1_to_D():
-    pca = probes.weighted_pca(torch.randn(20, 4, dtype=torch.float64), torch.ones(20, dtype=torch.float64), vectors=True)
+    pca = probes.weighted_pca(
+        torch.randn(20, 4, dtype=torch.float64), torch.ones(20, dtype=torch.float64), vectors=True
+    )
     for r in (0, 5):
         with pytest.raises(ValueError, match=r"\[1, 4\]"):
             pca.subspace(r)
@@ -313,7 +327,10 @@ def test_null_means_of_large_subspaces_come_from_their_complements(D, r, s):
     direct = grassmann.random_subspace_null(D, r, s, n_samples=4000, seed=3)
     for stat in ("geodesic", "chordal"):
         x = getattr(direct, stat)
-        assert abs(m[stat] - x.mean().item()) < 4 * x.std().item() * math.sqrt(1 / 4000 + 1 / grassmann.NULL_SAMPLES) + 1e-12
+        assert (
+            abs(m[stat] - x.mean().item())
+            < 4 * x.std().item() * math.sqrt(1 / 4000 + 1 / grassmann.NULL_SAMPLES) + 1e-12
+        )
     assert m["overlap"] == pytest.approx(direct.mean_overlap)
 
 
@@ -324,6 +341,7 @@ def _layer_rows(h: torch.Tensor, g: torch.Tensor):
     rows = Rows(0, "topk", 0, 1)
     subspace_rows(rows, probes.weighted_pca(h, g.T, vectors=True), PCASite.INPUT, list(range(g.shape[1])))
     import pandas as pd
+
     df = pd.DataFrame(rows)
     pairs = df[df.expert < df["index"]]
     return pairs.groupby(["reading", "metric"]).value.mean()
@@ -336,7 +354,9 @@ def test_subspace_rows_find_a_planted_shared_subspace_and_chance_for_isotropic_i
     D, N, E = 32, 4000, 4
     g_ = torch.Generator().manual_seed(0)
     Q = haar(D, 10, 1)
-    shared = torch.randn(N, 10, generator=g_, dtype=torch.float64) * 3 @ Q.T + 0.3 * torch.randn(N, D, generator=g_, dtype=torch.float64)
+    shared = torch.randn(N, 10, generator=g_, dtype=torch.float64) * 3 @ Q.T + 0.3 * torch.randn(
+        N, D, generator=g_, dtype=torch.float64
+    )
     iso = torch.randn(N, D, generator=g_, dtype=torch.float64)
     g = torch.zeros(N, E, dtype=torch.float64)
     g[torch.arange(N), torch.arange(N) % E] = 1.0
@@ -356,6 +376,7 @@ def _subspace_frame(n_points, D=32, N=400, seed=1, scale=None, points=None):
     routed ``n_points`` points; ``scale`` (D,) rescales the coordinates of expert 3's points, or
     ``points`` (n_points, D) replaces them."""
     import pandas as pd
+
     from moegeo.config import PCASite
     from moegeo.frame import Rows, subspace_rows
 
@@ -384,8 +405,11 @@ def test_an_expert_whose_points_span_fewer_than_r_dimensions_has_no_r10_subspace
     6-10 of a 'top-10 subspace' are arbitrary (set by rounding). It is left out of the r10 rows,
     with a warning naming where and a ``subspace_excluded`` row, and kept in the k90 rows (its
     k@0.9 directions lie within its span)."""
-    with pytest.warns(UserWarning, match=r"^seed 7, arm topk, layer 2, step 250, pca_site=input;subspace=r10: the "
-                                         r"routed points of expert\(s\) \[3\] span fewer than 10 dimensions"):
+    with pytest.warns(
+        UserWarning,
+        match=r"^seed 7, arm topk, layer 2, step 250, pca_site=input;subspace=r10: the "
+        r"routed points of expert\(s\) \[3\] span fewer than 10 dimensions",
+    ):
         f = _subspace_frame(6)
     r10, k90 = f["r10"], f["k90"]
     pairs = r10[r10.metric != "subspace_excluded"]

@@ -4,6 +4,7 @@ Every model type is checked against quantities computed here independently of th
 the block output rebuilt from the captured routing and weights by this file's own expert
 formulas, the routing rebuilt from the router weights, Jacobians by autograd.
 """
+
 import functools
 import os
 import re
@@ -18,12 +19,20 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from moegeo import hf, probes  # noqa: E402
-from moegeo.report import probe as probe_report  # noqa: E402
 from moegeo.cli import main  # noqa: E402
+from moegeo.report import probe as probe_report  # noqa: E402
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SMALL = dict(hidden_size=32, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=2,
-             num_attention_heads=4, num_key_value_heads=2, vocab_size=64, max_position_embeddings=64)
+SMALL = dict(
+    hidden_size=32,
+    intermediate_size=48,
+    moe_intermediate_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=64,
+    max_position_embeddings=64,
+)
 GROUPED = dict(n_routed_experts=8, num_experts_per_tok=2, first_k_dense_replace=0, n_shared_experts=1)
 #: model type -> config overrides: the six of issue 10, then five more that need no code of their own
 CONFIGS = {
@@ -31,12 +40,26 @@ CONFIGS = {
     "qwen2_moe": dict(num_experts=8, num_experts_per_tok=2, shared_expert_intermediate_size=24),
     "qwen3_moe": dict(num_experts=8, num_experts_per_tok=2, norm_topk_prob=False),
     "olmoe": dict(num_experts=8, num_experts_per_tok=2, pad_token_id=0, eos_token_id=1),
-    "deepseek_v3": dict(GROUPED, n_group=4, topk_group=2, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8,
-                        qk_nope_head_dim=8, v_head_dim=8, num_key_value_heads=4,
-                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+    "deepseek_v3": dict(
+        GROUPED,
+        n_group=4,
+        topk_group=2,
+        kv_lora_rank=16,
+        q_lora_rank=16,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=8,
+        num_key_value_heads=4,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    ),
     # a small swiglu_limit so that the clamps are active on these tiny activations
-    "gpt_oss": dict(num_local_experts=8, num_experts_per_tok=2, head_dim=8, swiglu_limit=0.02,
-                    layer_types=["sliding_attention", "full_attention"]),
+    "gpt_oss": dict(
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        head_dim=8,
+        swiglu_limit=0.02,
+        layer_types=["sliding_attention", "full_attention"],
+    ),
     "glm4_moe": dict(GROUPED, n_group=2, topk_group=1),
     "dots1": dict(GROUPED, n_group=2, topk_group=1),
     "ernie4_5_moe": dict(moe_num_experts=8, moe_k=2),
@@ -61,13 +84,13 @@ def ids(B=4, T=16, seed=0):
     return torch.randint(0, SMALL["vocab_size"], (B, T), generator=torch.Generator().manual_seed(seed))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def captured(model_type):
     model = build(model_type)
     return model, hf.capture(model, ids())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def frame(model_type):
     model, _ = captured(model_type)
     with warnings.catch_warnings():
@@ -85,17 +108,21 @@ def swiglu(w, x):
 def gpt_oss_expert(w, e, limit, alpha):
     """GPT-OSS's expert e (modeling_gpt_oss.GptOssExperts, 5.24): clamped gate and up, gate *
     sigmoid(alpha gate), times (up + 1), biases on both projections. ``(d,) -> (d,)``."""
+
     def f(x):
         a = (w.Wg[e] @ x + w.bg[e]).clamp(max=limit)
         u = (w.Wu[e] @ x + w.bu[e]).clamp(-limit, limit)
         return w.Wd[e] @ ((u + 1) * a * torch.sigmoid(alpha * a)) + w.bd[e]
+
     return f
 
 
 def expert_outputs(model, cap):
     if model.config.model_type == "gpt_oss":
-        fns = [gpt_oss_expert(cap.weights, e, model.config.swiglu_limit, model.config.swiglu_alpha)
-               for e in range(cap.g.shape[1])]
+        fns = [
+            gpt_oss_expert(cap.weights, e, model.config.swiglu_limit, model.config.swiglu_alpha)
+            for e in range(cap.g.shape[1])
+        ]
         return torch.stack([torch.func.vmap(f)(cap.x) for f in fns])
     return swiglu(cap.weights, cap.x)
 
@@ -121,8 +148,11 @@ def test_captured_routing_and_experts_rebuild_the_block_output(model_type):
             rebuilt = torch.einsum("ne,end->nd", cap.g, expert_outputs(model, cap)) + shared
         torch.testing.assert_close(rebuilt, cap.output, rtol=1e-9, atol=1e-12)
         assert (cap.shared is not None) == (model_type in SHARED)
-        assert ((cap.g > 0).sum(1) == model.config.num_experts_per_tok if model_type != "ernie4_5_moe"
-                else (cap.g > 0).sum(1) == model.config.moe_k).all()
+        assert (
+            (cap.g > 0).sum(1) == model.config.num_experts_per_tok
+            if model_type != "ernie4_5_moe"
+            else (cap.g > 0).sum(1) == model.config.moe_k
+        ).all()
 
 
 def test_gpt_oss_weights_are_read_interleaved_with_their_clamps_active():
@@ -155,8 +185,9 @@ def test_gpt_oss_jacobian_by_autograd_through_its_expert_matches_its_formula():
     x = cap.x[:6]
     for e in (0, 5):
         f = gpt_oss_expert(cap.weights, e, model.config.swiglu_limit, model.config.swiglu_alpha)
-        torch.testing.assert_close(hf.tokenwise_jacobians(cap.expert_fn(e), x),
-                                   torch.func.vmap(torch.func.jacrev(f))(x), rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(
+            hf.tokenwise_jacobians(cap.expert_fn(e), x), torch.func.vmap(torch.func.jacrev(f))(x), rtol=1e-9, atol=1e-12
+        )
 
 
 def test_tokenwise_operator_applies_the_tokenwise_jacobians():
@@ -181,7 +212,10 @@ def test_swiglu_operator_and_mean_jacobian_agree_with_the_dense_jacobians():
     J = probes.swiglu_jacobians(Wg, Wu, Wd, x, bg=bg, bu=bu)
     f = lambda e: lambda xi: Wd[e] @ (torch.nn.functional.silu(Wg[e] @ xi + bg[e]) * (Wu[e] @ xi + bu[e]))  # noqa: E731
     torch.testing.assert_close(J[1], torch.func.vmap(torch.func.jacrev(f(1)))(x))
-    op, v = probes.swiglu_jacobian_operator(Wg, Wu, Wd, x, bg=bg, bu=bu), torch.randn(E, N, d, generator=g, dtype=torch.float64)
+    op, v = (
+        probes.swiglu_jacobian_operator(Wg, Wu, Wd, x, bg=bg, bu=bu),
+        torch.randn(E, N, d, generator=g, dtype=torch.float64),
+    )
     torch.testing.assert_close(op.matvec(v), torch.einsum("enoi,eni->eno", J, v))
     torch.testing.assert_close(op.rmatvec(v), torch.einsum("enoi,eno->eni", J, v))
     torch.testing.assert_close(probes.swiglu_mean_jacobian(Wg, Wu, Wd, x, w, bg=bg, bu=bu), probes.weighted_mean(J, w))
@@ -224,22 +258,36 @@ def test_deepseek_v3_routing_is_sigmoid_group_limited_and_bias_corrected():
     for cap in hf.capture(model, ids()):
         router = model.get_submodule(cap.name.rpartition(".")[0]).gate
         torch.testing.assert_close(cap.g, _deepseek_routing(cap.x, router), rtol=1e-5, atol=1e-6)
-        assert not torch.allclose(cap.g, _deepseek_routing(cap.x, router, with_bias=False)), \
+        assert not torch.allclose(cap.g, _deepseek_routing(cap.x, router, with_bias=False)), (
             "the planted bias must change the selection"
+        )
         assert cap.g.sum(1).mean() == pytest.approx(model.config.routed_scaling_factor, rel=1e-6)
 
 
 # --------------------------------------------------------------------------- the frame
 @pytest.mark.parametrize("model_type", CONFIGS)
 def test_frame_has_every_layer_expert_and_probe(model_type):
-    df, (model, caps) = frame(model_type), captured(model_type)
+    df, (_model, caps) = frame(model_type), captured(model_type)
     assert set(df["setting"]) == {"hf"} and set(df["model_type"]) == {model_type} == set(df["arm"])
-    assert list(df.columns[:10]) == ["setting", "seed", "arm", "layer", "expert", "reading", "metric", "step", "index", "value"]
+    assert list(df.columns[:10]) == [
+        "setting",
+        "seed",
+        "arm",
+        "layer",
+        "expert",
+        "reading",
+        "metric",
+        "step",
+        "index",
+        "value",
+    ]
     assert sorted(df["layer"].unique()) == [c.layer for c in caps]
     for cap in caps:
         d = df[df["layer"] == cap.layer]
         live = set(torch.nonzero(cap.g.sum(0) > 0).flatten().tolist())
-        assert set(d[d["metric"] == "sigma1"]["expert"]) == live | ({hf.SHARED_EXPERT} if model_type in SHARED else set())
+        assert set(d[d["metric"] == "sigma1"]["expert"]) == live | (
+            {hf.SHARED_EXPERT} if model_type in SHARED else set()
+        )
         assert set(d[d["metric"] == "excluded"]["expert"]) == set(range(cap.g.shape[1])) - live
         for metric in ("load", "sigma", "energy@10", "cosine", "explained_variance", "cumvar@10", "k@0.9", "geodesic"):
             assert metric in set(d["metric"]), metric
@@ -269,15 +317,29 @@ def test_matrix_free_path_agrees_with_the_dense_one(model_type):
     assert free.query("metric == 'jacobian_path'")["value"].tolist() == [1.0]
     assert (free.query("metric == 'sigma1_converged'")["value"] == 1).all()
     for metric in ("sigma1", "cosine", "cumvar@10", "geodesic"):
-        a, b = (f[f["metric"] == metric].set_index(["expert", "reading", "index"])["value"].sort_index() for f in (dense, free))
+        a, b = (
+            f[f["metric"] == metric].set_index(["expert", "reading", "index"])["value"].sort_index()
+            for f in (dense, free)
+        )
         assert a.index.equals(b.index), metric
         assert (a - b).abs().max() < 1e-9, metric
 
 
 # --------------------------------------------------------------------------- errors and checks
 def test_a_model_without_moe_layers_is_refused_saying_what_it_holds():
-    cfg = transformers.LlamaConfig(**{k: SMALL[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
-                                                             "num_attention_heads", "num_key_value_heads", "vocab_size")})
+    cfg = transformers.LlamaConfig(
+        **{
+            k: SMALL[k]
+            for k in (
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "vocab_size",
+            )
+        }
+    )
     model = transformers.LlamaForCausalLM(cfg)
     with pytest.raises(ValueError, match=r"LlamaForCausalLM \(model_type 'llama'\) has no MoE layer.*LlamaMLP"):
         hf.probe_model(model, ids())
@@ -315,7 +377,9 @@ def test_bad_arguments_are_named_and_no_hook_is_left_behind():
         hf.capture(model, ids() + 64)
     with pytest.raises(TypeError, match="integer torch.Tensor"):
         hf.capture(model, ids().double())
-    model.get_submodule("model.layers.1.mlp").register_forward_hook(lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    model.get_submodule("model.layers.1.mlp").register_forward_hook(
+        lambda *a: (_ for _ in ()).throw(RuntimeError("boom"))
+    )
     with pytest.raises(RuntimeError, match="boom"):
         hf.capture(model, ids())
     hooks = [(n, len(m._forward_pre_hooks)) for n, m in model.named_modules() if m._forward_pre_hooks]
@@ -385,8 +449,7 @@ def test_load_gives_a_float64_eager_model_and_refuses_one_too_large(tmp_path, mo
 
 def test_a_directory_without_config_json_is_refused_as_such(tmp_path, capsys):
     _word_tokenizer(["the"]).save_pretrained(tmp_path)  # a tokenizer alone is not a checkpoint
-    want = (f"{tmp_path} has no config.json; expected a Hugging Face checkpoint directory saved with "
-            "save_pretrained")
+    want = f"{tmp_path} has no config.json; expected a Hugging Face checkpoint directory saved with save_pretrained"
     with pytest.raises(FileNotFoundError, match=re.escape(want)):
         hf.load(tmp_path)
     assert main(["probe", "--hf-model", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
@@ -396,17 +459,29 @@ def test_a_directory_without_config_json_is_refused_as_such(tmp_path, capsys):
 @pytest.mark.parametrize("model_type", ["qwen2_moe", "olmoe", "mixtral"])
 def test_a_checkpoint_saved_without_a_tokenizer_is_refused_saying_so(tmp_path, model_type):
     _save_checkpoint(tmp_path, tokenizer=False, model_type=model_type)
-    with pytest.raises(ValueError, match=rf"no usable tokenizer found in {re.escape(str(tmp_path))}: no tokenizer "
-                                         r"file .* save it with the model, e\.g\. tokenizer\.save_pretrained\(DIR\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"no usable tokenizer found in {re.escape(str(tmp_path))}: no tokenizer "
+        r"file .* save it with the model, e\.g\. tokenizer\.save_pretrained\(DIR\)",
+    ):
         hf.tokenize(tmp_path, text=TEXT, tokens=8)
 
 
-@pytest.mark.parametrize("save, found", [
-    (lambda path: _word_tokenizer([]).save_pretrained(path), r"tokenizer files: .*tokenizer\.json.*vocabulary of 1 token"),
-    # transformers 5 builds Qwen2's tokenizer with a one-token vocabulary when the files are missing
-    (lambda path: (path / "tokenizer_config.json").write_text('{"tokenizer_class": "Qwen2Tokenizer"}'),
-     r"tokenizer files: tokenizer_config\.json; it loads as Qwen2Tokenizer with a vocabulary of 1 token"),
-], ids=["unk-only-vocabulary", "config-without-vocabulary"])
+@pytest.mark.parametrize(
+    "save, found",
+    [
+        (
+            lambda path: _word_tokenizer([]).save_pretrained(path),
+            r"tokenizer files: .*tokenizer\.json.*vocabulary of 1 token",
+        ),
+        # transformers 5 builds Qwen2's tokenizer with a one-token vocabulary when the files are missing
+        (
+            lambda path: (path / "tokenizer_config.json").write_text('{"tokenizer_class": "Qwen2Tokenizer"}'),
+            r"tokenizer files: tokenizer_config\.json; it loads as Qwen2Tokenizer with a vocabulary of 1 token",
+        ),
+    ],
+    ids=["unk-only-vocabulary", "config-without-vocabulary"],
+)
 def test_a_tokenizer_with_an_empty_vocabulary_is_refused_saying_so(tmp_path, save, found):
     _save_checkpoint(tmp_path, tokenizer=False, model_type="qwen2_moe")
     save(tmp_path)
@@ -416,17 +491,22 @@ def test_a_tokenizer_with_an_empty_vocabulary_is_refused_saying_so(tmp_path, sav
 
 def test_cli_without_a_tokenizer_says_so_before_loading_the_model(tmp_path, capsys, monkeypatch):
     _save_checkpoint(tmp_path, tokenizer=False)
-    monkeypatch.setattr(hf.rows, "load", lambda *a, **k: pytest.fail("the model was loaded before the tokenizer was checked"))
+    monkeypatch.setattr(
+        hf.rows, "load", lambda *a, **k: pytest.fail("the model was loaded before the tokenizer was checked")
+    )
     assert main(["probe", "--hf-model", str(tmp_path), "--tokens", "8", "--out", str(tmp_path / "r")]) == 2
     assert f"no usable tokenizer found in {tmp_path}" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--context", "0"], "argument --context: must be >= 1, got 0"),
-    (["--context", "-3"], "argument --context: must be >= 1, got -3"),
-    (["--tokens", "0"], "argument --tokens: must be >= 1, got 0"),
-    (["--tokens", "many"], "argument --tokens: expected a positive integer, got 'many'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--context", "0"], "argument --context: must be >= 1, got 0"),
+        (["--context", "-3"], "argument --context: must be >= 1, got -3"),
+        (["--tokens", "0"], "argument --tokens: must be >= 1, got 0"),
+        (["--tokens", "many"], "argument --tokens: expected a positive integer, got 'many'"),
+    ],
+)
 def test_cli_refuses_counts_below_one(args, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["probe", "--hf-model", "DIR", *args])
@@ -435,10 +515,17 @@ def test_cli_refuses_counts_below_one(args, message, capsys):
 
 def test_a_layer_the_checkpoint_does_not_have_is_refused_before_loading(tmp_path, capsys, monkeypatch):
     _save_checkpoint(tmp_path)
-    monkeypatch.setattr(hf.rows, "load", lambda *a, **k: pytest.fail("the model was loaded before --layers was checked"))
-    with pytest.raises(ValueError, match=r"layers \[-1, 2\] do not exist: the checkpoint has 2 decoder layers \(0 to 1\)"):
+    monkeypatch.setattr(
+        hf.rows, "load", lambda *a, **k: pytest.fail("the model was loaded before --layers was checked")
+    )
+    with pytest.raises(
+        ValueError, match=r"layers \[-1, 2\] do not exist: the checkpoint has 2 decoder layers \(0 to 1\)"
+    ):
         hf.probe_checkpoint(tmp_path, text=TEXT, tokens=8, layers=[1, 2, -1])
-    assert main(["probe", "--hf-model", str(tmp_path), "--layers", "5", "--tokens", "8", "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main(["probe", "--hf-model", str(tmp_path), "--layers", "5", "--tokens", "8", "--out", str(tmp_path / "r")])
+        == 2
+    )
     assert "layers [5] do not exist" in capsys.readouterr().err
 
 
@@ -449,7 +536,9 @@ def test_exactly_the_requested_tokens_are_probed(tmp_path):
         batch = hf.tokenize(tmp_path, text=TEXT, tokens=30, context=8)
     first = hf.tokenize(tmp_path, text=TEXT, tokens=120, context=120).input_ids.flatten()
     assert batch.input_ids.shape == (4, 8) and batch.n_tokens == 30 and batch.unknown == 0
-    assert torch.equal(batch.input_ids.flatten(), first[:32]), "the first 30 tokens, then 2 completing the last sequence"
+    assert torch.equal(batch.input_ids.flatten(), first[:32]), (
+        "the first 30 tokens, then 2 completing the last sequence"
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         df = hf.probe_checkpoint(tmp_path, text=TEXT, tokens=30, layers=[1], context=8, progress=False)
@@ -482,9 +571,26 @@ def test_cli_probes_a_saved_checkpoint_as_a_new_user_would(tmp_path):
     _save_checkpoint(tmp_path / "tiny-mixtral")
     out = tmp_path / "report"
     env = dict(os.environ, TQDM_DISABLE="1")
-    run = subprocess.run([sys.executable, "-m", "moegeo", "probe", "--hf-model", str(tmp_path / "tiny-mixtral"),
-                          "--tokens", "100", "--context", "32", "--out", str(out)],
-                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "moegeo",
+            "probe",
+            "--hf-model",
+            str(tmp_path / "tiny-mixtral"),
+            "--tokens",
+            "100",
+            "--context",
+            "32",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr
     assert "2 MoE layer(s)" in run.stdout and "PROBE.md" in run.stdout
     said = "on the first 100 tokens of the shipped WikiText-2 test split, run in sequences of 32 tokens"
@@ -502,9 +608,26 @@ def test_a_text_of_unknown_words_is_warned_on_stderr_and_in_the_report(tmp_path,
     (tmp_path / "t.txt").write_text(text)
     with pytest.warns(UserWarning, match="50% of the probed tokens are the tokenizer's unknown token"):
         assert hf.tokenize(tmp_path / "m", text=text, tokens=40).unknown == 0.5
-    assert main(["probe", "--hf-model", str(tmp_path / "m"), "--text", str(tmp_path / "t.txt"), "--tokens", "16",
-                 "--out", str(tmp_path / "r"), "--quiet"]) == 0
-    assert "moegeo probe: warning: 50% of the probed tokens are the tokenizer's unknown token" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "probe",
+                "--hf-model",
+                str(tmp_path / "m"),
+                "--text",
+                str(tmp_path / "t.txt"),
+                "--tokens",
+                "16",
+                "--out",
+                str(tmp_path / "r"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        "moegeo probe: warning: 50% of the probed tokens are the tokenizer's unknown token" in capsys.readouterr().err
+    )
     assert "**Warning:** 50% of the probed tokens" in (tmp_path / "r" / "PROBE.md").read_text()
 
 
@@ -521,12 +644,13 @@ def test_readme_python_example_runs_on_a_saved_checkpoint(tmp_path):
 
 # --------------------------------------------------------------------------- the report
 def test_report_defines_load_and_counts_each_experts_tokens(tmp_path):
-    df, (model, caps) = frame("qwen2_moe"), captured("qwen2_moe")  # norm_topk_prob=False: weights sum below 1
+    df, (_model, caps) = frame("qwen2_moe"), captured("qwen2_moe")  # norm_topk_prob=False: weights sum below 1
     for cap in caps:
         d = df[df["layer"] == cap.layer]
         count = (cap.g > 0).sum(0)
-        assert d[d["metric"] == "routed_tokens"].set_index("expert")["value"].to_dict() == \
-            {e: float(n) for e, n in enumerate(count.tolist()) if n > 0}
+        assert d[d["metric"] == "routed_tokens"].set_index("expert")["value"].to_dict() == {
+            e: float(n) for e, n in enumerate(count.tolist()) if n > 0
+        }
         total = d[d["metric"] == "routing_weight_sum"]["value"].item()
         assert d[d["metric"] == "load"]["value"].sum() == pytest.approx(total) and total < 0.99
     report = probe_report.write(df, tmp_path, "qwen2_moe", "a test frame").read_text()

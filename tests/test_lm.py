@@ -1,4 +1,5 @@
 """The language-model setting's model: a seed-stacked Transformer whose FFNs are moegeo's MoE layer."""
+
 import dataclasses
 
 import pandas as pd
@@ -8,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moegeo import lm, probes, train
-from moegeo.data import wikitext
 from moegeo.config import Arm, LMConfig
+from moegeo.data import wikitext
 
 TINY = LMConfig(vocab_size=50, d_model=16, n_layers=2, n_heads=2, context=8, n_experts=4, d_hidden=12)
 
@@ -37,8 +38,14 @@ def test_bad_input_is_named():
 
 
 @settings(max_examples=40, deadline=None)
-@given(S=st.integers(1, 3), n=st.integers(1, 9), d=st.integers(1, 6), V=st.integers(2, 12), seed=st.integers(0, 2**16),
-       scale=st.sampled_from([0.1, 1.0, 30.0]))
+@given(
+    S=st.integers(1, 3),
+    n=st.integers(1, 9),
+    d=st.integers(1, 6),
+    V=st.integers(2, 12),
+    seed=st.integers(0, 2**16),
+    scale=st.sampled_from([0.1, 1.0, 30.0]),
+)
 def test_unembedding_cross_entropy_matches_torch_in_float64(S, n, d, V, seed, scale):
     """Values and both gradients against torch's cross_entropy on the einsum logits, with a
     different upstream gradient per seed (the training sum plus a balance term's weighting)."""
@@ -47,8 +54,13 @@ def test_unembedding_cross_entropy_matches_torch_in_float64(S, n, d, V, seed, sc
     w = torch.randn(S, V, d, generator=g, dtype=torch.float64).requires_grad_()
     t = torch.randint(0, V, (S, n), generator=g)
     up = torch.randn(S, generator=g, dtype=torch.float64)
-    ref = torch.nn.functional.cross_entropy(torch.einsum("snd,svd->snv", h, w).flatten(0, 1), t.flatten(),
-                                            reduction="none").reshape(S, n).mean(-1)
+    ref = (
+        torch.nn.functional.cross_entropy(
+            torch.einsum("snd,svd->snv", h, w).flatten(0, 1), t.flatten(), reduction="none"
+        )
+        .reshape(S, n)
+        .mean(-1)
+    )
     ref_grads = torch.autograd.grad((ref * up).sum(), (h, w))
     out = lm.unembedding_cross_entropy(h, w, t)
     grads = torch.autograd.grad((out * up).sum(), (h, w))
@@ -106,8 +118,15 @@ def test_seed_batched_training_is_bit_reproducible(arm):
     runs = []
     for _ in range(2):
         model, history = lm.TransformerLM(arm, TINY, seeds=(0, 1, 2)), []
-        train.train(model, train.next_token_loss(model, ids, 4), 6, TINY.lr, progress=False, record_at=range(7),
-                    record=lambda step, m, loss: history.append(loss.tolist()))
+        train.train(
+            model,
+            train.next_token_loss(model, ids, 4),
+            6,
+            TINY.lr,
+            progress=False,
+            record_at=range(7),
+            record=lambda step, m, loss: history.append(loss.tolist()),
+        )
         runs.append((history, {n: t.detach().clone() for n, t in model.state_dict().items()}))
     (h1, a), (h2, b) = runs
     assert h1 == h2 and a.keys() == b.keys()
@@ -133,7 +152,12 @@ def test_captured_ffn_inputs_and_experts_rebuild_the_models_ffn(arm):
         for layer, h in zip(model.ffn, inputs):
             p = layer.params(0, torch.float32)
             g = p.gates(h[0])
-            f = torch.einsum("eoh,neh->neo", p.W2, torch.nn.functional.gelu(torch.einsum("ehd,nd->neh", p.W1, h[0]) + p.b1)) + p.b2
+            f = (
+                torch.einsum(
+                    "eoh,neh->neo", p.W2, torch.nn.functional.gelu(torch.einsum("ehd,nd->neh", p.W1, h[0]) + p.b1)
+                )
+                + p.b2
+            )
             torch.testing.assert_close(torch.einsum("ne,neo->no", g, f), layer(h)[0], rtol=1e-5, atol=1e-5)
 
 
@@ -161,8 +185,21 @@ def test_a_short_run_on_the_shipped_data_beats_the_unigram_baseline():
 
 
 # --------------------------------------------------------------------------- the LM setting's results frame
-SMALL = LMConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, context=8, n_experts=4, d_hidden=12, steps=4,
-                 record_every=2, eval_windows=4, probe_tokens=32, trajectory_points=8, seeds=(0, 1))
+SMALL = LMConfig(
+    vocab_size=64,
+    d_model=16,
+    n_layers=2,
+    n_heads=2,
+    context=8,
+    n_experts=4,
+    d_hidden=12,
+    steps=4,
+    record_every=2,
+    eval_windows=4,
+    probe_tokens=32,
+    trajectory_points=8,
+    seeds=(0, 1),
+)
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +228,9 @@ def test_lm_frame_probes_equal_the_probes_of_the_captured_layers(small_frame):
     it also checks that the LM run is deterministic for a seed)."""
     corpus = wikitext.load_wikitext(vocab_size=SMALL.vocab_size)
     model = lm.TransformerLM(Arm.SOFT, SMALL)
-    train.train(model, train.next_token_loss(model, corpus.train, SMALL.batch_size), SMALL.steps, SMALL.lr, progress=False)
+    train.train(
+        model, train.next_token_loss(model, corpus.train, SMALL.batch_size), SMALL.steps, SMALL.lr, progress=False
+    )
     x, _ = wikitext.heldout_windows(corpus.heldout, SMALL.context)
     with torch.no_grad():
         inputs = model.trace(x[: SMALL.probe_tokens // SMALL.context].expand(2, -1, -1)).moe_inputs
@@ -203,8 +242,19 @@ def test_lm_frame_probes_equal_the_probes_of_the_captured_layers(small_frame):
             g = p.gates(hd)
             J = probes.expert_jacobians(p.W1, p.b1, p.W2, hd)
             ref = probes.weighted_mean(torch.linalg.svdvals(J)[..., 0], g)  # (E,)
-            got = df[(df.arm == "soft") & (df.layer == layer) & (df.seed == seed) & (df.metric == "sigma1") & (df.control == "")
-                     & (df.reading == "jacobian=pointwise") & (df.step == SMALL.steps)].sort_values("expert").value.to_numpy()
+            got = (
+                df[
+                    (df.arm == "soft")
+                    & (df.layer == layer)
+                    & (df.seed == seed)
+                    & (df.metric == "sigma1")
+                    & (df.control == "")
+                    & (df.reading == "jacobian=pointwise")
+                    & (df.step == SMALL.steps)
+                ]
+                .sort_values("expert")
+                .value.to_numpy()
+            )
             torch.testing.assert_close(torch.as_tensor(got), ref, rtol=1e-6, atol=1e-9)
 
 
@@ -238,8 +288,13 @@ def test_pooled_view_is_every_expert_of_every_layer_and_a_layer_view_is_that_lay
     from moegeo.claims import Results
 
     df, R = small_frame, Results({"lm": small_frame})
-    sel = df[(df.arm == "soft") & (df.metric == "sigma1") & (df.reading == "jacobian=mean") & (df.step == SMALL.steps)
-             & (df.control == "")]
+    sel = df[
+        (df.arm == "soft")
+        & (df.metric == "sigma1")
+        & (df.reading == "jacobian=mean")
+        & (df.step == SMALL.steps)
+        & (df.control == "")
+    ]
     pooled = R.view("lm", "pooled").per_seed("soft", "sigma1", "jacobian=mean")
     pd.testing.assert_series_equal(pooled, sel.groupby("seed").value.mean(), check_names=False)
     one = R.view("lm", 1).per_seed("soft", "sigma1", "jacobian=mean")

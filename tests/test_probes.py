@@ -1,4 +1,5 @@
 """Every probe against an independent computation, plus its invariances and bounds."""
+
 import math
 
 import numpy as np
@@ -8,11 +9,11 @@ import scipy.stats
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from strategies import matrices, mlp_experts, seeds, weighted_samples
 
 from moegeo import nn, probes
 from moegeo.probes import spectra
 from moegeo.routers import route
-from strategies import matrices, mlp_experts, seeds, weighted_samples
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -34,7 +35,9 @@ def test_closed_form_jacobian_matches_autograd(params, mode):
     W1, b1, W2, x = params
     J = probes.expert_jacobians(W1, b1, W2, x)
     for e in range(W1.shape[0]):
-        torch.testing.assert_close(J[e], probes.jacobians(expert_fn(W1, b1, W2, e), x, mode=mode), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            J[e], probes.jacobians(expert_fn(W1, b1, W2, e), x, mode=mode), rtol=1e-10, atol=1e-10
+        )
 
 
 def test_gelu_grad_matches_autograd():
@@ -71,8 +74,13 @@ def test_mean_jacobian_is_routing_weighted_average(params, seed):
 # --------------------------------------------------------------------------- spectra
 def batch_op(J):
     """A materialised batch ``J: (B, m, n)`` as a JacobianOperator with batch shape ``(B,)``."""
-    return probes.JacobianOperator(lambda v: torch.einsum("boi,bi->bo", J, v), lambda u: torch.einsum("boi,bo->bi", J, u),
-                                   (J.shape[0],), J.shape[2], J.shape[1])
+    return probes.JacobianOperator(
+        lambda v: torch.einsum("boi,bi->bo", J, v),
+        lambda u: torch.einsum("boi,bo->bi", J, u),
+        (J.shape[0],),
+        J.shape[2],
+        J.shape[1],
+    )
 
 
 def planted(d=24, weight=1e-6, seed=0, sigma2=0.9):
@@ -108,13 +116,20 @@ def test_sigma1_methods_agree_with_exact_svd(J):
 @given(matrices())
 def test_gram_spectrum_matches_svd(J):
     s = probes.singular_values(J)
-    torch.testing.assert_close(probes.singular_values(J, method="gram"), s, rtol=1e-6, atol=1e-7 * s[..., :1].max().item())
+    torch.testing.assert_close(
+        probes.singular_values(J, method="gram"), s, rtol=1e-6, atol=1e-7 * s[..., :1].max().item()
+    )
 
 
 def test_lanczos_on_mlp_jacobians_matches_exact_and_needs_few_iterations():
     g = torch.Generator().manual_seed(0)
     E, h, d, N = 3, 64, 32, 20
-    W1, b1, W2, x = torch.randn(E, h, d, generator=g), torch.randn(E, h, generator=g), torch.randn(E, d, h, generator=g), torch.randn(N, d, generator=g)
+    W1, b1, W2, x = (
+        torch.randn(E, h, d, generator=g),
+        torch.randn(E, h, generator=g),
+        torch.randn(E, d, h, generator=g),
+        torch.randn(N, d, generator=g),
+    )
     exact = probes.singular_values(probes.expert_jacobians(W1, b1, W2, x))[..., 0]
     lz = probes.lanczos_sigma1(probes.mlp_jacobian_operator(W1, b1, W2, x), tol=1e-12, generator=g)
     torch.testing.assert_close(lz.values, exact, rtol=1e-9, atol=0)
@@ -264,8 +279,9 @@ def test_duplicated_sample_equals_doubled_weight(hw, data):
 def test_weighted_pca_matches_numpy_weighted_covariance(hw):
     h, w = hw
     ref = np.cov(h.numpy(), rowvar=False, aweights=w.numpy(), bias=True).reshape(h.shape[1], h.shape[1])
-    np.testing.assert_allclose(probes.weighted_pca(h, w).eigenvalues.numpy(), np.linalg.eigvalsh(ref)[::-1],
-                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        probes.weighted_pca(h, w).eigenvalues.numpy(), np.linalg.eigvalsh(ref)[::-1], rtol=1e-9, atol=1e-12
+    )
 
 
 @given(st.integers(1, 8), seeds)
@@ -321,8 +337,11 @@ def test_invalid_k_is_a_clear_error(k):
 @given(st.integers(2, 12), st.integers(1, 6), st.integers(0, 2**31 - 1))
 def test_layer_norm_and_its_jacobian_match_torch(d, n, seed):
     g = torch.Generator().manual_seed(seed)
-    x, w, b = (torch.randn(n, d, generator=g, dtype=torch.float64) * 3,
-               torch.randn(d, generator=g, dtype=torch.float64), torch.randn(d, generator=g, dtype=torch.float64))
+    x, w, b = (
+        torch.randn(n, d, generator=g, dtype=torch.float64) * 3,
+        torch.randn(d, generator=g, dtype=torch.float64),
+        torch.randn(d, generator=g, dtype=torch.float64),
+    )
     torch.testing.assert_close(nn.layer_norm(x, w, b), torch.nn.functional.layer_norm(x, (d,), w, b))
     ref = torch.func.vmap(torch.func.jacrev(lambda v: torch.nn.functional.layer_norm(v, (d,), w, b)))(x)
     torch.testing.assert_close(nn.layer_norm_jacobian(x, w), ref)
@@ -334,7 +353,9 @@ def test_effective_moe_jacobian_matches_autograd_of_the_layer(routing):
     forward (Top-k: away from ties, where the selection is locally constant)."""
     from moegeo.model import MLPMoE
 
-    layer = MLPMoE(n_experts=5, d_model=6, d_hidden=7, routing=routing, top_k=2, temperature=0.7, seeds=(3,), dtype=torch.float64)
+    layer = MLPMoE(
+        n_experts=5, d_model=6, d_hidden=7, routing=routing, top_k=2, temperature=0.7, seeds=(3,), dtype=torch.float64
+    )
     p = layer.params(0)
     x = torch.randn(9, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ref = torch.stack([torch.autograd.functional.jacobian(lambda v: layer(v[None])[0], xi) for xi in x])  # per point:
@@ -375,8 +396,11 @@ def test_mlp_gram_product_is_jtj_v_of_the_materialised_jacobians(params, seed):
 
 
 @settings(deadline=None, max_examples=25)
-@given(st.integers(1, 40), st.sampled_from([1, spectra.SMALL_TRIDIAGONAL_BATCH, spectra.SMALL_TRIDIAGONAL_BATCH + 1]),
-       seeds)
+@given(
+    st.integers(1, 40),
+    st.sampled_from([1, spectra.SMALL_TRIDIAGONAL_BATCH, spectra.SMALL_TRIDIAGONAL_BATCH + 1]),
+    seeds,
+)
 def test_tridiagonal_top_eigenvalue_matches_scipy_on_both_paths(k, B, seed):
     """The Ritz value of mlp_lanczos_sigma1: LAPACK for a small batch, Sturm bisection above
     SMALL_TRIDIAGONAL_BATCH; both against scipy's tridiagonal eigensolver, matrix by matrix."""
@@ -387,8 +411,14 @@ def test_tridiagonal_top_eigenvalue_matches_scipy_on_both_paths(k, B, seed):
     radius = torch.nn.functional.pad(b, (0, 0, 0, 1)) + torch.nn.functional.pad(b, (0, 0, 1, 0))
     lo, hi = alpha.amax(0), (alpha + radius).amax(0)
     got = spectra._tridiagonal_top_eigenvalue(alpha, b2, lo, hi, 60)
-    ref = torch.tensor([scipy.linalg.eigvalsh_tridiagonal(alpha[:, i].numpy(), b[:, i].numpy(), select="i",
-                                                          select_range=(k - 1, k - 1))[0] for i in range(B)])
+    ref = torch.tensor(
+        [
+            scipy.linalg.eigvalsh_tridiagonal(
+                alpha[:, i].numpy(), b[:, i].numpy(), select="i", select_range=(k - 1, k - 1)
+            )[0]
+            for i in range(B)
+        ]
+    )
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
     # lower=True after 20 halvings: a lower bound within (hi - lo) / 2^20 (the LAPACK path: the value itself)
     low = spectra._tridiagonal_top_eigenvalue(alpha, b2, lo, hi, 20, lower=True)

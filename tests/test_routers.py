@@ -6,6 +6,7 @@ differ only in scalar coefficients). It holds for every router whose scores are 
 (learned, loss-free); the auxiliary loss breaks the coupling by sending x-directed gradient to
 router rows whose experts never saw the token.
 """
+
 import math
 
 import numpy as np
@@ -14,12 +15,11 @@ import scipy.stats
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import seeds
 
 from moegeo import probes
 from moegeo.config import AUX_COEF, BIAS_RATE, CENTROID_EMA, Arm, LMConfig, Router
 from moegeo.model import MLPMoE
-
-from strategies import seeds
 
 
 def parallel_residual(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -35,7 +35,16 @@ def routed_token(draw, routers=("learned", "loss_free")):
     k = draw(st.integers(1, E))
     routing = draw(st.sampled_from(["topk", "soft"]))
     router = draw(st.sampled_from(routers)) if routing == "topk" else "learned"
-    layer = MLPMoE(n_experts=E, d_model=d, d_hidden=h, routing=routing, top_k=k, seeds=(draw(seeds),), dtype=torch.float64, router=router)
+    layer = MLPMoE(
+        n_experts=E,
+        d_model=d,
+        d_hidden=h,
+        routing=routing,
+        top_k=k,
+        seeds=(draw(seeds),),
+        dtype=torch.float64,
+        router=router,
+    )
     g = torch.Generator().manual_seed(draw(seeds))
     if getattr(layer.router, "bias", None) is not None:
         layer.router.bias = torch.randn(1, E, generator=g, dtype=torch.float64)
@@ -46,8 +55,11 @@ def routed_token(draw, routers=("learned", "loss_free")):
 
 
 def _loss(y, kind, target):
-    return {"linear": lambda: (y * target).sum(), "mse": lambda: ((y - target) ** 2).sum(),
-            "cubic": lambda: ((y - target) ** 3).sum()}[kind]()
+    return {
+        "linear": lambda: (y * target).sum(),
+        "mse": lambda: ((y - target) ** 2).sum(),
+        "cubic": lambda: ((y - target) ** 3).sum(),
+    }[kind]()
 
 
 @given(routed_token())
@@ -81,7 +93,9 @@ def test_the_auxiliary_loss_sends_token_directed_gradient_to_routers_whose_exper
 
 def test_switch_loss_is_the_published_formula():
     """AUX_COEF * E * sum_e f_e P_e with f the token-slot fractions and P the mean softmax."""
-    layer = MLPMoE(n_experts=4, d_model=3, d_hidden=5, routing="topk", top_k=2, seeds=(0,), dtype=torch.float64, router="aux_loss")
+    layer = MLPMoE(
+        n_experts=4, d_model=3, d_hidden=5, routing="topk", top_k=2, seeds=(0,), dtype=torch.float64, router="aux_loss"
+    )
     x = torch.randn(1, 50, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     layer.train()
     layer(x)
@@ -93,7 +107,9 @@ def test_switch_loss_is_the_published_formula():
 
 
 def test_loss_free_bias_selects_but_does_not_weight_and_moves_by_the_sign_of_the_load_error():
-    layer = MLPMoE(n_experts=4, d_model=3, d_hidden=5, routing="topk", top_k=1, seeds=(0,), dtype=torch.float64, router="loss_free")
+    layer = MLPMoE(
+        n_experts=4, d_model=3, d_hidden=5, routing="topk", top_k=1, seeds=(0,), dtype=torch.float64, router="loss_free"
+    )
     x = torch.randn(1, 40, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     before = layer.router.bias.clone()
     layer.train()
@@ -110,7 +126,9 @@ def test_loss_free_bias_selects_but_does_not_weight_and_moves_by_the_sign_of_the
 
 
 def test_kmeans_router_scores_by_cosine_and_moves_centroids_by_ema_without_gradients():
-    layer = MLPMoE(n_experts=3, d_model=4, d_hidden=5, routing="topk", top_k=1, seeds=(0,), dtype=torch.float64, router="kmeans")
+    layer = MLPMoE(
+        n_experts=3, d_model=4, d_hidden=5, routing="topk", top_k=1, seeds=(0,), dtype=torch.float64, router="kmeans"
+    )
     assert not hasattr(layer.router, "Wr") and not any("centroid" in n for n, _ in layer.named_parameters())
     x = torch.randn(1, 30, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     c0 = layer.router.centroids.clone()
@@ -184,9 +202,13 @@ def test_score_activation_correlation_is_nan_for_an_expert_with_too_few_tokens()
     x = torch.randn(10, 3, generator=g, dtype=torch.float64)
     gates = torch.zeros(10, 2, dtype=torch.float64)
     gates[:, 0], gates[0, 1], gates[0, 0] = 1.0, 1.0, 0.0
-    rho = probes.score_activation_correlation(torch.randn(10, 2, generator=g, dtype=torch.float64),
-                                              torch.randn(2, 4, 3, generator=g, dtype=torch.float64),
-                                              torch.zeros(2, 4, dtype=torch.float64), x, gates)
+    rho = probes.score_activation_correlation(
+        torch.randn(10, 2, generator=g, dtype=torch.float64),
+        torch.randn(2, 4, 3, generator=g, dtype=torch.float64),
+        torch.zeros(2, 4, dtype=torch.float64),
+        x,
+        gates,
+    )
     assert not math.isnan(float(rho[0])) and math.isnan(float(rho[1]))
 
 
@@ -194,8 +216,11 @@ def test_every_router_trains_in_the_mlp_setting_and_reports_its_metrics():
     from moegeo import ExperimentConfig, run
 
     arms = (Arm.TOPK, Arm.TOPK_AUX, Arm.TOPK_LOSS_FREE, Arm.KMEANS)
-    df = run(ExperimentConfig(steps=6, record_every=3, n_samples=64, seeds=(0, 1), arms=arms, probe_steps=()),
-             cache=False, progress=False)
+    df = run(
+        ExperimentConfig(steps=6, record_every=3, n_samples=64, seeds=(0, 1), arms=arms, probe_steps=()),
+        cache=False,
+        progress=False,
+    )
     final = df[df.step == 6]
     for arm in arms:
         got = set(final[final.arm == arm.value].metric)

@@ -2,28 +2,42 @@
 tiny grid, the rule corrected across the grid on planted data (found where planted, not
 elsewhere; the rate of any false "holds" under a global null at most alpha), the report section,
 the CLI, and a Dask LocalCluster giving the serial run's verdicts."""
+
 import dataclasses
 
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from moegeo import Arm, ExperimentConfig, report, stats
-from moegeo.claims import sensitivity
+from moegeo import ExperimentConfig, report, stats
+from moegeo.claims import Claim, dual_jacobian_pca, sensitivity, single
 from moegeo.cli import main
 from moegeo.report.markdown import SENSITIVITY_MARKERS, existing_section, splice
-from moegeo.claims import Claim, dual_jacobian_pca, single
 
-TINY_CENTRE = ExperimentConfig(n_experts=4, d_model=16, d_hidden=16, n_samples=64, steps=20, record_every=10,
-                               probe_steps=(10,), trajectory_points=16, seeds=(0, 1, 2))
+TINY_CENTRE = ExperimentConfig(
+    n_experts=4,
+    d_model=16,
+    d_hidden=16,
+    n_samples=64,
+    steps=20,
+    record_every=10,
+    probe_steps=(10,),
+    trajectory_points=16,
+    seeds=(0, 1, 2),
+)
 VERDICT_COLUMNS = ["config", "step", "claim", "effect", "p_adj", "verdict", "grid_verdict"]
 
 
 def tiny_grid() -> sensitivity.Grid:
     """3 tiny configs (k = 1 and 2, and lr = 3e-3 at k = 2) x 2 checkpoints (10, 20) = 6 points."""
-    return sensitivity.Grid("tiny", sensitivity.design(TINY_CENTRE, {"top_k": (1, 2)}, {"lr": (3e-3,)}),
-                            "a tiny test grid", "runs in seconds")
+    return sensitivity.Grid(
+        "tiny",
+        sensitivity.design(TINY_CENTRE, {"top_k": (1, 2)}, {"lr": (3e-3,)}),
+        "a tiny test grid",
+        "runs in seconds",
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -45,10 +59,14 @@ def test_declared_grids_are_built_from_the_claims_main_config(name, configs, poi
     assert g.configs["centre"] == dataclasses.replace(main, steps=steps)
     assert g.configs["centre"].seeds[0] == dual_jacobian_pca.CONFIRMATORY_OFFSET  # fresh seeds, as the main run
     for cfg_name, cfg in g.configs.items():
-        changed = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(g.configs["centre"], f.name)}
+        changed = {
+            f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(g.configs["centre"], f.name)
+        }
         assert changed <= set(sensitivity.AXES), (cfg_name, changed)  # only the axes move
         assert all(getattr(cfg, a) in values for a, values in sensitivity.AXES.items())
-        assert cfg.checkpoints() == tuple(s for s in (250, 500, 1000) if s <= steps)  # the steps axis: probe checkpoints
+        assert cfg.checkpoints() == tuple(
+            s for s in (250, 500, 1000) if s <= steps
+        )  # the steps axis: probe checkpoints
     for axis in sensitivity.AXES:  # every axis is varied somewhere
         assert len({getattr(c, axis) for c in g.configs.values()}) >= 2
     # rule 5: enough seeds that a unanimous sweep passes Holm's first step in the largest family: a
@@ -59,7 +77,9 @@ def test_declared_grids_are_built_from_the_claims_main_config(name, configs, poi
 
 def test_small_grid_has_the_e_by_k_factorial_for_the_heat_map():
     g = sensitivity.grid("small")
-    cells = {(c.n_experts, c.top_k) for c in g.configs.values() if (c.lr, c.temperature, c.d_hidden) == (1e-3, 1.0, 128)}
+    cells = {
+        (c.n_experts, c.top_k) for c in g.configs.values() if (c.lr, c.temperature, c.d_hidden) == (1e-3, 1.0, 128)
+    }
     assert cells == {(4, 1), (4, 2), (8, 1), (8, 2)}
 
 
@@ -96,8 +116,10 @@ def test_a_named_grid_refuses_options_it_declares_itself(capsys, extra):
 # --------------------------------------------------------------------------- the per-point table
 def test_the_per_point_table_has_one_row_per_point_and_readable_claim(serial_run):
     tab, g = serial_run.table, serial_run.grid
-    assert list(tab.columns[:len(sensitivity.POINT_COLUMNS)]) == sensitivity.POINT_COLUMNS
-    assert {"effect", "ci_low", "ci_high", "p_adj", "M", "verdict", "control_init", "grid_M", "grid_verdict"} <= set(tab.columns)
+    assert list(tab.columns[: len(sensitivity.POINT_COLUMNS)]) == sensitivity.POINT_COLUMNS
+    assert {"effect", "ci_low", "ci_high", "p_adj", "M", "verdict", "control_init", "grid_M", "grid_verdict"} <= set(
+        tab.columns
+    )
     assert sorted(set(zip(tab.config, tab.step))) == sorted(g.points())
     assert not tab.duplicated(["config", "step", "claim"]).any()
     # a 20-step run cannot read the claims that need step 250 or 500 (C8a-C8d): no rows, not a crash
@@ -124,20 +146,45 @@ def test_a_run_read_at_an_earlier_checkpoint_is_that_run_stopped_there(serial_ru
 
 
 # --------------------------------------------------------------------------- the rule on planted data
-PLANTED = Claim("P", "planted", "planted", "test", "planted x", "direction", "direction", {}, "test",
-                lambda R, r: single(R.per_seed("topk", "x", ""), "x"), paper="planted", steps=False)
+PLANTED = Claim(
+    "P",
+    "planted",
+    "planted",
+    "test",
+    "planted x",
+    "direction",
+    "direction",
+    {},
+    "test",
+    lambda R, r: single(R.per_seed("topk", "x", ""), "x"),
+    paper="planted",
+    steps=False,
+)
 
 
 def planted_frame(x) -> pd.DataFrame:
     """A run frame holding one per-seed value ``x`` (arm topk, metric x) at its final step 10."""
-    return pd.DataFrame(dict(arm="topk", layer=0, metric="x", reading="", step=10, index=-1, seed=range(len(x)),
-                             value=np.asarray(x, dtype=float), steps=10))
+    return pd.DataFrame(
+        dict(
+            arm="topk",
+            layer=0,
+            metric="x",
+            reading="",
+            step=10,
+            index=-1,
+            seed=range(len(x)),
+            value=np.asarray(x, dtype=float),
+            steps=10,
+        )
+    )
 
 
 def planted_table(xs: list) -> pd.DataFrame:
     """The grid table of PLANTED with one point (config "g<i>", step 10) per per-seed vector."""
-    points = [sensitivity.evaluate_point(planted_frame(x), 10, [PLANTED]).assign(config=f"g{i}", step=10)
-              for i, x in enumerate(xs)]
+    points = [
+        sensitivity.evaluate_point(planted_frame(x), 10, [PLANTED]).assign(config=f"g{i}", step=10)
+        for i, x in enumerate(xs)
+    ]
     return sensitivity.correct_across_grid(pd.concat(points, ignore_index=True), [PLANTED])
 
 
@@ -156,9 +203,20 @@ def test_a_planted_effect_is_found_where_planted_and_nowhere_else(plan):
 
 
 #: a joint direction claim: both parts must hold
-PLANTED_JOINT = Claim("Q", "planted joint", "planted", "test", "planted x", "direction", "direction",
-                      {"part": [("a", "b")]}, "test", lambda R, r: single(R.per_seed("topk", f"x{r['part']}", ""), "x"),
-                      paper="planted", steps=False)
+PLANTED_JOINT = Claim(
+    "Q",
+    "planted joint",
+    "planted",
+    "test",
+    "planted x",
+    "direction",
+    "direction",
+    {"part": [("a", "b")]},
+    "test",
+    lambda R, r: single(R.per_seed("topk", f"x{r['part']}", ""), "x"),
+    paper="planted",
+    steps=False,
+)
 
 
 @pytest.mark.parametrize("points", [1, 6])
@@ -169,9 +227,15 @@ def test_a_planted_failure_of_a_joint_claim_is_found_with_min_seeds_and_not_with
     need = sensitivity.min_seeds(2 * points + 2)
     for n, fails in [(need, True), (need - 1, False)]:
         null = np.arange(1.0, n + 1) * np.where(np.arange(n) % 2, 1, -1)
-        frame = pd.concat([planted_frame(-np.arange(1.0, n + 1)).assign(metric="xa"), planted_frame(null).assign(metric="xb")])
-        rows = [sensitivity.evaluate_point(frame.assign(value=frame.value + 1e-3 * i * (frame.metric == "xa")), 10,
-                                           [PLANTED_JOINT]).assign(config=f"g{i}", step=10) for i in range(points)]
+        frame = pd.concat(
+            [planted_frame(-np.arange(1.0, n + 1)).assign(metric="xa"), planted_frame(null).assign(metric="xb")]
+        )
+        rows = [
+            sensitivity.evaluate_point(
+                frame.assign(value=frame.value + 1e-3 * i * (frame.metric == "xa")), 10, [PLANTED_JOINT]
+            ).assign(config=f"g{i}", step=10)
+            for i in range(points)
+        ]
         tab = sensitivity.correct_across_grid(pd.concat(rows, ignore_index=True), [PLANTED_JOINT])
         assert (tab.grid_M == (2 * points + 2 if fails else 0)).all()  # Tarone drops what cannot pass
         assert len(sensitivity.where(tab)["Q"]["fails"]) == (points if fails else 0), n
@@ -200,14 +264,20 @@ def test_a_significant_effect_below_the_smallest_meaningful_one_is_neither_a_hol
     small = dataclasses.replace(PLANTED, smallest_effect=1.0)
     n = sensitivity.min_seeds(3 * 5)
     xs = [np.linspace(2.0, 3.0, n), np.linspace(0.1, 0.5, n), -np.linspace(2.0, 3.0, n)]  # big, small, opposite
-    rows = [sensitivity.evaluate_point(planted_frame(x), 10, [small]).assign(config=f"g{i}", step=10)
-            for i, x in enumerate(xs)]
+    rows = [
+        sensitivity.evaluate_point(planted_frame(x), 10, [small]).assign(config=f"g{i}", step=10)
+        for i, x in enumerate(xs)
+    ]
     tab = sensitivity.correct_across_grid(pd.concat(rows, ignore_index=True), [small])
     assert list(tab.grid_verdict) == ["REPLICATED", "NEGLIGIBLE", "CONTRADICTED"]  # |median| 2.5 > 1 > 0.3
     w = sensitivity.where(tab)["P"]
     assert (w["holds"], w["negligible"], w["fails"]) == ([("g0", 10)], [("g1", 10)], [("g2", 10)])
     assert sensitivity.outcome("REPLICATED", "NOT REPLICATED") == "undecided"  # the corrections disagree
-    assert sensitivity.outcome("CONTRADICTED", "CONTRADICTED") == sensitivity.outcome("DIFFERENT SIZE", "DIFFERENT SIZE") == "fails"
+    assert (
+        sensitivity.outcome("CONTRADICTED", "CONTRADICTED")
+        == sensitivity.outcome("DIFFERENT SIZE", "DIFFERENT SIZE")
+        == "fails"
+    )
 
 
 # --------------------------------------------------------------------------- the report section
@@ -226,8 +296,10 @@ def test_the_section_has_the_heat_maps_and_sentences_and_leaves_the_rest_alone(s
     assert text.startswith("# moegeo report\n\nabove\n\n<!-- benchmarks:begin -->\nbench\n<!-- benchmarks:end -->")
     section = existing_section(text, SENSITIVITY_MARKERS)
     assert "Grid `tiny`" in section and "exploratory" in section
-    assert ("- **C1 Lower local sensitivity** holds at `k=1`; fails at `lr=0.003` @20; undecided at 3 of the 6 points. "
-            "Holding at some points and failing at others is a significant difference between them.") in section
+    assert (
+        "- **C1 Lower local sensitivity** holds at `k=1`; fails at `lr=0.003` @20; undecided at 3 of the 6 points. "
+        "Holding at some points and failing at others is a significant difference between them."
+    ) in section
     assert "C8a" not in section  # in the grid, but a 20-step run cannot read it anywhere: no row, no sentence
     assert "C9a, C9b (§4 soft routing at T = 10 (its own run))" in section
     for name in ["overview", "C1", "G5-mlp"]:
@@ -243,11 +315,15 @@ def test_pytest_claims_report_keeps_the_sensitivity_and_benchmark_sections(tmp_p
     monkeypatch.setattr(report.papers, "make_figures", lambda *a, **k: {})
     monkeypatch.setattr(report.papers, "render", lambda *a, **k: "# new claims report\n")
     path = tmp_path / "REPORT.md"
-    path.write_text("# old\n<!-- sensitivity:begin -->\nmaps\n<!-- sensitivity:end -->\n"
-                    "<!-- benchmarks:begin -->\nbench\n<!-- benchmarks:end -->\n")
+    path.write_text(
+        "# old\n<!-- sensitivity:begin -->\nmaps\n<!-- sensitivity:end -->\n"
+        "<!-- benchmarks:begin -->\nbench\n<!-- benchmarks:end -->\n"
+    )
     report.write_report(path, {}, pd.DataFrame(), {}, 1.0)
-    assert path.read_text() == ("# new claims report\n\n<!-- sensitivity:begin -->\nmaps\n<!-- sensitivity:end -->\n"
-                                "\n<!-- benchmarks:begin -->\nbench\n<!-- benchmarks:end -->\n")
+    assert path.read_text() == (
+        "# new claims report\n\n<!-- sensitivity:begin -->\nmaps\n<!-- sensitivity:end -->\n"
+        "\n<!-- benchmarks:begin -->\nbench\n<!-- benchmarks:end -->\n"
+    )
 
 
 def test_splice_and_existing_section_take_any_markers():
@@ -276,7 +352,8 @@ def test_cli_runs_a_named_grid_and_writes_the_section(serial_run, capsys, monkey
 def test_a_dask_cluster_gives_the_serial_runs_verdicts(dask_cluster, serial_run):
     """The tiny grid on a real Dask LocalCluster of 2 worker processes: the same per-point table
     (effects, p-values, per-point and grid-corrected verdicts) as the serial run."""
-    res = sensitivity.run(tiny_grid(), executor="dask://" + dask_cluster.scheduler_address.removeprefix("tcp://"),
-                          progress=False)
+    res = sensitivity.run(
+        tiny_grid(), executor="dask://" + dask_cluster.scheduler_address.removeprefix("tcp://"), progress=False
+    )
     assert len(res.sweep.computed) == 3
     pd.testing.assert_frame_equal(res.table[VERDICT_COLUMNS], serial_run.table[VERDICT_COLUMNS], check_exact=True)

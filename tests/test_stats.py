@@ -3,6 +3,7 @@ independent implementation of its specification (``reference_engine.py``), and t
 engine end to end on planted frames: families, controls (BY CONSTRUCTION), tipping points and
 power. The rule's error rates are in ``test_calibration.py`` (exact values, tight bands) and
 ``test_engine_mutations.py`` (plausible bugs make them fail)."""
+
 import math
 import os
 import sys
@@ -15,8 +16,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from moegeo import stats
-from moegeo.claims import Claim, Results, evaluate, family, pair, tipping_shift
-from moegeo.claims import dual_jacobian_pca, geometric_asymmetry, routers_geometry
+from moegeo.claims import (
+    Claim,
+    Results,
+    dual_jacobian_pca,
+    evaluate,
+    family,
+    geometric_asymmetry,
+    pair,
+    routers_geometry,
+    tipping_shift,
+)
 from moegeo.stats import Part, Verdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +59,9 @@ def test_holm_is_monotone_and_at_least_raw(p):
 def test_median_test_and_ci_match_scipy_quantile_test(x, q):
     """Oracle: scipy.stats.quantile_test (ties included: integer statistics tie often)."""
     for alt in ("greater", "less"):
-        assert stats.median_test(x, q, alt) == pytest.approx(scipy.stats.quantile_test(x, q=q, alternative=alt).pvalue, abs=1e-12)
+        assert stats.median_test(x, q, alt) == pytest.approx(
+            scipy.stats.quantile_test(x, q=q, alternative=alt).pvalue, abs=1e-12
+        )
     if len(x) >= 6:
         ref = scipy.stats.quantile_test(x).confidence_interval(0.95)
         ci = stats.median_ci(x)
@@ -71,15 +83,21 @@ def test_median_ci_has_its_exact_coverage():
     sims, truth = 4000, 1.0  # median of lognormal(0, 1)
     for n in (20, 24):
         cover = stats.median_ci(np.arange(n)).coverage
-        hits = np.mean([(lambda c: c.low <= truth <= c.high)(stats.median_ci(rng.lognormal(0, 1, n))) for _ in range(sims)])
+        hits = np.mean(
+            [(lambda c: c.low <= truth <= c.high)(stats.median_ci(rng.lognormal(0, 1, n))) for _ in range(sims)]
+        )
         assert abs(hits - cover) <= 4 * math.sqrt(cover * (1 - cover) / sims), (n, hits, cover)
 
 
 def test_prediction_interval_covers_a_new_normal_seed_at_its_level():
     rng = np.random.default_rng(4)
     sims, n = 4000, 24
-    hits = np.mean([(lambda pi, new: pi.low <= new <= pi.high)(stats.prediction_interval(rng.normal(size=n), 0.9),
-                                                               rng.normal()) for _ in range(sims)])
+    hits = np.mean(
+        [
+            (lambda pi, new: pi.low <= new <= pi.high)(stats.prediction_interval(rng.normal(size=n), 0.9), rng.normal())
+            for _ in range(sims)
+        ]
+    )
     assert abs(hits - 0.9) <= 4 * math.sqrt(0.09 / sims)
 
 
@@ -103,8 +121,16 @@ def _random_family(rng, m):
         parts = []
         for _ in range(k):
             x = rng.normal(rng.choice([-1.0, 0.0, 0.05, 1.0]), rng.choice([0.1, 1.0]), n)
-            parts.append(dict(x=x, kind=kind, delta=delta, two_sided=two_sided and kind == "direction",
-                              hedged=hedged, interval=(0.9, 1.1) if kind == "magnitude" else None))
+            parts.append(
+                dict(
+                    x=x,
+                    kind=kind,
+                    delta=delta,
+                    two_sided=two_sided and kind == "direction",
+                    hedged=hedged,
+                    interval=(0.9, 1.1) if kind == "magnitude" else None,
+                )
+            )
         readings.append(parts)
     return readings
 
@@ -133,7 +159,7 @@ def test_a_part_significant_each_way_makes_the_joint_reading_depend_on_definitio
 def test_tarone_drops_what_cannot_reach_significance_and_nothing_else():
     """3 hypotheses of 4 seeds (min p 1/16) cannot pass alpha/K for any K >= 1 except when they
     are few; 10 of 20 seeds can: Tarone keeps exactly the testable ones."""
-    floors = [2.0 ** -20] * 10 + [2.0 ** -4] * 3
+    floors = [2.0**-20] * 10 + [2.0**-4] * 3
     keep = stats.tarone(floors)
     assert keep.tolist() == [True] * 10 + [False] * 3
 
@@ -151,9 +177,26 @@ def test_power_is_the_exact_binomial_tail_at_holms_worst_case():
 def planted(values: dict[str, np.ndarray], control: dict[str, np.ndarray] | None = None, init=None) -> Results:
     """A results frame with one metric per arm: ``values[arm]`` per seed at step 1 (its final
     step); ``control``: the same arms' rows of the permuted control; ``init``: their step-0 rows."""
+
     def rows(vals, step, label):
-        return [dict(seed=s, arm=arm, layer=0, expert=0, reading="", metric="m", step=step, index=-1, value=v, steps=1,
-                     control=label) for arm, vv in vals.items() for s, v in enumerate(vv)]
+        return [
+            dict(
+                seed=s,
+                arm=arm,
+                layer=0,
+                expert=0,
+                reading="",
+                metric="m",
+                step=step,
+                index=-1,
+                value=v,
+                steps=1,
+                control=label,
+            )
+            for arm, vv in vals.items()
+            for s, v in enumerate(vv)
+        ]
+
     r = rows(values, 1, "") + [dict(x, metric="sigma1") for x in rows(values, 1, "")]
     if control:
         r += rows(control, 1, "permuted")
@@ -162,13 +205,20 @@ def planted(values: dict[str, np.ndarray], control: dict[str, np.ndarray] | None
     return Results({"main": pd.DataFrame(r)})
 
 
-def planted_claims(n_claims: int, kind: str = "direction", paper=lambda i: f"sim{i}", prefix: str = "X", **kw) -> list[Claim]:
+def planted_claims(
+    n_claims: int, kind: str = "direction", paper=lambda i: f"sim{i}", prefix: str = "X", **kw
+) -> list[Claim]:
     """Claim i compares arm a{i} with arm b{i} (a log ratio), in family ``paper(i)``."""
+
     def observe(i):
-        return lambda R, r: pair(R.per_seed(f"a{i}", "m"), R.per_seed(f"b{i}", "m"), "a", "b",
-                                 "ratio" if kind == "magnitude" else "logratio")
-    return [Claim(f"{prefix}{i}", "planted", "", "", "", kind, "", {}, "", observe(i), paper=paper(i), steps=False, **kw)
-            for i in range(n_claims)]
+        return lambda R, r: pair(
+            R.per_seed(f"a{i}", "m"), R.per_seed(f"b{i}", "m"), "a", "b", "ratio" if kind == "magnitude" else "logratio"
+        )
+
+    return [
+        Claim(f"{prefix}{i}", "planted", "", "", "", kind, "", {}, "", observe(i), paper=paper(i), steps=False, **kw)
+        for i in range(n_claims)
+    ]
 
 
 def test_a_claim_its_control_reaches_equally_is_by_construction():
@@ -186,8 +236,9 @@ def test_a_claim_its_control_reaches_equally_is_by_construction():
 def test_a_control_without_the_effect_leaves_the_verdict_and_shows_the_difference():
     up = np.exp(np.linspace(0.5, 1.5, 12))
     vals, flat = {"a0": up, "b0": np.ones(12)}, {"a0": np.ones(12), "b0": np.ones(12)}
-    v = evaluate(planted(vals, control=flat, init=flat), planted_claims(1, paper=lambda i: "ok",
-                                                                        controls=("init", "permuted")))
+    v = evaluate(
+        planted(vals, control=flat, init=flat), planted_claims(1, paper=lambda i: "ok", controls=("init", "permuted"))
+    )
     row = v[v.primary].iloc[0]
     assert row.verdict == "REPLICATED" and row.control_init == row.control_permuted == "NOT REPLICATED"
     assert row.delta_init[0]["effect"] == pytest.approx(np.median(np.log(up)))
@@ -208,9 +259,23 @@ def test_the_tipping_point_is_where_the_verdict_changes():
 def test_identical_hypotheses_enter_the_family_once():
     """Two claims on the same observations (as dense and dense_matched at the input PCA site)."""
     vals = {"a0": np.full(8, 2.0), "b0": np.ones(8)}
-    claims = [Claim(f"D{i}", "dup", "", "", "", "direction", "", {}, "",
-                    lambda R, r: pair(R.per_seed("a0", "m"), R.per_seed("b0", "m"), "a", "b", "logratio"),
-                    paper="dup", steps=False) for i in range(2)]
+    claims = [
+        Claim(
+            f"D{i}",
+            "dup",
+            "",
+            "",
+            "",
+            "direction",
+            "",
+            {},
+            "",
+            lambda R, r: pair(R.per_seed("a0", "m"), R.per_seed("b0", "m"), "a", "b", "logratio"),
+            paper="dup",
+            steps=False,
+        )
+        for i in range(2)
+    ]
     v = evaluate(planted(vals), claims, controls=False)
     assert set(v.M) == {2}  # rep and con of one observation, not twice
 
@@ -218,7 +283,9 @@ def test_identical_hypotheses_enter_the_family_once():
 def test_negligible_and_condition_through_evaluate():
     vals = {"a0": np.full(12, 1.001) * np.exp(np.linspace(0, 1e-4, 12)), "b0": np.ones(12)}
     small = planted_claims(1, paper=lambda i: "small", smallest_effect=math.log(1.05))
-    premise = planted_claims(1, paper=lambda i: "premise", prefix="Y", condition=lambda R, r: (False, "the premise fails"))
+    premise = planted_claims(
+        1, paper=lambda i: "premise", prefix="Y", condition=lambda R, r: (False, "the premise fails")
+    )
     v = evaluate(planted(vals), small + premise, controls=False)
     assert v.verdict.tolist() == ["NEGLIGIBLE", "CONDITION NOT MET"]
     assert "the premise fails" in v.message.iloc[1]

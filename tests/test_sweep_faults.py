@@ -1,6 +1,7 @@
 """Sweeps (moegeo.sweeps) when things go wrong: a process-pool sweep SIGTERMed or SIGKILLed leaves no
 worker behind, a pool worker killed mid-task is a clear error that keeps the finished tasks, a
 Dask scheduler that is unreachable or has no worker is a clear error, not a hang."""
+
 import dataclasses
 import importlib
 import os
@@ -18,12 +19,21 @@ import pytest
 
 from moegeo import Arm, ExperimentConfig, cache, sweeps
 
-CFG = ExperimentConfig(n_experts=4, d_model=8, d_hidden=16, n_samples=64, steps=10, record_every=5,
-                       trajectory_points=16, seeds=(0, 1), arms=(Arm.TOPK,))
+CFG = ExperimentConfig(
+    n_experts=4,
+    d_model=8,
+    d_hidden=16,
+    n_samples=64,
+    steps=10,
+    record_every=5,
+    trajectory_points=16,
+    seeds=(0, 1),
+    arms=(Arm.TOPK,),
+)
 
 #: the task every executor runs, replaced: it records its worker's pid, then sleeps for the seeds
 #: listed in $MOEGEO_TEST_SLOW and returns a small frame at once for the others
-FAULTY = textwrap.dedent('''
+FAULTY = textwrap.dedent("""
     import os, time
     from pathlib import Path
     import pandas as pd
@@ -36,7 +46,7 @@ FAULTY = textwrap.dedent('''
         if str(seed) in os.environ.get("MOEGEO_TEST_SLOW", "").split(","):
             time.sleep(60)
         return pd.DataFrame({"seed": list(cfg.seeds), "value": [float(s) for s in cfg.seeds]}), 0.0
-''')
+""")
 
 
 @pytest.fixture(autouse=True)
@@ -163,8 +173,9 @@ def test_a_pool_worker_killed_mid_task_is_a_clear_error_and_finished_tasks_stay_
 def test_a_dask_scheduler_without_workers_is_a_clear_error(monkeypatch):
     distributed = pytest.importorskip("distributed")
     monkeypatch.setenv("MOEGEO_DASK_WORKER_TIMEOUT", "1")
-    with distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp://", host="127.0.0.1",
-                                  dashboard_address=None) as cluster:
+    with distributed.LocalCluster(
+        n_workers=0, processes=False, protocol="tcp://", host="127.0.0.1", dashboard_address=None
+    ) as cluster:
         address = cluster.scheduler_address
         spec = "dask://" + address.removeprefix("tcp://")
         t0 = time.monotonic()

@@ -1,6 +1,7 @@
 """Sweeps (moegeo.sweeps): tasks, executor specs, bit-identity with the serial run on a process
 pool and on a real Dask LocalCluster, resumption after a kill, the progress bar, the CLI, and the
 cache under concurrent writers and a writer killed mid-write."""
+
 import concurrent.futures
 import dataclasses
 import os
@@ -15,18 +16,40 @@ import pandas as pd
 import pytest
 import torch
 
-from moegeo import Arm, ExperimentConfig, LMConfig, cache, experiment, sweeps
+from moegeo import Arm, ExperimentConfig, LMConfig, cache, experiment, frame, sweeps
 from moegeo.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ExperimentConfig(n_experts=4, d_model=8, d_hidden=16, n_samples=64, steps=20, record_every=10,
-                        trajectory_points=16, seeds=(0, 1, 2), arms=(Arm.DENSE, Arm.TOPK, Arm.SOFT))
-TINY_LM = LMConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2, context=8, n_experts=4, d_hidden=12, steps=4,
-                   record_every=2, eval_windows=4, probe_tokens=32, trajectory_points=8, seeds=(0, 1))
+TINY = ExperimentConfig(
+    n_experts=4,
+    d_model=8,
+    d_hidden=16,
+    n_samples=64,
+    steps=20,
+    record_every=10,
+    trajectory_points=16,
+    seeds=(0, 1, 2),
+    arms=(Arm.DENSE, Arm.TOPK, Arm.SOFT),
+)
+TINY_LM = LMConfig(
+    vocab_size=64,
+    d_model=16,
+    n_layers=2,
+    n_heads=2,
+    context=8,
+    n_experts=4,
+    d_hidden=12,
+    steps=4,
+    record_every=2,
+    eval_windows=4,
+    probe_tokens=32,
+    trajectory_points=8,
+    seeds=(0, 1),
+)
 GRID = {"mlp": TINY, "lm": TINY_LM}
 #: the cheapest run, for tests about the machinery rather than the numbers
 FAST = dataclasses.replace(TINY, steps=10, record_every=5, arms=(Arm.TOPK,))
-KEYS = ["setting", "seed", "arm", "layer", "expert", "reading", "metric", "step", "index"]
+KEYS = frame.KEYS
 
 
 @pytest.fixture(autouse=True)
@@ -47,27 +70,51 @@ def assert_same_frames(a: sweeps.SweepResult, b: sweeps.SweepResult) -> None:
 
 
 # --------------------------------------------------------------------------- specs and tasks
-@pytest.mark.parametrize("spec, kind, arg", [
-    ("serial", "serial", None), ("processes", "processes", None), ("processes:3", "processes", 3),
-    ("dask://127.0.0.1:8786", "dask", "tcp://127.0.0.1:8786"), ("dask://tls://sched:8786", "dask", "tls://sched:8786"),
-    ("dask-local", "dask-local", None), ("dask-local:2", "dask-local", 2), ("slurm", "slurm", None),
-    ("slurm:short", "slurm", "short")])
+@pytest.mark.parametrize(
+    "spec, kind, arg",
+    [
+        ("serial", "serial", None),
+        ("processes", "processes", None),
+        ("processes:3", "processes", 3),
+        ("dask://127.0.0.1:8786", "dask", "tcp://127.0.0.1:8786"),
+        ("dask://tls://sched:8786", "dask", "tls://sched:8786"),
+        ("dask-local", "dask-local", None),
+        ("dask-local:2", "dask-local", 2),
+        ("slurm", "slurm", None),
+        ("slurm:short", "slurm", "short"),
+    ],
+)
 def test_executor_specs_parse(spec, kind, arg):
     parsed = sweeps.parse_executor(spec)
     assert (parsed.kind, parsed.arg) == (kind, arg)
     assert sweeps.parse_executor(str(parsed)) == parsed
 
 
-@pytest.mark.parametrize("spec, why", [
-    ("", "unknown executor"), ("threads:2", "unknown executor"), ("processes:0", ">= 1"),
-    ("processes:two", "whole number"), ("dask://", "dask://host:port"), ("dask://sched", "dask://host:port"),
-    ("dask://sched:port", "dask://host:port"), ("dask-local:-1", "whole number"), ("slurm:", "partition is empty"),
-    ("processes:1_6", "whole number"), ("dask-local:\u0663", "whole number"), ("slurm:a:b c", "partition name"),
-    ("dask://foo://bar", "dask://protocol://host:port"), ("dask://a://b://c:1", "dask://protocol")])
+@pytest.mark.parametrize(
+    "spec, why",
+    [
+        ("", "unknown executor"),
+        ("threads:2", "unknown executor"),
+        ("processes:0", ">= 1"),
+        ("processes:two", "whole number"),
+        ("dask://", "dask://host:port"),
+        ("dask://sched", "dask://host:port"),
+        ("dask://sched:port", "dask://host:port"),
+        ("dask-local:-1", "whole number"),
+        ("slurm:", "partition is empty"),
+        ("processes:1_6", "whole number"),
+        ("dask-local:\u0663", "whole number"),
+        ("slurm:a:b c", "partition name"),
+        ("dask://foo://bar", "dask://protocol://host:port"),
+        ("dask://a://b://c:1", "dask://protocol"),
+    ],
+)
 def test_a_bad_executor_spec_is_a_clear_error(spec, why):
     with pytest.raises(ValueError, match=why) as err:
         sweeps.parse_executor(spec)
-    assert "expected one of serial, processes[:N], dask://host:port, dask-local[:N], slurm[:partition]" in str(err.value)
+    assert "expected one of serial, processes[:N], dask://host:port, dask-local[:N], slurm[:partition]" in str(
+        err.value
+    )
     with pytest.raises(ValueError, match="bad executor spec"):  # before anything is computed
         sweeps.sweep(TINY, executor=spec)
 
@@ -77,9 +124,14 @@ def test_an_object_without_submit_is_refused():
         sweeps.sweep(TINY, executor=object(), cache=False)
 
 
-@pytest.mark.parametrize("spec, module, extra", [
-    ("dask-local:2", "distributed", "dask"), ("dask://127.0.0.1:8786", "distributed", "dask"),
-    ("slurm:short", "submitit", "slurm")])
+@pytest.mark.parametrize(
+    "spec, module, extra",
+    [
+        ("dask-local:2", "distributed", "dask"),
+        ("dask://127.0.0.1:8786", "distributed", "dask"),
+        ("slurm:short", "submitit", "slurm"),
+    ],
+)
 def test_a_missing_optional_package_names_its_extra(monkeypatch, spec, module, extra):
     monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
     with pytest.raises(ImportError, match=rf"pip install 'moegeo\[{extra}\]'"):
@@ -136,8 +188,11 @@ def test_a_process_pool_equals_the_serial_run_bit_for_bit(serial_chunked):
     assert_same_frames(res, serial_chunked)
     assert len(res.computed) == 5 and not res.cached
     for t in res.tasks:  # merged into the cache, one entry per task
-        pd.testing.assert_frame_equal(cache.load(t.key), res.frames[t.name][res.frames[t.name].seed.isin(t.cfg.seeds)]
-                                      .reset_index(drop=True), check_exact=True)
+        pd.testing.assert_frame_equal(
+            cache.load(t.key),
+            res.frames[t.name][res.frames[t.name].seed.isin(t.cfg.seeds)].reset_index(drop=True),
+            check_exact=True,
+        )
     again = sweeps.sweep(GRID, executor="processes:2", chunk=1, progress=False)
     assert not again.computed and len(again.cached) == 5
     assert_same_frames(again, serial_chunked)
@@ -291,7 +346,9 @@ import os, pickle, sys, time
 from moegeo import cache
 """
 
-RACING_WRITER = LOAD_CACHE + """
+RACING_WRITER = (
+    LOAD_CACHE
+    + """
 key, frame_path, go, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 frame = pickle.load(open(frame_path, "rb"))
 open(frame_path + ".ready", "w").close()
@@ -300,6 +357,7 @@ while not os.path.exists(go):
 for _ in range(n):
     cache.store(key, frame)
 """
+)
 
 
 def frame_of(value: float, n: int = 100_000) -> pd.DataFrame:
@@ -315,8 +373,11 @@ def test_processes_racing_on_one_key_never_leave_a_bad_entry(tmp_path):
     for i, f in enumerate(frames):
         path = tmp_path / f"frame{i}.pkl"
         path.write_bytes(pickle.dumps(f))
-        procs.append(subprocess.Popen([sys.executable, "-c", RACING_WRITER, "race", str(path), str(go), "100"],
-                                      env=os.environ.copy()))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", RACING_WRITER, "race", str(path), str(go), "100"], env=os.environ.copy()
+            )
+        )
     deadline = time.monotonic() + 60
     while not all((tmp_path / f"frame{i}.pkl.ready").exists() for i in range(2)):
         assert time.monotonic() < deadline
@@ -334,10 +395,14 @@ def test_processes_racing_on_one_key_never_leave_a_bad_entry(tmp_path):
     assert [p.returncode for p in procs] == [0, 0]
     assert last is not None and float(last.value.iloc[0]) in (1.0, 2.0)
     assert seen, "no read overlapped the writers"
-    assert not [p for p in cache.cache_dir().iterdir() if p.name.endswith(".tmp")], "a finished writer left a temporary file"
+    assert not [p for p in cache.cache_dir().iterdir() if p.name.endswith(".tmp")], (
+        "a finished writer left a temporary file"
+    )
 
 
-KILLED_WRITER = LOAD_CACHE + """
+KILLED_WRITER = (
+    LOAD_CACHE
+    + """
 key, frame_path, marker = sys.argv[1], sys.argv[2], sys.argv[3]
 frame = pickle.load(open(frame_path, "rb"))
 
@@ -375,6 +440,7 @@ class SlowOs:
 cache.os = SlowOs()
 cache.store(key, frame)
 """
+)
 
 
 def test_an_unreadable_entry_is_recomputed_but_not_deleted(monkeypatch):
@@ -405,6 +471,7 @@ def test_a_corrupt_entry_is_left_in_place_and_replaced_by_the_next_writer():
 
 def test_a_failed_write_leaves_no_temporary_and_entries_are_readable_by_others(monkeypatch):
     assert "MOEGEO_CACHE" in os.environ  # the isolated cache, never the user's
+
     def fail(*args):
         raise OSError(28, "No space left on device")
 
@@ -426,8 +493,7 @@ def test_a_writer_killed_mid_write_leaves_the_old_entry_or_none(tmp_path, before
         cache.store("k", old)
     path, marker = tmp_path / "new.pkl", tmp_path / "half"
     path.write_bytes(pickle.dumps(new))
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, "k", str(path), str(marker)],
-                            env=os.environ.copy())
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, "k", str(path), str(marker)], env=os.environ.copy())
     try:
         deadline = time.monotonic() + 60
         while not marker.exists():
@@ -453,8 +519,20 @@ def test_a_writer_killed_mid_write_leaves_the_old_entry_or_none(tmp_path, before
 
 
 # --------------------------------------------------------------------------- the CLI and pytest claims/
-TINY_ARGS = ["--seeds", "2", "--quiet", "--set", "n_experts=4", "d_model=8", "d_hidden=16", "n_samples=64", "steps=10",
-             "record_every=5", "trajectory_points=16", "arms=topk+soft"]
+TINY_ARGS = [
+    "--seeds",
+    "2",
+    "--quiet",
+    "--set",
+    "n_experts=4",
+    "d_model=8",
+    "d_hidden=16",
+    "n_samples=64",
+    "steps=10",
+    "record_every=5",
+    "trajectory_points=16",
+    "arms=topk+soft",
+]
 
 
 def test_cli_sweeps_a_grid_and_resumes_from_the_cache(capsys, tmp_path):
@@ -469,11 +547,19 @@ def test_cli_sweeps_a_grid_and_resumes_from_the_cache(capsys, tmp_path):
     assert "0 computed, 4 from the cache" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--executor", "bogus"], "bad executor spec"), (["--grid", "nope=1,2"], "no field 'nope'"),
-    (["--set", "seeds=3"], "no field 'seeds'"), (["--grid", "top_k"], "FIELD=V1,V2"),
-    (["--grid", "top_k=one"], "top_k takes int"), (["--set", "arms=bogus"], "bogus"),
-    (["--grid", "top_k=1", "--set", "top_k=2"], "both --set and --grid"), (["--chunk", "0"], "chunk must be")])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--executor", "bogus"], "bad executor spec"),
+        (["--grid", "nope=1,2"], "no field 'nope'"),
+        (["--set", "seeds=3"], "no field 'seeds'"),
+        (["--grid", "top_k"], "FIELD=V1,V2"),
+        (["--grid", "top_k=one"], "top_k takes int"),
+        (["--set", "arms=bogus"], "bogus"),
+        (["--grid", "top_k=1", "--set", "top_k=2"], "both --set and --grid"),
+        (["--chunk", "0"], "chunk must be"),
+    ],
+)
 def test_cli_refuses_bad_input_clearly(capsys, args, message):
     with pytest.raises(SystemExit) as err:
         main(["sweep"] + args)
@@ -482,7 +568,13 @@ def test_cli_refuses_bad_input_clearly(capsys, args, message):
 
 
 def test_pytest_claims_refuses_a_bad_executor(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "pytest", "claims/", "--executor", "processes:0", "-q"], cwd=ROOT,
-                         env=os.environ.copy(), capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "claims/", "--executor", "processes:0", "-q"],
+        cwd=ROOT,
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 4, out.stdout + out.stderr  # pytest's usage error
     assert "--executor: bad executor spec 'processes:0'" in out.stderr

@@ -1,4 +1,5 @@
 """WikiText-2 data layer: shipped copy, split/eos/vocabulary rules, unigram baseline, windows, errors."""
+
 import gzip
 import math
 import os
@@ -10,12 +11,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import moegeo
 from moegeo.data import wikitext
-from moegeo.data.wikitext import (EOS, UNK, batches, build_vocab, heldout_windows, load_wikitext, tokenize,
-                             unigram_perplexity)
+from moegeo.data.wikitext import (
+    EOS,
+    UNK,
+    batches,
+    build_vocab,
+    heldout_windows,
+    load_wikitext,
+    tokenize,
+    unigram_perplexity,
+)
 
 PACKAGE_DIR = Path(moegeo.__file__).resolve().parent
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2"  # the colleague's source copy
@@ -38,6 +48,7 @@ def write_corpus(root: Path, splits: dict, pattern="{}.txt", gz=False) -> Path:
 
 # --- the shipped copy --------------------------------------------------------------------
 
+
 def test_shipped_copy_loads_from_a_fresh_clone(tmp_path):
     # The data module and its data alone, in a tree with no ../shared, first on sys.path. A stub
     # __init__ keeps this test independent of (and fast despite) the rest of the package.
@@ -46,8 +57,10 @@ def test_shipped_copy_loads_from_a_fresh_clone(tmp_path):
     shutil.copy(PACKAGE_DIR / "data" / "wikitext.py", clone / "moegeo" / "data")
     (clone / "moegeo" / "__init__.py").write_text("")
     (clone / "moegeo" / "data" / "__init__.py").write_text("")
-    code = ("import moegeo, moegeo.data.wikitext as w; c = w.load_wikitext(); "
-            "print(moegeo.__file__); print(c.train.numel(), c.heldout.numel(), c.vocab_size)")
+    code = (
+        "import moegeo, moegeo.data.wikitext as w; c = w.load_wikitext(); "
+        "print(moegeo.__file__); print(c.train.numel(), c.heldout.numel(), c.vocab_size)"
+    )
     env = {**os.environ, "PYTHONPATH": str(clone), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -73,12 +86,16 @@ def test_shipped_content_equals_the_source_text(split):
 
 
 def test_shipped_trains_on_valid_and_holds_out_test(shipped):
-    raw = {s: gzip.decompress((PACKAGE_DIR / "data" / "wikitext-2" / f"{s}.txt.gz").read_bytes()).decode()
-           for s in ("valid", "test")}
+    raw = {
+        s: gzip.decompress((PACKAGE_DIR / "data" / "wikitext-2" / f"{s}.txt.gz").read_bytes()).decode()
+        for s in ("valid", "test")
+    }
     assert shipped.train.numel() == len(tokenize(raw["valid"]))
     assert shipped.heldout.numel() == len(tokenize(raw["test"]))
-    assert shipped.valid is None and dict(shipped.files) == {"train": "shipped valid.txt.gz",
-                                                             "heldout": "shipped test.txt.gz"}
+    assert shipped.valid is None and dict(shipped.files) == {
+        "train": "shipped valid.txt.gz",
+        "heldout": "shipped test.txt.gz",
+    }
     assert shipped.vocab_size == 2048 == len(set(shipped.vocab)) and shipped.vocab[0] == UNK
     assert EOS in shipped.vocab
     for t in (shipped.train, shipped.heldout):
@@ -93,6 +110,7 @@ def test_shipped_unigram_perplexity_beats_uniform(shipped):
 
 
 # --- tokens and vocabulary on a hand-written corpus --------------------------------------
+
 
 def test_eos_after_each_non_empty_line_only():
     assert tokenize(" = A = \n \n x  y \r\n\n") == ["=", "A", "=", EOS, "x", "y", EOS]
@@ -128,8 +146,11 @@ words = st.sampled_from(["the", "a", "cat", "sat", "on", "mat", UNK, "@-@", "="]
 lines = st.lists(st.lists(words, max_size=6).map(" ".join), min_size=1, max_size=8).map("\n".join)
 
 
-@given(train=lines.filter(lambda t: len(set(tokenize(t)) - {UNK}) >= 1), test=lines.filter(lambda t: tokenize(t)),
-       frac=st.floats(0, 1))
+@given(
+    train=lines.filter(lambda t: len(set(tokenize(t)) - {UNK}) >= 1),
+    test=lines.filter(lambda t: tokenize(t)),
+    frac=st.floats(0, 1),
+)
 def test_ids_round_trip_and_vocab_matches_a_reference(train, test, frac):
     toks = tokenize(train)
     distinct = list(dict.fromkeys(t for t in toks if t != UNK))
@@ -147,8 +168,10 @@ def test_ids_round_trip_and_vocab_matches_a_reference(train, test, frac):
 
 # --- user directories --------------------------------------------------------------------
 
-@pytest.mark.parametrize("pattern,gz", [("wiki.{}.tokens", False), ("wiki.{}.tokens", True),
-                                        ("{}.txt", False), ("{}.txt", True)])
+
+@pytest.mark.parametrize(
+    "pattern,gz", [("wiki.{}.tokens", False), ("wiki.{}.tokens", True), ("{}.txt", False), ("{}.txt", True)]
+)
 def test_user_directory_trains_on_train_and_holds_out_test(tmp_path, pattern, gz):
     root = write_corpus(tmp_path, {"train": "x x y\nx\n", "valid": "y x\n", "test": "y q\n"}, pattern, gz)
     c = load_wikitext(root, vocab_size=3)
@@ -165,6 +188,7 @@ def test_user_directory_without_valid_is_accepted(tmp_path):
 
 # --- unigram baseline --------------------------------------------------------------------
 
+
 def test_unigram_perplexity_hand_computed():
     # counts (1, 2, 1, 0) over N=4, V=4: add-one p = (2, 3, 2, 1) / 8; held-out [1, 3]
     # ppl = exp(-(log 3/8 + log 1/8) / 2) = 8 / sqrt(3)
@@ -177,6 +201,7 @@ def test_unigram_perplexity_of_a_flat_train_split_is_uniform():
 
 
 # --- windows -----------------------------------------------------------------------------
+
 
 def test_batches_shapes_shift_and_contiguity():
     ids = torch.arange(100) * 7
@@ -210,11 +235,12 @@ def test_heldout_windows_tile_the_split_and_drop_a_short_tail(n, T, seed):
     x, y = heldout_windows(ids, T)
     k = (n - 1) // T
     assert x.shape == y.shape == (k, T)
-    assert torch.equal(x.flatten(), ids[: k * T]) and torch.equal(y.flatten(), ids[1: k * T + 1])
+    assert torch.equal(x.flatten(), ids[: k * T]) and torch.equal(y.flatten(), ids[1 : k * T + 1])
     assert 0 <= (n - 1) - k * T < T  # dropped targets: fewer than one window
 
 
 # --- errors ------------------------------------------------------------------------------
+
 
 def test_path_that_does_not_exist(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -230,8 +256,11 @@ def test_path_that_is_a_file(tmp_path):
 @pytest.mark.parametrize("present,missing", [("test", "train"), ("train", "test")])
 def test_directory_missing_a_split_names_the_files_looked_for(tmp_path, present, missing):
     write_corpus(tmp_path, {present: "a b\n"}, "wiki.{}.tokens")
-    with pytest.raises(FileNotFoundError, match=rf"no {missing} split.*wiki\.{missing}\.tokens.*{missing}\.txt\.gz"
-                       rf".*found \['wiki\.{present}\.tokens'\]"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"no {missing} split.*wiki\.{missing}\.tokens.*{missing}\.txt\.gz"
+        rf".*found \['wiki\.{present}\.tokens'\]",
+    ):
         load_wikitext(tmp_path)
 
 
@@ -243,8 +272,9 @@ def test_empty_file(tmp_path, split, text):
         load_wikitext(tmp_path)
 
 
-@pytest.mark.parametrize("blob", [b"plain text, not gzip\n", gzip.compress(b"a b c\n" * 100)[:-12]],
-                         ids=["not-gzip", "truncated"])
+@pytest.mark.parametrize(
+    "blob", [b"plain text, not gzip\n", gzip.compress(b"a b c\n" * 100)[:-12]], ids=["not-gzip", "truncated"]
+)
 def test_corrupt_gzip(tmp_path, blob):
     write_corpus(tmp_path, {"test": "a\n"})
     (tmp_path / "train.txt.gz").write_bytes(blob)
@@ -269,7 +299,9 @@ def fake_shipped(monkeypatch, tmp_path, valid: bytes):
 def test_shipped_checksum_mismatch(monkeypatch, tmp_path):
     real = gzip.decompress((PACKAGE_DIR / "data" / "wikitext-2" / "valid.txt.gz").read_bytes())
     fake_shipped(monkeypatch, tmp_path, gzip.compress(real.replace(b" lobster ", b" crab ", 1)))
-    with pytest.raises(ValueError, match=rf"valid\.txt\.gz: the sha256 .* expected {wikitext.SHIPPED_SHA256['valid.txt.gz']}"):
+    with pytest.raises(
+        ValueError, match=rf"valid\.txt\.gz: the sha256 .* expected {wikitext.SHIPPED_SHA256['valid.txt.gz']}"
+    ):
         load_wikitext()
 
 
@@ -289,13 +321,16 @@ def test_vocab_size_out_of_range(tmp_path, V):
         load_wikitext(tmp_path, vocab_size=V)
 
 
-@pytest.mark.parametrize("train,heldout,V,match", [
-    (torch.tensor([0, 4]), torch.tensor([1]), 4, r"train_ids must lie in \[0, 4\), found values in \[0, 4\]"),
-    (torch.tensor([0, 1]), torch.tensor([-1]), 4, r"heldout_ids must lie in \[0, 4\)"),
-    (torch.tensor([0, 1]), torch.tensor([], dtype=torch.long), 4, "heldout_ids is empty"),
-    (torch.tensor([0.0, 1.0]), torch.tensor([1]), 4, "1-D integer tensor"),
-    (torch.tensor([0, 1]), torch.tensor([1]), 0, "positive int"),
-])
+@pytest.mark.parametrize(
+    "train,heldout,V,match",
+    [
+        (torch.tensor([0, 4]), torch.tensor([1]), 4, r"train_ids must lie in \[0, 4\), found values in \[0, 4\]"),
+        (torch.tensor([0, 1]), torch.tensor([-1]), 4, r"heldout_ids must lie in \[0, 4\)"),
+        (torch.tensor([0, 1]), torch.tensor([], dtype=torch.long), 4, "heldout_ids is empty"),
+        (torch.tensor([0.0, 1.0]), torch.tensor([1]), 4, "1-D integer tensor"),
+        (torch.tensor([0, 1]), torch.tensor([1]), 0, "positive int"),
+    ],
+)
 def test_unigram_perplexity_rejects_bad_ids(train, heldout, V, match):
     with pytest.raises(ValueError, match=match):
         unigram_perplexity(train, heldout, V)

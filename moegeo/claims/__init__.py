@@ -2,11 +2,46 @@
 (``engine``), one module per paper (``dual_jacobian_pca``, ``routers_geometry``,
 ``geometric_asymmetry``) and the sensitivity grid (``sensitivity``). Adding a paper is adding a
 module that declares its claims and ``register``s them."""
-from .engine import (CONTROLS, REGISTRY, Claim, Observation, Results, claim_power, decide_families, evaluate, family,
-                     grid, pair, part_summary, register, single, tested, tipping_shift)
 
-__all__ = ["CONTROLS", "PAPERS", "REGISTRY", "all_claims", "Claim", "Observation", "Results", "claim_power", "decide_families", "evaluate",
-           "family", "grid", "pair", "part_summary", "register", "single", "tested", "tipping_shift"]
+from .engine import (
+    CONTROLS,
+    REGISTRY,
+    Claim,
+    Observation,
+    Results,
+    claim_power,
+    decide_families,
+    evaluate,
+    family,
+    grid,
+    pair,
+    part_summary,
+    register,
+    single,
+    tested,
+    tipping_shift,
+)
+
+__all__ = [
+    "CONTROLS",
+    "PAPERS",
+    "REGISTRY",
+    "all_claims",
+    "Claim",
+    "Observation",
+    "Results",
+    "claim_power",
+    "decide_families",
+    "evaluate",
+    "family",
+    "grid",
+    "pair",
+    "part_summary",
+    "register",
+    "single",
+    "tested",
+    "tipping_shift",
+]
 
 from . import dual_jacobian_pca, geometric_asymmetry, routers_geometry  # noqa: E402
 

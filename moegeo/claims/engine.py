@@ -16,15 +16,16 @@ across inputs, the router at initialisation), each in its own family under the s
 claim whose control reaches the same call is ``BY CONSTRUCTION``. What is shown never changes
 what is corrected.
 """
+
 from __future__ import annotations
 
 import hashlib
 import itertools
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -35,10 +36,19 @@ from .. import stats
 CONTROLS = {
     "init": "the same arms at initialisation (step 0), probed exactly as the trained ones",
     "permuted": "each expert's routing weights shuffled across the inputs (its weight distribution kept, the "
-                "input-routing association removed), on the trained model",
+    "input-routing association removed), on the trained model",
     "router_init": "the trained experts with the routing weights of the router at initialisation",
 }
 
+
+#: the controls of a statistic of the routed inputs (which inputs each expert sees, with what weight)
+ROUTED = tuple(CONTROLS)
+#: why a claim on the experts' functions is not tested on the routing controls
+FUNCTIONS = (
+    "the routing controls are not declared: they keep the trained experts, whose functions the statistic "
+    "compares, and change only which inputs weigh in (they are declared for statistics of the routed inputs: "
+    "the weighted PCA, the subspaces, the router scores)"
+)
 
 #: the ``router`` reading of a setting's Top-k arm: the arm of another frame trained with that router
 ROUTER_ARMS = {"aux_loss": {"topk": ("routers", "topk_aux")}}
@@ -63,11 +73,15 @@ class Results:
         self._controls = {name: df[df.control != ""] for name, df in frames.items() if "control" in df}
         self.frames = {name: df[df.control == ""] if "control" in df else df for name, df in frames.items()}
         # the expert mean of every metric, one row per (arm, layer, metric, reading, step, index), seeds as columns
-        self._means = {name: df.groupby(self.KEYS, sort=True, observed=True)["value"].mean().unstack("seed")
-                       for name, df in self.frames.items()}
+        self._means = {
+            name: df.groupby(self.KEYS, sort=True, observed=True)["value"].mean().unstack("seed")
+            for name, df in self.frames.items()
+        }
         self._pairs = {}
-        self._checkpoints = {name: sorted({s for s in df.step[df.metric == "sigma1"] if s > 0}, reverse=True)
-                             for name, df in self.frames.items()}
+        self._checkpoints = {
+            name: sorted({s for s in df.step[df.metric == "sigma1"] if s > 0}, reverse=True)
+            for name, df in self.frames.items()
+        }
         self._views = {}
 
     @classmethod
@@ -75,7 +89,7 @@ class Results:
         todo = [c for c in cls.LABELS if c in df and not isinstance(df[c].dtype, pd.CategoricalDtype)]
         return df.astype({c: "category" for c in todo}) if todo else df
 
-    def control(self, name: str) -> "Results":
+    def control(self, name: str) -> Results:
         """The results as a declared control sees them (``CONTROLS``): ``init``, every frame's
         step-0 rows standing at each of its checkpoints; ``permuted`` and ``router_init``, the
         control's probe rows in place of the trained ones of the same arm, step and metric (a
@@ -91,8 +105,9 @@ class Results:
                     continue
                 base = df[df.step == 0]
                 steps = sorted(set(df.step[df.metric == "sigma1"]) | {int(df.steps.iloc[0])})
-                out[frame] = pd.concat([df[df.step == 0]] + [base.assign(step=s) for s in steps if s > 0],
-                                       ignore_index=True)
+                out[frame] = pd.concat(
+                    [df[df.step == 0]] + [base.assign(step=s) for s in steps if s > 0], ignore_index=True
+                )
                 continue
             c = self._controls.get(frame, df.iloc[:0])
             c = c[c.control == name]
@@ -104,7 +119,7 @@ class Results:
             out[frame] = pd.concat([df[keep], c.assign(control="")], ignore_index=True)
         return Results(out)
 
-    def view(self, frame: str, layer: int | str = "pooled", router: str = "learned") -> "Results":
+    def view(self, frame: str, layer: int | str = "pooled", router: str = "learned") -> Results:
         """The results of a multi-layer setting (e.g. ``"lm"``) as a one-layer ``main`` frame, so
         every claim of the MLP setting reads it unchanged: one MoE ``layer``, or ``"pooled"``:
         every layer's experts as one population (a per-seed expert mean becomes the mean over
@@ -113,7 +128,7 @@ class Results:
         if (frame, layer, router) not in self._views:
             df = self.frames[frame]
             if router != "learned":
-                (arm, (other, there)), = ROUTER_ARMS[router].items()
+                ((arm, (other, there)),) = ROUTER_ARMS[router].items()
                 if other not in self.frames:
                     raise LookupError(f"router={router} reads frame {other!r}, which this run does not have")
                 sub = self.frames[other]
@@ -131,17 +146,29 @@ class Results:
         """Steps after 0 with full probes (``sigma1`` rows), final first."""
         return self._checkpoints[frame]
 
-    def per_seed(self, arm: str, metric: str, reading: str = "", step: int | None = None, index: int = -1,
-                 layer: int = 0, frame: str = "main") -> pd.Series:
+    def per_seed(
+        self,
+        arm: str,
+        metric: str,
+        reading: str = "",
+        step: int | None = None,
+        index: int = -1,
+        layer: int = 0,
+        frame: str = "main",
+    ) -> pd.Series:
         """A metric of one arm per seed, averaged over experts, at ``step`` (default final)."""
         step = self.final_step(frame) if step is None else step
         try:
             return self._means[frame].loc[(arm, layer, metric, reading, step, index)].dropna().rename_axis("seed")
         except KeyError:
-            raise LookupError(f"no rows in frame {frame!r} for arm={arm} layer={layer} metric={metric} "
-                              f"reading={reading!r} step={step} index={index}") from None
+            raise LookupError(
+                f"no rows in frame {frame!r} for arm={arm} layer={layer} metric={metric} "
+                f"reading={reading!r} step={step} index={index}"
+            ) from None
 
-    def curve(self, arm: str, metric: str, reading: str, step: int, layer: int = 0, frame: str = "main") -> pd.DataFrame:
+    def curve(
+        self, arm: str, metric: str, reading: str, step: int, layer: int = 0, frame: str = "main"
+    ) -> pd.DataFrame:
         """A per-seed curve (expert mean): rows seeds, columns the 1-based index."""
         return self._means[frame].loc[(arm, layer, metric, reading, step)].T.dropna(how="all")
 
@@ -149,15 +176,18 @@ class Results:
         """Each unordered expert pair's cosine once: columns seed, expert, index, value."""
         return self.pairs(arm, "cosine", reading, step, layer, frame)
 
-    def pairs(self, arm: str, metric: str, reading: str, step: int | None = None, layer: int = 0,
-              frame: str = "main") -> pd.DataFrame:
+    def pairs(
+        self, arm: str, metric: str, reading: str, step: int | None = None, layer: int = 0, frame: str = "main"
+    ) -> pd.DataFrame:
         """Each unordered expert pair's value of a pairwise metric (``index`` the partner) once,
         at ``step`` (default final): columns seed, expert, index, value."""
         step = self.final_step(frame) if step is None else step
         if frame not in self._pairs:
             df = self.frames[frame]
             df = df[(df.expert >= 0) & (df.expert < df["index"])]
-            self._pairs[frame] = {k: g for k, g in df.groupby(["arm", "layer", "metric", "reading", "step"], observed=True)}
+            self._pairs[frame] = {
+                k: g for k, g in df.groupby(["arm", "layer", "metric", "reading", "step"], observed=True)
+            }
         empty = self.frames[frame].iloc[:0]
         return self._pairs[frame].get((arm, layer, metric, reading, step), empty)
 
@@ -226,8 +256,8 @@ class Claim:
     diagnostic: bool = True  # False: settled by construction in this setting (see note)
     frame: str = "main"
     generalises: str = ""
-    controls: tuple[str, ...] = tuple(CONTROLS)
-    control_note: str = ""
+    controls: tuple[str, ...] = ("init",)
+    control_note: str = FUNCTIONS
     threshold_declared: bool = False
     threshold_value: float | None = None
     threshold_sign: int = 1
@@ -287,14 +317,18 @@ class Claim:
         """The decision rule in numbers."""
         if self.kind == "magnitude":
             lo, hi = self.interval[0] - self.tolerance, self.interval[1] + self.tolerance
-            return (f"CONSISTENT unless the paper's single-seed value, in [{lo:.4g}, {hi:.4g}], lies significantly outside "
-                    f"our seeds' normal prediction interval ({'log' if self.scale == 'log' else 'linear'} scale)")
+            return (
+                f"CONSISTENT unless the paper's single-seed value, in [{lo:.4g}, {hi:.4g}], lies significantly outside "
+                f"our seeds' normal prediction interval ({'log' if self.scale == 'log' else 'linear'} scale)"
+            )
         d = self.smallest_effect
         side = "|median| > " if self.two_sided else "median > "
         if not d:
             return f"{side}0 (exact sign test)"
-        return (f"{side}{d:.4g} (exact sign test against the smallest meaningful effect, {self.smallest_effect_source}); "
-                f"NEGLIGIBLE if the median is significantly inside (-{d:.4g}, {d:.4g})")
+        return (
+            f"{side}{d:.4g} (exact sign test against the smallest meaningful effect, {self.smallest_effect_source}); "
+            f"NEGLIGIBLE if the median is significantly inside (-{d:.4g}, {d:.4g})"
+        )
 
 
 def grid(**axes) -> dict:
@@ -345,12 +379,29 @@ def tested(results: Results, claims, primary_only: bool = False, trained: Result
             ok, cond_text = c.condition(c.results_for(trained, r), r) if c.condition else (True, "")
             medians = "; ".join(f"{k} {np.median(v):.4g}" for o in obs for k, v in o.arms.items())
             ci = stats.median_ci(xs[0]) if len(xs[0]) else stats.Interval(np.nan, np.nan, 0)
-            rows.append(dict(
-                claim=c.id, paper=c.paper, title=c.title, reading=c.label(r), primary=i == 0, kind=c.kind,
-                family=family(c, i == 0, len(xs[0])), n=len(xs[0]), effect=float(np.median(xs[0])), ci_low=ci.low,
-                ci_high=ci.high, parts=[c.part(x) for x in xs], part_labels=[c.label(p) for p in labels],
-                part_seeds=seeds, part_arms=[o.arms for o in obs], part_how=[o.how for o in obs], condition_met=ok, condition=cond_text,
-                medians=medians))
+            rows.append(
+                dict(
+                    claim=c.id,
+                    paper=c.paper,
+                    title=c.title,
+                    reading=c.label(r),
+                    primary=i == 0,
+                    kind=c.kind,
+                    family=family(c, i == 0, len(xs[0])),
+                    n=len(xs[0]),
+                    effect=float(np.median(xs[0])),
+                    ci_low=ci.low,
+                    ci_high=ci.high,
+                    parts=[c.part(x) for x in xs],
+                    part_labels=[c.label(p) for p in labels],
+                    part_seeds=seeds,
+                    part_arms=[o.arms for o in obs],
+                    part_how=[o.how for o in obs],
+                    condition_met=ok,
+                    condition=cond_text,
+                    medians=medians,
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -368,8 +419,10 @@ def decide_families(rows: pd.DataFrame, claims, alpha: float = stats.ALPHA) -> p
         out.loc[g.index, "decision"] = pd.Series(decisions, index=g.index, dtype=object)
         out.loc[g.index, "M"] = decisions[0].M if decisions else 0
     by_id = {c.id: c for c in claims}
-    out["verdict"] = [stats.Verdict.CONDITION_NOT_MET.value if not row.condition_met else row.decision.verdict.value
-                      for row in out.itertuples()]
+    out["verdict"] = [
+        stats.Verdict.CONDITION_NOT_MET.value if not row.condition_met else row.decision.verdict.value
+        for row in out.itertuples()
+    ]
     out["p_adj"] = [_deciding_p(row.decision) for row in out.itertuples()]
     out["message"] = [message(row, by_id[row.claim], alpha) for row in out.itertuples()]
     return out
@@ -390,10 +443,20 @@ def part_summary(row, c: Claim) -> list[dict]:
     for label, part, d in zip(row.part_labels, row.parts, row.decision.parts):
         ci = stats.median_ci(part.x)
         x = part.x
-        out.append(dict(label=varying(label), verdict=d.verdict.value, effect=float(show(np.median(x))),
-                        ci_low=float(show(ci.low)), ci_high=float(show(ci.high)),
-                        coverage=ci.coverage, n=len(x), n_claimed=int(((np.abs(x) if c.two_sided else x) > 0).sum()),
-                        n_beyond=int(((np.abs(x) if c.two_sided else x) > c.smallest_effect).sum()), p_adj=d.p_adj))
+        out.append(
+            dict(
+                label=varying(label),
+                verdict=d.verdict.value,
+                effect=float(show(np.median(x))),
+                ci_low=float(show(ci.low)),
+                ci_high=float(show(ci.high)),
+                coverage=ci.coverage,
+                n=len(x),
+                n_claimed=int(((np.abs(x) if c.two_sided else x) > 0).sum()),
+                n_beyond=int(((np.abs(x) if c.two_sided else x) > c.smallest_effect).sum()),
+                p_adj=d.p_adj,
+            )
+        )
     return out
 
 
@@ -410,12 +473,16 @@ def message(row, c: Claim, alpha: float = stats.ALPHA) -> str:
     text = f"{c.id} {c.title} ({row.reading}): {row.verdict}. {c.statistic}"
     for p in parts:
         where = f" [{p['label']}]" if len(parts) > 1 else ""
-        text += (f"{where}: median {p['effect']:.4g}, exact {100 * p['coverage']:.1f}% CI [{p['ci_low']:.4g}, "
-                 f"{p['ci_high']:.4g}], {p['n_claimed']}/{p['n']} seeds in the claimed direction"
-                 + (f" ({p['n_beyond']}/{p['n']} beyond {c.smallest_effect:.4g})" if c.smallest_effect else "")
-                 + (f", {p['verdict']}" if len(parts) > 1 else ""))
-    text += (f". Rule: {c.rule()}; Holm over the {row.M} hypotheses of family {row.family} at alpha = {alpha:g} "
-             f"(adjusted p {row.p_adj:.3g})")
+        text += (
+            f"{where}: median {p['effect']:.4g}, exact {100 * p['coverage']:.1f}% CI [{p['ci_low']:.4g}, "
+            f"{p['ci_high']:.4g}], {p['n_claimed']}/{p['n']} seeds in the claimed direction"
+            + (f" ({p['n_beyond']}/{p['n']} beyond {c.smallest_effect:.4g})" if c.smallest_effect else "")
+            + (f", {p['verdict']}" if len(parts) > 1 else "")
+        )
+    text += (
+        f". Rule: {c.rule()}; Holm over the {row.M} hypotheses of family {row.family} at alpha = {alpha:g} "
+        f"(adjusted p {row.p_adj:.3g})"
+    )
     if row.verdict == stats.Verdict.TOO_FEW_SEEDS.value:
         text += f"; with {row.n} seeds the smallest possible p is 2^-{row.n} = {stats.min_p(row.n):.3g} > alpha/M"
     if row.verdict == stats.Verdict.CONDITION_NOT_MET.value:
@@ -426,8 +493,9 @@ def message(row, c: Claim, alpha: float = stats.ALPHA) -> str:
 
 
 # --------------------------------------------------------------------------- evaluate
-def evaluate(results: Results, claims, alpha: float = stats.ALPHA, controls: bool = True,
-             whole: bool = True) -> pd.DataFrame:
+def evaluate(
+    results: Results, claims, alpha: float = stats.ALPHA, controls: bool = True, whole: bool = True
+) -> pd.DataFrame:
     """Test every claim under every reading, decide each under its Holm family, and test every
     primary reading on its declared controls (``controls=False`` skips them, e.g. for frames
     without control rows). Returns one row per (claim, reading); primary rows also carry, per
@@ -441,8 +509,10 @@ def evaluate(results: Results, claims, alpha: float = stats.ALPHA, controls: boo
     for paper, registered in REGISTRY.items() if whole else ():
         given = {c.id for c in claims if c.paper == paper}
         if given and given != set(registered):
-            raise ValueError(f"paper {paper!r} must be evaluated whole (its Holm family is all its claims); "
-                             f"missing {sorted(set(registered) - given)}")
+            raise ValueError(
+                f"paper {paper!r} must be evaluated whole (its Holm family is all its claims); "
+                f"missing {sorted(set(registered) - given)}"
+            )
     out = decide_families(tested(results, claims), claims, alpha)
     out["raw_verdict"] = out.verdict
     for name in CONTROLS:
@@ -472,14 +542,36 @@ def evaluate(results: Results, claims, alpha: float = stats.ALPHA, controls: boo
             crow = ctrl.loc[row.claim]
             out.at[i, f"control_{name}"] = crow.verdict
             out.at[i, f"delta_{name}"] = _paired_deltas(row, crow)
-    called = {v.value for v in stats.CALLS}
     for i, row in out[out.primary].iterrows():
-        same = [n for n in CONTROLS if row[f"control_{n}"] == row.verdict and row.verdict in called]
+        same = [n for n in CONTROLS if _same_call(row, n)]
         if same:
             out.at[i, "verdict"] = stats.Verdict.BY_CONSTRUCTION.value
-            out.at[i, "message"] = (f"{row.claim}: BY CONSTRUCTION ({row.verdict.lower()} under the trained runs and "
-                                    f"equally under the {', '.join(same)} control(s)). " + row.message)
+            out.at[i, "message"] = (
+                f"{row.claim}: BY CONSTRUCTION ({row.verdict.lower()} under the trained runs and "
+                f"equally under the {', '.join(same)} control(s)). " + row.message
+            )
     return out
+
+
+#: calls a control reaching equally makes BY CONSTRUCTION; a NEGLIGIBLE effect is not constructed
+CONSTRUCTED = {v.value for v in stats.CALLS} - {stats.Verdict.NEGLIGIBLE.value}
+
+
+def _same_call(row, control: str) -> bool:
+    """Whether the ``control`` reaches the row's call: the same verdict, among ``CONSTRUCTED``
+    and, for a magnitude the paper's value misses, on the same side of it."""
+    if row[f"control_{control}"] != row.verdict or row.verdict not in CONSTRUCTED:
+        return False
+    if row.verdict != stats.Verdict.DIFFERENT_SIZE.value:
+        return True
+
+    def side(median: float, interval) -> int:
+        return 1 if median > interval[1] else -1 if median < interval[0] else 0
+
+    return all(
+        side(float(np.median(p.x)), p.interval) == side(d["control_effect"], p.interval)
+        for d, p in zip(row[f"delta_{control}"], row.parts)
+    )
 
 
 def _paired_deltas(row, crow) -> list[dict]:
@@ -490,8 +582,15 @@ def _paired_deltas(row, crow) -> list[dict]:
         a, b = a.align(b, join="inner")
         d = (a - b).to_numpy()
         ci = stats.median_ci(d) if len(d) else stats.Interval(np.nan, np.nan, 0)
-        out.append(dict(effect=float(np.median(d)) if len(d) else np.nan, ci_low=ci.low, ci_high=ci.high, n=len(d),
-                        control_effect=float(np.median(cx))))
+        out.append(
+            dict(
+                effect=float(np.median(d)) if len(d) else np.nan,
+                ci_low=ci.low,
+                ci_high=ci.high,
+                n=len(d),
+                control_effect=float(np.median(cx)),
+            )
+        )
     return out
 
 
@@ -514,12 +613,15 @@ def tipping_shift(rows: pd.DataFrame, index, alpha: float = stats.ALPHA) -> tupl
         edges = np.unique(np.concatenate([edges, lo - xs, hi - xs]))
     span = float(np.ptp(xs)) + 2 * d + 1e-12
     eps = 1e-9 * span
-    candidates = sorted({c + s for c in edges for s in (-eps, eps)} | {c for c in np.linspace(-span, span, 41)},
-                        key=abs)
+    candidates = sorted(
+        {c + s for c in edges for s in (-eps, eps)} | {c for c in np.linspace(-span, span, 41)}, key=abs
+    )
     for c in candidates:
-        shifted = [stats.Part(p.x + c, p.kind, p.delta,
-                              None if p.interval is None else p.interval, p.two_sided, p.hedged) for p in parts]
-        trial = readings[:pos] + [shifted] + readings[pos + 1:]
+        shifted = [
+            stats.Part(p.x + c, p.kind, p.delta, None if p.interval is None else p.interval, p.two_sided, p.hedged)
+            for p in parts
+        ]
+        trial = readings[:pos] + [shifted] + readings[pos + 1 :]
         v = stats.decide(trial, alpha, drop_untestable=_sensitive(rows.at[index, "family"]))[pos].verdict
         if v is not base:
             return float(c), v.value
@@ -541,9 +643,11 @@ def claim_power(row, c: Claim, alpha: float = stats.ALPHA) -> tuple[float, str]:
             v = np.log(v) if row.part_how[0] in ("logratio", "ratio") else v
             sd = math.sqrt(2) * 1.4826 * float(np.median(np.abs(v - np.median(v))))
             if sd > 0:
-                return (stats.normal_power(c.paper_effect, sd, c.smallest_effect, n, M, alpha),
-                        f"at the paper's effect {c.paper_effect:.3g} ({c.paper_effect_source}), noise sd {sd:.3g} from the "
-                        f"seed spread of {c.power_reference}")
+                return (
+                    stats.normal_power(c.paper_effect, sd, c.smallest_effect, n, M, alpha),
+                    f"at the paper's effect {c.paper_effect:.3g} ({c.paper_effect_source}), noise sd {sd:.3g} from the "
+                    f"seed spread of {c.power_reference}",
+                )
     return stats.power(0.9, n, M, alpha), "if 90% of seeds point the claimed way beyond the smallest effect"
 
 
@@ -565,3 +669,14 @@ def declarations_digest() -> str:
 def frozen() -> dict | None:
     """The frozen declarations' record (digest, date, confirmatory seeds), or None if never frozen."""
     return json.loads(FROZEN.read_text()) if FROZEN.exists() else None
+
+
+def freeze(date: str, exploratory: str, confirmatory_offset: int, path: Path = FROZEN) -> dict:
+    """Record the declarations as frozen: their digest (``declarations_digest``), the ``date``,
+    the ``exploratory`` seeds looked at while they were written, and the first confirmatory seed.
+    Run once, before the confirmatory run; a test then fails on any later change."""
+    record = dict(
+        digest=declarations_digest(), date=date, exploratory=exploratory, confirmatory_offset=confirmatory_offset
+    )
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return record

@@ -41,6 +41,7 @@ Plus **G6**, the asymmetry paper's "routing sparsity appears to be a key factor 
 geometry", on the grid: G4-mlp's and G5-mlp's statistics at k = 1 minus at k = 2 (E = 8, the
 final step), paired by seed, in their own family (``sparsity_table``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,8 +61,13 @@ from .engine import Claim, Observation, Results, decide_families, evaluate, pair
 
 #: the axes of the issue, each with its values around the paper's configuration (the centre: B.1
 #: E = 8, A.5 k = 2, B.6 lr = 1e-3, B.3 T = 1, B.1 d_hidden = 128)
-AXES = {"n_experts": (4, 8, 16), "top_k": (1, 2, 4), "lr": (3e-4, 1e-3, 3e-3), "temperature": (0.5, 1.0, 2.0),
-        "d_hidden": (64, 128, 256)}
+AXES = {
+    "n_experts": (4, 8, 16),
+    "top_k": (1, 2, 4),
+    "lr": (3e-4, 1e-3, 3e-3),
+    "temperature": (0.5, 1.0, 2.0),
+    "d_hidden": (64, 128, 256),
+}
 #: short names of the axes and of the checkpoint, as the report writes them
 LABELS = {"n_experts": "E", "top_k": "k", "lr": "lr", "temperature": "T", "d_hidden": "d_hidden", "step": "step"}
 #: the small grid's seeds: min_seeds of its largest family (rule 5; tests/test_sensitivity.py)
@@ -73,17 +79,26 @@ FAILS = (stats.Verdict.CONTRADICTED.value, stats.Verdict.DIFFERENT_SIZE.value, s
 
 #: the claims that read only the MLP setting's main arms (frame "main") but also need runs outside
 #: the grid, with the runs they need
-NEEDS_OTHER_RUNS = {"C9a": "§4 soft routing at T = 10 (its own run)", "C9b": "§4 soft routing at T = 10 (its own run)",
-                    "C10": "§4 Top-k in a pre-LayerNorm residual block (its own arm)",
-                    "C11": "§4 two stacked Top-k layers (its own arm)"}
-IN_GRID = (tuple(c for c in dual.MLP_CLAIMS if c.id not in NEEDS_OTHER_RUNS)
-           + tuple(c for c in geometric_asymmetry.CLAIMS if c.frame == "main"))
-_RUNS = {"lm": "the language model's runs", "hf": "a pretrained Hugging Face checkpoint",
-         routers_geometry.PAPER: "the routers paper's balancing routers on the language model"}
+NEEDS_OTHER_RUNS = {
+    "C9a": "§4 soft routing at T = 10 (its own run)",
+    "C9b": "§4 soft routing at T = 10 (its own run)",
+    "C10": "§4 Top-k in a pre-LayerNorm residual block (its own arm)",
+    "C11": "§4 two stacked Top-k layers (its own arm)",
+}
+IN_GRID = tuple(c for c in dual.MLP_CLAIMS if c.id not in NEEDS_OTHER_RUNS) + tuple(
+    c for c in geometric_asymmetry.CLAIMS if c.frame == "main"
+)
+_RUNS = {
+    "lm": "the language model's runs",
+    "hf": "a pretrained Hugging Face checkpoint",
+    routers_geometry.PAPER: "the routers paper's balancing routers on the language model",
+}
 #: every other claim of the three papers, with the runs it needs instead
-NOT_IN_GRID = {c.id: NEEDS_OTHER_RUNS.get(c.id) or _RUNS[c.paper if c.paper == routers_geometry.PAPER else c.frame]
-               for c in dual.CLAIMS + geometric_asymmetry.CLAIMS + routers_geometry.CLAIMS
-               + geometric_asymmetry.PRETRAINED_CLAIMS if c.id not in {i.id for i in IN_GRID}}
+NOT_IN_GRID = {
+    c.id: NEEDS_OTHER_RUNS.get(c.id) or _RUNS[c.paper if c.paper == routers_geometry.PAPER else c.frame]
+    for c in dual.CLAIMS + geometric_asymmetry.CLAIMS + routers_geometry.CLAIMS + geometric_asymmetry.PRETRAINED_CLAIMS
+    if c.id not in {i.id for i in IN_GRID}
+}
 
 
 def min_seeds(M: int, alpha: float = stats.ALPHA) -> int:
@@ -130,24 +145,34 @@ def design(centre: ExperimentConfig, factorial: dict, one_at_a_time: dict) -> di
 
 def small_grid() -> Grid:
     centre = dual.main_config(SMALL_SEEDS, steps=SMALL_STEPS)
-    configs = design(centre, {"n_experts": (4, 8), "top_k": (1, 2)},
-                     {"lr": (3e-4, 3e-3), "temperature": (0.5, 2.0), "d_hidden": (64,)})
-    return Grid("small", configs,
-                f"E x k factorial over E in {{4, 8}} and k in {{1, 2}}, and one axis at a time around the centre "
-                f"(lr 3e-4 and 3e-3, T 0.5 and 2, d_hidden 64); {SMALL_SEEDS} seeds, {SMALL_STEPS} steps (probes at "
-                f"250 and {SMALL_STEPS}), the paper's other sizes",
-                "runs on the 2-core reference machine within 30 minutes (`--executor processes:2`)")
+    configs = design(
+        centre,
+        {"n_experts": (4, 8), "top_k": (1, 2)},
+        {"lr": (3e-4, 3e-3), "temperature": (0.5, 2.0), "d_hidden": (64,)},
+    )
+    return Grid(
+        "small",
+        configs,
+        f"E x k factorial over E in {{4, 8}} and k in {{1, 2}}, and one axis at a time around the centre "
+        f"(lr 3e-4 and 3e-3, T 0.5 and 2, d_hidden 64); {SMALL_SEEDS} seeds, {SMALL_STEPS} steps (probes at "
+        f"250 and {SMALL_STEPS}), the paper's other sizes",
+        "runs on the 2-core reference machine within 30 minutes (`--executor processes:2`)",
+    )
 
 
 def full_grid() -> Grid:
     centre = dual.main_config()
-    configs = design(centre, {k: AXES[k] for k in ("n_experts", "top_k")},
-                     {k: AXES[k] for k in ("lr", "temperature", "d_hidden")})
-    return Grid("full", configs,
-                f"E x k factorial over E in {{4, 8, 16}} and k in {{1, 2, 4}}, and one axis at a time around the "
-                f"centre (lr 3e-4 and 3e-3, T 0.5 and 2, d_hidden 64 and 256); {dual.SEEDS} seeds, "
-                f"{centre.steps} steps (probes at 250, 500 and {centre.steps}), the paper's sizes",
-                "needs a cluster: about 5 CPU-hours (`--executor dask://host:port` or `slurm:PARTITION`)")
+    configs = design(
+        centre, {k: AXES[k] for k in ("n_experts", "top_k")}, {k: AXES[k] for k in ("lr", "temperature", "d_hidden")}
+    )
+    return Grid(
+        "full",
+        configs,
+        f"E x k factorial over E in {{4, 8, 16}} and k in {{1, 2, 4}}, and one axis at a time around the "
+        f"centre (lr 3e-4 and 3e-3, T 0.5 and 2, d_hidden 64 and 256); {dual.SEEDS} seeds, "
+        f"{centre.steps} steps (probes at 250, 500 and {centre.steps}), the paper's sizes",
+        "needs a cluster: about 5 CPU-hours (`--executor dask://host:port` or `slurm:PARTITION`)",
+    )
 
 
 #: the declared grids by name (built on demand: ``grid(name)``)
@@ -157,8 +182,9 @@ GRIDS = {"small": small_grid, "full": full_grid}
 def grid(name: str) -> Grid:
     """The declared grid ``name``; ValueError naming the declared ones."""
     if name not in GRIDS:
-        raise ValueError(f"unknown grid {name!r}: the declared grids are {', '.join(GRIDS)} "
-                         "(or give axes as FIELD=V1,V2)")
+        raise ValueError(
+            f"unknown grid {name!r}: the declared grids are {', '.join(GRIDS)} (or give axes as FIELD=V1,V2)"
+        )
     return GRIDS[name]()
 
 
@@ -202,8 +228,9 @@ def correct_across_grid(points: pd.DataFrame, claims=IN_GRID, alpha: float = sta
 POINT_COLUMNS = ["config", *AXES, "step", "steps", "n_seeds"]
 
 
-def table(frames: dict[str, pd.DataFrame], configs: dict[str, ExperimentConfig], claims=IN_GRID,
-          alpha: float = stats.ALPHA) -> pd.DataFrame:
+def table(
+    frames: dict[str, pd.DataFrame], configs: dict[str, ExperimentConfig], claims=IN_GRID, alpha: float = stats.ALPHA
+) -> pd.DataFrame:
     """The tidy per-point verdict table: one row per (grid point, claim) where the claim can be
     read, with the point's axes (``POINT_COLUMNS``), the claim's primary test (``effect`` its
     statistic's median with the exact CI), the per-point verdict under the main run's rule
@@ -213,8 +240,9 @@ def table(frames: dict[str, pd.DataFrame], configs: dict[str, ExperimentConfig],
     for name, cfg in configs.items():
         for step in cfg.checkpoints():
             rows = evaluate_point(frames[name], step, claims, alpha)
-            point = dict(config=name, **{k: getattr(cfg, k) for k in AXES}, step=step, steps=cfg.steps,
-                         n_seeds=len(cfg.seeds))
+            point = dict(
+                config=name, **{k: getattr(cfg, k) for k in AXES}, step=step, steps=cfg.steps, n_seeds=len(cfg.seeds)
+            )
             parts.append(rows.assign(**point))
     out = pd.concat(parts, ignore_index=True)
     out = correct_across_grid(out, claims, alpha)
@@ -265,25 +293,51 @@ def _sparsity_observe(stat):
     def observe(R: Results, r: dict) -> Observation:
         dense_k, sparse_k = (Results({"main": R.frames[name]}) for name in ("main", "sparse"))
         return pair(stat(sparse_k), stat(dense_k), "k=1", "k=2")
+
     return observe
 
 
 SPARSITY = (
-    Claim("G6a", "Sparser routing, sharper functional separation",
-          "routing sparsity appears to be a key factor shaping this geometry", geometric_asymmetry.SOURCE,
-          "G4-mlp's statistic (soft - Top-k mean |cos|) at k = 1 minus at k = 2 (E = 8, final step)", "direction",
-          "direction: > 0", {}, "the grid's sparsest and the paper's Top-k at E = 8",
-          _sparsity_observe(lambda R: dual.lower_topk_alignment(R, {"step": R.final_step()}).x),
-          paper="grid-sparsity", steps=False, controls=(), smallest_effect=dual.COSINE_SESOI,
-          smallest_effect_source=dual.COSINE_RULE),
-    Claim("G6b", "Sparser routing, larger subspace divergence",
-          "routing sparsity appears to be a key factor shaping this geometry", geometric_asymmetry.SOURCE,
-          "G5-mlp's statistic (log Top-k / soft mean geodesic distance) at k = 1 minus at k = 2 (E = 8, final step)",
-          "direction", "direction: > 0", {}, "the grid's sparsest and the paper's Top-k at E = 8",
-          _sparsity_observe(lambda R: geometric_asymmetry._larger_divergence(
-              R, {"pca_site": "input", "subspace": "r10", "step": R.final_step()}).x),
-          paper="grid-sparsity", steps=False, controls=(), smallest_effect=geometric_asymmetry.LOG_RATIO_SESOI,
-          smallest_effect_source=geometric_asymmetry.RATIO_RULE),
+    Claim(
+        "G6a",
+        "Sparser routing, sharper functional separation",
+        "routing sparsity appears to be a key factor shaping this geometry",
+        geometric_asymmetry.SOURCE,
+        "G4-mlp's statistic (soft - Top-k mean |cos|) at k = 1 minus at k = 2 (E = 8, final step)",
+        "direction",
+        "direction: > 0",
+        {},
+        "the grid's sparsest and the paper's Top-k at E = 8",
+        _sparsity_observe(lambda R: dual.lower_topk_alignment(R, {"step": R.final_step()}).x),
+        paper="grid-sparsity",
+        steps=False,
+        controls=(),
+        smallest_effect=dual.COSINE_SESOI,
+        smallest_effect_source=dual.COSINE_RULE,
+    ),
+    Claim(
+        "G6b",
+        "Sparser routing, larger subspace divergence",
+        "routing sparsity appears to be a key factor shaping this geometry",
+        geometric_asymmetry.SOURCE,
+        "G5-mlp's statistic (log Top-k / soft mean geodesic distance) at k = 1 minus at k = 2 (E = 8, final step)",
+        "direction",
+        "direction: > 0",
+        {},
+        "the grid's sparsest and the paper's Top-k at E = 8",
+        _sparsity_observe(
+            lambda R: (
+                geometric_asymmetry._larger_divergence(
+                    R, {"pca_site": "input", "subspace": "r10", "step": R.final_step()}
+                ).x
+            )
+        ),
+        paper="grid-sparsity",
+        steps=False,
+        controls=(),
+        smallest_effect=geometric_asymmetry.LOG_RATIO_SESOI,
+        smallest_effect_source=geometric_asymmetry.RATIO_RULE,
+    ),
 )
 
 
@@ -307,8 +361,9 @@ class SensitivityResult:
     seconds: float
 
 
-def run(g: Grid, *, executor=sweeps.DEFAULT_EXECUTOR, cache: bool = True, progress: bool | None = None,
-        claims=IN_GRID) -> SensitivityResult:
+def run(
+    g: Grid, *, executor=sweeps.DEFAULT_EXECUTOR, cache: bool = True, progress: bool | None = None, claims=IN_GRID
+) -> SensitivityResult:
     """Train (or read from the cache) every config of grid ``g`` through ``moegeo.sweeps`` on
     ``executor`` (one task per config, all its seeds: exactly ``run(cfg)``, so the verdicts do not
     depend on the executor), then evaluate every point (``table``)."""

@@ -1,4 +1,5 @@
 """The controlled experiment's synthetic data (Appendix B.2)."""
+
 from __future__ import annotations
 
 import torch

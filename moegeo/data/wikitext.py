@@ -22,6 +22,7 @@ Integrity
     The sha256 of each shipped file's decompressed content is recorded below and checked on
     every load; a mismatch is an error.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -29,22 +30,24 @@ import hashlib
 import math
 import os
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping, Sequence
 
 import torch
 
 UNK, EOS = "<unk>", "<eos>"
 
 # Decompressed-content sha256 of the shipped files (the original WikiText-2 valid/test text).
-SHIPPED_SHA256 = MappingProxyType({
-    "valid.txt.gz": "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
-    "test.txt.gz": "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0",
-})
+SHIPPED_SHA256 = MappingProxyType(
+    {
+        "valid.txt.gz": "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
+        "test.txt.gz": "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0",
+    }
+)
 # importlib.resources: works for editable and regular installs alike (tests monkeypatch it).
 _SHIPPED_DIR = resources.files("moegeo.data") / "wikitext-2"
 
@@ -167,8 +170,9 @@ def unigram_perplexity(train_ids: torch.Tensor, heldout_ids: torch.Tensor, vocab
     return math.exp(-log_p[heldout_ids].mean().item())
 
 
-def batches(ids: torch.Tensor, context: int, batch_size: int,
-            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def batches(
+    ids: torch.Tensor, context: int, batch_size: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch of random contiguous windows for next-token training.
 
     Each row starts at an offset drawn uniformly from [0, N - context - 1]; ``x`` is the
@@ -192,7 +196,9 @@ def batches(ids: torch.Tensor, context: int, batch_size: int,
     _check_ids(ids, "ids")
     _check_positive(context=context, batch_size=batch_size)
     if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator (for reproducible batches), got {type(generator).__name__}")
+        raise TypeError(
+            f"generator must be a torch.Generator (for reproducible batches), got {type(generator).__name__}"
+        )
     n = ids.numel()
     if n < context + 1:
         raise ValueError(f"ids has {n} tokens; a window of context={context} needs at least {context + 1}")
@@ -225,11 +231,12 @@ def heldout_windows(ids: torch.Tensor, context: int) -> tuple[torch.Tensor, torc
     if n == 0:
         raise ValueError(f"ids has {ids.numel()} tokens; one window of context={context} needs at least {context + 1}")
     x = ids[: n * context].reshape(n, context)
-    y = ids[1: n * context + 1].reshape(n, context)
+    y = ids[1 : n * context + 1].reshape(n, context)
     return x, y
 
 
 # --- reading -----------------------------------------------------------------------------
+
 
 def shipped_text(split: str = "test") -> str:
     """The raw text of a shipped WikiText-2 split (``"valid"`` or ``"test"``), checksum-checked:
@@ -245,14 +252,16 @@ def _read_shipped(name: str) -> tuple[str, str]:
     if not file.is_file():
         raise FileNotFoundError(
             f"shipped WikiText file {name} is missing from {_SHIPPED_DIR}; the package data was not "
-            "installed: reinstall moegeo (pyproject.toml lists it under [tool.setuptools.package-data])")
+            "installed: reinstall moegeo (pyproject.toml lists it under [tool.setuptools.package-data])"
+        )
     raw = _decompress(file.read_bytes(), f"shipped {name}")
     digest = hashlib.sha256(raw).hexdigest()
     if digest != SHIPPED_SHA256[name]:
         raise ValueError(
             f"shipped WikiText file {name}: the sha256 of its decompressed content is {digest}, expected "
             f"{SHIPPED_SHA256[name]} (recorded in moegeo/wikitext.py); the copy is corrupt or was modified: "
-            "restore it from git or reinstall moegeo")
+            "restore it from git or reinstall moegeo"
+        )
     return f"shipped {name}", _decode(raw, f"shipped {name}")
 
 
@@ -264,8 +273,10 @@ def split_files(root: str | os.PathLike) -> dict[str, Path]:
     holds), ``ValueError`` when it is a file."""
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"WikiText path {root} does not exist; expected a directory holding "
-                                "wiki.train.tokens / wiki.valid.tokens / wiki.test.tokens (or train.txt ...)")
+        raise FileNotFoundError(
+            f"WikiText path {root} does not exist; expected a directory holding "
+            "wiki.train.tokens / wiki.valid.tokens / wiki.test.tokens (or train.txt ...)"
+        )
     if not root.is_dir():
         raise ValueError(f"WikiText path {root} is a file; expected the directory that holds the split files")
     found = {}
@@ -276,8 +287,10 @@ def split_files(root: str | os.PathLike) -> dict[str, Path]:
             found[role] = file
         elif role != "valid":  # valid is optional: nothing is trained or scored on it
             present = sorted(p.name for p in root.iterdir())
-            raise FileNotFoundError(f"{root} has no {split} split: looked for {', '.join(names)}; "
-                                    f"found {present[:20] or 'an empty directory'}")
+            raise FileNotFoundError(
+                f"{root} has no {split} split: looked for {', '.join(names)}; "
+                f"found {present[:20] or 'an empty directory'}"
+            )
     return found
 
 
@@ -324,8 +337,10 @@ def _decompress(data: bytes, label: str) -> bytes:
     try:
         return gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError; truncation is EOFError
-        raise ValueError(f"{label}: not a valid gzip file ({type(err).__name__}: {err}); expected "
-                         "gzip-compressed WikiText text: re-download it or decompress it by hand") from None
+        raise ValueError(
+            f"{label}: not a valid gzip file ({type(err).__name__}: {err}); expected "
+            "gzip-compressed WikiText text: re-download it or decompress it by hand"
+        ) from None
 
 
 def _decode(raw: bytes, label: str) -> str:
@@ -336,6 +351,7 @@ def _decode(raw: bytes, label: str) -> str:
 
 
 # --- tokens, vocabulary, ids -------------------------------------------------------------
+
 
 def tokenize(text: str) -> list[str]:
     """Whitespace tokens of ``text``, one ``<eos>`` after each non-empty line (blank lines: none)."""
@@ -355,8 +371,10 @@ def build_vocab(train_tokens: Sequence[str], vocab_size: int) -> tuple[str, ...]
         counts[w] = counts.get(w, 0) + 1
     counts.pop(UNK, None)
     if not isinstance(vocab_size, int) or not 2 <= vocab_size <= len(counts) + 1:
-        raise ValueError(f"vocab_size must be an int in [2, {len(counts) + 1}] (<unk> + the {len(counts)} "
-                         f"distinct non-<unk> training tokens), got {vocab_size!r}")
+        raise ValueError(
+            f"vocab_size must be an int in [2, {len(counts) + 1}] (<unk> + the {len(counts)} "
+            f"distinct non-<unk> training tokens), got {vocab_size!r}"
+        )
     ranked = sorted(counts, key=counts.__getitem__, reverse=True)  # stable: ties keep first-occurrence order
     return (UNK, *ranked[: vocab_size - 1])
 
@@ -371,9 +389,13 @@ def _build(texts: dict[str, tuple[str, str]], vocab_size: int) -> WikiTextCorpus
     index = {w: i for i, w in enumerate(vocab)}
     ids = {role: torch.tensor([index.get(w, 0) for w in toks], dtype=torch.long) for role, toks in tokens.items()}
     return WikiTextCorpus(
-        vocab=vocab, train=ids["train"], heldout=ids["heldout"], valid=ids.get("valid"),
+        vocab=vocab,
+        train=ids["train"],
+        heldout=ids["heldout"],
+        valid=ids.get("valid"),
         unk_rate=MappingProxyType({r: (t == 0).double().mean().item() for r, t in ids.items()}),
-        files=MappingProxyType({r: label for r, (label, _) in texts.items()}))
+        files=MappingProxyType({r: label for r, (label, _) in texts.items()}),
+    )
 
 
 def _check_ids(ids, name: str, vocab_size: int | None = None) -> None:
@@ -383,7 +405,9 @@ def _check_ids(ids, name: str, vocab_size: int | None = None) -> None:
     if ids.numel() == 0:
         raise ValueError(f"{name} is empty; expected at least one token id")
     if vocab_size is not None and (ids.min() < 0 or ids.max() >= vocab_size):
-        raise ValueError(f"{name} must lie in [0, {vocab_size}), found values in [{ids.min().item()}, {ids.max().item()}]")
+        raise ValueError(
+            f"{name} must lie in [0, {vocab_size}), found values in [{ids.min().item()}, {ids.max().item()}]"
+        )
 
 
 def _check_positive(**values: int) -> None:

@@ -45,12 +45,47 @@ float64 on the CPU, so ``load`` and ``probe_model`` use the ``"eager"`` experts 
 Modules: ``layers`` (finding the layers, their weights, the checked capture), ``checkpoint``
 (loading and tokenising) and ``rows`` (the rows of the tidy frame).
 """
-from .layers import (ExpertWeights, MoECapture, MoELayer, capture, check_layers, expert_forward, expert_weights,
-                     moe_layers, shared_forward, tokenwise_jacobians, tokenwise_operator)
-from .checkpoint import (CONTEXT, MAX_TOKENS, MEMORY_FRACTION, UNKNOWN_TOKENS_WARN, TokenBatch, available_memory,
-                         checkpoint_config, estimate_bytes, load, load_tokenizer, meta_model, read_text, tokenize,
-                         unknown_tokens_warning)
-from .rows import (LANCZOS_STEPS, LANCZOS_TOL, MAX_BYTES, SHARED_EXPERT, ProbeEstimate, estimate_probe, gemm_rate,
-                   layer_rows, probe_checkpoint, probe_model)
+
+from .checkpoint import (
+    CONTEXT,
+    MAX_TOKENS,
+    MEMORY_FRACTION,
+    UNKNOWN_TOKENS_WARN,
+    TokenBatch,
+    available_memory,
+    checkpoint_config,
+    estimate_bytes,
+    load,
+    load_tokenizer,
+    meta_model,
+    read_text,
+    tokenize,
+    unknown_tokens_warning,
+)
+from .layers import (
+    ExpertWeights,
+    MoECapture,
+    MoELayer,
+    capture,
+    check_layers,
+    expert_forward,
+    expert_weights,
+    moe_layers,
+    shared_forward,
+    tokenwise_jacobians,
+    tokenwise_operator,
+)
+from .rows import (
+    LANCZOS_STEPS,
+    LANCZOS_TOL,
+    MAX_BYTES,
+    SHARED_EXPERT,
+    ProbeEstimate,
+    estimate_probe,
+    gemm_rate,
+    layer_rows,
+    probe_checkpoint,
+    probe_model,
+)
 
 __all__ = [name for name in dir() if not name.startswith("_")]

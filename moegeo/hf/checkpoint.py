@@ -1,5 +1,6 @@
 """Loading a local Hugging Face checkpoint directory and tokenising a text with its own tokenizer;
 nothing is ever downloaded (``local_files_only``)."""
+
 from __future__ import annotations
 
 import os
@@ -10,7 +11,6 @@ from dataclasses import dataclass
 import torch
 
 from ..validate import MEMORY_FRACTION, available_memory, check_count
-
 
 #: default number of tokens probed
 MAX_TOKENS = 512
@@ -44,19 +44,28 @@ def checkpoint_config(path: str | os.PathLike):
     from transformers import AutoConfig
 
     path = os.fspath(path)
-    expected = ("expected a Hugging Face checkpoint directory saved with save_pretrained (config.json, the weights "
-                "and the tokenizer)")
+    expected = (
+        "expected a Hugging Face checkpoint directory saved with save_pretrained (config.json, the weights "
+        "and the tokenizer)"
+    )
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path} is not a directory; {expected}")
     if not os.path.isfile(os.path.join(path, "config.json")):
         held = sorted(os.listdir(path))
-        raise FileNotFoundError(f"{path} has no config.json; {expected}. It holds: "
-                                f"{', '.join(held[:8]) + (' ...' if len(held) > 8 else '') if held else 'nothing'}")
+        raise FileNotFoundError(
+            f"{path} has no config.json; {expected}. It holds: "
+            f"{', '.join(held[:8]) + (' ...' if len(held) > 8 else '') if held else 'nothing'}"
+        )
     return AutoConfig.from_pretrained(path, local_files_only=True)
 
 
-def load(path: str | os.PathLike, *, dtype: torch.dtype = torch.float64, memory_fraction: float = MEMORY_FRACTION,
-         allow_missing=()):
+def load(
+    path: str | os.PathLike,
+    *,
+    dtype: torch.dtype = torch.float64,
+    memory_fraction: float = MEMORY_FRACTION,
+    allow_missing=(),
+):
     """Load a local ``transformers`` causal-LM checkpoint directory for probing.
 
     The size is checked from the config (``checkpoint_config``) first: a model whose parameters in
@@ -74,8 +83,9 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype = torch.float64, memory_
     """
     from transformers import AutoModelForCausalLM
 
-    if not (isinstance(memory_fraction, (int, float)) and not isinstance(memory_fraction, bool)
-            and 0 < memory_fraction <= 1):
+    if not (
+        isinstance(memory_fraction, (int, float)) and not isinstance(memory_fraction, bool) and 0 < memory_fraction <= 1
+    ):
         raise ValueError(f"memory_fraction must be a number in (0, 1], got {memory_fraction!r}")
     patterns = (allow_missing,) if isinstance(allow_missing, str) else tuple(allow_missing)
     if not all(isinstance(p, str) and p for p in patterns):
@@ -84,20 +94,29 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype = torch.float64, memory_
     n, need = estimate_bytes(config, dtype=dtype)
     have = available_memory()
     if need > memory_fraction * have:
-        raise MemoryError(f"{path}: the model ({config.model_type}, {n / 1e9:.2f} B parameters) needs about "
-                          f"{need / 2**30:.1f} GiB in {dtype} but only {have / 2**30:.1f} GiB of memory is available "
-                          f"(at most {memory_fraction:.0%} of it may hold the model); load it in a smaller dtype "
-                          "(e.g. dtype=torch.float32) or on a larger machine")
+        raise MemoryError(
+            f"{path}: the model ({config.model_type}, {n / 1e9:.2f} B parameters) needs about "
+            f"{need / 2**30:.1f} GiB in {dtype} but only {have / 2**30:.1f} GiB of memory is available "
+            f"(at most {memory_fraction:.0%} of it may hold the model); load it in a smaller dtype "
+            "(e.g. dtype=torch.float32) or on a larger machine"
+        )
     _check_weight_files(path)
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
-            os.fspath(path), dtype=dtype, experts_implementation="eager", local_files_only=True,
-            output_loading_info=True, ignore_mismatched_sizes=True)
+            os.fspath(path),
+            dtype=dtype,
+            experts_implementation="eager",
+            local_files_only=True,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,
+        )
     except Exception as err:  # safetensors' SafetensorError derives from Exception only
         if type(err).__name__ != "SafetensorError":
             raise
-        raise ValueError(f"{path}: the weights cannot be read ({err}); the files are damaged or not safetensors: "
-                         "re-download or re-save the checkpoint") from None
+        raise ValueError(
+            f"{path}: the weights cannot be read ({err}); the files are damaged or not safetensors: "
+            "re-download or re-save the checkpoint"
+        ) from None
     _check_loading_info(path, config, info, patterns)
     return model.eval()
 
@@ -112,8 +131,10 @@ def _check_weight_files(path) -> None:
             with safe_open(file, "pt") as f:
                 f.keys()
         except (SafetensorError, OSError) as err:
-            raise ValueError(f"{file}: not a readable safetensors file ({err}); it is truncated or damaged: "
-                             "re-download or re-save the checkpoint") from None
+            raise ValueError(
+                f"{file}: not a readable safetensors file ({err}); it is truncated or damaged: "
+                "re-download or re-save the checkpoint"
+            ) from None
 
 
 def _names(names, limit: int = LISTED_NAMES) -> str:
@@ -131,21 +152,26 @@ def _check_loading_info(path, config, info: dict, patterns: tuple[str, ...]) -> 
 
     missing, unexpected = kept(info.get("missing_keys", ())), kept(info.get("unexpected_keys", ()))
     mismatched = {m[0]: m for m in info.get("mismatched_keys", ())}
-    shapes = [f"{n} (checkpoint {tuple(mismatched[n][1])}, model {tuple(mismatched[n][2])})"
-              for n in sorted(kept(mismatched))]
+    shapes = [
+        f"{n} (checkpoint {tuple(mismatched[n][1])}, model {tuple(mismatched[n][2])})" for n in sorted(kept(mismatched))
+    ]
     problems = []
     if missing:
-        problems.append(f"{len(missing)} weight(s) of the model missing from the checkpoint (they would be "
-                        f"initialised at random): {_names(missing)}")
+        problems.append(
+            f"{len(missing)} weight(s) of the model missing from the checkpoint (they would be "
+            f"initialised at random): {_names(missing)}"
+        )
     if unexpected:
         problems.append(f"{len(unexpected)} checkpoint tensor(s) the model has no place for: {_names(unexpected)}")
     if shapes:
         problems.append(f"{len(shapes)} tensor(s) of another shape: {_names(shapes)}")
     if problems:
-        raise ValueError(f"{path}: the checkpoint does not match its {config.model_type} architecture: "
-                         f"{'; '.join(problems)}. The probe would read random weights; re-save the checkpoint, or "
-                         "accept these names explicitly with allow_missing=[PATTERN, ...] (--allow-missing PATTERN, "
-                         "fnmatch patterns)")
+        raise ValueError(
+            f"{path}: the checkpoint does not match its {config.model_type} architecture: "
+            f"{'; '.join(problems)}. The probe would read random weights; re-save the checkpoint, or "
+            "accept these names explicitly with allow_missing=[PATTERN, ...] (--allow-missing PATTERN, "
+            "fnmatch patterns)"
+        )
 
 
 @dataclass(frozen=True)
@@ -182,8 +208,11 @@ def load_tokenizer(path: str | os.PathLike):
 
     path = os.fspath(path)
     files = _tokenizer_files(path)
-    found = (f"tokenizer files: {', '.join(files)}" if files
-             else "no tokenizer file (tokenizer.json, tokenizer_config.json, ...)")
+    found = (
+        f"tokenizer files: {', '.join(files)}"
+        if files
+        else "no tokenizer file (tokenizer.json, tokenizer_config.json, ...)"
+    )
     problem = None
     if files:
         try:
@@ -194,14 +223,23 @@ def load_tokenizer(path: str | os.PathLike):
             if len(tok) <= 1:
                 problem = f"it loads as {type(tok).__name__} with a vocabulary of {len(tok)} token(s)"
     if not files or problem:
-        raise ValueError(f"no usable tokenizer found in {path}: {found}{'; ' + problem if problem else ''}. The probe "
-                         "tokenises the text with the checkpoint's own tokenizer: save it with the model, e.g. "
-                         "tokenizer.save_pretrained(DIR)")
+        raise ValueError(
+            f"no usable tokenizer found in {path}: {found}{'; ' + problem if problem else ''}. The probe "
+            "tokenises the text with the checkpoint's own tokenizer: save it with the model, e.g. "
+            "tokenizer.save_pretrained(DIR)"
+        )
     return tok
 
 
-def tokenize(path: str | os.PathLike, *, text: str | None = None, text_file: str | os.PathLike | None = None,
-             tokens: int = MAX_TOKENS, context: int | None = None, max_context: int | None = None) -> TokenBatch:
+def tokenize(
+    path: str | os.PathLike,
+    *,
+    text: str | None = None,
+    text_file: str | os.PathLike | None = None,
+    tokens: int = MAX_TOKENS,
+    context: int | None = None,
+    max_context: int | None = None,
+) -> TokenBatch:
     """The first ``tokens`` tokens of a text by the checkpoint's own tokenizer in ``path``
     (``load_tokenizer``), in sequences of ``context`` tokens (default ``CONTEXT``, or
     ``max_context`` if smaller, at most the tokens probed).
@@ -240,7 +278,7 @@ def tokenize(path: str | os.PathLike, *, text: str | None = None, text_file: str
     B = -(-n // context)
     unknown = sum(i == tok.unk_token_id for i in ids[:n]) / n if tok.unk_token_id is not None else 0.0
     if unknown > UNKNOWN_TOKENS_WARN:
-        warnings.warn(unknown_tokens_warning(unknown))
+        warnings.warn(unknown_tokens_warning(unknown), stacklevel=2)
     return TokenBatch(torch.tensor((ids + ids)[: B * context]).reshape(B, context), n, unknown)
 
 
@@ -286,12 +324,14 @@ def _before_whitespace(text: str, end: int, window: int = 4096) -> int | None:
     """The largest i <= end with text[i] whitespace, looked for in the ``window`` characters
     before ``end`` (a prefix text[:i] then ends at a word's end); None when there is none."""
     start = max(0, end - window)
-    found = [m.start() for m in re.finditer(r"\s", text[start:end + 1])]
+    found = [m.start() for m in re.finditer(r"\s", text[start : end + 1])]
     return start + found[-1] if found else None
 
 
 def unknown_tokens_warning(unknown: float) -> str:
     """What a text with this fraction of unknown tokens means for the probe (above ``UNKNOWN_TOKENS_WARN``)."""
-    return (f"{unknown:.0%} of the probed tokens are the tokenizer's unknown token (more than "
-            f"{UNKNOWN_TOKENS_WARN:.0%}): there the model sees one and the same token, not the text; probe a text that "
-            "suits the tokenizer (--text-file FILE), or check that the tokenizer is the model's own")
+    return (
+        f"{unknown:.0%} of the probed tokens are the tokenizer's unknown token (more than "
+        f"{UNKNOWN_TOKENS_WARN:.0%}): there the model sees one and the same token, not the text; probe a text that "
+        "suits the tokenizer (--text-file FILE), or check that the tokenizer is the model's own"
+    )

@@ -1,12 +1,13 @@
 """Reading the MoE layers of a Hugging Face ``transformers`` model: finding them, their expert
 weights, and one forward pass captured layer by layer, each capture checked against the model's
 own output. See ``moegeo.hf`` for what is read and how."""
+
 from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -42,9 +43,11 @@ def moe_layers(model: torch.nn.Module) -> list[MoELayer]:
             m = re.search(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.", name + ".")
             found.append(MoELayer(int(m.group(1)) if m else len(found), name, model.get_submodule(parent), module))
     if not found:
-        raise ValueError(f"{type(model).__name__} (model_type {_model_type(model)!r}) has no MoE layer that moegeo "
-                         f"can read: no module holds 3-D `gate_up_proj` and `down_proj` expert parameters "
-                         f"(the transformers >= 5 layout). Found: {_describe(model)}")
+        raise ValueError(
+            f"{type(model).__name__} (model_type {_model_type(model)!r}) has no MoE layer that moegeo "
+            f"can read: no module holds 3-D `gate_up_proj` and `down_proj` expert parameters "
+            f"(the transformers >= 5 layout). Found: {_describe(model)}"
+        )
     if len({m.layer for m in found}) != len(found):
         raise ValueError(f"several experts modules share a layer index: {[m.name for m in found]}")
     return found
@@ -53,10 +56,17 @@ def moe_layers(model: torch.nn.Module) -> list[MoELayer]:
 def _describe(model: torch.nn.Module) -> str:
     """What a model holds where MoE experts were expected: 3-D parameters and feed-forward types."""
     three_d = [f"{n} {tuple(p.shape)}" for n, p in model.named_parameters() if p.dim() == 3]
-    ffn = sorted({type(m).__name__ for n, m in model.named_modules()
-                  if re.search(r"(mlp|moe|ffn|feed_forward|expert)[^.]*$", n, re.I)})
-    return (f"3-D parameters: {three_d[:6] or 'none'}{' ...' if len(three_d) > 6 else ''}; "
-            f"feed-forward modules: {ffn or 'none'}")
+    ffn = sorted(
+        {
+            type(m).__name__
+            for n, m in model.named_modules()
+            if re.search(r"(mlp|moe|ffn|feed_forward|expert)[^.]*$", n, re.I)
+        }
+    )
+    return (
+        f"3-D parameters: {three_d[:6] or 'none'}{' ...' if len(three_d) > 6 else ''}; "
+        f"feed-forward modules: {ffn or 'none'}"
+    )
 
 
 def _model_type(model) -> str:
@@ -76,14 +86,16 @@ class ExpertWeights:
     bu: torch.Tensor | None = None
     bd: torch.Tensor | None = None
 
-    def __getitem__(self, experts) -> "ExpertWeights":
+    def __getitem__(self, experts) -> ExpertWeights:
         """The weights of a subset of experts (any index of the leading dimension)."""
-        return ExpertWeights(*(None if t is None else t[experts] for t in
-                               (self.Wg, self.Wu, self.Wd, self.bg, self.bu, self.bd)))
+        return ExpertWeights(
+            *(None if t is None else t[experts] for t in (self.Wg, self.Wu, self.Wd, self.bg, self.bu, self.bd))
+        )
 
-    def to(self, dtype: torch.dtype) -> "ExpertWeights":
-        return ExpertWeights(*(None if t is None else t.to(dtype) for t in
-                               (self.Wg, self.Wu, self.Wd, self.bg, self.bu, self.bd)))
+    def to(self, dtype: torch.dtype) -> ExpertWeights:
+        return ExpertWeights(
+            *(None if t is None else t.to(dtype) for t in (self.Wg, self.Wu, self.Wd, self.bg, self.bu, self.bd))
+        )
 
 
 def expert_weights(experts: torch.nn.Module, d: int) -> ExpertWeights:
@@ -96,8 +108,10 @@ def expert_weights(experts: torch.nn.Module, d: int) -> ExpertWeights:
     only when the shapes say so. Raises ``ValueError`` naming the shapes when they do not fit.
     """
     if getattr(experts, "has_gate", True) is False:
-        raise ValueError(f"{type(experts).__name__} has ungated experts (has_gate=False); moegeo reads gated "
-                         "(gate_up_proj) experts only")
+        raise ValueError(
+            f"{type(experts).__name__} has ungated experts (has_gate=False); moegeo reads gated "
+            "(gate_up_proj) experts only"
+        )
     gu, down = experts.gate_up_proj.detach(), experts.down_proj.detach()
     transposed = getattr(experts, "is_transposed", None)
     if transposed is None:
@@ -106,16 +120,24 @@ def expert_weights(experts: torch.nn.Module, d: int) -> ExpertWeights:
     Wd = down.transpose(1, 2) if transposed else down  # (E, d, h)
     E, h = W.shape[0], W.shape[1] // 2
     if W.shape != (E, 2 * h, d) or Wd.shape != (E, d, h):
-        raise ValueError(f"{type(experts).__name__}: cannot read gate_up_proj {tuple(gu.shape)} and down_proj "
-                         f"{tuple(down.shape)} (is_transposed={transposed}) as experts of a model with hidden size "
-                         f"d = {d}: expected (E, 2h, d) and (E, d, h), or both transposed")
+        raise ValueError(
+            f"{type(experts).__name__}: cannot read gate_up_proj {tuple(gu.shape)} and down_proj "
+            f"{tuple(down.shape)} (is_transposed={transposed}) as experts of a model with hidden size "
+            f"d = {d}: expected (E, 2h, d) and (E, d, h), or both transposed"
+        )
     interleaved = getattr(experts, "is_concatenated", True) is False
     gate, up = (slice(0, None, 2), slice(1, None, 2)) if interleaved else (slice(0, h), slice(h, 2 * h))
     b = getattr(experts, "gate_up_proj_bias", None)
     bd = getattr(experts, "down_proj_bias", None)
     b = b.detach() if isinstance(b, torch.Tensor) else None
-    return ExpertWeights(W[:, gate], W[:, up], Wd, None if b is None else b[:, gate], None if b is None else b[:, up],
-                         bd.detach() if isinstance(bd, torch.Tensor) else None)
+    return ExpertWeights(
+        W[:, gate],
+        W[:, up],
+        Wd,
+        None if b is None else b[:, gate],
+        None if b is None else b[:, up],
+        bd.detach() if isinstance(bd, torch.Tensor) else None,
+    )
 
 
 def _is_silu_swiglu(experts: torch.nn.Module, dtype: torch.dtype) -> bool:
@@ -187,8 +209,11 @@ class MoECapture:
         if not hasattr(experts, "_apply_gate"):
             return a, None
         gu = experts.gate_up_proj.detach()
-        raw = (torch.einsum("nd,edk->enk", self.x, gu) if getattr(experts, "is_transposed", False)
-               else torch.einsum("nd,ekd->enk", self.x, gu))
+        raw = (
+            torch.einsum("nd,edk->enk", self.x, gu)
+            if getattr(experts, "is_transposed", False)
+            else torch.einsum("nd,ekd->enk", self.x, gu)
+        )
         bias = getattr(experts, "gate_up_proj_bias", None)
         if isinstance(bias, torch.Tensor):
             raw = raw + bias.detach()[:, None]
@@ -199,21 +224,25 @@ class MoECapture:
 def expert_forward(experts: torch.nn.Module, e: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """f_e as the model computes it: the experts module called with every token routed to expert
     ``e`` at weight 1. ``(N, d) -> (N, d)``, token by token, differentiable."""
+
     def f(X):
         idx = torch.full((X.shape[0], 1), e, dtype=torch.long)
         return experts(X, idx, torch.ones(X.shape[0], 1, dtype=X.dtype))
+
     return f
 
 
 def shared_forward(m: MoELayer) -> Callable[[torch.Tensor], torch.Tensor]:
     """The shared experts' contribution as a function of the block input: the block with its
     routed experts' output replaced by zeros. ``(N, d) -> (N, d)``, token by token."""
+
     def f(X):
         handle = m.experts.register_forward_hook(lambda mod, args, out: torch.zeros_like(out))
         try:
             return _first_tensor(m.block(X[None])).reshape(X.shape)
         finally:
             handle.remove()
+
     return f
 
 
@@ -228,8 +257,10 @@ def _experts_call(experts: torch.nn.Module, args, kwargs):
     bound = inspect.signature(experts.forward).bind(*args, **kwargs)
     values = list(bound.arguments.values())
     if len(values) < 3 or not all(isinstance(v, torch.Tensor) for v in values[:3]):
-        raise ValueError(f"{type(experts).__name__} was not called as experts(hidden_states, top_k_index, "
-                         f"top_k_weights): got arguments {list(bound.arguments)}")
+        raise ValueError(
+            f"{type(experts).__name__} was not called as experts(hidden_states, top_k_index, "
+            f"top_k_weights): got arguments {list(bound.arguments)}"
+        )
     return values[:3]
 
 
@@ -243,8 +274,13 @@ def _check_close(name: str, got: torch.Tensor, want: torch.Tensor, what: str) ->
         raise ValueError(f"{name}: {what} (relative error {err:.2e}); moegeo cannot read this layer's layout")
 
 
-def capture(model: torch.nn.Module, input_ids: torch.Tensor, *, layers: list[int] | None = None,
-            max_tokens: int | None = MAX_TOKENS) -> list[MoECapture]:
+def capture(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    layers: list[int] | None = None,
+    max_tokens: int | None = MAX_TOKENS,
+) -> list[MoECapture]:
     """Run ``model`` on ``input_ids`` and capture every MoE layer (or those in ``layers``).
 
     Parameters
@@ -287,9 +323,14 @@ def capture(model: torch.nn.Module, input_ids: torch.Tensor, *, layers: list[int
             m.experts.register_forward_pre_hook(on_call, with_kwargs=True),
             m.experts.register_forward_hook(lambda mod, a, out, rec=rec: rec.__setitem__("routed", out.detach())),
             m.block.register_forward_pre_hook(
-                lambda mod, a, kw, rec=rec: rec.__setitem__("block_in", (a[0] if a else next(iter(kw.values()))).detach()),
-                with_kwargs=True),
-            m.block.register_forward_hook(lambda mod, a, out, rec=rec: rec.__setitem__("out", _first_tensor(out).detach())),
+                lambda mod, a, kw, rec=rec: rec.__setitem__(
+                    "block_in", (a[0] if a else next(iter(kw.values()))).detach()
+                ),
+                with_kwargs=True,
+            ),
+            m.block.register_forward_hook(
+                lambda mod, a, out, rec=rec: rec.__setitem__("out", _first_tensor(out).detach())
+            ),
         ]
     model.eval()
     try:
@@ -318,15 +359,21 @@ def check_layers(layers) -> None:
 
 def _check_ids(model, input_ids) -> torch.Tensor:
     if not torch.is_tensor(input_ids) or input_ids.dtype not in (torch.long, torch.int, torch.int32):
-        raise TypeError(f"input_ids must be an integer torch.Tensor of token ids, got "
-                        f"{getattr(input_ids, 'dtype', type(input_ids).__name__)}")
+        raise TypeError(
+            f"input_ids must be an integer torch.Tensor of token ids, got "
+            f"{getattr(input_ids, 'dtype', type(input_ids).__name__)}"
+        )
     ids = input_ids[None] if input_ids.dim() == 1 else input_ids
     if ids.dim() != 2 or ids.numel() == 0:
-        raise ValueError(f"input_ids must have shape (B, T) or (T,) with at least one token, got {tuple(input_ids.shape)}")
+        raise ValueError(
+            f"input_ids must have shape (B, T) or (T,) with at least one token, got {tuple(input_ids.shape)}"
+        )
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if vocab is not None and (ids.min() < 0 or ids.max() >= vocab):
-        raise ValueError(f"token ids must lie in [0, {vocab}) (the model's vocab_size), got [{ids.min()}, {ids.max()}]; "
-                         "is the tokenizer the model's own?")
+        raise ValueError(
+            f"token ids must lie in [0, {vocab}) (the model's vocab_size), got [{ids.min()}, {ids.max()}]; "
+            "is the tokenizer the model's own?"
+        )
     return ids.long()
 
 
@@ -346,16 +393,25 @@ def _build(m: MoELayer, rec: dict, n: int | None) -> MoECapture:
     E = weights.Wg.shape[0]
     valid = (idx >= 0) & (idx < E)  # expert-parallel sentinels carry zero weight
     g = torch.zeros(x.shape[0], E, dtype=x.dtype).scatter_add_(
-        1, idx.clamp(0, E - 1), torch.where(valid, w.to(x.dtype), torch.zeros((), dtype=x.dtype)))
+        1, idx.clamp(0, E - 1), torch.where(valid, w.to(x.dtype), torch.zeros((), dtype=x.dtype))
+    )
     f = torch.stack([expert_forward(m.experts, e)(x) for e in range(E)])  # (E, N, d)
-    _check_close(m.name, torch.einsum("ne,end->nd", g, f), routed,
-                 "the experts module's output is not sum_e g_e f_e(x) with f_e its own per-expert forward")
+    _check_close(
+        m.name,
+        torch.einsum("ne,end->nd", g, f),
+        routed,
+        "the experts module's output is not sum_e g_e f_e(x) with f_e its own per-expert forward",
+    )
     shared = shared_forward(m)(block_in)
     rest = out - shared
     scale = float((rest * routed).sum() / (routed * routed).sum().clamp_min(torch.finfo(x.dtype).tiny))
-    _check_close(m.name, scale * routed + shared, out,
-                 "the block's output is not a constant times its experts' output plus the shared part "
-                 "(the block with its routed experts zeroed)")
+    _check_close(
+        m.name,
+        scale * routed + shared,
+        out,
+        "the block's output is not a constant times its experts' output plus the shared part "
+        "(the block with its routed experts zeroed)",
+    )
     if abs(scale - 1) <= _tolerance(x.dtype):
         scale = 1.0
     silu = _is_silu_swiglu(m.experts, x.dtype)
@@ -364,12 +420,14 @@ def _build(m: MoELayer, rec: dict, n: int | None) -> MoECapture:
         closed = torch.einsum("edh,enh->end", weights.Wd, hid) + (0 if weights.bd is None else weights.bd[:, None])
         _check_close(m.name, closed, f, "the SwiGLU closed form from the read weights does not reproduce the experts")
     has_shared = bool(shared.abs().max() > 0)
-    return MoECapture(m.layer, m.name, x, g * scale, weights, f, routed, shared if has_shared else None,
-                      block_in, out, scale, silu, m)
+    return MoECapture(
+        m.layer, m.name, x, g * scale, weights, f, routed, shared if has_shared else None, block_in, out, scale, silu, m
+    )
 
 
-def tokenwise_jacobians(fn: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor,
-                        *, weights: torch.Tensor | None = None) -> torch.Tensor:
+def tokenwise_jacobians(
+    fn: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor, *, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-token Jacobians of a token-wise batch function ``fn: (N, d) -> (N, d_out)`` (row n of
     the output depends on row n of the input only, as in every MoE block) by ``d_out`` backward
     passes: the gradient of ``sum_n fn(X)[n, k]`` holds row k of every J_n at once. Works through

@@ -1,13 +1,14 @@
 """Every probe of every MoE layer of a Hugging Face model into the tidy frame (``setting="hf"``),
 through the row builders the other settings use (``moegeo.frame``)."""
+
 from __future__ import annotations
 
 import functools
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pandas as pd
 import torch
@@ -16,9 +17,8 @@ from tqdm.auto import tqdm
 from .. import probes
 from ..config import JacobianSite, PCASite
 from ..frame import COLUMNS, Rows, check_finite_values, cosine_rows, expert_geometry_rows, pca_site_rows, reading
-from .layers import MoECapture, _model_type, capture, check_layers, moe_layers, tokenwise_jacobians, tokenwise_operator
 from .checkpoint import MAX_TOKENS, checkpoint_config, load, meta_model, tokenize
-
+from .layers import MoECapture, _model_type, capture, check_layers, moe_layers, tokenwise_jacobians, tokenwise_operator
 
 #: the ``expert`` id of a layer's shared expert(s) in the frame (-1 already means "not one expert")
 SHARED_EXPERT = -2
@@ -37,9 +37,16 @@ LANCZOS_TOL, LANCZOS_STEPS = 1e-8, 100
 #: fraction of the available memory a model may take when loaded (probing needs the rest)
 
 
-def probe_model(model: torch.nn.Module, input_ids: torch.Tensor, *, layers: list[int] | None = None,
-                max_tokens: int | None = MAX_TOKENS, seed: int = 0, max_bytes: int = MAX_BYTES,
-                progress: bool | None = None) -> pd.DataFrame:
+def probe_model(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    layers: list[int] | None = None,
+    max_tokens: int | None = MAX_TOKENS,
+    seed: int = 0,
+    max_bytes: int = MAX_BYTES,
+    progress: bool | None = None,
+) -> pd.DataFrame:
     """Every probe of every MoE layer of a ``transformers`` causal LM on ``input_ids``: the tidy frame.
 
     Parameters
@@ -105,8 +112,10 @@ def layer_rows(cap: MoECapture, arm: str, *, seed: int = 0, max_bytes: int = MAX
     live = torch.nonzero(mass > 0).flatten()
     experts = live.tolist()
     for e in torch.nonzero(mass <= 0).flatten().tolist():
-        warnings.warn(f"{arm}, layer {cap.layer}: expert {e} received zero routing weight on these "
-                      f"{g.shape[0]} tokens; excluded")
+        warnings.warn(
+            f"{arm}, layer {cap.layer}: expert {e} received zero routing weight on these {g.shape[0]} tokens; excluded",
+            stacklevel=2,
+        )
         rows.add("excluded", "", 1.0, [e])
     x, w, gl = cap.x.double(), cap.weights[live].to(torch.float64), g[:, live]
     rows.add("n_tokens", "", float(g.shape[0]))
@@ -123,13 +132,21 @@ def layer_rows(cap: MoECapture, arm: str, *, seed: int = 0, max_bytes: int = MAX
     dense = E * N * d * d * 8 <= max_bytes
     rows.add("jacobian_path", "", 0.0 if dense else 1.0)
     if dense:
-        J = (probes.swiglu_jacobians(w.Wg, w.Wu, w.Wd, x, bg=w.bg, bu=w.bu) if cap.silu_swiglu else
-             torch.stack([tokenwise_jacobians(cap.expert_fn(e), cap.x).double() for e in experts]))
+        J = (
+            probes.swiglu_jacobians(w.Wg, w.Wu, w.Wd, x, bg=w.bg, bu=w.bu)
+            if cap.silu_swiglu
+            else torch.stack([tokenwise_jacobians(cap.expert_fn(e), cap.x).double() for e in experts])
+        )
         expert_geometry_rows(rows, x, gl, J, sites, experts)
     else:
         sigma1, ok = _pointwise_sigma1(cap, live, max_bytes)
-        jbar = (probes.swiglu_mean_jacobian(w.Wg, w.Wu, w.Wd, x, gl, bg=w.bg, bu=w.bu) if cap.silu_swiglu else
-                torch.stack([tokenwise_jacobians(cap.expert_fn(e), cap.x, weights=cap.g[:, e]).double() for e in experts]))
+        jbar = (
+            probes.swiglu_mean_jacobian(w.Wg, w.Wu, w.Wd, x, gl, bg=w.bg, bu=w.bu)
+            if cap.silu_swiglu
+            else torch.stack(
+                [tokenwise_jacobians(cap.expert_fn(e), cap.x, weights=cap.g[:, e]).double() for e in experts]
+            )
+        )
         _matrix_free_rows(rows, gl, sigma1, ok, jbar, sites, experts, max_bytes)
     if cap.shared is not None:
         _shared_rows(rows, cap, max_bytes)
@@ -150,11 +167,16 @@ def _pointwise_sigma1(cap: MoECapture, live: torch.Tensor, max_bytes: int) -> tu
         tokens = torch.nonzero(cap.g[:, e] > 0).flatten()
         total, ok = 0.0, True
         for start in range(0, len(tokens), chunk):
-            t = tokens[start:start + chunk]
-            op = (probes.swiglu_jacobian_operator(*(v[e:e + 1] for v in (w.Wg, w.Wu, w.Wd)), x[t],
-                                                  **{k: None if b is None else b[e:e + 1]
-                                                     for k, b in (("bg", w.bg), ("bu", w.bu))})
-                  if cap.silu_swiglu else tokenwise_operator(cap.expert_fn(e), cap.x[t]))
+            t = tokens[start : start + chunk]
+            op = (
+                probes.swiglu_jacobian_operator(
+                    *(v[e : e + 1] for v in (w.Wg, w.Wu, w.Wd)),
+                    x[t],
+                    **{k: None if b is None else b[e : e + 1] for k, b in (("bg", w.bg), ("bu", w.bu))},
+                )
+                if cap.silu_swiglu
+                else tokenwise_operator(cap.expert_fn(e), cap.x[t])
+            )
             res = probes.lanczos_sigma1(op, tol=LANCZOS_TOL, max_iter=steps, generator=torch.Generator().manual_seed(0))
             total += float(cap.g[t, e].double() @ res.values.reshape(-1).double())
             ok &= res.converged
@@ -176,8 +198,11 @@ def _matrix_free_rows(rows: Rows, g, sigma1, converged, jbar, sites: dict, exper
     for site, h in sites.items():
         D = h.shape[-1]
         if len(experts) * D * D * 8 > max_bytes:
-            warnings.warn(f"layer {rows.key['layer']}: PCA at site {site.value} skipped, its covariances "
-                          f"({len(experts)} x {D} x {D}) exceed max_bytes = {max_bytes}")
+            warnings.warn(
+                f"layer {rows.key['layer']}: PCA at site {site.value} skipped, its covariances "
+                f"({len(experts)} x {D} x {D}) exceed max_bytes = {max_bytes}",
+                stacklevel=2,
+            )
             continue
         pca_site_rows(rows, site, h, g, experts, total_variance=False)
 
@@ -194,17 +219,38 @@ def _shared_rows(rows: Rows, cap: MoECapture, max_bytes: int) -> None:
         J = tokenwise_jacobians(fn, cap.block_input).double()[None]
         expert_geometry_rows(rows, X, ones, J, sites, [SHARED_EXPERT])
         return
-    lz = probes.lanczos_sigma1(tokenwise_operator(fn, cap.block_input), tol=LANCZOS_TOL, max_iter=min(d, LANCZOS_STEPS),
-                               generator=torch.Generator().manual_seed(0))
+    lz = probes.lanczos_sigma1(
+        tokenwise_operator(fn, cap.block_input),
+        tol=LANCZOS_TOL,
+        max_iter=min(d, LANCZOS_STEPS),
+        generator=torch.Generator().manual_seed(0),
+    )
     jbar = tokenwise_jacobians(fn, cap.block_input, weights=torch.ones(N, dtype=cap.block_input.dtype)).double()[None]
-    _matrix_free_rows(rows, ones, lz.values.double().mean()[None], torch.tensor([float(lz.converged)]), jbar, sites,
-                      [SHARED_EXPERT], max_bytes)
+    _matrix_free_rows(
+        rows,
+        ones,
+        lz.values.double().mean()[None],
+        torch.tensor([float(lz.converged)]),
+        jbar,
+        sites,
+        [SHARED_EXPERT],
+        max_bytes,
+    )
 
 
-def probe_checkpoint(path: str | os.PathLike, *, text: str | None = None, text_file: str | os.PathLike | None = None,
-                     tokens: int = MAX_TOKENS, layers: list[int] | None = None, context: int | None = None,
-                     dtype: torch.dtype = torch.float64, progress: bool | None = None, allow_missing=(),
-                     announce: Callable[[str], None] | None = None) -> pd.DataFrame:
+def probe_checkpoint(
+    path: str | os.PathLike,
+    *,
+    text: str | None = None,
+    text_file: str | os.PathLike | None = None,
+    tokens: int = MAX_TOKENS,
+    layers: list[int] | None = None,
+    context: int | None = None,
+    dtype: torch.dtype = torch.float64,
+    progress: bool | None = None,
+    allow_missing=(),
+    announce: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
     """What ``python -m moegeo probe`` runs: ``tokenize`` the text (``text``, the text itself;
     ``text_file``, a UTF-8 file; default: the shipped WikiText-2 test split) with the
     checkpoint's tokenizer in sequences of at most ``context`` tokens (default ``CONTEXT``, or the
@@ -223,19 +269,29 @@ def probe_checkpoint(path: str | os.PathLike, *, text: str | None = None, text_f
     n_layers = getattr(config.get_text_config(), "num_hidden_layers", None)
     outside = sorted({l for l in layers or () if n_layers is not None and not 0 <= l < n_layers})
     if outside:
-        raise ValueError(f"layers {outside} do not exist: the checkpoint has {n_layers} decoder layers (0 to {n_layers - 1})")
+        raise ValueError(
+            f"layers {outside} do not exist: the checkpoint has {n_layers} decoder layers (0 to {n_layers - 1})"
+        )
     batch = tokenize(path, text=text, text_file=text_file, tokens=tokens, context=context, max_context=limit)
     if announce is not None:
         est = estimate_probe(config, batch.n_tokens, layers=layers, dtype=dtype)
         size = f"{est.bytes / 2**30:.3g} GiB" if est.bytes >= 2**30 else f"{est.bytes / 2**20:.3g} MiB"
-        announce(f"probing {batch.n_tokens} tokens on {est.layers} MoE layer(s): about {est.seconds:.2g} s and {size} "
-                 f"of memory (a rough estimate: the probes' main products at the {est.rate / 1e9:.3g} GFLOP/s of a "
-                 f"short {_gemm_name(dtype)} here)")
+        announce(
+            f"probing {batch.n_tokens} tokens on {est.layers} MoE layer(s): about {est.seconds:.2g} s and {size} "
+            f"of memory (a rough estimate: the probes' main products at the {est.rate / 1e9:.3g} GFLOP/s of a "
+            f"short {_gemm_name(dtype)} here)"
+        )
     model = load(path, dtype=dtype, allow_missing=allow_missing)
     df = probe_model(model, batch.input_ids, layers=layers, max_tokens=batch.n_tokens, progress=progress)
     per_layer = df[df["metric"] == "n_tokens"]
-    return pd.concat([df, per_layer.assign(metric="context", value=float(batch.input_ids.shape[1])),
-                      per_layer.assign(metric="unknown_tokens", value=batch.unknown)], ignore_index=True)
+    return pd.concat(
+        [
+            df,
+            per_layer.assign(metric="context", value=float(batch.input_ids.shape[1])),
+            per_layer.assign(metric="unknown_tokens", value=batch.unknown),
+        ],
+        ignore_index=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -253,8 +309,14 @@ class ProbeEstimate:
     layers: int
 
 
-def estimate_probe(config, n_tokens: int, *, layers: list[int] | None = None, dtype: torch.dtype = torch.float64,
-                   max_bytes: int = MAX_BYTES) -> ProbeEstimate:
+def estimate_probe(
+    config,
+    n_tokens: int,
+    *,
+    layers: list[int] | None = None,
+    dtype: torch.dtype = torch.float64,
+    max_bytes: int = MAX_BYTES,
+) -> ProbeEstimate:
     """The rough cost of probing the model ``config`` describes on ``n_tokens`` tokens, from the
     shapes of its experts on the meta device (nothing is allocated): per MoE layer with E experts
     of width h on inputs of width d, the per-point Jacobians (4 E N d^2 h) and their spectra
@@ -273,12 +335,12 @@ def estimate_probe(config, n_tokens: int, *, layers: list[int] | None = None, dt
         E = m.experts.gate_up_proj.shape[0]
         h = m.experts.down_proj.numel() // (E * d)
         if E * N * d * d * 8 <= max_bytes:
-            flops += 4 * E * N * d * d * h + 11 * E * N * d ** 3
+            flops += 4 * E * N * d * d * h + 11 * E * N * d**3
             jacobians = 2 * E * N * d * d * 8
         else:
             flops += 2 * min(d, LANCZOS_STEPS) * 8 * d * h * N * E
             jacobians = max_bytes
-        flops += sum(2 * E * N * D * D + 9 * E * D ** 3 for D in (d, h, h, d))
+        flops += sum(2 * E * N * D * D + 9 * E * D**3 for D in (d, h, h, d))
         captured += (E * N * d + 6 * N * d + N * E) * size  # expert outputs, states, routing: kept for every layer
         largest = max(largest, jacobians + E * N * (3 * h + 2 * max(d, h)) * 8)  # the PCA sites, centred, in float64
     model_bytes = sum(p.numel() for p in model.parameters()) * size
@@ -301,4 +363,4 @@ def gemm_rate(dtype: torch.dtype = torch.float64, n: int = 384, seconds: float =
         a @ a
         dt = time.perf_counter() - t
         best, spent = min(best, dt), spent + dt
-    return 2 * n ** 3 / max(best, 1e-9)
+    return 2 * n**3 / max(best, 1e-9)

@@ -1,6 +1,7 @@
 """Alignment between experts and routers: the cross-expert cosine of mean Jacobians (A.3) with its
 chance level, and the routers paper's router-direction similarity, router-expert coupling and
 score-activation correlation."""
+
 from __future__ import annotations
 
 import scipy.stats
@@ -38,8 +39,10 @@ def router_similarity(R: torch.Tensor) -> torch.Tensor:
     fewer than two routers (E = 1 has no pair)."""
     check_finite(R=R)
     if R.dim() != 2 or R.shape[0] < 2:
-        raise ValueError(f"R must hold at least two router vectors, shape (E >= 2, d), got {tuple(R.shape)}: "
-                         "the similarity between distinct routers is undefined for E = 1")
+        raise ValueError(
+            f"R must hold at least two router vectors, shape (E >= 2, d), got {tuple(R.shape)}: "
+            "the similarity between distinct routers is undefined for E = 1"
+        )
     c = cosine_matrix(R)
     return c[~torch.eye(len(c), dtype=torch.bool)].abs().mean()
 
@@ -60,8 +63,9 @@ def router_expert_cosines(R: torch.Tensor, W1: torch.Tensor) -> torch.Tensor:
     return (torch.nn.functional.normalize(R, dim=-1) @ V.T).abs()
 
 
-def score_activation_correlation(scores: torch.Tensor, W1: torch.Tensor, b1: torch.Tensor, x: torch.Tensor,
-                                 g: torch.Tensor, *, min_tokens: int = 3) -> torch.Tensor:
+def score_activation_correlation(
+    scores: torch.Tensor, W1: torch.Tensor, b1: torch.Tensor, x: torch.Tensor, g: torch.Tensor, *, min_tokens: int = 3
+) -> torch.Tensor:
     """Per expert e, Spearman's rank correlation over the tokens routed to e (g_ne > 0) between
     e's router score s_e(x) and the magnitude of e's hidden activation ||GELU(W1_e x + b1_e)||_2
     (the routers paper: "higher router scores predict stronger expert neuron activations").

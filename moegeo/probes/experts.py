@@ -5,17 +5,17 @@ Shapes: ``x: (N, d)`` inputs, ``g: (N, E)`` routing weights, MLP experts stacked
 expert dimension ``W1: (E, h, d)``, ``b1: (E, h)``, ``W2: (E, d_out, h)``; SwiGLU experts
 ``Wg, Wu: (E, h, d)``, ``Wd: (E, d_out, h)``. A probe never trains, caches or plots.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from ..nn import gelu, gelu_grad, silu_grad
 from ..validate import check_expert_mass, check_finite, check_gates, check_positive_number, check_shape
 from .routing import expert_mass, weighted_mean
-
 
 #: largest materialised Jacobian tensor, in bytes, before ``expert_jacobians`` refuses.
 MAX_JACOBIAN_BYTES = 4 * 2**30
@@ -124,10 +124,12 @@ def swiglu_jacobians(Wg, Wu, Wd, x, *, bg=None, bu=None, max_bytes: int = MAX_JA
         raise MemoryError(
             f"the SwiGLU expert Jacobians would need {need / 2**30:.2f} GiB (E={E}, N={N}, {d_out}x{d}) "
             f"> max_bytes = {max_bytes / 2**30:.2f} GiB; use swiglu_jacobian_operator (matrix-free "
-            "JVP/VJP) with lanczos_sigma1 instead, or fewer points")
+            "JVP/VJP) with lanczos_sigma1 instead, or fewer points"
+        )
     a, u, _ = swiglu_hidden(Wg, Wu, x, bg=bg, bu=bu)
-    return (torch.einsum("eoh,enh,ehi->enoi", Wd, silu_grad(a) * u, Wg)
-            + torch.einsum("eoh,enh,ehi->enoi", Wd, torch.nn.functional.silu(a), Wu))
+    return torch.einsum("eoh,enh,ehi->enoi", Wd, silu_grad(a) * u, Wg) + torch.einsum(
+        "eoh,enh,ehi->enoi", Wd, torch.nn.functional.silu(a), Wu
+    )
 
 
 def swiglu_jacobian_operator(Wg, Wu, Wd, x, *, bg=None, bu=None) -> JacobianOperator:
@@ -139,15 +141,15 @@ def swiglu_jacobian_operator(Wg, Wu, Wd, x, *, bg=None, bu=None) -> JacobianOper
     p, q = silu_grad(a) * u, torch.nn.functional.silu(a)  # (E, N, h)
 
     def matvec(v):
-        return torch.einsum("eoh,enh->eno", Wd, p * torch.einsum("ehi,eni->enh", Wg, v)
-                            + q * torch.einsum("ehi,eni->enh", Wu, v))
+        return torch.einsum(
+            "eoh,enh->eno", Wd, p * torch.einsum("ehi,eni->enh", Wg, v) + q * torch.einsum("ehi,eni->enh", Wu, v)
+        )
 
     def rmatvec(w):
         t = torch.einsum("eoh,eno->enh", Wd, w)
         return torch.einsum("ehi,enh->eni", Wg, p * t) + torch.einsum("ehi,enh->eni", Wu, q * t)
 
-    return JacobianOperator(matvec, rmatvec, batch_shape=(Wg.shape[0], x.shape[0]), d_in=Wg.shape[2],
-                            d_out=Wd.shape[1])
+    return JacobianOperator(matvec, rmatvec, batch_shape=(Wg.shape[0], x.shape[0]), d_in=Wg.shape[2], d_out=Wd.shape[1])
 
 
 def swiglu_mean_jacobian(Wg, Wu, Wd, x, g, *, bg=None, bu=None) -> torch.Tensor:

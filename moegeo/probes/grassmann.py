@@ -17,6 +17,7 @@ Definitions, for ``U: (D, r)``, ``V: (D, s)`` and m = min(r, s) principal angles
 
 Computed in float64. A function here never trains, caches or plots.
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,7 +43,9 @@ def _check_basis(name: str, U: torch.Tensor, atol: float) -> torch.Tensor:
         raise ValueError(f"{name} must be a basis of shape (*, D, r), got {tuple(U.shape)}")
     D, r = U.shape[-2:]
     if not 1 <= r <= D:
-        raise ValueError(f"{name} has r = {r} columns in D = {D} dimensions; a basis of a subspace of R^D needs 1 <= r <= D")
+        raise ValueError(
+            f"{name} has r = {r} columns in D = {D} dimensions; a basis of a subspace of R^D needs 1 <= r <= D"
+        )
     U = U.double()
     err = (U.transpose(-1, -2) @ U - torch.eye(r, dtype=U.dtype)).abs().max().item()
     if err > atol:
@@ -56,7 +59,9 @@ def _check_basis(name: str, U: torch.Tensor, atol: float) -> torch.Tensor:
 def _check_pair(U: torch.Tensor, V: torch.Tensor, atol: float) -> tuple[torch.Tensor, torch.Tensor]:
     U, V = _check_basis("U", U, atol), _check_basis("V", V, atol)
     if U.shape[-2] != V.shape[-2]:
-        raise ValueError(f"U and V must live in the same R^D: U has D = {U.shape[-2]} (shape {tuple(U.shape)}), V has D = {V.shape[-2]} (shape {tuple(V.shape)})")
+        raise ValueError(
+            f"U and V must live in the same R^D: U has D = {U.shape[-2]} (shape {tuple(U.shape)}), V has D = {V.shape[-2]} (shape {tuple(V.shape)})"
+        )
     return U, V
 
 
@@ -166,7 +171,9 @@ def pairwise(bases: torch.Tensor | Sequence[torch.Tensor], *, atol: float = ORTH
 
 def _pairwise_list(bases: list[torch.Tensor], atol: float) -> PairwiseGeometry:
     if not bases or any(b.dim() != 2 for b in bases):
-        raise ValueError(f"bases must be a non-empty list of (D, r_e) bases, got shapes {[tuple(b.shape) for b in bases]}")
+        raise ValueError(
+            f"bases must be a non-empty list of (D, r_e) bases, got shapes {[tuple(b.shape) for b in bases]}"
+        )
     E, m = len(bases), max(b.shape[-1] for b in bases)
     angles = torch.full((E, E, m), float("nan"), dtype=torch.float64)
     dist = {k: torch.zeros(E, E, dtype=torch.float64) for k in STATISTICS}
@@ -236,7 +243,9 @@ class SubspaceNull:
         return torch.quantile(getattr(self, statistic), torch.as_tensor(q, dtype=torch.float64))
 
 
-def random_subspace_null(D: int, r: int, s: int | None = None, *, n_samples: int = 10_000, seed: int = 0) -> SubspaceNull:
+def random_subspace_null(
+    D: int, r: int, s: int | None = None, *, n_samples: int = 10_000, seed: int = 0
+) -> SubspaceNull:
     """What the distances between two expert subspaces look like by chance.
 
     Parameters
@@ -264,8 +273,12 @@ def random_subspace_null(D: int, r: int, s: int | None = None, *, n_samples: int
     g = torch.Generator().manual_seed(seed)
     U = torch.eye(D, r, dtype=torch.float64)
     chunk = max(1, 2**22 // (D * s))  # ~32 MiB of Gaussians at a time, whatever D
-    angles = torch.cat([principal_angles(U, haar_basis(min(chunk, n_samples - k), D, s, generator=g))
-                        for k in range(0, n_samples, chunk)])
+    angles = torch.cat(
+        [
+            principal_angles(U, haar_basis(min(chunk, n_samples - k), D, s, generator=g))
+            for k in range(0, n_samples, chunk)
+        ]
+    )
     m, mean_sum_cos2 = min(r, s), r * s / D
     return SubspaceNull(D, r, s, seed, mean_sum_cos2, mean_sum_cos2 / m, m - mean_sum_cos2, angles)
 
@@ -276,8 +289,10 @@ def random_subspace_null(D: int, r: int, s: int | None = None, *, n_samples: int
 NULL_SAMPLES = 500
 
 
-@functools.lru_cache(maxsize=None)
-def null_means(D: int, r: int, s: int | None = None, *, n_samples: int = NULL_SAMPLES, seed: int = 0) -> dict[str, float]:
+@functools.cache
+def null_means(
+    D: int, r: int, s: int | None = None, *, n_samples: int = NULL_SAMPLES, seed: int = 0
+) -> dict[str, float]:
     """Expected geodesic distance, chordal distance and overlap index of two independent
     uniformly random subspaces of dims r and s in R^D: the overlap exactly (r s / (D m)), the
     distances by Monte Carlo (``random_subspace_null`` with ``seed``; deterministic). Cached.

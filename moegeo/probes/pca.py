@@ -1,4 +1,5 @@
 """Routing-weighted PCA of the hidden states entering an expert (A.4, B.5)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,9 +39,12 @@ class PCAResult:
 
     def __getitem__(self, index) -> PCAResult:
         """The PCA of a subset of the leading (expert) dimensions, e.g. ``pca[pca.has_variance]``."""
-        return PCAResult(self.mean[index], self.eigenvalues[index],
-                         None if self.components is None else self.components[index],
-                         None if self.floor is None else self.floor[index])
+        return PCAResult(
+            self.mean[index],
+            self.eigenvalues[index],
+            None if self.components is None else self.components[index],
+            None if self.floor is None else self.floor[index],
+        )
 
     @property
     def explained_variance_ratio(self) -> torch.Tensor:
@@ -49,9 +53,11 @@ class PCAResult:
         none = torch.nonzero(~self.has_variance.reshape(-1)).flatten().tolist()
         if none:
             listed = f"{none[:8]}{' ...' if len(none) > 8 else ''}"
-            raise ValueError(f"the points of expert(s) {listed} (flat index) have no "
-                             "variance (total variance at rounding level, e.g. one point or identical points): their "
-                             "explained variance is undefined; select the experts with pca[pca.has_variance]")
+            raise ValueError(
+                f"the points of expert(s) {listed} (flat index) have no "
+                "variance (total variance at rounding level, e.g. one point or identical points): their "
+                "explained variance is undefined; select the experts with pca[pca.has_variance]"
+            )
         lam = self.eigenvalues.clamp_min(0)
         return lam / lam.sum(-1, keepdim=True)
 
@@ -98,7 +104,9 @@ def weighted_pca(h: torch.Tensor, w: torch.Tensor, *, vectors: bool = False) -> 
     check_finite(h=h)
     check_weights("w", w)
     if h.shape[-2] != w.shape[-1]:
-        raise ValueError(f"h has {h.shape[-2]} samples (shape {tuple(h.shape)}) but w has {w.shape[-1]} (shape {tuple(w.shape)})")
+        raise ValueError(
+            f"h has {h.shape[-2]} samples (shape {tuple(h.shape)}) but w has {w.shape[-1]} (shape {tuple(w.shape)})"
+        )
     eps = torch.finfo(h.dtype).eps
     h, w = h.double(), w.double()
     mass = w.sum(-1)

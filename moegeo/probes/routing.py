@@ -1,5 +1,6 @@
 """Routing-weighted quantities: the effective sample count N_e, routing-weighted means over
 points (§2.2), the routing entropy (§4) and the routers paper's load statistics."""
+
 from __future__ import annotations
 
 import torch
@@ -39,8 +40,10 @@ def load_fractions(g: torch.Tensor) -> torch.Tensor:
     routed = (g > 0).to(g.dtype)
     total = routed.sum()
     if total == 0:
-        raise ValueError(f"g routes no token (every routing weight of its {g.shape[0]} row(s) is 0): the load "
-                         "fractions are undefined; expected some g_ne > 0")
+        raise ValueError(
+            f"g routes no token (every routing weight of its {g.shape[0]} row(s) is 0): the load "
+            "fractions are undefined; expected some g_ne > 0"
+        )
     return routed.sum(0) / total
 
 

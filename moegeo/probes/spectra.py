@@ -1,5 +1,6 @@
 """Singular spectra of (batches of) Jacobians: exact, by power iteration, by Lanczos (batched in
 torch, or ARPACK) and the cumulative-energy summaries of Fig. 1C-D (A.5)."""
+
 from __future__ import annotations
 
 import math
@@ -9,8 +10,8 @@ import numpy as np
 import scipy.sparse.linalg
 import torch
 
-from ..validate import check_count, check_finite, check_positive_number, check_shape
 from ..nn import gelu_grad
+from ..validate import check_count, check_finite, check_positive_number, check_shape
 from .experts import JacobianOperator, _check_mlp, expert_preactivations
 
 
@@ -74,7 +75,8 @@ def _gram_apply(op: JacobianOperator, V: torch.Tensor) -> torch.Tensor:
 
 def power_iteration_sigma1(
     op: JacobianOperator,
-    *, tol: float = 1e-6,
+    *,
+    tol: float = 1e-6,
     max_iter: int = 1000,
     v0: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -118,7 +120,7 @@ def power_iteration_sigma1(
     sigma = torch.zeros(V.shape[:-1], dtype=V.dtype)
     tiny = torch.finfo(V.dtype).tiny
     it, done = 0, False
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 (the iteration count is returned)
         W = _gram_apply(op, V)
         new = (V * W).sum(-1).clamp_min(0).sqrt()  # ||J v|| for unit v
         V = W / W.norm(dim=-1, keepdim=True).clamp_min(tiny)
@@ -132,7 +134,8 @@ def power_iteration_sigma1(
 
 def lanczos_sigma1(
     op: JacobianOperator,
-    *, tol: float = 1e-10,
+    *,
+    tol: float = 1e-10,
     max_iter: int | None = None,
     v0: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -231,6 +234,7 @@ def arpack_sigma1(op: JacobianOperator, *, tol: float = 1e-10, dtype: torch.dtyp
         def g(v):
             calls[0] += 1
             return f(torch.as_tensor(np.asarray(v), dtype=dtype).reshape(shape)).reshape(-1).double().numpy()
+
         return g
 
     lin = scipy.sparse.linalg.LinearOperator(
@@ -264,8 +268,9 @@ SMALL_TRIDIAGONAL_BATCH = 256  # speed only: up to this many matrices one LAPACK
 # at B = 256, 2.0-8.2 ms against 2.6-4.6 ms; at B = 1024, 2.9-7.0 ms against 3.0-6.7 ms)
 
 
-def _tridiagonal_top_eigenvalue(alpha: torch.Tensor, b2: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
-                                steps: int, lower: bool = False) -> torch.Tensor:
+def _tridiagonal_top_eigenvalue(
+    alpha: torch.Tensor, b2: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, steps: int, lower: bool = False
+) -> torch.Tensor:
     """Largest eigenvalue of every symmetric tridiagonal matrix (as ``_tridiagonal_below``) by
     Sturm-sequence bisection of the bracket ``[lo, hi]`` (each ``(B,)``), vectorised over the
     batch: ``steps`` halvings, then the bracket's middle, or (``lower``) its lower end, a lower
@@ -299,7 +304,8 @@ def mlp_lanczos_sigma1(
     b1: torch.Tensor,
     W2: torch.Tensor,
     x: torch.Tensor,
-    *, tol: float = 1e-7,
+    *,
+    tol: float = 1e-7,
     min_iter: int = 16,
     check_every: int = 4,
     starts: int = 1,
@@ -415,8 +421,10 @@ def mlp_lanczos_sigma1(
             A = torch.stack(alphas).double()  # (k, E, m): one row per Lanczos step
             b = torch.stack(betas).double() if betas else A[:0]
             if not (bool(torch.isfinite(A[:, open_]).all()) and bool(torch.isfinite(b[:, open_]).all())):
-                raise ValueError(f"Lanczos overflowed in {x.dtype}: the J^T J products of finite inputs are not finite "
-                                 "(sigma_1^2 beyond the dtype's range); rescale the weights or pass float64 tensors")
+                raise ValueError(
+                    f"Lanczos overflowed in {x.dtype}: the J^T J products of finite inputs are not finite "
+                    "(sigma_1^2 beyond the dtype's range); rescale the weights or pass float64 tensors"
+                )
             b2 = b.square().clamp_min_(torch.finfo(torch.float64).tiny)
             radius = torch.nn.functional.pad(b, (0, 0, 0, 0, 0, 1)) + torch.nn.functional.pad(b, (0, 0, 0, 0, 1, 0))
             hi = (A + radius).amax(0)  # Gershgorin: no eigenvalue of T_k above it
@@ -427,14 +435,16 @@ def mlp_lanczos_sigma1(
                 moving[moving.clone()] = ~_tridiagonal_below(A[:, moving], b2[:, moving], bound[moving])
                 done = open_ & ~moving  # no Ritz value moved by tol: these matrices are done
                 result[done.nonzero(as_tuple=True)[0], row[done]] = _tridiagonal_top_eigenvalue(
-                    A[:, done], b2[:, done], theta[done], bound[done], max(8, steps + math.floor(math.log2(tol))))
+                    A[:, done], b2[:, done], theta[done], bound[done], max(8, steps + math.floor(math.log2(tol)))
+                )
             if not bool(moving.any()):
                 break
             Am = A[:, moving]
             lo, hi = torch.maximum(theta[moving], Am.amax(0)), hi[moving]
             if k == d:  # the Krylov space is the whole space: exact up to rounding
                 result[moving.nonzero(as_tuple=True)[0], row[moving]] = _tridiagonal_top_eigenvalue(
-                    Am, b2[:, moving], lo, hi, steps)
+                    Am, b2[:, moving], lo, hi, steps
+                )
                 break
             # a lower bound within tol / 16 of the value (if `steps` halvings get there): the next test is then
             # stricter than tol by at most that
@@ -444,8 +454,9 @@ def mlp_lanczos_sigma1(
             m = int(moving.sum(1).max())
             if m < moving.shape[1]:  # compact: each expert's open slots first, padded with closed ones
                 keep = torch.sort((~moving).to(torch.int8), dim=1, stable=True).indices[:, :m]
-                q, q_prev, beta, a = (t.gather(1, keep[..., None].expand(-1, -1, t.shape[-1]))
-                                      for t in (q, q_prev, beta, a))
+                q, q_prev, beta, a = (
+                    t.gather(1, keep[..., None].expand(-1, -1, t.shape[-1])) for t in (q, q_prev, beta, a)
+                )
                 row, theta, moving = row.gather(1, keep), theta.gather(1, keep), moving.gather(1, keep)
                 alphas, betas = [t.gather(1, keep) for t in alphas], [t.gather(1, keep) for t in betas]
             open_ = moving
@@ -466,8 +477,10 @@ def energy_curve(s: torch.Tensor) -> torch.Tensor:
     total = e[..., -1:]
     zero = int((total <= 0).sum())
     if zero:
-        raise ValueError(f"s holds {zero} spectrum(s) of zero energy (every singular value 0) out of "
-                         f"{total.numel()}: their energy curve is undefined; expected a spectrum with some s_j > 0")
+        raise ValueError(
+            f"s holds {zero} spectrum(s) of zero energy (every singular value 0) out of "
+            f"{total.numel()}: their energy curve is undefined; expected a spectrum with some s_j > 0"
+        )
     return e / total
 
 

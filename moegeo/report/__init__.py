@@ -2,6 +2,7 @@
 hand-edited. ``papers`` writes what ``pytest claims/`` owns, ``sensitivity`` the grid's section,
 ``figures`` every figure, ``markdown`` the shared formats and writers, ``probe`` the report of
 ``moegeo probe``."""
+
 from .papers import render, write_report
 from .sensitivity import sensitivity_section, sensitivity_sentences, write_sensitivity
 

@@ -1,5 +1,6 @@
 """The report's figures (PNG, matplotlib imported lazily): the Dual Jacobian-PCA paper's Figures
 1A-D, 2A-B and 3, the language model's, the later papers' and the sensitivity maps."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..claims import Results
-from ..claims import geometric_asymmetry, routers_geometry, sensitivity
+from ..claims import Results, geometric_asymmetry, routers_geometry, sensitivity
 from ..claims.dual_jacobian_pca import CLAIMS
 from ..config import Arm, JacobianSite, Norm, PCASite
 from ..frame import reading
@@ -17,45 +17,50 @@ from ..probes import cosine_null
 #: what to look at in each figure (REPORT.md prints it under the figure)
 CAPTIONS = {
     "fig1a_jacobian_norm_trajectory": "Fig. 1A: the Jacobian norm over training (median over seeds of expert means, "
-        "10-90% seed band), per reading. The paper: the dense norm grows steadily from about 5 to over 50, the MoE "
-        "norms plateau after about 250 steps (C8a-C8e).",
+    "10-90% seed band), per reading. The paper: the dense norm grows steadily from about 5 to over 50, the MoE "
+    "norms plateau after about 250 steps (C8a-C8e).",
     "fig1b_cross_expert_cosine": "Fig. 1B: cosines between the experts' mean Jacobians at the final step, against "
-        "the null of independent random matrices (dashed) and the paper's range (green). Look at whether the "
-        "histogram is narrower than the null (C4, C4n).",
+    "the null of independent random matrices (dashed) and the paper's range (green). Look at whether the "
+    "histogram is narrower than the null (C4, C4n).",
     "fig1c_jacobian_spectrum": "Fig. 1C: singular values of the expert Jacobians at the final step (per-point "
-        "spectra, left; of the mean Jacobian, right). The paper: the dense spectrum lies above the MoE's (C1, C1s, C3b).",
+    "spectra, left; of the mean Jacobian, right). The paper: the dense spectrum lies above the MoE's (C1, C1s, C3b).",
     "fig1d_jacobian_energy": "Fig. 1D: cumulative spectral energy. The paper: MoE experts concentrate their energy "
-        "in fewer directions (C3a).",
+    "in fewer directions (C3a).",
     "fig2a_explained_variance": "Fig. 2A: explained-variance ratio of each weighted PCA at the four sites. At the "
-        "literal input site the input is isotropic, so the curves measure the routing weights, not learning (C5, C6).",
+    "literal input site the input is isotropic, so the curves measure the routing weights, not learning (C5, C6).",
     "fig2b_cumulative_variance": "Fig. 2B: cumulative explained variance; the paper: dense reaches 90% with about "
-        "three components, experts need more than twenty (C5b, C5c).",
+    "three components, experts need more than twenty (C5b, C5c).",
     "fig3_topk_vs_soft_pca": "Fig. 3: Top-k against fully-soft experts, per site (top: ratios, bottom: cumulative). "
-        "The paper: Top-k concentrates variance in fewer directions (C7a-C7d).",
+    "The paper: Top-k concentrates variance in fewer directions (C7a-C7d).",
     "lm_perplexity": "The language model learns: held-out perplexity and training loss over training, every arm, "
-        "against the unigram model (dashed).",
+    "against the unigram model (dashed).",
     "lm_jacobian_norm": "The language model's Jacobian norms over training, per FFN layer.",
     "lm_jacobian_spectrum": "The language model's singular spectra at the final step, per FFN layer (C12).",
     "lm_pca_cumulative": "The language model's cumulative explained variance per FFN layer (the C*-lm tests).",
     "lm_cross_expert_cosine": "The language model's cross-expert cosines per FFN layer against the random-matrix "
-        "null (C13, G1).",
+    "null (C13, G1).",
     "routers_load_over_training": "Each router's load per expert over training (first seed), against the balanced "
-        "1/E (dashed): look at how quickly the balancing routers flatten the load (R3).",
+    "1/E (dashed): look at how quickly the balancing routers flatten the load (R3).",
     "routers_similarity_matrices": "|cos| between router directions at the final step, per layer and router (R2): "
-        "brighter off-diagonals are more similar router directions.",
+    "brighter off-diagonals are more similar router directions.",
     "routers_score_vs_activation": "Router score against the expert's activation norm for tokens routed to it "
-        "(first seed, middle layer): a rising cloud is R1's correlation.",
+    "(first seed, middle layer): a rising cloud is R1's correlation.",
     "asymmetry_principal_angles": "Principal angles between expert subspaces at the final step against those of "
-        "random subspaces (dashed): smaller angles than random are overlap (G2). The controls in the verdict table "
-        "say how much of it the untrained model already has.",
+    "random subspaces (dashed): smaller angles than random are overlap (G2). The controls in the verdict table "
+    "say how much of it the untrained model already has.",
     "asymmetry_alignment_vs_distance": "Per seed (and LM layer): functional alignment against subspace distance, "
-        "each relative to its chance level (1 on both axes): the asymmetry (G3) is points left of 1 and below 1.",
+    "each relative to its chance level (1 on both axes): the asymmetry (G3) is points left of 1 and below 1.",
     "claims_over_steps": "Each MLP claim's statistic at every checkpoint (median over seeds with its exact CI): "
-        "where the verdict would stand had training stopped earlier.",
+    "where the verdict would stand had training stopped earlier.",
 }
-OUTCOME_COLORS = {"holds": "tab:green", "fails": "tab:red", "negligible": "tab:olive", "by construction": "tab:blue",
-                  "undecided": "0.85",
-                  "not readable": "white"}
+OUTCOME_COLORS = {
+    "holds": "tab:green",
+    "fails": "tab:red",
+    "negligible": "tab:olive",
+    "by construction": "tab:blue",
+    "undecided": "0.85",
+    "not readable": "white",
+}
 
 
 ARM_COLORS = {"dense": "tab:gray", "dense_matched": "black", "topk": "tab:blue", "soft": "tab:orange"}
@@ -132,7 +137,10 @@ def make_figures(frames: dict, outdir: Path, verdicts: pd.DataFrame | None = Non
     ax.legend(fontsize=7)
     save(fig, "fig1b_cross_expert_cosine")
 
-    for name, metric, cumulative in (("fig1c_jacobian_spectrum", "sigma", False), ("fig1d_jacobian_energy", "energy", False)):
+    for name, metric, cumulative in (
+        ("fig1c_jacobian_spectrum", "sigma", False),
+        ("fig1d_jacobian_energy", "energy", False),
+    ):
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
         _curves(axes, df, metric, jac, arms, cumulative)
         axes[0].set_ylabel(metric)
@@ -141,7 +149,10 @@ def make_figures(frames: dict, outdir: Path, verdicts: pd.DataFrame | None = Non
                 ax.set_yscale("log")
         save(fig, name)
 
-    for name, cumulative, which in (("fig2a_explained_variance", False, arms), ("fig2b_cumulative_variance", True, arms)):
+    for name, cumulative, which in (
+        ("fig2a_explained_variance", False, arms),
+        ("fig2b_cumulative_variance", True, arms),
+    ):
         fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
         _curves(axes, df, "explained_variance", sites, which, cumulative)
         for ax in axes:
@@ -170,22 +181,32 @@ def make_figures(frames: dict, outdir: Path, verdicts: pd.DataFrame | None = Non
     if verdicts is not None:
         stepped = [c for c in CLAIMS if c.steps and c.frame == "main" and (verdicts.claim == c.id).any()]
         cols = 4
-        fig, axes = plt.subplots(-(-len(stepped) // cols), cols, figsize=(16, 3.0 * -(-len(stepped) // cols)), squeeze=False)
+        fig, axes = plt.subplots(
+            -(-len(stepped) // cols), cols, figsize=(16, 3.0 * -(-len(stepped) // cols)), squeeze=False
+        )
         for ax, c in zip(axes.flat, stepped):
             s = _over_steps(verdicts, c.id)
-            ax.errorbar(s.step, s.effect, yerr=[s.effect - s.ci_low, s.ci_high - s.effect], marker="o", capsize=3,
-                        label="median over seeds, exact 95% CI")
+            ax.errorbar(
+                s.step,
+                s.effect,
+                yerr=[s.effect - s.ci_low, s.ci_high - s.effect],
+                marker="o",
+                capsize=3,
+                label="median over seeds, exact 95% CI",
+            )
             if c.kind == "direction":
                 ax.axhline(0, color="gray", lw=0.8, ls="--", label="no effect")
                 if c.smallest_effect:
                     ax.axhline(c.smallest_effect, color="gray", lw=0.8, ls=":", label="smallest meaningful effect")
             else:
                 for b in c.bounds:
-                    ax.axhline(b, color="gray", lw=0.8, ls="--", label="the paper's interval" if b == c.bounds[0] else None)
+                    ax.axhline(
+                        b, color="gray", lw=0.8, ls="--", label="the paper's interval" if b == c.bounds[0] else None
+                    )
             ax.set_title(f"{c.id}: {c.title}", fontsize=8)
             ax.set_xlabel("checkpoint (training step)", fontsize=8)
             ax.set_ylabel(c.statistic if len(c.statistic) < 40 else c.statistic[:37] + "...", fontsize=7)
-        for ax in list(axes.flat)[len(stepped):]:
+        for ax in list(axes.flat)[len(stepped) :]:
             ax.axis("off")
         axes.flat[0].legend(fontsize=6, loc="best")
         save(fig, "claims_over_steps")
@@ -216,13 +237,25 @@ def make_lm_figures(df: pd.DataFrame, save) -> None:
     save(fig, "lm_perplexity")
 
     panels = {
-        "lm_jacobian_norm": ("jacobian_norm", [reading(jacobian=JacobianSite.POINTWISE, norm=Norm.SPECTRAL),
-                                               reading(jacobian="effective", norm=Norm.SPECTRAL)], "step"),
+        "lm_jacobian_norm": (
+            "jacobian_norm",
+            [
+                reading(jacobian=JacobianSite.POINTWISE, norm=Norm.SPECTRAL),
+                reading(jacobian="effective", norm=Norm.SPECTRAL),
+            ],
+            "step",
+        ),
         "lm_jacobian_spectrum": ("sigma", [reading(jacobian=s) for s in JacobianSite], "index"),
-        "lm_pca_cumulative": ("explained_variance", [reading(pca_site=s) for s in (PCASite.INPUT, PCASite.HIDDEN)], "index"),
+        "lm_pca_cumulative": (
+            "explained_variance",
+            [reading(pca_site=s) for s in (PCASite.INPUT, PCASite.HIDDEN)],
+            "index",
+        ),
     }
     for name, (metric, readings_, x) in panels.items():
-        fig, axes = plt.subplots(len(readings_), len(layers), figsize=(4.2 * len(layers), 3.2 * len(readings_)), squeeze=False)
+        fig, axes = plt.subplots(
+            len(readings_), len(layers), figsize=(4.2 * len(layers), 3.2 * len(readings_)), squeeze=False
+        )
         for row, rd in zip(axes, readings_):
             for ax, layer in zip(row, layers):
                 sel = df[(df.metric == metric) & (df.reading == rd) & (df.layer == layer)]
@@ -276,8 +309,9 @@ def make_router_figures(frames: dict, save) -> None:
             sel &= df[col] == v
         return df[sel]
 
-    fig, axes = plt.subplots(len(routers), len(layers), figsize=(4 * len(layers), 2.6 * len(routers)), squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(
+        len(routers), len(layers), figsize=(4 * len(layers), 2.6 * len(routers)), squeeze=False, sharey=True
+    )
     for ax_row, k in zip(axes, routers):
         for ax, layer in zip(ax_row, layers):
             t = rows(k, "load_fraction", layer=layer).pivot_table(index="step", columns="expert", values="value")
@@ -289,8 +323,13 @@ def make_router_figures(frames: dict, save) -> None:
         ax.set_xlabel("training step")
     save(fig, "routers_load_over_training")
 
-    fig, axes = plt.subplots(len(layers), len(routers), figsize=(3.4 * len(routers) + 1.2, 3.0 * len(layers)),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(layers),
+        len(routers),
+        figsize=(3.4 * len(routers) + 1.2, 3.0 * len(layers)),
+        squeeze=False,
+        layout="constrained",
+    )
     for ax_row, layer in zip(axes, layers):
         for ax, k in zip(ax_row, routers):
             c = rows(k, "router_cosine", layer=layer)
@@ -339,15 +378,32 @@ def make_asymmetry_figures(frames: dict, save) -> None:
     fig, axes = plt.subplots(1, len(settings), figsize=(5.2 * len(settings), 3.6), squeeze=False)
     for ax, (title, name) in zip(axes[0], settings):
         df = frames[name]
-        df = df[(df.step == df.steps) & (df.reading == rd) & df.metric.str.startswith("angle@") & (df.expert < df["index"])]
+        df = df[
+            (df.step == df.steps) & (df.reading == rd) & df.metric.str.startswith("angle@") & (df.expert < df["index"])
+        ]
         for arm in ga.MOE:
             a = df[df.arm == arm].value
-            ax.hist(np.degrees(a), bins=45, range=(0, 90), density=True, alpha=0.5, color=ARM_COLORS[arm],
-                    label=f"{arm} ({len(a)} angles)")
+            ax.hist(
+                np.degrees(a),
+                bins=45,
+                range=(0, 90),
+                density=True,
+                alpha=0.5,
+                color=ARM_COLORS[arm],
+                label=f"{arm} ({len(a)} angles)",
+            )
         D = int(frames[name].d_model.iloc[0])
         null = grassmann.random_subspace_null(D, 10, n_samples=2000)
-        ax.hist(np.degrees(null.angles.flatten().numpy()), bins=45, range=(0, 90), density=True, histtype="step",
-                color="black", ls="--", label=f"random 10-dim subspaces of R^{D}")
+        ax.hist(
+            np.degrees(null.angles.flatten().numpy()),
+            bins=45,
+            range=(0, 90),
+            density=True,
+            histtype="step",
+            color="black",
+            ls="--",
+            label=f"random 10-dim subspaces of R^{D}",
+        )
         ax.set_title(f"{title}: principal angles between expert subspaces", fontsize=9)
         ax.set_xlabel("principal angle [degrees]")
     axes[0, 0].legend(fontsize=7)
@@ -360,9 +416,18 @@ def make_asymmetry_figures(frames: dict, save) -> None:
             R = Results(frames).view(name, layer) if name == "lm" else Results(frames)
             for arm in ga.MOE:
                 fun = ga.alignment(R, arm, {}) / ga.alignment_chance(R)
-                geo = ga.mean_over_pairs(R, arm, "geodesic", rd, {}) / ga.mean_over_pairs(R, arm, "geodesic_null", rd, {})
-                ax.scatter(fun, geo.reindex(fun.index), s=14, marker=marker, color=ARM_COLORS[arm], alpha=0.6,
-                           label=f"{title}, {arm}" if layer == layers[0] else None)
+                geo = ga.mean_over_pairs(R, arm, "geodesic", rd, {}) / ga.mean_over_pairs(
+                    R, arm, "geodesic_null", rd, {}
+                )
+                ax.scatter(
+                    fun,
+                    geo.reindex(fun.index),
+                    s=14,
+                    marker=marker,
+                    color=ARM_COLORS[arm],
+                    alpha=0.6,
+                    label=f"{title}, {arm}" if layer == layers[0] else None,
+                )
     ax.axvline(1, color="gray", ls="--", lw=0.8)
     ax.axhline(1, color="gray", ls="--", lw=0.8)
     ax.set_xscale("log")
@@ -401,7 +466,9 @@ def sensitivity_figures(tab: pd.DataFrame, grid, outdir: Path) -> dict[str, Path
 
     mat = np.full((len(claims), len(points)), codes.index("not readable"))
     for r in tab.itertuples():
-        mat[claims.index(r.claim), points.index((r.config, r.step))] = codes.index(sensitivity.outcome(r.grid_verdict, r.raw_verdict, r.control_init))
+        mat[claims.index(r.claim), points.index((r.config, r.step))] = codes.index(
+            sensitivity.outcome(r.grid_verdict, r.raw_verdict, r.control_init)
+        )
     fig, ax = plt.subplots(figsize=(1.6 + 0.32 * len(points), 1.2 + 0.28 * len(claims)))
     ax.imshow(mat, cmap=ListedColormap(list(OUTCOME_COLORS.values())), vmin=0, vmax=len(codes) - 1, aspect="auto")
     ax.set_xticks(range(len(points)), [f"{c} @{s}" for c, s in points], rotation=90, fontsize=7)
@@ -413,7 +480,10 @@ def sensitivity_figures(tab: pd.DataFrame, grid, outdir: Path) -> dict[str, Path
     for code, color in OUTCOME_COLORS.items():
         ax.scatter([], [], marker="s", color=color, edgecolor="0.5", label=code)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
-    ax.set_title(f"grid {grid.name}: where each claim holds\n(exploratory; Holm across the grid per claim and per point)", fontsize=8)
+    ax.set_title(
+        f"grid {grid.name}: where each claim holds\n(exploratory; Holm across the grid per claim and per point)",
+        fontsize=8,
+    )
     fig.tight_layout()
     out["overview"] = outdir / f"sensitivity_{grid.name}_overview.png"
     fig.savefig(out["overview"], dpi=110)
@@ -445,12 +515,24 @@ def sensitivity_figures(tab: pd.DataFrame, grid, outdir: Path) -> dict[str, Path
                 g = g.sort_values(axis)
                 err = np.vstack([g.effect - g.ci_low, g.ci_high - g.effect])
                 shown = ax.errorbar(g[axis], g.effect, yerr=err, capsize=2, label=f"step {step}", alpha=0.8)
-                outcomes = np.array([sensitivity.outcome(gv, v, c) for gv, v, c in zip(g.grid_verdict, g.raw_verdict, g.control_init)])
-                for call, marker, face in (("holds", "o", None), ("fails", "x", None), ("negligible", "s", "white"),
-                                           ("undecided", "o", "white")):
+                outcomes = np.array(
+                    [sensitivity.outcome(gv, v, c) for gv, v, c in zip(g.grid_verdict, g.raw_verdict, g.control_init)]
+                )
+                for call, marker, face in (
+                    ("holds", "o", None),
+                    ("fails", "x", None),
+                    ("negligible", "s", "white"),
+                    ("undecided", "o", "white"),
+                ):
                     pts = g[outcomes == call]
-                    ax.scatter(pts[axis], pts.effect, marker=marker, color=shown.lines[0].get_color(), zorder=3,
-                               **({"facecolor": face} if face else {}))
+                    ax.scatter(
+                        pts[axis],
+                        pts.effect,
+                        marker=marker,
+                        color=shown.lines[0].get_color(),
+                        zorder=3,
+                        **({"facecolor": face} if face else {}),
+                    )
             bounds = c.bounds if c.kind != "direction" else (0.0,)
             for b in bounds:
                 ax.axhline(b, color="0.4", linestyle=":", linewidth=0.8)
@@ -460,7 +542,9 @@ def sensitivity_figures(tab: pd.DataFrame, grid, outdir: Path) -> dict[str, Path
             ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
             ax.minorticks_off()
             ax.set(xlabel=sensitivity.LABELS[axis], title=f"{cid} against {sensitivity.LABELS[axis]}")
-        axs[1 if len(axs) > 1 else 0].legend(fontsize=6, title="filled: holds, x: fails, square: negligible", title_fontsize=6)
+        axs[1 if len(axs) > 1 else 0].legend(
+            fontsize=6, title="filled: holds, x: fails, square: negligible", title_fontsize=6
+        )
         fig.suptitle(f"{cid} {c.title}: {c.statistic} (median over seeds, exact CI)", fontsize=8)
         fig.subplots_adjust(left=0.05, right=0.98, bottom=0.17, top=0.8, wspace=0.5)  # tight_layout: 3x slower
         out[cid] = outdir / f"sensitivity_{grid.name}_{cid}.png"

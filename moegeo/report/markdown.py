@@ -1,5 +1,6 @@
 """Writing REPORT.md: its sections between markers, atomic writes, the run's provenance and the
 number and table formats every section shares."""
+
 from __future__ import annotations
 
 import contextlib
@@ -17,6 +18,8 @@ from .._version import __version__
 #: the sections of REPORT.md that other commands own: ``pytest --benchmark-only`` and the sensitivity grid
 BENCHMARK_MARKERS = ("<!-- benchmarks:begin -->", "<!-- benchmarks:end -->")
 SENSITIVITY_MARKERS = ("<!-- sensitivity:begin -->", "<!-- sensitivity:end -->")
+#: the grouped verdicts per paper: written into REPORT.md and copied into README.md by the same run
+VERDICT_MARKERS = ("<!-- verdicts:begin -->", "<!-- verdicts:end -->")
 
 
 def splice(existing: str, section: str, markers: tuple[str, str] = BENCHMARK_MARKERS) -> str:
@@ -64,10 +67,15 @@ def write_atomic(path: Path, text: str) -> Path:
 
 def _git_revision() -> str:
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
         # the report's own outputs (REPORT*.md, figures*/) are being rewritten by this very run
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!REPORT*.md",
-                                ":!figures*"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!REPORT*.md", ":!figures*"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         return rev + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -78,8 +86,10 @@ def _versions() -> str:
     import scipy
     import torch
 
-    return (f"moegeo {__version__}, Python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
-            f"scipy {scipy.__version__}, pandas {pd.__version__}, matplotlib {matplotlib.__version__}")
+    return (
+        f"moegeo {__version__}, Python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
+        f"scipy {scipy.__version__}, pandas {pd.__version__}, matplotlib {matplotlib.__version__}"
+    )
 
 
 def _cpu() -> str:
@@ -111,11 +121,15 @@ def _tally(v: pd.DataFrame) -> str:
 
 
 def _verdict_table(prim: pd.DataFrame, by_id: dict) -> list[str]:
-    out = ["| claim | the paper says | primary reading | statistic: median [exact CI] | seeds | rule | Holm p | verdict |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| claim | the paper says | primary reading | statistic: median [exact CI] | seeds | rule | Holm p | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in prim.itertuples():
         c = by_id[row.claim]
-        out.append(f"| {c.id} {c.title} | \"{c.quote}\" ({c.source}) | `{row.reading}` | {c.statistic}: {_fmt(row.effect)} "
-                   f"[{_fmt(row.ci_low)}, {_fmt(row.ci_high)}] | {row.n_claimed}/{row.n} | {c.rule()} | "
-                   f"{_fmt(min(row.p_adj, row.p_opposite_adj))} | **{row.verdict}** |")
+        out.append(
+            f'| {c.id} {c.title} | "{c.quote}" ({c.source}) | `{row.reading}` | {c.statistic}: {_fmt(row.effect)} '
+            f"[{_fmt(row.ci_low)}, {_fmt(row.ci_high)}] | {row.n_claimed}/{row.n} | {c.rule()} | "
+            f"{_fmt(min(row.p_adj, row.p_opposite_adj))} | **{row.verdict}** |"
+        )
     return out

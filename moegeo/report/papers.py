@@ -2,6 +2,7 @@
 the first screen; then each paper's verdicts with their parts, controls, power and tipping
 points; the power per family; the sensitivity readings in summary (every reading in
 ``results/verdicts.csv``); the declarations; the figures with their captions."""
+
 from __future__ import annotations
 
 import datetime
@@ -16,8 +17,18 @@ from ..claims import CONTROLS, PAPERS, claim_power, geometric_asymmetry, part_su
 from ..claims.engine import declarations_digest, frozen
 from ..config import Arm
 from .figures import CAPTIONS, make_figures
-from .markdown import (BENCHMARK_MARKERS, SENSITIVITY_MARKERS, _cpu, _fmt, _git_revision, _versions, existing_section,
-                       write_atomic)
+from .markdown import (
+    BENCHMARK_MARKERS,
+    SENSITIVITY_MARKERS,
+    VERDICT_MARKERS,
+    _cpu,
+    _fmt,
+    _git_revision,
+    _versions,
+    existing_section,
+    splice,
+    write_atomic,
+)
 
 V = stats.Verdict
 #: how the headline groups verdicts, in its order
@@ -59,8 +70,11 @@ def _tipping_text(tip, c, row) -> str:
     shift, to = tip
     if c.kind == "magnitude":
         return f"the paper's value moved by {-shift:+.3g} (on the test's scale) would make it {to}"
-    where = f" (threshold {c.threshold_value - c.threshold_sign * shift:.4g} instead of {c.threshold_value:.4g})" \
-        if c.threshold_value is not None else ""
+    where = (
+        f" (threshold {c.threshold_value - c.threshold_sign * shift:.4g} instead of {c.threshold_value:.4g})"
+        if c.threshold_value is not None
+        else ""
+    )
     return f"{to} if the threshold moved by {-c.threshold_sign * shift:+.3g}{where}"
 
 
@@ -71,8 +85,10 @@ def _parts_cell(row, c) -> str:
     for p in part_summary(row, c):
         label = f"`{p['label']}` " if len(row.parts) > 1 else ""
         verdict = f"{p['verdict']}: " if len(row.parts) > 1 else ""
-        out.append(f"{label}{verdict}{_fmt(p['effect'])} [{_fmt(p['ci_low'])}, {_fmt(p['ci_high'])}], "
-                   f"{p['n_claimed']}/{p['n']}")
+        out.append(
+            f"{label}{verdict}{_fmt(p['effect'])} [{_fmt(p['ci_low'])}, {_fmt(p['ci_high'])}], "
+            f"{p['n_claimed']}/{p['n']}"
+        )
     return "<br>".join(out)
 
 
@@ -101,15 +117,20 @@ def _extra_cell(row) -> str:
 
 def verdict_table(prim: pd.DataFrame, claims: dict, live: dict | None = None) -> list[str]:
     """The table of primary verdicts: one row per claim (the one row format of the report)."""
-    out = ["| claim | verdict | statistic: median [exact CI], seeds in the claimed direction (per part) | controls: "
-           "verdict, Δ = trained − control | power, tipping point |", "|---|---|---|---|---|"]
+    out = [
+        "| claim | verdict | statistic: median [exact CI], seeds in the claimed direction (per part) | controls: "
+        "verdict, Δ = trained − control | power, tipping point |",
+        "|---|---|---|---|---|",
+    ]
     for row in prim.itertuples():
         c = claims[row.claim]
         flags = "".join(f" ({f})" for f, on in (("hedged", c.hedged), ("non-diagnostic", not c.diagnostic)) if on)
         raw = f" ({row.raw_verdict.lower()})" if row.verdict == V.BY_CONSTRUCTION.value else ""
         live_cell = f"<br>live experts: {live[row.claim]}" if live and row.claim in live else ""
-        out.append(f"| **{c.id}** {c.title}{flags} | **{row.verdict}**{raw} | {c.statistic}:<br>{_parts_cell(row, c)}"
-                   f"{live_cell} | {_controls_cell(row, c)} | {_extra_cell(row)} |")
+        out.append(
+            f"| **{c.id}** {c.title}{flags} | **{row.verdict}**{raw} | {c.statistic}:<br>{_parts_cell(row, c)}"
+            f"{live_cell} | {_controls_cell(row, c)} | {_extra_cell(row)} |"
+        )
     return out
 
 
@@ -118,8 +139,10 @@ def headline(prim: pd.DataFrame, claims: dict, module) -> list[str]:
     """One paper's verdicts in plain words, grouped by what was measured."""
     own = prim[prim.claim.map(lambda i: claims[i].paper == module.PAPER and not claims[i].generalises)]
     gen = prim[prim.claim.map(lambda i: claims[i].paper == module.PAPER and bool(claims[i].generalises))]
-    out = [f"**{module.TITLE}**: {len(own)} claims on {own.claim.map(lambda i: claims[i].measures).nunique()} "
-           "measurements."]
+    out = [
+        f"**{module.TITLE}**: {len(own)} claims on {own.claim.map(lambda i: claims[i].measures).nunique()} "
+        "measurements."
+    ]
     for label, kinds in HEADLINE:
         sel = own[own.verdict.isin(kinds)]
         if len(sel):
@@ -129,14 +152,19 @@ def headline(prim: pd.DataFrame, claims: dict, module) -> list[str]:
             out.append(f"- {label}: " + "; ".join(f"{m}: {', '.join(ids)}" for m, ids in groups.items()) + ".")
     declared = own[own.claim.map(lambda i: claims[i].threshold_declared)]
     if len(declared):
-        out.append(f"- decided by a threshold moegeo declared (tipping points in its section): {', '.join(declared.claim)}.")
+        out.append(
+            f"- decided by a threshold moegeo declared (tipping points in its section): {', '.join(declared.claim)}."
+        )
     weak = own[own.verdict.isin(UNDECIDED) & (own.power < POWER_TARGET)]
     if len(weak):
         out.append(f"- underpowered (power below {POWER_TARGET} where undecided): {', '.join(weak.claim)}.")
     if len(gen):
         counts = gen.verdict.value_counts()
-        out.append("- re-tested in another setting (generalisation tests, their own family): "
-                   + ", ".join(f"{n} {k.lower()}" for k, n in counts.items()) + ".")
+        out.append(
+            "- re-tested in another setting (generalisation tests, their own family): "
+            + ", ".join(f"{n} {k.lower()}" for k, n in counts.items())
+            + "."
+        )
     return out
 
 
@@ -144,16 +172,23 @@ def headline(prim: pd.DataFrame, claims: dict, module) -> list[str]:
 def power_table(prim: pd.DataFrame, claims: dict) -> list[str]:
     """Per primary family: seeds, hypotheses, the power of its reference claim at the paper's
     effect (or when 90% of seeds agree), and the seeds that would give 0.8."""
-    out = ["| family | seeds | hypotheses M | reference claim | power | seeds for power 0.8 |", "|---|---|---|---|---|---|"]
+    out = [
+        "| family | seeds | hypotheses M | reference claim | power | seeds for power 0.8 |",
+        "|---|---|---|---|---|---|",
+    ]
     for fam, g in prim.groupby("family", sort=False):
-        ref = next((r for r in g.itertuples() if claims[r.claim].paper_effect is not None and not np.isnan(r.power)), None)
+        ref = next(
+            (r for r in g.itertuples() if claims[r.claim].paper_effect is not None and not np.isnan(r.power)), None
+        )
         ref = ref or next((r for r in g.itertuples() if not np.isnan(r.power)), None)
         if ref is None:
             continue
         c = claims[ref.claim]
         need = _seeds_for(ref, c)
-        out.append(f"| `{fam}` | {int(g.n.min())}-{int(g.n.max())} | {int(g.M.iloc[0])} | {ref.claim} ({ref.power_how}) | "
-                   f"{ref.power:.2f} | {need} |")
+        out.append(
+            f"| `{fam}` | {int(g.n.min())}-{int(g.n.max())} | {int(g.M.iloc[0])} | {ref.claim} ({ref.power_how}) | "
+            f"{ref.power:.2f} | {need} |"
+        )
     return out
 
 
@@ -170,8 +205,11 @@ def _seeds_for(row, c) -> str:
 def sensitivity_summary(verdicts: pd.DataFrame, prim: pd.DataFrame) -> list[str]:
     """Per claim: in how many of its other readings and checkpoints the median has the primary's
     sign, and how many of them are significant each way."""
-    out = ["| claim | same sign as the primary | claimed call (REPLICATED or CLAIMED SIGN) | against (CONTRADICTED or "
-           "OPPOSITE SIGN) | effect range |", "|---|---|---|---|---|"]
+    out = [
+        "| claim | same sign as the primary | claimed call (REPLICATED or CLAIMED SIGN) | against (CONTRADICTED or "
+        "OPPOSITE SIGN) | effect range |",
+        "|---|---|---|---|---|",
+    ]
     sens = verdicts[~verdicts.primary]
     for row in prim.itertuples():
         s = sens[sens.claim == row.claim]
@@ -180,7 +218,9 @@ def sensitivity_summary(verdicts: pd.DataFrame, prim: pd.DataFrame) -> list[str]
         same = int((np.sign(s.effect) == np.sign(row.effect)).sum())
         pro = int(s.verdict.isin([V.REPLICATED.value, V.CLAIMED_SIGN.value]).sum())
         con = int(s.verdict.isin([V.CONTRADICTED.value, V.OPPOSITE_SIGN.value, V.NOT_BORNE_OUT.value]).sum())
-        out.append(f"| {row.claim} | {same} of {len(s)} | {pro} | {con} | {_fmt(s.effect.min())} to {_fmt(s.effect.max())} |")
+        out.append(
+            f"| {row.claim} | {same} of {len(s)} | {pro} | {con} | {_fmt(s.effect.min())} to {_fmt(s.effect.max())} |"
+        )
     return out
 
 
@@ -190,8 +230,25 @@ def write_tables(verdicts: pd.DataFrame, directory: Path) -> Path:
     path = directory / "verdicts.csv"
     if verdicts.empty:
         return write_atomic(path, "")
-    cols = ["claim", "paper", "reading", "primary", "family", "n", "M", "effect", "ci_low", "ci_high", "p_adj",
-            "raw_verdict", "verdict", "part_labels", "medians", "condition", "message"]
+    cols = [
+        "claim",
+        "paper",
+        "reading",
+        "primary",
+        "family",
+        "n",
+        "M",
+        "effect",
+        "ci_low",
+        "ci_high",
+        "p_adj",
+        "raw_verdict",
+        "verdict",
+        "part_labels",
+        "medians",
+        "condition",
+        "message",
+    ]
     table = verdicts[cols].copy()
     table["part_verdicts"] = [";".join(p.verdict.value for p in d.parts) for d in verdicts.decision]
     write_atomic(path, table.to_csv(index=False))
@@ -207,7 +264,9 @@ def _live_experts(frames: dict) -> str:
     final = df[(df.step == df.steps) & (df.control == "")]
     total = final.seed.nunique() * int(df.n_experts.iloc[0]) * int(df.n_layers.iloc[0])
     dead = final[final.metric == "excluded"].groupby("arm").size()
-    return ", ".join(f"{arm} {total - int(dead.get(arm, 0))}/{total}" for arm in ("topk", "soft") if arm in set(final.arm))
+    return ", ".join(
+        f"{arm} {total - int(dead.get(arm, 0))}/{total}" for arm in ("topk", "soft") if arm in set(final.arm)
+    )
 
 
 def lm_table(frames: dict) -> list[str]:
@@ -218,16 +277,23 @@ def lm_table(frames: dict) -> list[str]:
     final = int(df.steps.iloc[0])
     ppl = df[(df.metric == "perplexity") & (df.step == final) & (df.control == "")]
     unigram = float(ppl[ppl.arm == "unigram"].value.median())
-    out = ["", f"Language model (3 layers, d_model {int(df.d_model.iloc[0])}, {final} steps on the shipped WikiText-2): "
-           f"held-out perplexity, median over seeds [10%, 90%], against the unigram model's {unigram:.1f}:", "",
-           "| arm | perplexity | seeds below unigram | live experts at the final step |", "|---|---|---|---|"]
+    out = [
+        "",
+        f"Language model (3 layers, d_model {int(df.d_model.iloc[0])}, {final} steps on the shipped WikiText-2): "
+        f"held-out perplexity, median over seeds [10%, 90%], against the unigram model's {unigram:.1f}:",
+        "",
+        "| arm | perplexity | seeds below unigram | live experts at the final step |",
+        "|---|---|---|---|",
+    ]
     dead = df[(df.metric == "excluded") & (df.step == final) & (df.control == "")].groupby("arm").size()
     for arm in [a.value for a in Arm if a.value in set(ppl.arm)]:
         v = ppl[ppl.arm == arm].groupby("seed").value.mean()
         total = len(v) * int(df.n_experts.iloc[0]) * int(df.n_layers.iloc[0])
         live = f"{total - int(dead.get(arm, 0))}/{total}" if Arm(arm).is_moe else "—"
-        out.append(f"| {arm} | {v.median():.1f} [{v.quantile(0.1):.1f}, {v.quantile(0.9):.1f}] | "
-                   f"{int((v < unigram).sum())}/{len(v)} | {live} |")
+        out.append(
+            f"| {arm} | {v.median():.1f} [{v.quantile(0.1):.1f}, {v.quantile(0.9):.1f}] | "
+            f"{int((v < unigram).sum())}/{len(v)} | {live} |"
+        )
     return out
 
 
@@ -235,52 +301,92 @@ def lm_table(frames: dict) -> list[str]:
 def header(configs: dict, wall_time: float, timings: dict | None, peak_gib: float | None) -> list[str]:
     fz = frozen()
     digest = declarations_digest()
-    state = ("frozen on " + fz["date"] + (", unchanged since" if fz["digest"] == digest else
-                                          f", CHANGED since (frozen digest {fz['digest'][:16]})")) if fz else "not frozen"
+    state = (
+        (
+            "frozen on "
+            + fz["date"]
+            + (
+                ", unchanged since"
+                if fz["digest"] == digest
+                else f", CHANGED since (frozen digest {fz['digest'][:16]})"
+            )
+        )
+        if fz
+        else "not frozen"
+    )
     seeds = {name: f"{cfg.seeds[0]}-{cfg.seeds[-1]}" for name, cfg in configs.items()}
-    lines = [f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; git revision "
-             f"{_git_revision()}; {_versions()}; CPU: {_cpu()}",
-             f"- declarations (claims modules and engine) digest `{digest[:16]}`: {state}",
-             "- seeds: " + ", ".join(f"{k} {v}" for k, v in seeds.items())
-             + (f" (the confirmatory range; {fz['exploratory']} was explored while the declarations were written)"
-                if fz else ""),
-             f"- wall time {wall_time:.0f} s" + (" (per config: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-                                                  + ")" if timings else "")
-             + (f"; peak resident memory {peak_gib:.2f} GiB" if peak_gib is not None else "")]
+    lines = [
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; git revision "
+        f"{_git_revision()}; {_versions()}; CPU: {_cpu()}",
+        f"- declarations (claims modules and engine) digest `{digest[:16]}`: {state}",
+        "- seeds: "
+        + ", ".join(f"{k} {v}" for k, v in seeds.items())
+        + (
+            f" (the confirmatory range; {fz['exploratory']} was explored while the declarations were written)"
+            if fz
+            else ""
+        ),
+        f"- wall time {wall_time:.0f} s"
+        + (" (per config: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ")" if timings else "")
+        + (f"; peak resident memory {peak_gib:.2f} GiB" if peak_gib is not None else ""),
+    ]
     lines += ["", "<details><summary>configurations</summary>", ""]
     lines += [f"- `{name}` (key {cfg.key()}): `{cfg.to_dict()}`" for name, cfg in configs.items()]
     lines += ["", "</details>"]
     return lines
 
 
-LEGEND = ("Verdicts (one Holm family per paper over every hypothesis of every part of every primary reading; "
-          "`moegeo/stats.py`): REPLICATED, the median beyond the smallest meaningful effect in the claimed direction; "
-          "CONTRADICTED, beyond it the other way; NEGLIGIBLE, significantly inside it; CLAIMED / OPPOSITE SIGN, SIZE "
-          "UNDETERMINED, significant in direction only; DEPENDS ON DEFINITION, parts of a joint reading significant in "
-          "opposite directions; CONSISTENT / DIFFERENT SIZE, the paper's single-seed value inside / outside our seeds' "
-          "prediction interval; NOT BORNE OUT, a hedged expectation found against; BY CONSTRUCTION, a declared control "
-          "(the arms at initialisation, the routing permuted across inputs, the router at initialisation) reaches the "
-          "same call, so the claim says nothing about training or routing; NOT REPLICATED, TOO FEW SEEDS, CONDITION NOT "
-          "MET. Δ is the trained-minus-control median over seeds, paired by seed, with its exact CI.")
+LEGEND = (
+    "Verdicts (one Holm family per paper over every hypothesis of every part of every primary reading; "
+    "`moegeo/stats.py`): REPLICATED, the median beyond the smallest meaningful effect in the claimed direction; "
+    "CONTRADICTED, beyond it the other way; NEGLIGIBLE, significantly inside it; CLAIMED / OPPOSITE SIGN, SIZE "
+    "UNDETERMINED, significant in direction only; DEPENDS ON DEFINITION, parts of a joint reading significant in "
+    "opposite directions; CONSISTENT / DIFFERENT SIZE, the paper's single-seed value inside / outside our seeds' "
+    "prediction interval; NOT BORNE OUT, a hedged expectation found against; BY CONSTRUCTION, a declared control "
+    "(the arms at initialisation, the routing permuted across inputs, the router at initialisation) reaches the "
+    "same call, so the claim says nothing about training or routing; NOT REPLICATED, TOO FEW SEEDS, CONDITION NOT "
+    "MET. Δ is the trained-minus-control median over seeds, paired by seed, with its exact CI."
+)
 
 
-def render(verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dict[str, Path], report_path: Path,
-           timings: dict | None = None, peak_gib: float | None = None, frames: dict | None = None,
-           tables: Path | None = None) -> str:
+def render(
+    verdicts: pd.DataFrame,
+    configs: dict,
+    wall_time: float,
+    figures: dict[str, Path],
+    report_path: Path,
+    timings: dict | None = None,
+    peak_gib: float | None = None,
+    frames: dict | None = None,
+    tables: Path | None = None,
+) -> str:
     """The Markdown of REPORT.md (module docstring)."""
     frames = frames or {}
     claims = {c.id: c for m in PAPERS for c in m.CLAIMS} | {c.id: c for c in geometric_asymmetry.PRETRAINED_CLAIMS}
     prim = annotate(verdicts, claims)
     rel = lambda p: os.path.relpath(p, report_path.parent)  # noqa: E731
-    lines = ["# moegeo replication report", "", "Generated by `pytest claims/`; do not edit by hand.", "",
-             "## What replicates, and why not", ""]
+    lines = [
+        "# moegeo replication report",
+        "",
+        "Generated by `pytest claims/`; do not edit by hand.",
+        "",
+        "## What replicates, and why not",
+        "",
+        VERDICT_MARKERS[0],
+    ]
     for module in PAPERS:
         if (prim.paper == module.PAPER).any():
             lines += headline(prim, claims, module) + [""]
+    lines += [VERDICT_MARKERS[1], ""]
     lines += [LEGEND, ""] + header(configs, wall_time, timings, peak_gib)
-    lines += ["", "## Power per family", "",
-              "At Holm's worst case (every other hypothesis of the family null); the noise of a paper's effect is the "
-              "seed spread of the claim's reference arm, never of the effect itself (`moegeo.claims.claim_power`).", ""]
+    lines += [
+        "",
+        "## Power per family",
+        "",
+        "At Holm's worst case (every other hypothesis of the family null); the noise of a paper's effect is the "
+        "seed spread of the claim's reference arm, never of the effect itself (`moegeo.claims.claim_power`).",
+        "",
+    ]
     lines += power_table(prim, claims)
     live = _live_experts(frames)
     for module in PAPERS:
@@ -290,8 +396,15 @@ def render(verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dic
         own = mine[~mine.claim.map(lambda i: bool(claims[i].generalises))]
         gen = mine[mine.claim.map(lambda i: bool(claims[i].generalises))]
         lm_live = {r.claim: live for r in mine.itertuples() if claims[r.claim].frame == "lm" and live}
-        lines += ["", f"## {module.TITLE}", "", module.INTRO, "",
-                  f"Family `{own.family.iloc[0]}`: M = {int(own.M.iloc[0])} hypotheses.", ""]
+        lines += [
+            "",
+            f"## {module.TITLE}",
+            "",
+            module.INTRO,
+            "",
+            f"Family `{own.family.iloc[0]}`: M = {int(own.M.iloc[0])} hypotheses.",
+            "",
+        ]
         lines += verdict_table(own, claims, lm_live)
         if module.PAPER == "dual_jacobian_pca":
             lines += lm_table(frames)
@@ -300,29 +413,48 @@ def render(verdicts: pd.DataFrame, configs: dict, wall_time: float, figures: dic
             lines += verdict_table(gen, claims, lm_live)
         pre = verdicts[verdicts.paper == geometric_asymmetry.PRETRAINED_PAPER]
         if module is geometric_asymmetry:
-            lines += ["", "On a pretrained checkpoint: " + ("below." if len(pre) else
-                      "**not run**: needs a local checkpoint (`pytest claims/ --hf-model DIR`, or `moegeo claims "
-                      "--hf-model DIR` alone).")]
+            lines += [
+                "",
+                "On a pretrained checkpoint: "
+                + (
+                    "below."
+                    if len(pre)
+                    else "**not run**: needs a local checkpoint (`pytest claims/ --hf-model DIR`, or `moegeo claims "
+                    "--hf-model DIR` alone)."
+                ),
+            ]
             if len(pre):
                 lines += verdict_table(annotate(pre, claims), claims)
         lines += _figures(figures, module.FIGURES, rel)
-    lines += ["", "## Sensitivity readings", "",
-              "Every other reading and checkpoint of every claim, corrected in its own family per paper, setting and "
-              "seed count (Tarone's rule drops what cannot reach significance). Robustness as agreement of sign: "
-              + (f"every reading's verdict is in `{rel(tables)}`." if tables else ""), ""]
+    lines += [
+        "",
+        "## Sensitivity readings",
+        "",
+        "Every other reading and checkpoint of every claim, corrected in its own family per paper, setting and "
+        "seed count (Tarone's rule drops what cannot reach significance). Robustness as agreement of sign: "
+        + (f"every reading's verdict is in `{rel(tables)}`." if tables else ""),
+        "",
+    ]
     lines += sensitivity_summary(verdicts, prim)
     lines += _figures(figures, ("claims_",), rel)
-    lines += ["", "## Declarations", "", "<details><summary>every claim: quote, statistic, rule, primary reading, "
-              "controls and revisions</summary>", ""]
+    lines += [
+        "",
+        "## Declarations",
+        "",
+        "<details><summary>every claim: quote, statistic, rule, primary reading, controls and revisions</summary>",
+        "",
+    ]
     for module in PAPERS:
         for c in module.CLAIMS:
             if c.generalises:
                 continue
-            lines.append(f"- **{c.id}** ({c.source}): \"{c.quote}\". Statistic: {c.statistic}. Threshold: {c.threshold}. "
-                         f"Rule: {c.rule()}. Primary: {c.primary_because}. Controls: "
-                         f"{', '.join(c.controls) or 'none'}{'; ' + c.control_note if c.control_note else ''}."
-                         + (f" Note: {c.note}." if c.note else "")
-                         + "".join(f" Revision: {r}." for r in c.revisions))
+            lines.append(
+                f'- **{c.id}** ({c.source}): "{c.quote}". Statistic: {c.statistic}. Threshold: {c.threshold}. '
+                f"Rule: {c.rule()}. Primary: {c.primary_because}. Controls: "
+                f"{', '.join(c.controls) or 'none'}{'; ' + c.control_note if c.control_note else ''}."
+                + (f" Note: {c.note}." if c.note else "")
+                + "".join(f" Revision: {r}." for r in c.revisions)
+            )
     lines += ["", "</details>", "", "<details><summary>statements not tested, and why</summary>", ""]
     for module in PAPERS:
         lines += [f"- {module.SHORT}: {what}: {why}." for what, why in module.UNTESTED]
@@ -338,19 +470,41 @@ def _figures(figures: dict, prefixes: tuple, rel) -> list[str]:
     return out
 
 
-def write_report(path: Path, frames: dict, verdicts: pd.DataFrame, configs: dict, wall_time: float,
-                 timings: dict | None = None, peak_gib: float | None = None) -> Path:
+#: the sections other commands write, until they have run on this version
+NO_SENSITIVITY = (
+    "## Where each claim holds (sensitivity grid)\n\n**Not run for this version**: `python -m moegeo sweep "
+    "--grid small` (or `full`) writes this section."
+)
+NO_BENCHMARKS = (
+    "## Benchmarks\n\n**Not run for this version**: `pytest --benchmark-only` writes this section. "
+    "GPU rows: not run: no GPU in this session."
+)
+
+
+def write_report(
+    path: Path,
+    frames: dict,
+    verdicts: pd.DataFrame,
+    configs: dict,
+    wall_time: float,
+    timings: dict | None = None,
+    peak_gib: float | None = None,
+) -> Path:
     """Figures into ``<report dir>/figures/``, every reading into ``<report dir>/results/``, then
     the Markdown, written atomically; the benchmark and sensitivity sections of an existing report
-    are kept."""
+    are kept. A ``REPORT.md`` beside a ``README.md`` with the verdict markers also rewrites that
+    README's verdict block (``VERDICT_MARKERS``) with the report's."""
     path = Path(path)
     suffix = "" if path.stem == "REPORT" else f"-{path.stem}"
     figures = make_figures(frames, path.parent / f"figures{suffix}", verdicts)
     tables = write_tables(verdicts, path.parent / f"results{suffix}")
     text = render(verdicts, configs, wall_time, figures, path, timings, peak_gib, frames, tables)
-    if path.exists():
-        old = path.read_text()
-        for markers in (SENSITIVITY_MARKERS, BENCHMARK_MARKERS):
-            section = existing_section(old, markers)
-            text = text + ("\n" + section if section else "")
-    return write_atomic(path, text)
+    old = path.read_text() if path.exists() else ""
+    for markers, missing in ((SENSITIVITY_MARKERS, NO_SENSITIVITY), (BENCHMARK_MARKERS, NO_BENCHMARKS)):
+        section = existing_section(old, markers) or f"{markers[0]}\n{missing}\n{markers[1]}\n"
+        text = text + "\n" + section
+    written = write_atomic(path, text)
+    readme = path.parent / "README.md"
+    if path.name == "REPORT.md" and readme.is_file() and VERDICT_MARKERS[0] in readme.read_text():
+        write_atomic(readme, splice(readme.read_text(), existing_section(text, VERDICT_MARKERS), VERDICT_MARKERS))
+    return written

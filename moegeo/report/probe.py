@@ -1,6 +1,7 @@
 """The probe report of ``python -m moegeo probe``: a markdown file with one table per MoE layer
 and two figures, rendered from the tidy frame of ``moegeo.hf.probe_checkpoint`` alone (matplotlib
 is imported lazily, only here)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,11 +29,13 @@ FEW_TOKENS_PER_DIM = 1
 #: the marker of a flagged expert in the tables
 FEW = "*"
 #: how "load" and the routing weights are read (the report's definitions)
-LOAD = ("load: the expert's mean routing weight over the probed tokens, (1/N) Σ_i g_e(x_i), where g are "
-        "the routing weights exactly as the model applies them to the expert outputs (0 where the expert is not "
-        "selected). A token's weights need not sum to 1 (e.g. Qwen2-MoE and OLMoE with norm_topk_prob=False keep the "
-        "un-renormalised softmax probabilities of their Top-k; sigmoid routers; DeepSeek-V3 scales them), so a layer's "
-        "loads sum to its mean Σ_e g_e, stated per layer. tokens: the tokens routed to the expert (g_e > 0).")
+LOAD = (
+    "load: the expert's mean routing weight over the probed tokens, (1/N) Σ_i g_e(x_i), where g are "
+    "the routing weights exactly as the model applies them to the expert outputs (0 where the expert is not "
+    "selected). A token's weights need not sum to 1 (e.g. Qwen2-MoE and OLMoE with norm_topk_prob=False keep the "
+    "un-renormalised softmax probabilities of their Top-k; sigmoid routers; DeepSeek-V3 scales them), so a layer's "
+    "loads sum to its mean Σ_e g_e, stated per layer. tokens: the tokens routed to the expert (g_e > 0)."
+)
 
 
 def expert_label(e: int) -> str:
@@ -83,15 +86,19 @@ def source_line(df: pd.DataFrame, checkpoint: str, dtype: str, text: str | None,
     n, context = int(layer_value(df, layer, "n_tokens")), layer_value(df, layer, "context")
     short = f" (the text has only {n}; {requested} were asked for)" if n < requested else ""
     seq = f", run in sequences of {int(context)} tokens" if context else ""
-    return (f"Checkpoint `{checkpoint}` ({df['model_type'].iloc[0]}, {dtype}) on the first {n} tokens{short} of "
-            f"{text or 'the shipped WikiText-2 test split'}{seq}.")
+    return (
+        f"Checkpoint `{checkpoint}` ({df['model_type'].iloc[0]}, {dtype}) on the first {n} tokens{short} of "
+        f"{text or 'the shipped WikiText-2 test split'}{seq}."
+    )
 
 
 def _markdown(t: pd.DataFrame) -> str:
     head = "| " + " | ".join([t.index.name or ""] + list(t.columns)) + " |"
     rule = "|" + "---|" * (len(t.columns) + 1)
-    body = ["| " + " | ".join([str(i)] + ["–" if np.isnan(v) else f"{v:.4g}" for v in row]) + " |"
-            for i, row in zip(t.index, t.to_numpy())]
+    body = [
+        "| " + " | ".join([str(i)] + ["–" if np.isnan(v) else f"{v:.4g}" for v in row]) + " |"
+        for i, row in zip(t.index, t.to_numpy())
+    ]
     return "\n".join([head, rule, *body])
 
 
@@ -115,8 +122,11 @@ def sigma1_figure(df: pd.DataFrame, layers: list[int]):
     for layer in layers:
         d = s[s["layer"] == layer].sort_values("expert")
         ax.plot(d["expert"], d["value"], "o", ms=4, label=f"layer {layer}")
-    ax.set(xlabel="routed expert", ylabel="σ₁ (routing-weighted mean\nover the expert's tokens)",
-           title="Spectral norm of each expert's Jacobian")
+    ax.set(
+        xlabel="routed expert",
+        ylabel="σ₁ (routing-weighted mean\nover the expert's tokens)",
+        title="Spectral norm of each expert's Jacobian",
+    )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if len(layers) <= 12:
         ax.legend(fontsize=7)
@@ -136,7 +146,7 @@ def cosine_figure(df: pd.DataFrame, layers: list[int]):
     cols = min(4, len(mats))
     rows = -(-len(mats) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols + 1.2, 2.8 * rows), squeeze=False, layout="constrained")
-    for ax in axes.flat[len(mats):]:
+    for ax in axes.flat[len(mats) :]:
         ax.axis("off")
     for i, (ax, (layer, m)) in enumerate(zip(axes.flat, mats)):
         im = ax.imshow(m.to_numpy(), vmin=-1, vmax=1, cmap="RdBu_r")
@@ -145,8 +155,12 @@ def cosine_figure(df: pd.DataFrame, layers: list[int]):
         ax.set_xlabel("expert", fontsize=8)
         if i % cols == 0:
             ax.set_ylabel("expert", fontsize=8)
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8,
-                 label="signed cosine of the mean Jacobians\n⟨J̄_a, J̄_b⟩ / (‖J̄_a‖ ‖J̄_b‖)")
+    fig.colorbar(
+        im,
+        ax=axes.ravel().tolist(),
+        shrink=0.8,
+        label="signed cosine of the mean Jacobians\n⟨J̄_a, J̄_b⟩ / (‖J̄_a‖ ‖J̄_b‖)",
+    )
     return fig
 
 
@@ -179,15 +193,19 @@ def write(df: pd.DataFrame, out: Path, title: str, source: str) -> Path:
     unknown = layer_value(df, layers[0], "unknown_tokens")
     if unknown is not None and unknown > UNKNOWN_TOKENS_WARN:  # hf.tokenize warned on stderr
         lines += [f"**Warning:** {unknown_tokens_warning(unknown)}.", ""]
-    lines += [LOAD, "",
-              "σ₁ pointwise: routing-weighted mean over tokens of the spectral norm of each expert's "
-              "Jacobian; σ₁(J̄): of the routing-weighted mean Jacobian; k@0.9 / cum-var@10: weighted PCA "
-              "of the tokens routed to the expert (input: the hidden states entering the experts; hidden: "
-              "the expert's gated activation). `shared`: the shared expert(s), weight 1 on every token. "
-              f"{FEW}: fewer routed tokens than the width d of the layer input (its PCA rests on fewer points than "
-              "dimensions: k@0.9 and cum-var are capped by the token count). –: not defined (the shared experts "
-              "are not routed and have no hidden site; a single token has no variance). The full tidy frame is "
-              "`probe.csv`.", ""]
+    lines += [
+        LOAD,
+        "",
+        "σ₁ pointwise: routing-weighted mean over tokens of the spectral norm of each expert's "
+        "Jacobian; σ₁(J̄): of the routing-weighted mean Jacobian; k@0.9 / cum-var@10: weighted PCA "
+        "of the tokens routed to the expert (input: the hidden states entering the experts; hidden: "
+        "the expert's gated activation). `shared`: the shared expert(s), weight 1 on every token. "
+        f"{FEW}: fewer routed tokens than the width d of the layer input (its PCA rests on fewer points than "
+        "dimensions: k@0.9 and cum-var are capped by the token count). –: not defined (the shared experts "
+        "are not routed and have no hidden site; a single token has no variance). The full tidy frame is "
+        "`probe.csv`.",
+        "",
+    ]
     excluded = df[df["metric"] == "excluded"]
     for layer in layers:
         c = cosine_matrix(df, layer)
@@ -197,15 +215,20 @@ def write(df: pd.DataFrame, out: Path, title: str, source: str) -> Path:
         if total is not None:
             lines += [f"Mean Σ_e g_e per token (the sum of the loads): {total:.4g}.", ""]
         if len(off):
-            lines += [f"Cross-expert |cos| of the mean Jacobians: mean {np.abs(off).mean():.3g}, "
-                      f"max {np.abs(off).max():.3g} over {len(c)} experts.", ""]
+            lines += [
+                f"Cross-expert |cos| of the mean Jacobians: mean {np.abs(off).mean():.3g}, "
+                f"max {np.abs(off).max():.3g} over {len(c)} experts.",
+                "",
+            ]
         gone = sorted(excluded[excluded["layer"] == layer]["expert"].tolist())
         if gone:
             lines += [f"Excluded (no routing weight on these tokens): experts {gone}.", ""]
         few = few_token_experts(df, layer)
         if few:
-            lines += [f"Few tokens ({FEW}, fewer than d = {int(layer_value(df, layer, 'd_model'))}): "
-                      f"experts {few}.", ""]
+            lines += [
+                f"Few tokens ({FEW}, fewer than d = {int(layer_value(df, layer, 'd_model'))}): experts {few}.",
+                "",
+            ]
         lines += [_markdown(layer_table(df, layer)), ""]
     lines += ["## Figures", ""] + [f"![{n}](figures/{n})" for n in figs] + [""]
     path = out / "PROBE.md"
