@@ -346,7 +346,7 @@ def render(df: pd.DataFrame, machine: dict, plot: Path | None, plot_text: str, r
         lines += [
             f"### {GROWTH}",
             "",
-            "`moegeo.frame.probe_rows` on one soft MLP-MoE layer (h = 2d), one axis "
+            "`moegeo.rows.probe_rows` on one soft MLP-MoE layer (h = 2d), one axis "
             "varied at a time; exponent of the least-squares line of log time against log size.",
             "",
         ]

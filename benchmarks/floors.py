@@ -66,7 +66,7 @@ def jacobian_flops(n_points: int, d: int, h: int) -> tuple[float, float]:
 
 def checkpoint_flops(df: pd.DataFrame, cfg: ExperimentConfig) -> tuple[float, float]:
     """(products, eigensolves) of every checkpoint's probes in the results frame ``df`` of
-    ``cfg`` (``frame.probe_rows``): each live expert's Jacobians at all N points and their
+    ``cfg`` (``rows.probe_rows``): each live expert's Jacobians at all N points and their
     spectra. Live experts are counted from the frame (one pointwise ``sigma1`` row each)."""
     rows = df[(df.metric == "sigma1") & (df.reading == reading(jacobian=JacobianSite.POINTWISE))]
     rows = rows[rows.step.isin(cfg.checkpoints())]
@@ -74,7 +74,7 @@ def checkpoint_flops(df: pd.DataFrame, cfg: ExperimentConfig) -> tuple[float, fl
 
 
 def trajectory_flops(df: pd.DataFrame, cfg: ExperimentConfig) -> tuple[float, float]:
-    """(products, eigensolves) of every trajectory record in ``df`` (``experiment._trajectory_layer``):
+    """(products, eigensolves) of every trajectory record in ``df`` (``rows._trajectory_layer``):
     on the first ``trajectory_points`` points, each live expert's Jacobians and their spectra
     (one pointwise spectral-norm row each), and for an MoE layer the effective Jacobian (one row
     per seed and record), which forms every expert's Jacobians again and takes one spectrum."""

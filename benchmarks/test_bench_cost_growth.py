@@ -1,4 +1,4 @@
-"""How the cost of the whole per-layer probe pipeline (``moegeo.frame.probe_rows``) grows
+"""How the cost of the whole per-layer probe pipeline (``moegeo.rows.probe_rows``) grows
 with the number of points N, of experts E and the width d (h = 2d), one axis at a time.
 
 One soft ``MLPMoE`` layer at its initialisation (float64 params, as the sweep probes them) on
@@ -15,8 +15,8 @@ import torch
 
 from moegeo.config import Arm
 from moegeo.data import make_data
-from moegeo.frame import probe_rows
 from moegeo.model import MLPMoE
+from moegeo.rows import probe_rows
 
 GROUP = "probe pipeline cost growth"
 BASE = dict(N=512, E=8, d=64)  # B.1's layer and B.2's batch

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from moegeo import ExperimentConfig, sweeps
+from moegeo import ExperimentConfig, executors, sweeps
 from moegeo.cache import cache_dir
 from moegeo.claims import Results, evaluate, geometric_asymmetry, routers_geometry
 from moegeo.claims.dual_jacobian_pca import (
@@ -29,9 +29,10 @@ from moegeo.claims.dual_jacobian_pca import (
     SEEDS,
     main_config,
 )
-from moegeo.cli import output_file_problem
+from moegeo.cli_common import output_file_problem
 from moegeo.config import Arm, LMConfig
 from moegeo.data.wikitext import split_files
+from moegeo.frame import compact
 
 VERDICTS = pytest.StashKey()
 STATE = pytest.StashKey()
@@ -205,9 +206,9 @@ def _configs(config) -> dict:
 
 def executor_spec(config) -> str:
     """``--executor``, checked (a bad spec is a usage error), default one process per core."""
-    spec = config.getoption("--executor") or sweeps.DEFAULT_EXECUTOR
+    spec = config.getoption("--executor") or executors.DEFAULT_EXECUTOR
     try:
-        sweeps.parse_executor(spec)
+        executors.parse_executor(spec)
     except ValueError as err:
         raise pytest.UsageError(f"--executor: {err}") from None
     return spec
@@ -221,7 +222,7 @@ def pretrained_frame(path: str, tokens: int):
     except ImportError as err:
         raise pytest.UsageError(f'--hf-model needs the [hf] extra (pip install -e ".[hf]"): {err}') from None
     try:
-        df = hf.probe_checkpoint(path, tokens=tokens)
+        df = hf.probe(path, tokens=tokens)
     except (FileNotFoundError, ValueError, MemoryError, OSError) as err:
         raise pytest.UsageError(f"--hf-model {path}: {err}") from None
     return geometric_asymmetry.layers_as_seeds(df).assign(checkpoint=path)
@@ -260,9 +261,11 @@ def pytest_configure(config):
             result = sweeps.sweep({name: cfgs[name] for name in order}, executor=spec)
         except ImportError as err:
             raise pytest.UsageError(f"--executor {spec}: {err}") from None
-        except (sweeps.ExecutorError, MemoryError, FloatingPointError) as err:
+        except (executors.ExecutorError, MemoryError, FloatingPointError) as err:
             pytest.exit(f"moegeo: error: {err}", returncode=2)
-        frames, timings = result.frames, result.seconds
+        # labels as categories, integers in 32 bits: the frames of a default run take a quarter of the memory
+        frames, timings = {name: compact(df) for name, df in result.frames.items()}, result.seconds
+        del result
     claims = CLAIMS + routers_geometry.CLAIMS + geometric_asymmetry.CLAIMS
     if config.getoption("--hf-model"):
         frames = dict(frames, hf=pretrained_frame(config.getoption("--hf-model"), config.getoption("--hf-tokens")))

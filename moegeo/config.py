@@ -287,28 +287,22 @@ class LMConfig(RunConfig):
     transformer with WikiText", abstract): a pre-LayerNorm decoder whose every FFN is the MLP
     setting's MoE layer, trained on word-level WikiText-2 (``moegeo.lm``, ``moegeo.wikitext``).
 
-    The paper gives no sizes for it; each default's reason is beside it. The cost rule: the
-    default ``pytest claims/`` runs every setting from a cold cache in 30 minutes on 2 CPU cores,
-    and the MLP setting takes about 18 of them (README), so the four LM arms of 12 seeds get
-    about 8 minutes, probes included. Measured on that machine (seeds batched), one step of all
-    four arms costs about 150 ms per seed at context 32 and 330 ms at context 64; a 300-step run
-    of 12 seeds took 11.6 minutes (records every 50 steps of 128 windows), over budget, so the
-    run is 200 steps: held-out perplexity near 75 against the unigram model's 99 on the same
-    windows (sizing runs). Every size below is a budget choice, not the paper's.
+    The paper gives no sizes for it; each default's reason is beside it. Every size below is a
+    budget choice, not the paper's (how they were sized: docs/decisions.md).
     """
 
     vocab_size: int = 2048  # the 2,047 most frequent training words + <unk> (17% unk on the valid split)
     d_model: int = 64  # the MLP setting's d_model (B.1), so the probes compare like with like
     n_layers: int = 3  # the later version: "a 3-layer transformer"
     n_heads: int = 4  # head width 16
-    context: int = 32  # half of 64: the cost rule above; 32 words is enough to beat unigram clearly
+    context: int = 32  # half of 64: the cost rule (docs/decisions.md); 32 words is enough to beat unigram clearly
     n_experts: int = 8  # B.1 "E=8"
     d_hidden: int = 128  # B.1 expert width
     top_k: int = 2  # A.5 "k=2 unless otherwise specified"
     temperature: float = 1.0  # B.3
     batch_size: int = 16  # windows per step and seed: 512 tokens, B.1's "512 tokens"
     lr: float = 3e-3  # Adam; the highest of 1e-3 / 3e-3 that trained stably in the sizing runs
-    steps: int = 200  # the cost rule above
+    steps: int = 200  # the cost rule (docs/decisions.md)
     record_every: int = 50  # loss, held-out perplexity and Jacobian norms over training
     eval_windows: int = 64  # held-out windows for each perplexity record (2,048 tokens; cost)
     probe_tokens: int = 512  # held-out tokens whose FFN inputs are probed (B.1's 512)
@@ -372,7 +366,7 @@ class LMConfig(RunConfig):
 #: its results, or are another data source): left out of the cache key. Every other module is in
 #: it, so a module added anywhere else can only cause a recomputation, never a stale hit
 #: (``tests/test_experiment.py`` checks that a run imports none of these)
-READ_ONLY = ("claims", "report", "hf", "cli.py", "__main__.py")
+READ_ONLY = ("claims", "report", "hf", "cli.py", "cli_common.py", "cli_sweep.py", "__main__.py")
 
 
 def _threads() -> int:

@@ -1,6 +1,6 @@
 """config -> data -> model -> train -> probes -> one tidy results frame, for either setting:
 ``run(cfg)``. Both settings train through ``moegeo.train`` and record through the row builders
-of ``moegeo.frame``, which run the same probe functions on each MoE layer's input.
+of ``moegeo.rows``, which run the same probe functions on each MoE layer's input.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from . import train
 from .cache import cached
 from .config import Arm, ExperimentConfig, LMConfig, RunConfig
 from .data import make_data
-from .frame import Rows, _frame, _trajectory_layer, probe_rows, routing_controls
+from .frame import Rows, _frame
 from .model import MoENet, build_arm
+from .rows import _trajectory_layer, probe_rows, routing_controls
 
 
 def build_model(arm: Arm, cfg: ExperimentConfig) -> MoENet:
@@ -107,7 +108,7 @@ def _trajectory_rows(arm, cfg, model, x, step):
 @torch.no_grad()
 def _checkpoint_rows(arm, cfg, model, x, step, initial):
     """Every probe of every layer at ``step`` (float64, whole batch), seeds in order, with the
-    routing controls after step 0 (``frame.routing_controls``; ``initial``: the step-0 parameters)."""
+    routing controls after step 0 (``rows.routing_controls``; ``initial``: the step-0 parameters)."""
     trace = model.trace(x)
     jobs = []
     for layer, (h, block) in enumerate(zip(trace.moe_inputs, trace.block_inputs)):

@@ -74,14 +74,6 @@ def check_weights(name: str, w: torch.Tensor) -> None:
         raise ValueError(f"{name} holds negative routing weights (min {w.min().item():.3g})")
 
 
-def check_gates(g: torch.Tensor, atol: float = 1e-5) -> None:
-    """Gates ``g: (N, E)`` must be points of the simplex Delta^{E-1} (A.1)."""
-    check_weights("g", g)
-    err = (g.sum(-1) - 1).abs().max().item()
-    if err > atol:
-        raise ValueError(f"routing weights g must sum to 1 over experts per sample (max |sum-1| = {err:.3g})")
-
-
 def check_expert_mass(mass: torch.Tensor) -> None:
     """Every expert must receive positive total routing weight N_e = sum_i g_e(x_i) (A.2)."""
     dead = torch.nonzero(mass <= 0).flatten().tolist()

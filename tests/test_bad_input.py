@@ -18,9 +18,23 @@ import pandas as pd
 import pytest
 import torch
 
-from moegeo import Arm, ExperimentConfig, LMConfig, MLPMoE, cli, experiment, frame, probes, stats, sweeps, validate
+from moegeo import (
+    Arm,
+    ExperimentConfig,
+    LMConfig,
+    MLPMoE,
+    cli,
+    executors,
+    experiment,
+    frame,
+    probes,
+    stats,
+    sweeps,
+    validate,
+)
 from moegeo.config import PCASite
 from moegeo.routers import route, topk_route
+from moegeo.rows import expert_geometry_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 #: a run of one arm that takes about a second
@@ -295,7 +309,7 @@ def test_an_expert_with_one_routed_token_gets_undefined_rows_not_nan():
     rows = frame.Rows(0, "topk", 0, 3)
     J = probes.expert_jacobians(W1.double(), b1.double(), W2.double(), x)
     with pytest.warns(UserWarning, match=r"expert\(s\) \[2\] have routed points without variance"):
-        frame.expert_geometry_rows(rows, x, g, J, {PCASite.INPUT: x}, [0, 1, 2])
+        expert_geometry_rows(rows, x, g, J, {PCASite.INPUT: x}, [0, 1, 2])
     df = pd.DataFrame(rows)
     no_nan(df)
     u = undefined(df)
@@ -318,7 +332,7 @@ def test_a_zero_jacobian_leaves_its_energy_and_cosine_out():
     rows = frame.Rows(0, "soft", 0, 3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        frame.expert_geometry_rows(rows, x, g, probes.expert_jacobians(W1, b1, W2, x), {}, [0, 1, 2])
+        expert_geometry_rows(rows, x, g, probes.expert_jacobians(W1, b1, W2, x), {}, [0, 1, 2])
     df = pd.DataFrame(rows)
     no_nan(df)
     u = undefined(df)
@@ -448,6 +462,27 @@ def test_a_csv_that_cannot_be_written_is_refused_before_training(
     assert f"--csv: {message.format(tmp=tmp_path)}" in capsys.readouterr().err
 
 
+def test_the_json_output_carries_the_version_date_and_config(tmp_path, monkeypatch, micro_frame, capsys):
+    """`--json`: strict JSON (no NaN can be written) whose rows read back as the frame, with the
+    moegeo version, the date and the run's config beside them."""
+    import json
+
+    from moegeo import __version__
+
+    monkeypatch.setattr(cli, "run", lambda cfg, **kw: micro_frame)
+    out = tmp_path / "frame.json"
+    assert cli_main(["--json", str(out), "--quiet", "--seeds", "2"]) == 0
+    record = json.loads(out.read_text())
+    assert record["moegeo"] == __version__ and record["date"].endswith("+00:00")
+    assert record["config"]["seeds"] == [0, 1] and record["config"]["key"]
+    back = pd.DataFrame(record["rows"], columns=record["columns"])
+    np.testing.assert_allclose(back["value"].to_numpy(float), micro_frame["value"].to_numpy(float), rtol=1e-14)
+    assert list(back["metric"]) == list(micro_frame["metric"])
+    assert f"results frame written to {out} (json)" in capsys.readouterr().out
+    assert cli_main(["--json", str(tmp_path / "missing" / "f.json")]) == 2
+    assert "--json: " in capsys.readouterr().err
+
+
 class ClosedPipe(io.TextIOBase):
     """A standard output whose reader has gone (``| head``)."""
 
@@ -503,13 +538,14 @@ def test_a_sweep_into_a_closed_pipe_ends_quietly_and_keeps_the_csv(tmp_path):
         (["--set", "seeds=1"], "no field 'seeds' to set"),
         (["--set", "arms=topk+topk"], "arms must be distinct"),
         (["--seed-offset", "-2"], "--seed-offset must be >= 0"),
-        (["--grid", "small", "--report", "."], "--report: "),
+        (["--grid", "small"], "a declared grid is `moegeo sensitivity small`"),
+        (["sensitivity", "small", "--report", "."], "--report: "),
     ],
 )
 def test_the_sweep_command_refuses_bad_arguments_before_training(argv, message, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sweeps, "sweep", no_training)
-    assert cli_main(["sweep", *argv]) == 2
+    assert cli_main(argv if argv[0] == "sensitivity" else ["sweep", *argv]) == 2
     assert message in capsys.readouterr().err
 
 
@@ -520,10 +556,10 @@ def test_a_diverged_sweep_is_an_error_naming_the_step_not_a_traceback(capsys):
 
 
 def test_an_executor_fault_is_an_error_with_status_2(capsys, monkeypatch):
-    """A killed pool worker (``sweeps.ExecutorError``, from the sweep itself: tests/test_sweep_faults.py)."""
+    """A killed pool worker (``executors.ExecutorError``, from the sweep itself: tests/test_sweep_faults.py)."""
 
     def dies(*args, **kwargs):
-        raise sweeps.ExecutorError("executor 'processes:2': a worker process died while it ran task 0 (signal 9)")
+        raise executors.ExecutorError("executor 'processes:2': a worker process died while it ran task 0 (signal 9)")
 
     monkeypatch.setattr(sweeps, "sweep", dies)
     assert cli_main(["sweep", "--set", *MICRO_SET]) == 2
@@ -753,7 +789,7 @@ def test_hf_arguments_outside_their_range_are_refused(checkpoint):
         with pytest.raises(ValueError, match=r"memory_fraction must be a number in \(0, 1\]"):
             hf.load(checkpoint, memory_fraction=bad)
     with pytest.raises(ValueError, match=r"layers must name at least one decoder layer .* got \[\]"):
-        hf.probe_checkpoint(checkpoint, text="the", tokens=1, layers=[])
+        hf.probe(checkpoint, text="the", tokens=1, layers=[])
     import test_hf
 
     with pytest.raises(ValueError, match="layers must name at least one decoder layer"):

@@ -13,6 +13,7 @@ from moegeo.cli import main
 from moegeo.data import make_data
 from moegeo.model import ExpertParams, block_rows
 from moegeo.routers import route, topk_route
+from moegeo.rows import probe_rows
 
 TINY = ExperimentConfig(
     n_experts=4, d_model=8, d_hidden=16, n_samples=64, steps=20, record_every=10, trajectory_points=16, seeds=(0, 1)
@@ -162,7 +163,7 @@ def test_dead_expert_is_excluded_and_reported():
         temperature=1.0,
     )
     with pytest.warns(UserWarning, match="expert 2 received zero routing weight"):
-        rows = pd.DataFrame(frame.probe_rows(p, x, seed=0, arm=Arm.TOPK, step=0))
+        rows = pd.DataFrame(probe_rows(p, x, seed=0, arm=Arm.TOPK, step=0))
     assert rows[rows.metric == "excluded"].expert.tolist() == [2]
     assert set(rows[rows.metric != "excluded"].expert) == {-1, 0, 1}  # -1: the layer's routing entropy
 
@@ -343,3 +344,16 @@ def test_a_run_imports_none_of_the_modules_left_out_of_the_cache_key():
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True)
     loaded = {m.split(".")[1] for m in out.stdout.split() if "." in m}
     assert not loaded & {name.removesuffix(".py") for name in READ_ONLY}, loaded
+
+
+def test_a_compact_frame_holds_the_same_values_in_less_memory():
+    """``frame.compact``: labels as categories, integers in 32 bits, every value as it was; the
+    claims read the compact frame exactly as the original (``Results`` compacts what it gets)."""
+    df = experiment.run(TINY)
+    small = frame.compact(df)
+    assert small.memory_usage(deep=True).sum() < df.memory_usage(deep=True).sum() / 2
+    assert isinstance(small["reading"].dtype, pd.CategoricalDtype) and small["seed"].dtype == "int32"
+    pd.testing.assert_frame_equal(small.astype(df.dtypes.to_dict()), df)
+    assert frame.compact(small) is small
+    big = pd.DataFrame({"n": [0, 2**40]})
+    assert frame.compact(big)["n"].dtype == "int64"  # a value beyond int32 keeps its width

@@ -336,7 +336,8 @@ def test_null_means_of_large_subspaces_come_from_their_complements(D, r, s):
 
 def _layer_rows(h: torch.Tensor, g: torch.Tensor):
     from moegeo.config import PCASite
-    from moegeo.frame import Rows, subspace_rows
+    from moegeo.frame import Rows
+    from moegeo.rows import subspace_rows
 
     rows = Rows(0, "topk", 0, 1)
     subspace_rows(rows, probes.weighted_pca(h, g.T, vectors=True), PCASite.INPUT, list(range(g.shape[1])))
@@ -378,7 +379,8 @@ def _subspace_frame(n_points, D=32, N=400, seed=1, scale=None, points=None):
     import pandas as pd
 
     from moegeo.config import PCASite
-    from moegeo.frame import Rows, subspace_rows
+    from moegeo.frame import Rows
+    from moegeo.rows import subspace_rows
 
     E = 4
     h = torch.randn(N, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)

@@ -265,6 +265,23 @@ def test_deepseek_v3_routing_is_sigmoid_group_limited_and_bias_corrected():
 
 
 # --------------------------------------------------------------------------- the frame
+@pytest.mark.parametrize("model_type", ["mixtral", "qwen2_moe"])
+def test_the_summary_of_a_checkpoint_is_one_row_block_per_layer(model_type):
+    """``moegeo.summary_table`` on a checkpoint's frame: per layer the mean over its routed experts
+    of each scalar probe, one column named for the model."""
+    import moegeo
+
+    df = frame(model_type)
+    t = moegeo.summary_table(df)
+    assert list(t.columns) == [model_type]
+    assert set(t.index.get_level_values("layer")) == set(df.layer[df.layer >= 0])
+    for layer in set(df.layer[df.layer >= 0]):
+        rows = df[(df.layer == layer) & (df.metric == "sigma1") & (df.reading == "jacobian=pointwise")]
+        rows = rows[(rows.expert >= 0) & (rows["index"] == -1)]
+        assert t.loc[(layer, "sigma1", "jacobian=pointwise"), model_type] == pytest.approx(rows.value.mean())
+    assert not t.isna().all(axis=1).any()
+
+
 @pytest.mark.parametrize("model_type", CONFIGS)
 def test_frame_has_every_layer_expert_and_probe(model_type):
     df, (_model, caps) = frame(model_type), captured(model_type)
@@ -521,7 +538,7 @@ def test_a_layer_the_checkpoint_does_not_have_is_refused_before_loading(tmp_path
     with pytest.raises(
         ValueError, match=r"layers \[-1, 2\] do not exist: the checkpoint has 2 decoder layers \(0 to 1\)"
     ):
-        hf.probe_checkpoint(tmp_path, text=TEXT, tokens=8, layers=[1, 2, -1])
+        hf.probe(tmp_path, text=TEXT, tokens=8, layers=[1, 2, -1])
     assert (
         main(["probe", "--hf-model", str(tmp_path), "--layers", "5", "--tokens", "8", "--out", str(tmp_path / "r")])
         == 2
@@ -541,7 +558,7 @@ def test_exactly_the_requested_tokens_are_probed(tmp_path):
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        df = hf.probe_checkpoint(tmp_path, text=TEXT, tokens=30, layers=[1], context=8, progress=False)
+        df = hf.probe(tmp_path, text=TEXT, tokens=30, layers=[1], context=8, progress=False)
     assert set(df["layer"]) == {1} and df.query("metric == 'n_tokens'")["value"].tolist() == [30.0]
     assert df.query("metric == 'context'")["value"].tolist() == [8.0]
     assert df.query("metric == 'routed_tokens'")["value"].sum() == 30 * 2, "Top-2 of 30 tokens"
@@ -551,7 +568,7 @@ def test_exactly_the_requested_tokens_are_probed(tmp_path):
     five = short.input_ids.flatten().tolist()
     assert wrapped.n_tokens == 5 and wrapped.input_ids.flatten().tolist() == five + five[:1]
     with pytest.raises(ValueError, match=r"context 65 exceeds the model's max_position_embeddings \(64\)"):
-        hf.probe_checkpoint(tmp_path, text=TEXT, tokens=8, context=65)
+        hf.probe(tmp_path, text=TEXT, tokens=8, context=65)
     with pytest.raises(ValueError, match="gives no tokens"):
         hf.tokenize(tmp_path, text="", tokens=8)
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from strategies import matrices, mlp_experts, seeds, weighted_samples
 
 from moegeo import nn, probes
-from moegeo.probes import spectra
+from moegeo.probes import batched_lanczos
 from moegeo.routers import route
 
 
@@ -69,6 +69,41 @@ def test_mean_jacobian_is_routing_weighted_average(params, seed):
     J = probes.expert_jacobians(W1, b1, W2, x)
     expected = torch.einsum("ne,enoi->eoi", g, J) / g.sum(0)[:, None, None]  # A.2 literally
     torch.testing.assert_close(probes.mean_jacobian(W1, b1, W2, x, g), expected)
+
+
+@given(mlp_experts(), seeds, st.floats(1e-3, 1e3))
+def test_every_mean_jacobian_follows_one_weight_rule(params, seed, scale):
+    """J̄_e has one contract wherever it is computed (MLP closed form, SwiGLU closed form, the HF
+    per-token path): non-negative weights of any scale, a positive total per expert; a negative
+    weight or an expert with zero total is refused by each."""
+    from moegeo.hf.layers import tokenwise_jacobians
+
+    W1, b1, W2, x = params
+    E, N, h = W1.shape[0], x.shape[0], W1.shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.rand(N, E, generator=gen, dtype=torch.float64) + 0.01  # not on the simplex
+    J = probes.expert_jacobians(W1, b1, W2, x)
+    expected = torch.einsum("ne,enoi->eoi", g, J) / g.sum(0)[:, None, None]
+    torch.testing.assert_close(probes.mean_jacobian(W1, b1, W2, x, scale * g), expected)
+    Wu = torch.randn(E, h, x.shape[1], generator=gen, dtype=torch.float64)
+
+    def swiglu(e):
+        return lambda X: torch.einsum("oh,nh->no", W2[e], torch.nn.functional.silu(X @ W1[e].T) * (X @ Wu[e].T))
+
+    swi = probes.swiglu_mean_jacobian(W1, Wu, W2, x, scale * g)
+    for e in range(E):
+        torch.testing.assert_close(tokenwise_jacobians(swiglu(e), x, weights=scale * g[:, e]), swi[e])
+    bad = g.clone()
+    bad[0, 0] = -0.5
+    dead = g.clone()
+    dead[:, 0] = 0
+    for weights, match in ((bad, "negative"), (dead, "zero total")):
+        with pytest.raises(ValueError, match=match):
+            probes.mean_jacobian(W1, b1, W2, x, weights)
+        with pytest.raises(ValueError, match=match):
+            probes.swiglu_mean_jacobian(W1, Wu, W2, x, weights)
+        with pytest.raises(ValueError, match=match):
+            tokenwise_jacobians(swiglu(0), x, weights=weights[:, 0])
 
 
 # --------------------------------------------------------------------------- spectra
@@ -398,7 +433,7 @@ def test_mlp_gram_product_is_jtj_v_of_the_materialised_jacobians(params, seed):
 @settings(deadline=None, max_examples=25)
 @given(
     st.integers(1, 40),
-    st.sampled_from([1, spectra.SMALL_TRIDIAGONAL_BATCH, spectra.SMALL_TRIDIAGONAL_BATCH + 1]),
+    st.sampled_from([1, batched_lanczos.SMALL_TRIDIAGONAL_BATCH, batched_lanczos.SMALL_TRIDIAGONAL_BATCH + 1]),
     seeds,
 )
 def test_tridiagonal_top_eigenvalue_matches_scipy_on_both_paths(k, B, seed):
@@ -410,7 +445,7 @@ def test_tridiagonal_top_eigenvalue_matches_scipy_on_both_paths(k, B, seed):
     b2 = b.square().clamp_min(torch.finfo(torch.float64).tiny)
     radius = torch.nn.functional.pad(b, (0, 0, 0, 1)) + torch.nn.functional.pad(b, (0, 0, 1, 0))
     lo, hi = alpha.amax(0), (alpha + radius).amax(0)
-    got = spectra._tridiagonal_top_eigenvalue(alpha, b2, lo, hi, 60)
+    got = batched_lanczos._tridiagonal_top_eigenvalue(alpha, b2, lo, hi, 60)
     ref = torch.tensor(
         [
             scipy.linalg.eigvalsh_tridiagonal(
@@ -421,7 +456,7 @@ def test_tridiagonal_top_eigenvalue_matches_scipy_on_both_paths(k, B, seed):
     )
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
     # lower=True after 20 halvings: a lower bound within (hi - lo) / 2^20 (the LAPACK path: the value itself)
-    low = spectra._tridiagonal_top_eigenvalue(alpha, b2, lo, hi, 20, lower=True)
+    low = batched_lanczos._tridiagonal_top_eigenvalue(alpha, b2, lo, hi, 20, lower=True)
     slack = 1e-12 * ref.abs().clamp_min(1)
     assert bool((low <= ref + slack).all()) and bool((ref - low <= (hi - lo) / 2**20 + slack).all())
 
@@ -452,14 +487,14 @@ def test_mlp_lanczos_compacts_the_batch_as_matrices_stop(monkeypatch):
     W1, b1 = torch.randn(E, 2 * d, d, generator=g), torch.randn(E, 2 * d, generator=g)
     W2, x = torch.randn(E, d, 2 * d, generator=g), torch.randn(N, d, generator=g) * torch.logspace(-2, 1, N)[:, None]
     rows, final = [], []
-    product, top = probes.mlp_gram_product, spectra._tridiagonal_top_eigenvalue
-    monkeypatch.setattr(spectra, "mlp_gram_product", lambda v, *a: rows.append(v.shape[1]) or product(v, *a))
+    product, top = probes.mlp_gram_product, batched_lanczos._tridiagonal_top_eigenvalue
+    monkeypatch.setattr(batched_lanczos, "mlp_gram_product", lambda v, *a: rows.append(v.shape[1]) or product(v, *a))
 
     def solve(A, *args, lower=False):  # a final value (lower=False) is solved for every matrix in A
         final.extend([] if lower else [A.shape[1]])
         return top(A, *args, lower=lower)
 
-    monkeypatch.setattr(spectra, "_tridiagonal_top_eigenvalue", solve)
+    monkeypatch.setattr(batched_lanczos, "_tridiagonal_top_eigenvalue", solve)
     r = probes.mlp_lanczos_sigma1(W1, b1, W2, x, tol=1e-10, min_iter=4, check_every=2, generator=g)
     exact = torch.linalg.svdvals(probes.expert_jacobians(W1, b1, W2, x))[..., 0]
     torch.testing.assert_close(r.values, exact, rtol=1e-8, atol=0)
@@ -522,7 +557,7 @@ def test_mlp_lanczos_overflow_is_an_error_not_nan():
     Ritz paths (LAPACK for a small batch raised its own 'failed to converge', bisection for a
     large one returned NaN with converged=True)."""
     g = torch.Generator().manual_seed(0)
-    for N in (2, spectra.SMALL_TRIDIAGONAL_BATCH + 1):
+    for N in (2, batched_lanczos.SMALL_TRIDIAGONAL_BATCH + 1):
         f32 = dict(generator=g, dtype=torch.float32)  # explicit: this module's default dtype is float64
         W1, b1 = torch.randn(1, 16, 8, **f32) * 1e12, torch.zeros(1, 16, dtype=torch.float32)
         W2, x = torch.randn(1, 8, 16, **f32) * 1e12, torch.randn(N, 8, **f32) * 1e-13

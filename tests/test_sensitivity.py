@@ -100,17 +100,23 @@ def test_an_unknown_grid_is_a_clear_error(capsys):
     with pytest.raises(ValueError, match="unknown grid 'medium': the declared grids are small, full"):
         sensitivity.grid("medium")
     with pytest.raises(SystemExit) as err:
-        main(["sweep", "--grid", "medium"])
+        main(["sensitivity", "medium"])
     assert err.value.code == 2
     assert "unknown grid 'medium'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra", [["--seeds", "3"], ["--set", "steps=10"], ["--setting", "lm"], ["--chunk", "2"]])
 def test_a_named_grid_refuses_options_it_declares_itself(capsys, extra):
+    """A declared grid fixes its configs, seeds and setting: `moegeo sensitivity` has no option
+    to change them, and `moegeo sweep --grid` takes only axes."""
+    with pytest.raises(SystemExit) as err:
+        main(["sensitivity", "small"] + extra)
+    assert err.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
     with pytest.raises(SystemExit) as err:
         main(["sweep", "--grid", "small"] + extra)
     assert err.value.code == 2
-    assert "declares its own configs" in capsys.readouterr().err
+    assert "a declared grid is `moegeo sensitivity small`" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- the per-point table
@@ -291,7 +297,7 @@ def test_the_section_has_the_heat_maps_and_sentences_and_leaves_the_rest_alone(s
     result = dataclasses.replace(serial_run, table=tab)
     path = tmp_path / "REPORT.md"
     path.write_text("# moegeo report\n\nabove\n\n<!-- benchmarks:begin -->\nbench\n<!-- benchmarks:end -->\n")
-    report.write_sensitivity(path, result, "python -m moegeo sweep --grid tiny --executor serial")
+    report.write_sensitivity(path, result, "moegeo sensitivity tiny --executor serial")
     text = path.read_text()
     assert text.startswith("# moegeo report\n\nabove\n\n<!-- benchmarks:begin -->\nbench\n<!-- benchmarks:end -->")
     section = existing_section(text, SENSITIVITY_MARKERS)
@@ -338,13 +344,13 @@ def test_splice_and_existing_section_take_any_markers():
 def test_cli_runs_a_named_grid_and_writes_the_section(serial_run, capsys, monkeypatch, tmp_path):
     monkeypatch.setitem(sensitivity.GRIDS, "tiny", tiny_grid)
     path = tmp_path / "REPORT.md"
-    assert main(["sweep", "--grid", "tiny", "--executor", "serial", "--quiet", "--report", str(path)]) == 0
+    assert main(["sensitivity", "tiny", "--executor", "serial", "--quiet", "--report", str(path)]) == 0
     out = capsys.readouterr().out
     assert "grid tiny (a tiny test grid): 3 configs, 6 points" in out and "3 configs trained, 0 from the cache" in out
     assert "C1 holds at no point; fails at no point; undecided at 6 of the 6 points." in out
     assert "sensitivity section (grid tiny) written to" in out
     assert "Grid `tiny`" in path.read_text()
-    assert main(["sweep", "--grid", "tiny", "--executor", "serial", "--quiet", "--report", str(path)]) == 0
+    assert main(["sensitivity", "tiny", "--executor", "serial", "--quiet", "--report", str(path)]) == 0
     assert "0 configs trained, 3 from the cache" in capsys.readouterr().out  # resumes from the cache
 
 

@@ -1,6 +1,6 @@
-"""Sweeps (moegeo.sweeps) when things go wrong: a process-pool sweep SIGTERMed or SIGKILLed leaves no
-worker behind, a pool worker killed mid-task is a clear error that keeps the finished tasks, a
-Dask scheduler that is unreachable or has no worker is a clear error, not a hang."""
+"""Sweeps (moegeo.sweeps, moegeo.executors) when things go wrong: a process-pool sweep SIGTERMed or
+SIGKILLed leaves no worker behind, a pool worker killed mid-task is a clear error that keeps the
+finished tasks, a Dask scheduler that is unreachable or has no worker is a clear error, not a hang."""
 
 import dataclasses
 import importlib
@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from moegeo import Arm, ExperimentConfig, cache, sweeps
+from moegeo import Arm, ExperimentConfig, cache, executors, sweeps
 
 CFG = ExperimentConfig(
     n_experts=4,
@@ -126,10 +126,10 @@ def test_the_sigterm_handler_is_installed_only_while_the_pool_is_open():
 
     previous = signal.signal(signal.SIGTERM, mine)
     try:
-        with sweeps.open_executor("processes:1"):
+        with executors.open_executor("processes:1"):
             assert signal.getsignal(signal.SIGTERM) is not mine
         assert signal.getsignal(signal.SIGTERM) is mine
-        with sweeps.open_executor("serial"):
+        with executors.open_executor("serial"):
             assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -159,7 +159,9 @@ def test_a_pool_worker_killed_mid_task_is_a_clear_error_and_finished_tasks_stay_
 
     killer = threading.Thread(target=kill_the_slow_worker, daemon=True)
     killer.start()
-    with pytest.raises(sweeps.ExecutorError, match=r"a worker of executor 'processes:2' \(2 processes\) died") as err:
+    with pytest.raises(
+        executors.ExecutorError, match=r"a worker of executor 'processes:2' \(2 processes\) died"
+    ) as err:
         sweeps.sweep(cfg, executor="processes:2", chunk=1, progress=False)
     killer.join()
     assert killed, "the slow task never started"
@@ -179,19 +181,19 @@ def test_a_dask_scheduler_without_workers_is_a_clear_error(monkeypatch):
         address = cluster.scheduler_address
         spec = "dask://" + address.removeprefix("tcp://")
         t0 = time.monotonic()
-        with pytest.raises(sweeps.ExecutorError, match="has no worker after 1 s") as err:
+        with pytest.raises(executors.ExecutorError, match="has no worker after 1 s") as err:
             sweeps.sweep(CFG, executor=spec, cache=False, progress=False)
         assert time.monotonic() - t0 < 15
         assert spec in str(err.value)
-        with distributed.Client(address) as client, pytest.raises(sweeps.ExecutorError, match=address):
-            with sweeps.open_executor(client, worker_timeout=0.5):
+        with distributed.Client(address) as client, pytest.raises(executors.ExecutorError, match=address):
+            with executors.open_executor(client, worker_timeout=0.5):
                 pass
 
 
 def test_a_bad_worker_timeout_is_refused(monkeypatch):
     monkeypatch.setenv("MOEGEO_DASK_WORKER_TIMEOUT", "soon")
     with pytest.raises(ValueError, match="MOEGEO_DASK_WORKER_TIMEOUT must be a number of seconds > 0, got 'soon'"):
-        with sweeps.open_executor("serial"):
+        with executors.open_executor("serial"):
             pass
 
 
@@ -203,7 +205,7 @@ def test_an_unreachable_dask_scheduler_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("MOEGEO_DASK_CONNECT_TIMEOUT", "1")
     spec = f"dask://127.0.0.1:{port}"
     t0 = time.monotonic()
-    with pytest.raises(sweeps.ExecutorError, match="cannot reach the Dask scheduler") as err:
+    with pytest.raises(executors.ExecutorError, match="cannot reach the Dask scheduler") as err:
         sweeps.sweep(CFG, executor=spec, cache=False, progress=False)
     assert time.monotonic() - t0 < 15
     assert f"executor '{spec}'" in str(err.value) and "Check that a scheduler runs there" in str(err.value)

@@ -1,6 +1,6 @@
-"""Sweeps (moegeo.sweeps): tasks, executor specs, bit-identity with the serial run on a process
-pool and on a real Dask LocalCluster, resumption after a kill, the progress bar, the CLI, and the
-cache under concurrent writers and a writer killed mid-write."""
+"""Sweeps (moegeo.sweeps, moegeo.executors): tasks, executor specs, bit-identity with the serial run
+on a process pool and on a real Dask LocalCluster, resumption after a kill, the progress bar, the
+CLI, and the cache under concurrent writers and a writer killed mid-write."""
 
 import concurrent.futures
 import dataclasses
@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from moegeo import Arm, ExperimentConfig, LMConfig, cache, experiment, frame, sweeps
+from moegeo import Arm, ExperimentConfig, LMConfig, cache, executors, experiment, frame, sweeps
 from moegeo.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,9 +85,9 @@ def assert_same_frames(a: sweeps.SweepResult, b: sweeps.SweepResult) -> None:
     ],
 )
 def test_executor_specs_parse(spec, kind, arg):
-    parsed = sweeps.parse_executor(spec)
+    parsed = executors.parse_executor(spec)
     assert (parsed.kind, parsed.arg) == (kind, arg)
-    assert sweeps.parse_executor(str(parsed)) == parsed
+    assert executors.parse_executor(str(parsed)) == parsed
 
 
 @pytest.mark.parametrize(
@@ -111,7 +111,7 @@ def test_executor_specs_parse(spec, kind, arg):
 )
 def test_a_bad_executor_spec_is_a_clear_error(spec, why):
     with pytest.raises(ValueError, match=why) as err:
-        sweeps.parse_executor(spec)
+        executors.parse_executor(spec)
     assert "expected one of serial, processes[:N], dask://host:port, dask-local[:N], slurm[:partition]" in str(
         err.value
     )
@@ -135,7 +135,7 @@ def test_an_object_without_submit_is_refused():
 def test_a_missing_optional_package_names_its_extra(monkeypatch, spec, module, extra):
     monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
     with pytest.raises(ImportError, match=rf"pip install 'moegeo\[{extra}\]'"):
-        with sweeps.open_executor(spec):
+        with executors.open_executor(spec):
             pass
 
 
@@ -259,7 +259,7 @@ class LosesOneTask:
         return super().submit(fn, *args, **kwargs)
 
 
-class FailsOnSecond(LosesOneTask, sweeps.SerialExecutor):
+class FailsOnSecond(LosesOneTask, executors.SerialExecutor):
     """Serial, but the second task submitted dies."""
 
 
@@ -296,7 +296,7 @@ def test_a_failed_task_lets_the_running_ones_finish_and_be_stored():
 
 
 def test_a_process_pool_worker_computes_with_one_torch_thread():
-    with sweeps.open_executor("processes:1") as handle:
+    with executors.open_executor("processes:1") as handle:
         handle.executor.submit(sweeps.compute_task, FAST).result()
         assert handle.executor.submit(torch.get_num_threads).result() == 1
 

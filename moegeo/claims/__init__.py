@@ -1,26 +1,23 @@
 """Papers' claims as seed-swept statistical assertions over the tidy results frames: the engine
-(``engine``), one module per paper (``dual_jacobian_pca``, ``routers_geometry``,
-``geometric_asymmetry``) and the sensitivity grid (``sensitivity``). Adding a paper is adding a
+(``engine``; the frames it reads, ``results``; a decision in words, ``describe``), one module
+per paper (``dual_jacobian_pca``, ``routers_geometry``, ``geometric_asymmetry``) and the
+sensitivity grid (``sensitivity``). Adding a paper is adding a
 module that declares its claims and ``register``s them."""
 
+from .describe import part_summary
 from .engine import (
-    CONTROLS,
     REGISTRY,
     Claim,
-    Observation,
-    Results,
     claim_power,
     decide_families,
     evaluate,
     family,
     grid,
-    pair,
-    part_summary,
     register,
-    single,
     tested,
     tipping_shift,
 )
+from .results import CONTROLS, Observation, Results, pair, single
 
 __all__ = [
     "CONTROLS",

@@ -31,185 +31,15 @@ import numpy as np
 import pandas as pd
 
 from .. import stats
+from .describe import message
+from .results import CONTROLS, Observation, Results
 
-#: the declared controls (``Results.control``), in the order the report shows them
-CONTROLS = {
-    "init": "the same arms at initialisation (step 0), probed exactly as the trained ones",
-    "permuted": "each expert's routing weights shuffled across the inputs (its weight distribution kept, the "
-    "input-routing association removed), on the trained model",
-    "router_init": "the trained experts with the routing weights of the router at initialisation",
-}
-
-
-#: the controls of a statistic of the routed inputs (which inputs each expert sees, with what weight)
-ROUTED = tuple(CONTROLS)
 #: why a claim on the experts' functions is not tested on the routing controls
 FUNCTIONS = (
     "the routing controls are not declared: they keep the trained experts, whose functions the statistic "
     "compares, and change only which inputs weigh in (they are declared for statistics of the routed inputs: "
     "the weighted PCA, the subspaces, the router scores)"
 )
-
-#: the ``router`` reading of a setting's Top-k arm: the arm of another frame trained with that router
-ROUTER_ARMS = {"aux_loss": {"topk": ("routers", "topk_aux")}}
-
-
-# --------------------------------------------------------------------------- reading the frames
-class Results:
-    """The results frames of one claims run, indexed for fast per-seed lookups.
-
-    ``frames``: name -> tidy frame of ``moegeo.experiment.run`` (e.g. "main", "hot"). Rows of a
-    control (``control`` column not empty) are set aside for ``control``; the rest are the
-    trained runs the claims read.
-    """
-
-    KEYS = ["arm", "layer", "metric", "reading", "step", "index", "seed"]
-
-    #: columns of labels, held as categories (fast equality tests and groupings)
-    LABELS = ("arm", "metric", "reading", "control")
-
-    def __init__(self, frames: dict[str, pd.DataFrame]):
-        frames = {name: self._categorical(df) for name, df in frames.items()}
-        self._controls = {name: df[df.control != ""] for name, df in frames.items() if "control" in df}
-        self.frames = {name: df[df.control == ""] if "control" in df else df for name, df in frames.items()}
-        # the expert mean of every metric, one row per (arm, layer, metric, reading, step, index), seeds as columns
-        self._means = {
-            name: df.groupby(self.KEYS, sort=True, observed=True)["value"].mean().unstack("seed")
-            for name, df in self.frames.items()
-        }
-        self._pairs = {}
-        self._checkpoints = {
-            name: sorted({s for s in df.step[df.metric == "sigma1"] if s > 0}, reverse=True)
-            for name, df in self.frames.items()
-        }
-        self._views = {}
-
-    @classmethod
-    def _categorical(cls, df: pd.DataFrame) -> pd.DataFrame:
-        todo = [c for c in cls.LABELS if c in df and not isinstance(df[c].dtype, pd.CategoricalDtype)]
-        return df.astype({c: "category" for c in todo}) if todo else df
-
-    def control(self, name: str) -> Results:
-        """The results as a declared control sees them (``CONTROLS``): ``init``, every frame's
-        step-0 rows standing at each of its checkpoints; ``permuted`` and ``router_init``, the
-        control's probe rows in place of the trained ones of the same arm, step and metric (a
-        dense arm, without routing, keeps its own). A frame without the control's rows is left
-        out, so a claim that reads it has no such control."""
-        if name not in CONTROLS:
-            raise ValueError(f"unknown control {name!r}; the controls are {', '.join(CONTROLS)}")
-        out = {}
-        for frame, df in self.frames.items():
-            if name == "init":
-                base = df[(df.step == 0) & (df.metric == "sigma1")]
-                if base.empty or not (df.step > 0).any():
-                    continue
-                base = df[df.step == 0]
-                steps = sorted(set(df.step[df.metric == "sigma1"]) | {int(df.steps.iloc[0])})
-                out[frame] = pd.concat(
-                    [df[df.step == 0]] + [base.assign(step=s) for s in steps if s > 0], ignore_index=True
-                )
-                continue
-            c = self._controls.get(frame, df.iloc[:0])
-            c = c[c.control == name]
-            if c.empty:
-                continue
-            cols = ["arm", "step", "metric"]
-            covered = pd.MultiIndex.from_frame(c[cols].drop_duplicates())
-            keep = ~pd.MultiIndex.from_frame(df[cols]).isin(covered)
-            out[frame] = pd.concat([df[keep], c.assign(control="")], ignore_index=True)
-        return Results(out)
-
-    def view(self, frame: str, layer: int | str = "pooled", router: str = "learned") -> Results:
-        """The results of a multi-layer setting (e.g. ``"lm"``) as a one-layer ``main`` frame, so
-        every claim of the MLP setting reads it unchanged: one MoE ``layer``, or ``"pooled"``:
-        every layer's experts as one population (a per-seed expert mean becomes the mean over
-        all experts of all layers; cosines stay within a layer and every layer's pairs pool).
-        ``router``: read the Top-k arm as trained with another router (``ROUTER_ARMS``)."""
-        if (frame, layer, router) not in self._views:
-            df = self.frames[frame]
-            if router != "learned":
-                ((arm, (other, there)),) = ROUTER_ARMS[router].items()
-                if other not in self.frames:
-                    raise LookupError(f"router={router} reads frame {other!r}, which this run does not have")
-                sub = self.frames[other]
-                df = pd.concat([df[df.arm != arm], sub[sub.arm == there].assign(arm=arm)], ignore_index=True)
-            df = df[df.layer >= 0] if layer == "pooled" else df[df.layer == int(layer)]
-            if df.empty:
-                raise LookupError(f"frame {frame!r} has no rows for layer {layer!r}")
-            self._views[frame, layer, router] = Results({"main": df.assign(layer=0)})
-        return self._views[frame, layer, router]
-
-    def final_step(self, frame: str = "main") -> int:
-        return int(self.frames[frame].steps.iloc[0])
-
-    def checkpoints(self, frame: str = "main") -> list[int]:
-        """Steps after 0 with full probes (``sigma1`` rows), final first."""
-        return self._checkpoints[frame]
-
-    def per_seed(
-        self,
-        arm: str,
-        metric: str,
-        reading: str = "",
-        step: int | None = None,
-        index: int = -1,
-        layer: int = 0,
-        frame: str = "main",
-    ) -> pd.Series:
-        """A metric of one arm per seed, averaged over experts, at ``step`` (default final)."""
-        step = self.final_step(frame) if step is None else step
-        try:
-            return self._means[frame].loc[(arm, layer, metric, reading, step, index)].dropna().rename_axis("seed")
-        except KeyError:
-            raise LookupError(
-                f"no rows in frame {frame!r} for arm={arm} layer={layer} metric={metric} "
-                f"reading={reading!r} step={step} index={index}"
-            ) from None
-
-    def curve(
-        self, arm: str, metric: str, reading: str, step: int, layer: int = 0, frame: str = "main"
-    ) -> pd.DataFrame:
-        """A per-seed curve (expert mean): rows seeds, columns the 1-based index."""
-        return self._means[frame].loc[(arm, layer, metric, reading, step)].T.dropna(how="all")
-
-    def cosines(self, arm: str, reading: str, step: int, layer: int = 0, frame: str = "main") -> pd.DataFrame:
-        """Each unordered expert pair's cosine once: columns seed, expert, index, value."""
-        return self.pairs(arm, "cosine", reading, step, layer, frame)
-
-    def pairs(
-        self, arm: str, metric: str, reading: str, step: int | None = None, layer: int = 0, frame: str = "main"
-    ) -> pd.DataFrame:
-        """Each unordered expert pair's value of a pairwise metric (``index`` the partner) once,
-        at ``step`` (default final): columns seed, expert, index, value."""
-        step = self.final_step(frame) if step is None else step
-        if frame not in self._pairs:
-            df = self.frames[frame]
-            df = df[(df.expert >= 0) & (df.expert < df["index"])]
-            self._pairs[frame] = {
-                k: g for k, g in df.groupby(["arm", "layer", "metric", "reading", "step"], observed=True)
-            }
-        empty = self.frames[frame].iloc[:0]
-        return self._pairs[frame].get((arm, layer, metric, reading, step), empty)
-
-
-@dataclass(frozen=True)
-class Observation:
-    """Per-seed values tested (``x``, indexed by seed) and the per-arm values behind them."""
-
-    x: pd.Series
-    arms: dict  # label -> per-seed values
-    how: str = "value"  # how x combines the arms: "diff", "ratio", "logratio" (``pair``) or "value"
-
-
-def pair(a: pd.Series, b: pd.Series, la: str, lb: str, how: str = "diff") -> Observation:
-    """Paired per-seed observation: a - b ("diff") or log(a / b) ("logratio") or a / b ("ratio")."""
-    a, b = a.align(b, join="inner")
-    x = {"diff": lambda: a - b, "ratio": lambda: a / b, "logratio": lambda: np.log(a / b)}[how]()
-    return Observation(x, {la: a, lb: b}, how)
-
-
-def single(a: pd.Series, label: str) -> Observation:
-    return Observation(a, {label: a})
 
 
 # --------------------------------------------------------------------------- a claim
@@ -433,65 +263,6 @@ def _deciding_p(d: stats.Decision) -> float:
     return max(min(p.p_adj.values()) for p in d.parts)
 
 
-# --------------------------------------------------------------------------- describing a decision
-def part_summary(row, c: Claim) -> list[dict]:
-    """Per part of a decided row: its label, verdict, median and exact CI, seeds pointing the
-    claimed way (and beyond the smallest effect), and the adjusted p of its hypotheses."""
-    out = []
-    varying = _varying(row.part_labels)
-    show = np.exp if c.kind == "magnitude" and c.scale == "log" else (lambda v: v)  # a ratio shown as a ratio
-    for label, part, d in zip(row.part_labels, row.parts, row.decision.parts):
-        ci = stats.median_ci(part.x)
-        x = part.x
-        out.append(
-            dict(
-                label=varying(label),
-                verdict=d.verdict.value,
-                effect=float(show(np.median(x))),
-                ci_low=float(show(ci.low)),
-                ci_high=float(show(ci.high)),
-                coverage=ci.coverage,
-                n=len(x),
-                n_claimed=int(((np.abs(x) if c.two_sided else x) > 0).sum()),
-                n_beyond=int(((np.abs(x) if c.two_sided else x) > c.smallest_effect).sum()),
-                p_adj=d.p_adj,
-            )
-        )
-    return out
-
-
-def _varying(labels: list[str]) -> Callable[[str], str]:
-    """A label shortener: only the reading axes on which a joint reading's parts differ."""
-    split = [dict(kv.split("=", 1) for kv in label.split(";") if kv) for label in labels]
-    keys = [k for k in split[0] if len({s.get(k) for s in split}) > 1] if len(split) > 1 else []
-    return lambda label: ";".join(kv for kv in label.split(";") if kv.split("=", 1)[0] in keys)
-
-
-def message(row, c: Claim, alpha: float = stats.ALPHA) -> str:
-    """The verdict of a decided row in words and numbers."""
-    parts = part_summary(row, c)
-    text = f"{c.id} {c.title} ({row.reading}): {row.verdict}. {c.statistic}"
-    for p in parts:
-        where = f" [{p['label']}]" if len(parts) > 1 else ""
-        text += (
-            f"{where}: median {p['effect']:.4g}, exact {100 * p['coverage']:.1f}% CI [{p['ci_low']:.4g}, "
-            f"{p['ci_high']:.4g}], {p['n_claimed']}/{p['n']} seeds in the claimed direction"
-            + (f" ({p['n_beyond']}/{p['n']} beyond {c.smallest_effect:.4g})" if c.smallest_effect else "")
-            + (f", {p['verdict']}" if len(parts) > 1 else "")
-        )
-    text += (
-        f". Rule: {c.rule()}; Holm over the {row.M} hypotheses of family {row.family} at alpha = {alpha:g} "
-        f"(adjusted p {row.p_adj:.3g})"
-    )
-    if row.verdict == stats.Verdict.TOO_FEW_SEEDS.value:
-        text += f"; with {row.n} seeds the smallest possible p is 2^-{row.n} = {stats.min_p(row.n):.3g} > alpha/M"
-    if row.verdict == stats.Verdict.CONDITION_NOT_MET.value:
-        text += f"; premise not met: {row.condition}"
-    elif row.condition:
-        text += f"; premise: {row.condition}"
-    return text
-
-
 # --------------------------------------------------------------------------- evaluate
 def evaluate(
     results: Results, claims, alpha: float = stats.ALPHA, controls: bool = True, whole: bool = True
@@ -658,11 +429,12 @@ FROZEN = Path(__file__).with_name("frozen.json")
 
 def declarations_digest() -> str:
     """sha256 over what declares the verdicts: every claims module (claims, readings, thresholds,
-    controls, the grid) and the statistics engine (``moegeo/stats.py``)."""
+    controls, the grid; every module of ``moegeo/claims/`` and its packages) and the statistics
+    engine (``moegeo/stats.py``), each under its path relative to ``moegeo/``."""
     root = Path(__file__).parent
     h = hashlib.sha256()
-    for path in sorted(root.glob("*.py")) + [root.parent / "stats.py"]:
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in sorted(root.rglob("*.py")) + [root.parent / "stats.py"]:
+        h.update(path.relative_to(root.parent).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
 

@@ -58,7 +58,8 @@ from .dual_jacobian_pca import (
     mean_abs_cos,
     null_moments,
 )
-from .engine import ROUTED, Claim, Observation, Results, grid, pair, register, single
+from .engine import Claim, grid, register
+from .results import ROUTED, Observation, Results, pair, single
 
 PAPER = "geometric_asymmetry"
 TITLE = "Geometric Asymmetry in MoE Specialization (arXiv 2605.16349)"

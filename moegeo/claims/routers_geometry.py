@@ -29,7 +29,8 @@ import math
 
 import pandas as pd
 
-from .engine import Claim, Observation, Results, grid, pair, register, single
+from .engine import Claim, grid, register
+from .results import Observation, Results, pair, single
 
 REVIEW = "2026-12-01, independent statistical review"
 #: why a claim on the routers' own weights has no routing control

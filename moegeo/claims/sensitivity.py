@@ -53,11 +53,12 @@ from dataclasses import dataclass
 import pandas as pd
 import scipy.stats
 
-from .. import stats, sweeps
+from .. import executors, stats, sweeps
 from ..config import ExperimentConfig
 from . import dual_jacobian_pca as dual
 from . import geometric_asymmetry, routers_geometry
-from .engine import Claim, Observation, Results, decide_families, evaluate, pair
+from .engine import Claim, decide_families, evaluate
+from .results import Observation, Results, pair
 
 #: the axes of the issue, each with its values around the paper's configuration (the centre: B.1
 #: E = 8, A.5 k = 2, B.6 lr = 1e-3, B.3 T = 1, B.1 d_hidden = 128)
@@ -182,9 +183,7 @@ GRIDS = {"small": small_grid, "full": full_grid}
 def grid(name: str) -> Grid:
     """The declared grid ``name``; ValueError naming the declared ones."""
     if name not in GRIDS:
-        raise ValueError(
-            f"unknown grid {name!r}: the declared grids are {', '.join(GRIDS)} (or give axes as FIELD=V1,V2)"
-        )
+        raise ValueError(f"unknown grid {name!r}: the declared grids are {', '.join(GRIDS)}")
     return GRIDS[name]()
 
 
@@ -362,7 +361,7 @@ class SensitivityResult:
 
 
 def run(
-    g: Grid, *, executor=sweeps.DEFAULT_EXECUTOR, cache: bool = True, progress: bool | None = None, claims=IN_GRID
+    g: Grid, *, executor=executors.DEFAULT_EXECUTOR, cache: bool = True, progress: bool | None = None, claims=IN_GRID
 ) -> SensitivityResult:
     """Train (or read from the cache) every config of grid ``g`` through ``moegeo.sweeps`` on
     ``executor`` (one task per config, all its seeds: exactly ``run(cfg)``, so the verdicts do not

@@ -4,7 +4,7 @@ A data source, not a new probe: for every MoE layer of a causal LM this module c
 tensors the probes take (the hidden states entering the experts, the routing weights as the
 model applies them, the expert weights, the expert outputs, the shared experts' contribution
 and the block's own output) and runs the probes every setting shares
-(``moegeo.frame.expert_geometry_rows``) into the tidy frame with ``setting="hf"``.
+(``moegeo.rows.expert_geometry_rows``) into the tidy frame with ``setting="hf"``.
 
 How a layer is read (transformers >= 5):
 
@@ -84,7 +84,7 @@ from .rows import (
     estimate_probe,
     gemm_rate,
     layer_rows,
-    probe_checkpoint,
+    probe,
     probe_model,
 )
 

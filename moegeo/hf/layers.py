@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import probes
+from ..validate import check_expert_mass, check_shape, check_weights
 from .checkpoint import MAX_TOKENS
 
 
@@ -434,8 +435,13 @@ def tokenwise_jacobians(
     code that ``torch.func.vmap`` cannot batch (the eager experts loop's data-dependent indexing).
 
     ``weights: (N,)``, optional: return the weighted mean ``sum_n w_n J_n / sum_n w_n``, ``(d_out,
-    d)``, without storing the per-token Jacobians. Otherwise ``(N, d_out, d)``.
+    d)``, without storing the per-token Jacobians; non-negative with a positive total (the rule
+    of ``probes.mean_jacobian``). Otherwise ``(N, d_out, d)``.
     """
+    if weights is not None:
+        check_shape("weights", weights, (X.shape[0],), " = (N,)")
+        check_weights("weights", weights)
+        check_expert_mass(weights.sum()[None])
     X = X.detach().requires_grad_(True)
     with torch.enable_grad():
         Y = fn(X)

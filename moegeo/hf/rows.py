@@ -1,5 +1,5 @@
 """Every probe of every MoE layer of a Hugging Face model into the tidy frame (``setting="hf"``),
-through the row builders the other settings use (``moegeo.frame``)."""
+through the row builders the other settings use (``moegeo.rows``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from .. import probes
 from ..config import JacobianSite, PCASite
-from ..frame import COLUMNS, Rows, check_finite_values, cosine_rows, expert_geometry_rows, pca_site_rows, reading
+from ..frame import COLUMNS, Rows, check_finite_values, reading
+from ..rows import cosine_rows, expert_geometry_rows, pca_site_rows
 from .checkpoint import MAX_TOKENS, checkpoint_config, load, meta_model, tokenize
 from .layers import MoECapture, _model_type, capture, check_layers, moe_layers, tokenwise_jacobians, tokenwise_operator
 
@@ -61,7 +62,7 @@ def probe_model(
 
     Returns
     -------
-    The frame of ``moegeo.experiment.COLUMNS`` with ``setting="hf"``, ``arm`` and an extra
+    The frame of ``moegeo.frame.COLUMNS`` with ``setting="hf"``, ``arm`` and an extra
     ``model_type`` column the model's ``config.model_type``, ``step=0`` and ``layer`` the decoder
     layer. Routed experts keep their ids; the shared experts of a layer are ``expert=-2``
     (``SHARED_EXPERT``), probed with weight 1 on every token, input and output sites only.
@@ -238,7 +239,7 @@ def _shared_rows(rows: Rows, cap: MoECapture, max_bytes: int) -> None:
     )
 
 
-def probe_checkpoint(
+def probe(
     path: str | os.PathLike,
     *,
     text: str | None = None,

@@ -13,6 +13,7 @@ from .alignment import (
     router_similarity,
     score_activation_correlation,
 )
+from .batched_lanczos import mlp_gram_product, mlp_lanczos_sigma1
 from .experts import (
     MAX_JACOBIAN_BYTES,
     JacobianOperator,
@@ -36,8 +37,6 @@ from .spectra import (
     energy_curve,
     k_at,
     lanczos_sigma1,
-    mlp_gram_product,
-    mlp_lanczos_sigma1,
     power_iteration_sigma1,
     singular_values,
     value_at,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..nn import gelu, gelu_grad, silu_grad
-from ..validate import check_expert_mass, check_finite, check_gates, check_positive_number, check_shape
+from ..validate import check_expert_mass, check_finite, check_positive_number, check_shape, check_weights
 from .routing import expert_mass, weighted_mean
 
 #: largest materialised Jacobian tensor, in bytes, before ``expert_jacobians`` refuses.
@@ -155,8 +155,9 @@ def swiglu_jacobian_operator(Wg, Wu, Wd, x, *, bg=None, bu=None) -> JacobianOper
 def swiglu_mean_jacobian(Wg, Wu, Wd, x, g, *, bg=None, bu=None) -> torch.Tensor:
     """Routing-weighted average Jacobian J̄_e (A.2, B.4) of SwiGLU experts without any per-point
     Jacobian: J is linear in (SiLU'(a) ⊙ u, SiLU(a)), so J̄_e = W_d [diag(p̄_e) W_g + diag(q̄_e) W_u]
-    with p̄_e, q̄_e their routing-weighted means. ``g: (N, E)`` non-negative weights (any scale:
-    each expert is normalised by its own N_e). Returns ``(E, d_out, d)``."""
+    with p̄_e, q̄_e their routing-weighted means. ``g: (N, E)`` non-negative routing weights with a
+    positive total per expert (any scale: each expert is normalised by its own N_e; the rule of
+    ``mean_jacobian``). Returns ``(E, d_out, d)``."""
     _check_swiglu(Wg, Wu, Wd, x, bg, bu)
     check_shape("g", g, (x.shape[0], Wg.shape[0]), " = (N, E)")
     a, u, _ = swiglu_hidden(Wg, Wu, x, bg=bg, bu=bu)
@@ -232,11 +233,13 @@ def mean_jacobian(W1, b1, W2, x, g) -> torch.Tensor:
     """Routing-weighted average Jacobian J̄_e = sum_i g_e(x_i) J_e(x_i) / N_e (A.2, B.4).
 
     For MLP experts it is W2_e diag(ā_e) W1_e with ā_e the weighted mean of GELU'.
-    ``g: (N, E)`` gates on the simplex. Returns ``(E, d_out, d)``.
+    ``g: (N, E)`` non-negative routing weights with a positive total per expert (any scale: each
+    expert is normalised by its own N_e; the one rule of every J̄_e, as in ``swiglu_mean_jacobian``
+    and ``moegeo.hf.tokenwise_jacobians``). Returns ``(E, d_out, d)``.
     """
     _check_mlp(W1, b1, W2, x)
     check_shape("g", g, (x.shape[0], W1.shape[0]), " = (N, E)")
-    check_gates(g)
+    check_weights("g", g)
     mass = expert_mass(g)
     check_expert_mass(mass)
     a_bar = torch.einsum("ne,enh->eh", g, gelu_grad(expert_preactivations(W1, b1, x))) / mass[:, None]

@@ -377,17 +377,14 @@ def render(
     for module in PAPERS:
         if (prim.paper == module.PAPER).any():
             lines += headline(prim, claims, module) + [""]
-    lines += [VERDICT_MARKERS[1], ""]
-    lines += [LEGEND, ""] + header(configs, wall_time, timings, peak_gib)
     lines += [
-        "",
-        "## Power per family",
-        "",
-        "At Holm's worst case (every other hypothesis of the family null); the noise of a paper's effect is the "
-        "seed spread of the claim's reference arm, never of the effect itself (`moegeo.claims.claim_power`).",
+        "Power per family, at Holm's worst case (every other hypothesis of the family null); the noise of a "
+        "paper's effect is the seed spread of the claim's reference arm, never of the effect itself "
+        "(`moegeo.claims.claim_power`):",
         "",
     ]
-    lines += power_table(prim, claims)
+    lines += power_table(prim, claims) + ["", VERDICT_MARKERS[1], ""]
+    lines += [LEGEND, ""] + header(configs, wall_time, timings, peak_gib)
     live = _live_experts(frames)
     for module in PAPERS:
         mine = prim[prim.paper == module.PAPER]
@@ -472,8 +469,8 @@ def _figures(figures: dict, prefixes: tuple, rel) -> list[str]:
 
 #: the sections other commands write, until they have run on this version
 NO_SENSITIVITY = (
-    "## Where each claim holds (sensitivity grid)\n\n**Not run for this version**: `python -m moegeo sweep "
-    "--grid small` (or `full`) writes this section."
+    "## Where each claim holds (sensitivity grid)\n\n**Not run for this version**: `moegeo sensitivity small` "
+    "(or `full`) writes this section."
 )
 NO_BENCHMARKS = (
     "## Benchmarks\n\n**Not run for this version**: `pytest --benchmark-only` writes this section. "

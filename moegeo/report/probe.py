@@ -1,5 +1,5 @@
 """The probe report of ``python -m moegeo probe``: a markdown file with one table per MoE layer
-and two figures, rendered from the tidy frame of ``moegeo.hf.probe_checkpoint`` alone (matplotlib
+and two figures, rendered from the tidy frame of ``moegeo.hf.probe`` alone (matplotlib
 is imported lazily, only here)."""
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..claims import sensitivity
-from .figures import sensitivity_figures
+from .figures_sensitivity import sensitivity_figures
 from .markdown import SENSITIVITY_MARKERS, _cpu, _fmt, _git_revision, splice, write_atomic
 
 
