@@ -107,8 +107,8 @@ def check_finite_values(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def compact(df: pd.DataFrame) -> pd.DataFrame:
-    """The same frame in less memory: every text column as a category, every integer column in
-    the smallest of int32/int64 that holds it (values unchanged). A frame already compact comes
+    """The same frame in less memory: every text column as a category, every integer column of
+    the config (not ``COLUMNS``) in the smallest of int32/int64 that holds it (values unchanged). A frame already compact comes
     back as it is. A claims run holds several frames of millions of rows: as read from the cache
     they take about four times the memory."""
     change = {}
@@ -116,9 +116,9 @@ def compact(df: pd.DataFrame) -> pd.DataFrame:
         dt = df[c].dtype
         if isinstance(dt, pd.CategoricalDtype):
             continue
-        if pd.api.types.is_string_dtype(dt) or dt == object:
+        if pd.api.types.is_string_dtype(dt) or pd.api.types.is_object_dtype(dt):
             change[c] = "category"
-        elif pd.api.types.is_integer_dtype(dt) and dt.itemsize > 4:
+        elif pd.api.types.is_integer_dtype(dt) and dt.itemsize > 4 and c not in COLUMNS:
             lo, hi = (int(df[c].min()), int(df[c].max())) if len(df) else (0, 0)
             if np.iinfo(np.int32).min <= lo and hi <= np.iinfo(np.int32).max:
                 change[c] = "int32"
@@ -155,7 +155,7 @@ def write_json(df: pd.DataFrame, path: str | Path, config: dict) -> Path:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": config,
         "columns": list(df.columns),
-        "rows": json.loads(df.to_json(orient="values", double_precision=15)),
+        "rows": df.to_dict("split")["data"],  # Python floats: written to round-trip exactly
     }
     path = Path(path)
     path.write_text(json.dumps(record, allow_nan=False) + "\n")

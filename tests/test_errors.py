@@ -89,10 +89,15 @@ def test_negative_routing_weights():
         probes.weighted_pca(x, g.T)
 
 
-def test_gates_that_do_not_sum_to_one():
+def test_gates_of_any_scale_give_the_same_mean_jacobian_and_negative_ones_are_refused():
+    """J̄_e normalises each expert by its own total: weights need not sum to 1 per point."""
     W1, b1, W2, x = mlp()
-    with pytest.raises(ValueError, match="sum to 1"):
-        probes.mean_jacobian(W1, b1, W2, x, torch.full((6, 3), 0.5))
+    torch.testing.assert_close(
+        probes.mean_jacobian(W1, b1, W2, x, torch.full((6, 3), 0.5)),
+        probes.mean_jacobian(W1, b1, W2, x, torch.full((6, 3), 1 / 3)),
+    )
+    with pytest.raises(ValueError, match="negative routing weights"):
+        probes.mean_jacobian(W1, b1, W2, x, torch.full((6, 3), -0.5))
 
 
 def test_expert_with_zero_routing_weight_is_named():

@@ -352,8 +352,9 @@ def test_a_compact_frame_holds_the_same_values_in_less_memory():
     df = experiment.run(TINY)
     small = frame.compact(df)
     assert small.memory_usage(deep=True).sum() < df.memory_usage(deep=True).sum() / 2
-    assert isinstance(small["reading"].dtype, pd.CategoricalDtype) and small["seed"].dtype == "int32"
+    assert isinstance(small["reading"].dtype, pd.CategoricalDtype) and small["d_model"].dtype == "int32"
+    assert small["seed"].dtype == df["seed"].dtype  # the schema's integers keep their type
     pd.testing.assert_frame_equal(small.astype(df.dtypes.to_dict()), df)
     assert frame.compact(small) is small
-    big = pd.DataFrame({"n": [0, 2**40]})
-    assert frame.compact(big)["n"].dtype == "int64"  # a value beyond int32 keeps its width
+    big = pd.DataFrame({"n_samples": [0, 2**40]})
+    assert frame.compact(big)["n_samples"].dtype == "int64"  # a value beyond int32 keeps its width
