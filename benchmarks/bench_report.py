@@ -139,6 +139,7 @@ def growth_plot(df: pd.DataFrame, out: Path) -> tuple[Path, list[str]]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import numpy as np
     import scipy.stats
 
@@ -158,6 +159,13 @@ def growth_plot(df: pd.DataFrame, out: Path) -> tuple[Path, list[str]]:
         fixed = ", ".join(f"{k}={int(a[k].iloc[0])}" for k in ("N", "E", "d") if k != axis)
         ax.set_xlabel(f"{axis} ({fixed})")
         ax.set_ylabel("probe_rows time [s]")
+        # one labelled tick per measured size, none on the minor ticks (a range under a decade
+        # would otherwise label every minor tick, overlapping)
+        ax.set_xticks(size, [str(int(v)) for v in size])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.LogFormatterSciNotation(labelOnlyBase=False))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.legend(fontsize=7)
         table.append(
             f"| {axis} | {', '.join(str(int(v)) for v in size)} | {fixed} | {_t(t.min())} - {_t(t.max())} | "

@@ -198,7 +198,8 @@ def make_figures(frames: dict, outdir: Path, verdicts: pd.DataFrame | None = Non
                     )
             ax.set_title(f"{c.id}: {c.title}", fontsize=8)
             ax.set_xlabel("checkpoint (training step)", fontsize=8)
-            ax.set_ylabel(c.statistic if len(c.statistic) < 40 else c.statistic[:37] + "...", fontsize=7)
+            label = f"log({c.statistic})" if c.kind == "magnitude" and c.scale == "log" else c.statistic
+            ax.set_ylabel(label if len(label) < 40 else label[:37] + "...", fontsize=7)
         for ax in list(axes.flat)[len(stepped) :]:
             ax.axis("off")
         axes.flat[0].legend(fontsize=6, loc="best")
