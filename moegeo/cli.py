@@ -6,6 +6,8 @@ layer by layer, with its held-out perplexity against the unigram model.
 
 ``python -m moegeo probe --hf-model DIR``: probe a local Hugging Face MoE checkpoint (needs the
 ``[hf]`` extra) on a text and write a report; ``python -m moegeo probe --help`` for its options.
+``python -m moegeo claims --hf-model DIR [--baseline init]``: the asymmetry paper's
+pretrained-model claims on that checkpoint alone, beside its initialisation with ``--baseline init``.
 
 ``python -m moegeo sweep --executor SPEC [--grid FIELD=V1,V2 ...]``: a grid of configs as
 independent tasks on an executor (``moegeo.sweeps``); ``python -m moegeo sensitivity small|full``: a
@@ -30,6 +32,7 @@ import warnings
 import pandas as pd
 
 from .cli_common import RUN_ERRORS, _check_cache, _check_outputs, _fail, _seeds, _setting_and_seeds
+from .cli_hf import claims_main
 from .cli_sweep import sensitivity_main, sweep_main
 from .config import ExperimentConfig, LMConfig
 from .experiment import run
@@ -40,7 +43,12 @@ def main(argv=None) -> int:
     """The command line; returns the exit status. A closed standard output (``| head``) ends it
     quietly with status 141 (128 + SIGPIPE), with everything written before kept."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = {"probe": probe_main, "sweep": sweep_main, "sensitivity": sensitivity_main}.get(argv[0] if argv else "")
+    command = {
+        "probe": probe_main,
+        "claims": claims_main,
+        "sweep": sweep_main,
+        "sensitivity": sensitivity_main,
+    }.get(argv[0] if argv else "")
     try:
         status = command(argv[1:]) if command else run_main(argv)
         sys.stdout.flush()  # here, so that a closed pipe is seen while it can be handled

@@ -366,7 +366,7 @@ class LMConfig(RunConfig):
 #: its results, or are another data source): left out of the cache key. Every other module is in
 #: it, so a module added anywhere else can only cause a recomputation, never a stale hit
 #: (``tests/test_experiment.py`` checks that a run imports none of these)
-READ_ONLY = ("claims", "report", "hf", "cli.py", "cli_common.py", "cli_sweep.py", "__main__.py")
+READ_ONLY = ("claims", "report", "hf", "cli.py", "cli_common.py", "cli_hf.py", "cli_sweep.py", "__main__.py")
 
 
 def _threads() -> int:

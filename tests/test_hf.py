@@ -13,6 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -718,3 +719,50 @@ def test_pretrained_claims_take_the_moe_layers_as_units():
     assert sorted(prim.claim) == sorted(c.id for c in ga.PRETRAINED_CLAIMS)
     assert (prim.n == 2).all() and set(prim.verdict) == {"TOO FEW SEEDS"}  # two layers can never pass
     assert set(prim.family) == {"geometric_asymmetry-pretrained/primary"}
+
+
+# --------------------------------------------------------------------------- a checkpoint beside its initialisation
+def test_a_baseline_probe_is_the_architecture_freshly_initialised(tmp_path):
+    """``hf.probe(baseline="init")``: the checkpoint's rows at step 1, the freshly initialised
+    architecture's at step 0, on the same tokens; a checkpoint that is that very initialisation
+    gives the same rows at both steps, and another seed gives other rows."""
+    _save_checkpoint(tmp_path)  # config, tokenizer
+    hf.initialised(tmp_path, seed=3).save_pretrained(tmp_path)  # the weights: seed 3's initialisation
+    keys = ["layer", "expert", "metric", "reading", "index"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        df = hf.probe(tmp_path, tokens=48, baseline="init", baseline_seed=3, progress=False)
+        other = hf.probe(tmp_path, tokens=48, baseline="init", baseline_seed=4, progress=False)
+    assert set(df.step) == {0, 1}
+    ckpt = df[(df.step == 1) & ~df.metric.isin(["context", "unknown_tokens"])].sort_values(keys)
+    init = df[df.step == 0].sort_values(keys)
+    assert len(ckpt) == len(init) > 0
+    assert (ckpt[keys].to_numpy() == init[keys].to_numpy()).all()
+    np.testing.assert_allclose(ckpt.value.to_numpy(float), init.value.to_numpy(float), rtol=1e-12, atol=1e-14)
+    seed4 = other[(other.step == 0) & (other.metric == "sigma1")].value.to_numpy(float)
+    assert not np.allclose(seed4, init[init.metric == "sigma1"].value.to_numpy(float))
+    with pytest.raises(ValueError, match="baseline must be None or 'init'"):
+        hf.probe(tmp_path, tokens=48, baseline="random")
+
+
+def test_the_claims_command_decides_a_checkpoint_beside_its_initialisation(tmp_path, capsys):
+    """`moegeo claims --hf-model DIR --baseline init`: every pretrained-model claim, its verdict
+    and its init control's, from the same engine and family as `pytest claims/ --hf-model`."""
+    import pandas as pd
+
+    from moegeo.claims import geometric_asymmetry
+
+    _save_checkpoint(tmp_path)
+    out_csv = tmp_path / "verdicts.csv"
+    argv = ["claims", "--hf-model", str(tmp_path), "--tokens", "48", "--baseline", "init", "--quiet"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([*argv, "--csv", str(out_csv)]) == 0
+    out = capsys.readouterr().out
+    ids = {c.id for c in geometric_asymmetry.PRETRAINED_CLAIMS}
+    assert all(i in out for i in ids) and "control init" in out and "MoE layer(s) as units" in out
+    v = pd.read_csv(out_csv)
+    assert set(v.claim) == ids and set(v[v.primary].family) == {"geometric_asymmetry-pretrained/primary"}
+    with pytest.raises(SystemExit) as err:
+        main(["claims", "--hf-model", str(tmp_path / "nowhere")])
+    assert err.value.code == 2 and "is not a Hugging Face checkpoint directory" in capsys.readouterr().err

@@ -35,6 +35,7 @@ ORDER = [
     "report",
     "cli_common",
     "cli_sweep",
+    "cli_hf",
     "cli",
     "__main__",
     "__init__",

@@ -55,6 +55,7 @@ from .checkpoint import (
     available_memory,
     checkpoint_config,
     estimate_bytes,
+    initialised,
     load,
     load_tokenizer,
     meta_model,

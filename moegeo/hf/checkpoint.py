@@ -91,15 +91,7 @@ def load(
     if not all(isinstance(p, str) and p for p in patterns):
         raise TypeError(f"allow_missing must be fnmatch patterns (non-empty strings), got {allow_missing!r}")
     config = checkpoint_config(path)
-    n, need = estimate_bytes(config, dtype=dtype)
-    have = available_memory()
-    if need > memory_fraction * have:
-        raise MemoryError(
-            f"{path}: the model ({config.model_type}, {n / 1e9:.2f} B parameters) needs about "
-            f"{need / 2**30:.1f} GiB in {dtype} but only {have / 2**30:.1f} GiB of memory is available "
-            f"(at most {memory_fraction:.0%} of it may hold the model); load it in a smaller dtype "
-            "(e.g. dtype=torch.float32) or on a larger machine"
-        )
+    _check_fits(path, config, dtype, memory_fraction)
     _check_weight_files(path)
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
@@ -119,6 +111,43 @@ def load(
         ) from None
     _check_loading_info(path, config, info, patterns)
     return model.eval()
+
+
+def initialised(
+    path: str | os.PathLike,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    memory_fraction: float = MEMORY_FRACTION,
+):
+    """The architecture of the checkpoint at ``path`` freshly initialised (``transformers``' own
+    initialisation of its config, under ``torch.manual_seed(seed)``; the global random state is
+    restored afterwards): the checkpoint's init control. Nothing is read but ``config.json``;
+    the memory check is ``load``'s."""
+    from transformers import AutoModelForCausalLM
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    config = checkpoint_config(path)
+    _check_fits(path, config, dtype, memory_fraction)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, experts_implementation="eager")
+    return model.eval()
+
+
+def _check_fits(path, config, dtype: torch.dtype, memory_fraction: float) -> None:
+    """``MemoryError`` when the model ``config`` describes would take more than ``memory_fraction``
+    of the available memory in ``dtype``."""
+    n, need = estimate_bytes(config, dtype=dtype)
+    have = available_memory()
+    if need > memory_fraction * have:
+        raise MemoryError(
+            f"{path}: the model ({config.model_type}, {n / 1e9:.2f} B parameters) needs about "
+            f"{need / 2**30:.1f} GiB in {dtype} but only {have / 2**30:.1f} GiB of memory is available "
+            f"(at most {memory_fraction:.0%} of it may hold the model); load it in a smaller dtype "
+            "(e.g. dtype=torch.float32) or on a larger machine"
+        )
 
 
 def _check_weight_files(path) -> None:

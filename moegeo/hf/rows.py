@@ -18,13 +18,11 @@ from .. import probes
 from ..config import JacobianSite, PCASite
 from ..frame import COLUMNS, Rows, check_finite_values, reading
 from ..rows import cosine_rows, expert_geometry_rows, pca_site_rows
-from .checkpoint import MAX_TOKENS, checkpoint_config, load, meta_model, tokenize
+from .checkpoint import MAX_TOKENS, checkpoint_config, initialised, load, meta_model, tokenize
 from .layers import MoECapture, _model_type, capture, check_layers, moe_layers, tokenwise_jacobians, tokenwise_operator
 
 #: the ``expert`` id of a layer's shared expert(s) in the frame (-1 already means "not one expert")
 SHARED_EXPERT = -2
-#: largest tensor a layer's probes materialise: the (E, N, d, d) per-point Jacobians, a PCA
-#: site's (E, D, D) covariances, a Lanczos basis. Above it the matrix-free path is taken.
 
 
 #: largest tensor a layer's probes materialise: the (E, N, d, d) per-point Jacobians, a PCA
@@ -251,6 +249,8 @@ def probe(
     progress: bool | None = None,
     allow_missing=(),
     announce: Callable[[str], None] | None = None,
+    baseline: str | None = None,
+    baseline_seed: int = 0,
 ) -> pd.DataFrame:
     """What ``python -m moegeo probe`` runs: ``tokenize`` the text (``text``, the text itself;
     ``text_file``, a UTF-8 file; default: the shipped WikiText-2 test split) with the
@@ -263,7 +263,13 @@ def probe(
     ``layers`` (not empty, within the config's number of decoder layers; whether a layer in range
     is an MoE layer is known only once it is loaded) are checked before the model is loaded.
     ``announce``: called with one sentence, the estimated time and memory of the probe
-    (``estimate_probe``), after tokenising and before loading."""
+    (``estimate_probe``), after tokenising and before loading.
+
+    ``baseline="init"``: also probe the same architecture freshly initialised (``initialised``,
+    seed ``baseline_seed``) on the same tokens; its rows are step 0 and the checkpoint's step 1
+    (the claims' init control, ``moegeo claims --baseline init``)."""
+    if baseline not in (None, "init"):
+        raise ValueError(f"baseline must be None or 'init', got {baseline!r}")
     check_layers(layers)
     config = checkpoint_config(path)
     limit = getattr(config, "max_position_embeddings", None)
@@ -284,15 +290,18 @@ def probe(
         )
     model = load(path, dtype=dtype, allow_missing=allow_missing)
     df = probe_model(model, batch.input_ids, layers=layers, max_tokens=batch.n_tokens, progress=progress)
+    del model
     per_layer = df[df["metric"] == "n_tokens"]
-    return pd.concat(
-        [
-            df,
-            per_layer.assign(metric="context", value=float(batch.input_ids.shape[1])),
-            per_layer.assign(metric="unknown_tokens", value=batch.unknown),
-        ],
-        ignore_index=True,
-    )
+    parts = [
+        df,
+        per_layer.assign(metric="context", value=float(batch.input_ids.shape[1])),
+        per_layer.assign(metric="unknown_tokens", value=batch.unknown),
+    ]
+    if baseline == "init":
+        init = initialised(path, seed=baseline_seed, dtype=dtype)
+        base = probe_model(init, batch.input_ids, layers=layers, max_tokens=batch.n_tokens, progress=progress)
+        parts = [part.assign(step=1) for part in parts] + [base.assign(step=0)]
+    return pd.concat(parts, ignore_index=True)
 
 
 @dataclass(frozen=True)

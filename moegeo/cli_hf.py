@@ -1,0 +1,115 @@
+"""``moegeo claims --hf-model DIR``: the asymmetry paper's pretrained-model claims on one local
+Hugging Face checkpoint, alone (seconds after its probe), with the same engine and the same
+family declaration as ``pytest claims/ --hf-model DIR``; ``--baseline init`` also probes the same
+architecture freshly initialised and tests every claim on it as its init control (a claim that
+holds there too is BY CONSTRUCTION)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+import warnings
+
+import pandas as pd
+
+from .cli_common import RUN_ERRORS, _check_outputs, _fail
+
+
+def _tokens(s: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def claims_main(argv) -> int:
+    """``moegeo claims --hf-model DIR``: probe a local checkpoint and decide the asymmetry paper's
+    pretrained-model claims on it (layers as units); ``--baseline init`` adds its init control."""
+    ap = argparse.ArgumentParser(prog="moegeo claims", description=claims_main.__doc__)
+    ap.add_argument(
+        "--hf-model",
+        required=True,
+        metavar="DIR",
+        help="a local checkpoint directory (config.json, weights and tokenizer, as save_pretrained writes)",
+    )
+    ap.add_argument("--tokens", type=_tokens, default=512, help="tokens of the text fed to the model (default 512)")
+    ap.add_argument("--text-file", default=None, help="a UTF-8 text file (default: the shipped WikiText-2 test split)")
+    ap.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="probe dtype (default float64)")
+    ap.add_argument(
+        "--baseline",
+        choices=("none", "init"),
+        default="none",
+        help="init: also probe the architecture freshly initialised (seed --baseline-seed) as the claims' init "
+        "control (default none)",
+    )
+    ap.add_argument("--baseline-seed", type=int, default=0, help="the initialisation's seed (default 0)")
+    ap.add_argument("--csv", help="also write every reading's verdict to this CSV file")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    if not os.path.isfile(os.path.join(args.hf_model, "config.json")):
+        ap.error(f"--hf-model: {args.hf_model} is not a Hugging Face checkpoint directory (no config.json)")
+    if args.text_file is not None and not os.path.isfile(args.text_file):
+        ap.error(f"--text-file: {args.text_file} is not a file; expected a UTF-8 text file")
+    if args.baseline_seed < 0:
+        ap.error(f"--baseline-seed must be >= 0, got {args.baseline_seed}")
+    _check_outputs(ap, files={"--csv": args.csv})
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        ap.error('the claims on a checkpoint need transformers: pip install -e ".[hf]"')
+    import torch
+
+    from . import hf
+    from .claims import Results, evaluate, geometric_asymmetry
+
+    baseline = args.baseline == "init"
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = lambda message, *_, **__: print(f"{ap.prog}: warning: {message}", file=sys.stderr)
+            df = hf.probe(
+                args.hf_model,
+                text_file=args.text_file,
+                tokens=args.tokens,
+                dtype=getattr(torch, args.dtype),
+                progress=False if args.quiet else None,
+                baseline="init" if baseline else None,
+                baseline_seed=args.baseline_seed,
+            )
+            frame = geometric_asymmetry.layers_as_seeds(df)
+            claims = geometric_asymmetry.PRETRAINED_CLAIMS
+            if baseline:  # the declared note: the checkpoint's own controls come from --baseline
+                claims = tuple(dataclasses.replace(c, controls=("init",)) for c in claims)
+            verdicts = evaluate(Results({"hf": frame}), claims)
+    except RUN_ERRORS as err:
+        return _fail(ap.prog, err)
+    if args.csv:
+        verdicts.drop(columns=[c for c in ("parts", "decision", "part_arms") if c in verdicts]).to_csv(
+            args.csv, index=False
+        )
+    prim = verdicts[verdicts.primary]
+    n = frame.seed.nunique()
+    print(
+        f"{ap.prog}: {args.hf_model}: {n} MoE layer(s) as units, {args.tokens} tokens, "
+        f"{time.perf_counter() - t0:.1f} s" + (f"; init control: seed {args.baseline_seed}" if baseline else "")
+    )
+    table = pd.DataFrame(
+        {
+            "claim": prim.claim,
+            "verdict": prim.verdict,
+            **({"control init": prim["control_init"]} if baseline else {}),
+        }
+    ).set_index("claim")
+    print(table.to_string())
+    for row in prim.itertuples():
+        print(f"\n{row.message}")
+    if args.csv:
+        print(f"\nevery reading's verdict written to {args.csv}")
+    return 0
