@@ -31,7 +31,16 @@ import warnings
 
 import pandas as pd
 
-from .cli_common import RUN_ERRORS, _check_cache, _check_outputs, _fail, _seeds, _setting_and_seeds
+from .cli_common import (
+    RUN_ERRORS,
+    TABLE_DISPLAY,
+    _check_cache,
+    _check_outputs,
+    _fail,
+    _positive_int,
+    _seeds,
+    _setting_and_seeds,
+)
 from .cli_hf import claims_main
 from .cli_sweep import sensitivity_main, sweep_main
 from .config import ExperimentConfig, LMConfig
@@ -116,16 +125,7 @@ def run_main(argv) -> int:
         print(
             f"data: {cfg.data or 'the shipped WikiText-2 (train on valid, hold out test)'}, sha256 {cfg.data_digest()}"
         )
-    with pd.option_context(
-        "display.max_rows",
-        None,
-        "display.max_columns",
-        None,
-        "display.width",
-        200,
-        "display.float_format",
-        "{:.4g}".format,
-    ):
+    with pd.option_context(*TABLE_DISPLAY):
         print(summary_table(df))
         if cfg.setting == "lm":
             print("\nheld-out perplexity at the final step (mean over seeds):")
@@ -137,17 +137,6 @@ def run_main(argv) -> int:
         if path:
             print(f"results frame written to {path} ({option[2:]})")
     return 0
-
-
-def _positive_int(s: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
 
 
 def probe_main(argv) -> int:

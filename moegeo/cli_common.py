@@ -11,6 +11,29 @@ from pathlib import Path
 
 from .cache import cache_dir
 
+#: pandas display options of every table a command prints: all rows and columns, 4 digits
+TABLE_DISPLAY = (
+    "display.max_rows",
+    None,
+    "display.max_columns",
+    None,
+    "display.width",
+    200,
+    "display.float_format",
+    "{:.4g}".format,
+)
+
+
+def _positive_int(s: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
 
 def _setting_and_seeds(ap: argparse.ArgumentParser, setting_help: str, seeds_help: str) -> None:
     """The ``--setting``, ``--seeds`` and ``--seed-offset`` options of a training command (both

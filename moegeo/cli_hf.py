@@ -15,18 +15,7 @@ import warnings
 
 import pandas as pd
 
-from .cli_common import RUN_ERRORS, _check_outputs, _fail
-
-
-def _tokens(s: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+from .cli_common import RUN_ERRORS, _check_outputs, _fail, _positive_int
 
 
 def claims_main(argv) -> int:
@@ -39,7 +28,9 @@ def claims_main(argv) -> int:
         metavar="DIR",
         help="a local checkpoint directory (config.json, weights and tokenizer, as save_pretrained writes)",
     )
-    ap.add_argument("--tokens", type=_tokens, default=512, help="tokens of the text fed to the model (default 512)")
+    ap.add_argument(
+        "--tokens", type=_positive_int, default=512, help="tokens of the text fed to the model (default 512)"
+    )
     ap.add_argument("--text-file", default=None, help="a UTF-8 text file (default: the shipped WikiText-2 test split)")
     ap.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="probe dtype (default float64)")
     ap.add_argument(
@@ -68,6 +59,8 @@ def claims_main(argv) -> int:
 
     from . import hf
     from .claims import Results, evaluate, geometric_asymmetry
+    from .report.markdown import write_atomic
+    from .report.papers import verdict_csv
 
     baseline = args.baseline == "init"
     t0 = time.perf_counter()
@@ -91,9 +84,7 @@ def claims_main(argv) -> int:
     except RUN_ERRORS as err:
         return _fail(ap.prog, err)
     if args.csv:
-        verdicts.drop(columns=[c for c in ("parts", "decision", "part_arms") if c in verdicts]).to_csv(
-            args.csv, index=False
-        )
+        write_atomic(args.csv, verdict_csv(verdicts))
     prim = verdicts[verdicts.primary]
     n = frame.seed.nunique()
     print(

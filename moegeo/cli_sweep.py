@@ -10,7 +10,7 @@ import time
 
 import pandas as pd
 
-from .cli_common import RUN_ERRORS, _check_cache, _check_outputs, _fail, _seeds, _setting_and_seeds
+from .cli_common import RUN_ERRORS, TABLE_DISPLAY, _check_cache, _check_outputs, _fail, _seeds, _setting_and_seeds
 from .config import Arm, ExperimentConfig, LMConfig
 
 
@@ -152,16 +152,7 @@ def sweep_main(argv) -> int:
     table = pd.DataFrame(table).T
     table = table[[a.value for a in Arm if a.value in table.columns]]
     print(f"{args.metric} [{args.reading}] at the final step, mean over layers, experts and seeds:")
-    with pd.option_context(
-        "display.max_rows",
-        None,
-        "display.max_columns",
-        None,
-        "display.width",
-        200,
-        "display.float_format",
-        "{:.4g}".format,
-    ):
+    with pd.option_context(*TABLE_DISPLAY):
         print(table.to_string() if not table.empty else "(no such rows)")
     if args.csv:
         print(f"results frame written to {args.csv}")

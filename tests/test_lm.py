@@ -5,6 +5,7 @@ import dataclasses
 import pandas as pd
 import pytest
 import torch
+from configs import TINY_LM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -185,21 +186,7 @@ def test_a_short_run_on_the_shipped_data_beats_the_unigram_baseline():
 
 
 # --------------------------------------------------------------------------- the LM setting's results frame
-SMALL = LMConfig(
-    vocab_size=64,
-    d_model=16,
-    n_layers=2,
-    n_heads=2,
-    context=8,
-    n_experts=4,
-    d_hidden=12,
-    steps=4,
-    record_every=2,
-    eval_windows=4,
-    probe_tokens=32,
-    trajectory_points=8,
-    seeds=(0, 1),
-)
+SMALL = TINY_LM
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from configs import TINY_LM
 
-from moegeo import Arm, ExperimentConfig, LMConfig, cache, executors, experiment, frame, sweeps
+from moegeo import Arm, ExperimentConfig, cache, executors, experiment, frame, sweeps
 from moegeo.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,21 +32,7 @@ TINY = ExperimentConfig(
     seeds=(0, 1, 2),
     arms=(Arm.DENSE, Arm.TOPK, Arm.SOFT),
 )
-TINY_LM = LMConfig(
-    vocab_size=64,
-    d_model=16,
-    n_layers=2,
-    n_heads=2,
-    context=8,
-    n_experts=4,
-    d_hidden=12,
-    steps=4,
-    record_every=2,
-    eval_windows=4,
-    probe_tokens=32,
-    trajectory_points=8,
-    seeds=(0, 1),
-)
+
 GRID = {"mlp": TINY, "lm": TINY_LM}
 #: the cheapest run, for tests about the machinery rather than the numbers
 FAST = dataclasses.replace(TINY, steps=10, record_every=5, arms=(Arm.TOPK,))

@@ -225,11 +225,16 @@ def sensitivity_summary(verdicts: pd.DataFrame, prim: pd.DataFrame) -> list[str]
 
 
 def write_tables(verdicts: pd.DataFrame, directory: Path) -> Path:
-    """Every reading's verdict as a CSV (the full table REPORT.md summarises)."""
+    """Every reading's verdict as a CSV (the full table REPORT.md summarises): ``verdicts.csv``."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "verdicts.csv"
+    return write_atomic(directory / "verdicts.csv", verdict_csv(verdicts))
+
+
+def verdict_csv(verdicts: pd.DataFrame) -> str:
+    """The CSV text of every reading's verdict (``evaluate``'s rows): claim, reading, family,
+    effect, CI, adjusted p, the verdicts and the message; '' for no rows."""
     if verdicts.empty:
-        return write_atomic(path, "")
+        return ""
     cols = [
         "claim",
         "paper",
@@ -251,8 +256,7 @@ def write_tables(verdicts: pd.DataFrame, directory: Path) -> Path:
     ]
     table = verdicts[cols].copy()
     table["part_verdicts"] = [";".join(p.verdict.value for p in d.parts) for d in verdicts.decision]
-    write_atomic(path, table.to_csv(index=False))
-    return path
+    return table.to_csv(index=False)
 
 
 # --------------------------------------------------------------------------- extra tables per setting
