@@ -301,16 +301,20 @@ def test_the_section_has_the_heat_maps_and_sentences_and_leaves_the_rest_alone(s
     text = path.read_text()
     assert text.startswith("# moegeo report\n\nabove\n\n<!-- benchmarks:begin -->\nbench\n<!-- benchmarks:end -->")
     section = existing_section(text, SENSITIVITY_MARKERS)
-    assert "Grid `tiny`" in section and "exploratory" in section
+    first = min(c.seeds[0] for c in serial_run.grid.configs.values())
+    assert "Grid `tiny`" in section and f"; exploratory seeds from {first})" in section
+    page = (tmp_path / "figures" / "sensitivity_tiny.md").read_text()
+    assert "[`figures/sensitivity_tiny.md`](figures/sensitivity_tiny.md)" in section
     assert (
         "- **C1 Lower local sensitivity** holds at `k=1`; fails at `lr=0.003` @20; undecided at 3 of the 6 points. "
         "Holding at some points and failing at others is a significant difference between them."
-    ) in section
+    ) in page
+    assert "![C1 over the grid](sensitivity_tiny_C1.png)" in page
     assert "C8a" not in section  # in the grid, but a 20-step run cannot read it anywhere: no row, no sentence
     assert "C9a, C9b (§4 soft routing at T = 10 (its own run))" in section
     for name in ["overview", "C1", "G5-mlp"]:
         png = tmp_path / "figures" / f"sensitivity_tiny_{name}.png"
-        assert png.stat().st_size > 1000 and f"figures/sensitivity_tiny_{name}.png" in section
+        assert png.stat().st_size > 1000 and f"sensitivity_tiny_{name}.png" in section + page
     assert len(pd.read_csv(tmp_path / "figures" / "sensitivity_tiny.csv")) == len(tab)
     report.write_sensitivity(path, serial_run, "again")  # a second run replaces the section, once
     again = path.read_text()

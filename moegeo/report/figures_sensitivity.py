@@ -29,6 +29,15 @@ def _centre_slice(tab: pd.DataFrame, centre, free: tuple[str, ...]) -> pd.DataFr
     return tab[keep]
 
 
+def seed_range(grid) -> str:
+    """Whether ``grid`` runs on the confirmatory seeds (never used while the declarations were
+    written) or on exploratory ones, and from which seed."""
+    from ..claims.dual_jacobian_pca import CONFIRMATORY_OFFSET
+
+    first = min(cfg.seeds[0] for cfg in grid.configs.values())
+    return f"{'confirmatory' if first >= CONFIRMATORY_OFFSET else 'exploratory'} seeds from {first}"
+
+
 def sensitivity_figures(tab: pd.DataFrame, grid, outdir: Path) -> dict[str, Path]:
     """The overview (every claim's grid-corrected outcome at every point) and, per claim, the heat
     map of its statistic over E x k at the final step and its statistic against each axis (the
@@ -63,7 +72,7 @@ def sensitivity_figures(tab: pd.DataFrame, grid, outdir: Path) -> dict[str, Path
         ax.scatter([], [], marker="s", color=color, edgecolor="0.5", label=code)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
     ax.set_title(
-        f"grid {grid.name}: where each claim holds\n(exploratory; Holm across the grid per claim and per point)",
+        f"grid {grid.name}: where each claim holds\n({seed_range(grid)}; Holm across the grid per claim and per point)",
         fontsize=8,
     )
     fig.tight_layout()
