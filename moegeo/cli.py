@@ -34,9 +34,12 @@ import pandas as pd
 from .cli_common import (
     RUN_ERRORS,
     TABLE_DISPLAY,
+    _baseline_args,
     _check_cache,
     _check_outputs,
     _fail,
+    _loading,
+    _loading_args,
     _positive_int,
     _seeds,
     _setting_and_seeds,
@@ -188,12 +191,8 @@ def probe_main(argv) -> int:
         "max_position_embeddings)); the last sequence is completed with the following tokens of "
         "the text, which are not probed",
     )
-    ap.add_argument(
-        "--dtype",
-        choices=("float64", "float32"),
-        default="float64",
-        help="dtype to load and probe in (default float64)",
-    )
+    _loading_args(ap)
+    _baseline_args(ap, "its values shown beside the chance levels in PROBE.md")
     ap.add_argument("--out", metavar="DIR", help="report directory (default: probe-<checkpoint name>)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
@@ -206,7 +205,7 @@ def probe_main(argv) -> int:
         import transformers  # noqa: F401
     except ImportError:
         ap.error('the probe needs transformers: pip install -e ".[hf]"')
-    import torch
+    loading = _loading(ap, args)
 
     from . import hf
     from .report import probe as probe_report
@@ -221,16 +220,23 @@ def probe_main(argv) -> int:
                 tokens=args.tokens,
                 layers=args.layers,
                 context=args.context,
-                dtype=getattr(torch, args.dtype),
                 progress=False if args.quiet else None,
+                baseline=None if args.baseline == "none" else args.baseline,
+                baseline_seed=args.baseline_seed,
+                **loading,
                 allow_missing=args.allow_missing,
                 announce=lambda line: print(f"{ap.prog}: {line}", file=sys.stderr, flush=True),
             )
     except RUN_ERRORS as err:
         return _fail(ap.prog, err)
-    source = probe_report.source_line(df, args.hf_model, args.dtype, args.text_file, args.tokens)
+    dtype = str(hf.load_dtype(hf.checkpoint_config(args.hf_model), args.dtype)).removeprefix("torch.")
+    source = probe_report.source_line(
+        df, args.hf_model, dtype, args.text_file, args.tokens, device=args.device_map or args.device
+    )
     try:
-        path = probe_report.write(df, out, name, source)
+        path = probe_report.write(
+            df, out, name, source, baseline_seed=args.baseline_seed if args.baseline == "init" else None
+        )
     except OSError as err:
         return _fail(ap.prog, err)
     print(

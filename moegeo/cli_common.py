@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -24,15 +25,24 @@ TABLE_DISPLAY = (
 )
 
 
-def _positive_int(s: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+def _int_type(least: int, what: str):
+    """An argparse type: an integer >= ``least`` (``what`` names it in the error)."""
+
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+        if v < least:
+            raise argparse.ArgumentTypeError(f"must be >= {least}, got {v}")
+        return v
+
+    return parse
+
+
+#: argparse types: an integer >= 1; a seed, an integer >= 0
+_positive_int = _int_type(1, "a positive integer")
+_seed = _int_type(0, "a seed (an integer >= 0)")
 
 
 def _setting_and_seeds(ap: argparse.ArgumentParser, setting_help: str, seeds_help: str) -> None:
@@ -113,3 +123,94 @@ RUN_ERRORS = (ValueError, TypeError, MemoryError, FloatingPointError, OSError)
 def _fail(prog: str, err: BaseException) -> int:
     print(f"{prog}: error: {err}", file=sys.stderr)
     return 2
+
+
+#: a size of ``--max-memory``: bytes, or a number and a unit as ``accelerate`` reads them
+_SIZE = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B)?$", re.IGNORECASE)
+
+
+def _loading_args(ap: argparse.ArgumentParser) -> None:
+    """The options of a command that loads a Hugging Face checkpoint: load dtype, probe dtype,
+    device and big-model loading (``_loading`` reads them)."""
+    from .hf.checkpoint import LOAD_DTYPES
+    from .hf.rows import FLOAT64_MAX_D
+
+    ap.add_argument(
+        "--dtype",
+        choices=LOAD_DTYPES,
+        default="float64",
+        help="dtype to load the checkpoint and run its forward pass in (auto: the checkpoint's own, from its "
+        "config; default float64)",
+    )
+    ap.add_argument(
+        "--probe-dtype",
+        choices=("float64", "float32"),
+        default=None,
+        help=f"dtype of the probes' arithmetic (default: float64 for layers of width d <= {FLOAT64_MAX_D}, "
+        "float32 above)",
+    )
+    ap.add_argument("--device", default="cpu", help="where the model and the probes run: cpu, cuda or cuda:N")
+    ap.add_argument(
+        "--device-map",
+        choices=("auto",),
+        default=None,
+        help="big-model loading (transformers/accelerate): spread the model over the devices and memory "
+        "--max-memory allows, the rest offloaded to --offload-folder on disk (needs accelerate)",
+    )
+    ap.add_argument(
+        "--max-memory",
+        action="append",
+        default=[],
+        metavar="DEVICE=SIZE",
+        help="with --device-map: the memory the model may take on a device, e.g. cpu=8GiB or 0=70GiB (repeatable)",
+    )
+    ap.add_argument("--offload-folder", metavar="DIR", help="with --device-map: where offloaded weights go")
+
+
+def _loading(ap: argparse.ArgumentParser, args) -> dict:
+    """The keyword arguments of ``hf.probe`` from ``_loading_args``' options, a usage error for a
+    device this machine lacks or a malformed ``--max-memory``."""
+    import torch
+
+    from .validate import check_device
+
+    try:
+        check_device(args.device)
+    except ValueError as err:
+        ap.error(f"--device: {err}")
+    if (args.max_memory or args.offload_folder) and args.device_map is None:
+        ap.error("--max-memory and --offload-folder take effect with --device-map auto")
+    if args.device_map is not None and args.device != "cpu":
+        ap.error("--device-map auto places the model itself; leave --device at cpu")
+    limits = {}
+    for item in args.max_memory:
+        key, sep, size = item.partition("=")
+        key = key.strip()
+        if not sep or not _SIZE.match(size.strip()) or not (key in ("cpu", "disk") or key.isdigit()):
+            ap.error(
+                f"--max-memory: expected DEVICE=SIZE (DEVICE cpu, disk or a GPU index; SIZE e.g. 8GiB), got {item!r}"
+            )
+        limits[int(key) if key.isdigit() else key] = int(size) if size.strip().isdigit() else size.strip()
+    if args.offload_folder is not None:
+        _check_outputs(ap, dirs={"--offload-folder": args.offload_folder})
+    return dict(
+        dtype=args.dtype,
+        probe_dtype=None if args.probe_dtype is None else getattr(torch, args.probe_dtype),
+        device=args.device,
+        device_map=args.device_map,
+        max_memory=limits or None,
+        offload_folder=args.offload_folder,
+    )
+
+
+def _baseline_args(ap: argparse.ArgumentParser, what: str) -> None:
+    """``--baseline none|init`` and ``--baseline-seed``: also probe the checkpoint's architecture
+    freshly initialised, for ``what``."""
+    ap.add_argument(
+        "--baseline",
+        choices=("none", "init"),
+        default="none",
+        help=f"init: also probe the architecture freshly initialised (seed --baseline-seed) on the same tokens, "
+        f"{what} (default none)",
+    )
+    ap.add_argument("--baseline-seed", type=_seed, default=0, help="the initialisation's seed (default 0)")

@@ -15,7 +15,15 @@ import warnings
 
 import pandas as pd
 
-from .cli_common import RUN_ERRORS, _check_outputs, _fail, _positive_int
+from .cli_common import (
+    RUN_ERRORS,
+    _baseline_args,
+    _check_outputs,
+    _fail,
+    _loading,
+    _loading_args,
+    _positive_int,
+)
 
 
 def claims_main(argv) -> int:
@@ -32,15 +40,8 @@ def claims_main(argv) -> int:
         "--tokens", type=_positive_int, default=512, help="tokens of the text fed to the model (default 512)"
     )
     ap.add_argument("--text-file", default=None, help="a UTF-8 text file (default: the shipped WikiText-2 test split)")
-    ap.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="probe dtype (default float64)")
-    ap.add_argument(
-        "--baseline",
-        choices=("none", "init"),
-        default="none",
-        help="init: also probe the architecture freshly initialised (seed --baseline-seed) as the claims' init "
-        "control (default none)",
-    )
-    ap.add_argument("--baseline-seed", type=int, default=0, help="the initialisation's seed (default 0)")
+    _loading_args(ap)
+    _baseline_args(ap, "as the claims' init control")
     ap.add_argument("--csv", help="also write every reading's verdict to this CSV file")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
@@ -48,14 +49,12 @@ def claims_main(argv) -> int:
         ap.error(f"--hf-model: {args.hf_model} is not a Hugging Face checkpoint directory (no config.json)")
     if args.text_file is not None and not os.path.isfile(args.text_file):
         ap.error(f"--text-file: {args.text_file} is not a file; expected a UTF-8 text file")
-    if args.baseline_seed < 0:
-        ap.error(f"--baseline-seed must be >= 0, got {args.baseline_seed}")
     _check_outputs(ap, files={"--csv": args.csv})
     try:
         import transformers  # noqa: F401
     except ImportError:
         ap.error('the claims on a checkpoint need transformers: pip install -e ".[hf]"')
-    import torch
+    loading = _loading(ap, args)
 
     from . import hf
     from .claims import Results, evaluate, geometric_asymmetry
@@ -71,10 +70,10 @@ def claims_main(argv) -> int:
                 args.hf_model,
                 text_file=args.text_file,
                 tokens=args.tokens,
-                dtype=getattr(torch, args.dtype),
                 progress=False if args.quiet else None,
                 baseline="init" if baseline else None,
                 baseline_seed=args.baseline_seed,
+                **loading,
             )
             frame = geometric_asymmetry.layers_as_seeds(df)
             claims = geometric_asymmetry.PRETRAINED_CLAIMS
@@ -101,6 +100,22 @@ def claims_main(argv) -> int:
     print(table.to_string())
     for row in prim.itertuples():
         print(f"\n{row.message}")
+    if (prim.verdict == "TOO FEW SEEDS").any():
+        print(f"\n{too_few_units(n, int(prim.M.max()))}")
     if args.csv:
         print(f"\nevery reading's verdict written to {args.csv}")
     return 0
+
+
+def too_few_units(n: int, M: int) -> str:
+    """What TOO FEW SEEDS means on one checkpoint: its unit, how many it has and how many a
+    verdict needs (``claims.sensitivity.min_seeds``)."""
+    from .claims.sensitivity import min_seeds
+
+    need = min_seeds(M)
+    return (
+        f"TOO FEW SEEDS here: the unit of these claims is the MoE layer (the 'seeds' of the messages are "
+        f"this checkpoint's MoE layers), and it has {n}. A family of M = {M} hypotheses needs at least {need} "
+        f"units for even a unanimous sign test to pass Holm's first step (2^-n <= 0.05 / M): a model with "
+        f"{need} or more MoE layers can be decided (Mixtral-8x7B has 32, OLMoE-1B-7B 16)."
+    )

@@ -63,8 +63,9 @@ class Rows(list):
 
     def add(self, metric: str, reading_: str, values, experts=(-1,), index=None) -> None:
         """``values``: one scalar or curve per expert in ``experts`` (a curve's ``index`` is 1-based
-        unless given, e.g. the partner expert of a cosine)."""
-        values = values if torch.is_tensor(values) and values.dim() > 0 else torch.as_tensor(values).reshape(1)
+        unless given, e.g. the partner expert of a cosine). Tensors on any device: read on the CPU."""
+        values = values.detach().cpu() if torch.is_tensor(values) else torch.as_tensor(values, device="cpu")
+        values = values if values.dim() > 0 else values.reshape(1)
         for e, v in zip(experts, values):
             if v.dim() == 0:
                 self.append(dict(self.key, expert=e, reading=reading_, metric=metric, index=-1, value=float(v)))

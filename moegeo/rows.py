@@ -432,7 +432,7 @@ def subspace_rows(rows: Rows, pca: probes.PCAResult, site: PCASite, experts: lis
     """
     D = pca.components.shape[-1]
     varies = pca.has_variance
-    ks = torch.ones(len(experts), dtype=torch.long)
+    ks = torch.ones(len(experts), dtype=torch.long, device=varies.device)
     if bool(varies.any()):
         ks[varies] = pca[varies].k_at(PCA_TAU)
     R = min(SUBSPACE_R, D)
@@ -460,7 +460,7 @@ def subspace_rows(rows: Rows, pca: probes.PCAResult, site: PCASite, experts: lis
                 stacklevel=2,
             )
         if dropped:
-            rows.add("subspace_excluded", r, torch.ones(len(dropped)), dropped)
+            rows.add("subspace_excluded", r, [1.0] * len(dropped), dropped)
         keep = [i for i, ok in enumerate(defined) if ok]
         bases, ids = [all_bases[i] for i in keep], [experts[i] for i in keep]
         if len(ids) < 2:
@@ -470,7 +470,7 @@ def subspace_rows(rows: Rows, pca: probes.PCAResult, site: PCASite, experts: lis
         null = {(a, b): grassmann.null_means(D, min(a, b), max(a, b)) for a in set(dims) for b in set(dims)}
         for stat in grassmann.STATISTICS:
             rows.add(stat, r, getattr(geo, stat), ids, index=ids)
-            rows.add(f"{stat}_null", r, torch.tensor([[null[a, b][stat] for b in dims] for a in dims]), ids, index=ids)
+            rows.add(f"{stat}_null", r, [[null[a, b][stat] for b in dims] for a in dims], ids, index=ids)
         if name != "k90" and site == PCASite.INPUT:
             for i in range(geo.angles.shape[-1]):
                 rows.add(f"angle@{i + 1}", r, geo.angles[..., i], ids, index=ids)

@@ -131,3 +131,23 @@ def check_count(name: str, value, *, least: int | None = 1) -> int:
     if least is not None and value < least:
         raise ValueError(f"{name} must be an integer >= {least}, got {value}")
     return int(value)
+
+
+def check_device(device) -> torch.device:
+    """``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device``) as a ``torch.device``
+    that exists here; ``ValueError`` saying what this machine has otherwise (a CUDA device asked
+    for where torch sees none, or an index beyond those it sees)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n == 0:
+        raise ValueError(f"device {device!r}: torch sees no CUDA device here (torch {torch.__version__}); use cpu")
+    if dev.index is not None and dev.index >= n:
+        raise ValueError(f"device {device!r}: torch sees {n} CUDA device(s) here, cuda:0 to cuda:{n - 1}")
+    return dev

@@ -48,6 +48,7 @@ Modules: ``layers`` (finding the layers, their weights, the checked capture), ``
 
 from .checkpoint import (
     CONTEXT,
+    LOAD_DTYPES,
     MAX_TOKENS,
     MEMORY_FRACTION,
     UNKNOWN_TOKENS_WARN,
@@ -57,6 +58,7 @@ from .checkpoint import (
     estimate_bytes,
     initialised,
     load,
+    load_dtype,
     load_tokenizer,
     meta_model,
     read_text,
@@ -68,6 +70,7 @@ from .layers import (
     MoECapture,
     MoELayer,
     capture,
+    captures,
     check_layers,
     expert_forward,
     expert_weights,
@@ -77,11 +80,14 @@ from .layers import (
     tokenwise_operator,
 )
 from .rows import (
+    FLOAT64_MAX_D,
     LANCZOS_STEPS,
     LANCZOS_TOL,
+    LANCZOS_TOL_FLOAT32,
     MAX_BYTES,
     SHARED_EXPERT,
     ProbeEstimate,
+    default_probe_dtype,
     estimate_probe,
     gemm_rate,
     layer_rows,

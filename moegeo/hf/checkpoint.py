@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..validate import MEMORY_FRACTION, available_memory, check_count
+from ..validate import MEMORY_FRACTION, available_memory, check_count, check_device
 
 #: default number of tokens probed
 MAX_TOKENS = 512
@@ -21,6 +21,24 @@ CONTEXT = 512
 UNKNOWN_TOKENS_WARN = 0.05
 #: names of a checkpoint's weights listed in an error before "and N more"
 LISTED_NAMES = 6
+#: the dtypes a checkpoint loads in, by name (``--dtype``); ``"auto"`` is its config's own ``dtype``
+LOAD_DTYPES = ("auto", "bfloat16", "float16", "float32", "float64")
+
+
+def load_dtype(config, dtype) -> torch.dtype:
+    """The dtype a checkpoint of ``config`` loads in: ``dtype`` itself (a floating ``torch.dtype``
+    or one of ``LOAD_DTYPES``), or for ``"auto"`` the config's ``dtype`` (``torch_dtype`` in
+    older configs; float32 when it names none). ``ValueError`` for anything else."""
+    if dtype == "auto":
+        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+    if isinstance(dtype, str) and dtype in LOAD_DTYPES:
+        dtype = getattr(torch, dtype)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype not in _DTYPE_NAMES:
+        raise ValueError(f"dtype must be a torch float dtype or one of {', '.join(LOAD_DTYPES)}, got {dtype!r}")
+    return dtype
+
+
+_DTYPE_NAMES = {getattr(torch, name): name for name in LOAD_DTYPES[1:]}
 
 
 def meta_model(config):
@@ -62,15 +80,28 @@ def checkpoint_config(path: str | os.PathLike):
 def load(
     path: str | os.PathLike,
     *,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype | str = torch.float64,
+    device="cpu",
+    device_map=None,
+    max_memory: dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
     memory_fraction: float = MEMORY_FRACTION,
     allow_missing=(),
 ):
     """Load a local ``transformers`` causal-LM checkpoint directory for probing.
 
-    The size is checked from the config (``checkpoint_config``) first: a model whose parameters in
-    ``dtype`` would take more than ``memory_fraction`` (a number in (0, 1]) of the available
-    memory raises ``MemoryError`` with the estimate, before anything is materialised. Every
+    ``dtype``: a floating ``torch.dtype`` or a name of ``LOAD_DTYPES`` (``"auto"``: the config's
+    own, ``load_dtype``). ``device``: where the model runs (``cpu``, ``cuda``, ``cuda:N``;
+    ``validate.check_device``). ``device_map`` (e.g. ``"auto"``), ``max_memory`` (device ->
+    size, e.g. ``{"cpu": "2GiB"}``) and ``offload_folder``: ``transformers``/``accelerate``
+    big-model loading, for a model larger than one device: what does not fit in ``max_memory``
+    stays on disk in ``offload_folder`` and is brought in layer by layer during the forward
+    pass (needs ``accelerate``, in the ``[hf]`` extra); ``device`` is then not used.
+
+    Without ``device_map`` the size is checked from the config (``checkpoint_config``) first: a
+    model whose parameters in ``dtype`` would take more than ``memory_fraction`` (a number in
+    (0, 1]) of the available memory raises ``MemoryError`` with the estimate, before anything is
+    materialised. Every
     ``*.safetensors`` file must parse (a truncated or garbage file is a ``ValueError`` naming
     it). Loads with ``experts_implementation="eager"`` (float64 needs it on the CPU) and never
     touches the network (``local_files_only``).
@@ -91,7 +122,10 @@ def load(
     if not all(isinstance(p, str) and p for p in patterns):
         raise TypeError(f"allow_missing must be fnmatch patterns (non-empty strings), got {allow_missing!r}")
     config = checkpoint_config(path)
-    _check_fits(path, config, dtype, memory_fraction)
+    dtype = load_dtype(config, dtype)
+    placement = _placement(device, device_map, max_memory, offload_folder)
+    if device_map is None:
+        _check_fits(path, config, dtype, memory_fraction)
     _check_weight_files(path)
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
@@ -101,6 +135,7 @@ def load(
             local_files_only=True,
             output_loading_info=True,
             ignore_mismatched_sizes=True,
+            **placement,
         )
     except Exception as err:  # safetensors' SafetensorError derives from Exception only
         if type(err).__name__ != "SafetensorError":
@@ -117,23 +152,48 @@ def initialised(
     path: str | os.PathLike,
     *,
     seed: int = 0,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype | str = torch.float64,
+    device="cpu",
     memory_fraction: float = MEMORY_FRACTION,
 ):
     """The architecture of the checkpoint at ``path`` freshly initialised (``transformers``' own
-    initialisation of its config, under ``torch.manual_seed(seed)``; the global random state is
-    restored afterwards): the checkpoint's init control. Nothing is read but ``config.json``;
-    the memory check is ``load``'s."""
+    initialisation of its config, on the CPU under ``torch.manual_seed(seed)``, so the same on
+    every device; the global random state is restored afterwards), then moved to ``device``:
+    the checkpoint's init control. Nothing is read but ``config.json``; ``dtype`` and the memory
+    check are ``load``'s."""
     from transformers import AutoModelForCausalLM
 
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     config = checkpoint_config(path)
+    dtype = load_dtype(config, dtype)
+    device = check_device(device)
     _check_fits(path, config, dtype, memory_fraction)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, experts_implementation="eager")
-    return model.eval()
+    return model.to(device).eval()
+
+
+def _placement(device, device_map, max_memory, offload_folder) -> dict:
+    """``from_pretrained``'s placement arguments (``load``), checked before anything is read."""
+    device = check_device(device)
+    if device_map is None:
+        if max_memory is not None or offload_folder is not None:
+            raise ValueError("max_memory and offload_folder take effect with a device_map (e.g. device_map='auto')")
+        return {} if device.type == "cpu" else {"device_map": {"": str(device)}}
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            'a device_map (big-model loading, offload) needs accelerate: pip install -e ".[hf]"'
+        ) from None
+    if max_memory is not None and not isinstance(max_memory, dict):
+        raise TypeError(f"max_memory must map devices to sizes, e.g. {{'cpu': '2GiB'}}, got {max_memory!r}")
+    out = {"device_map": device_map, "max_memory": max_memory}
+    if offload_folder is not None:
+        out["offload_folder"] = os.fspath(offload_folder)
+    return out
 
 
 def _check_fits(path, config, dtype: torch.dtype, memory_fraction: float) -> None:

@@ -4,9 +4,10 @@ own output. See ``moegeo.hf`` for what is read and how."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -141,7 +142,7 @@ def expert_weights(experts: torch.nn.Module, d: int) -> ExpertWeights:
     )
 
 
-def _is_silu_swiglu(experts: torch.nn.Module, dtype: torch.dtype) -> bool:
+def _is_silu_swiglu(experts: torch.nn.Module, dtype: torch.dtype, device=None) -> bool:
     """Whether the experts compute SiLU(gate) * up in the default layout, the closed form's case."""
     from transformers.integrations.moe import _default_apply_gate
 
@@ -151,7 +152,7 @@ def _is_silu_swiglu(experts: torch.nn.Module, dtype: torch.dtype) -> bool:
         return False
     if getattr(experts, "is_concatenated", True) is False:
         return False
-    z = torch.linspace(-6, 6, 25, dtype=dtype)
+    z = torch.linspace(-6, 6, 25, dtype=dtype, device=device)
     with torch.no_grad():
         return bool(torch.allclose(act(z), torch.nn.functional.silu(z)))
 
@@ -209,15 +210,17 @@ class MoECapture:
             return a, hid
         if not hasattr(experts, "_apply_gate"):
             return a, None
-        gu = experts.gate_up_proj.detach()
+        with _weights_in_memory(experts):
+            gu = experts.gate_up_proj.detach()
+            bias = getattr(experts, "gate_up_proj_bias", None)
+            bias = bias.detach() if isinstance(bias, torch.Tensor) else None
         raw = (
             torch.einsum("nd,edk->enk", self.x, gu)
             if getattr(experts, "is_transposed", False)
             else torch.einsum("nd,ekd->enk", self.x, gu)
         )
-        bias = getattr(experts, "gate_up_proj_bias", None)
-        if isinstance(bias, torch.Tensor):
-            raw = raw + bias.detach()[:, None]
+        if bias is not None:
+            raw = raw + bias[:, None]
         with torch.no_grad():
             return a, experts._apply_gate(raw)
 
@@ -227,8 +230,8 @@ def expert_forward(experts: torch.nn.Module, e: int) -> Callable[[torch.Tensor],
     ``e`` at weight 1. ``(N, d) -> (N, d)``, token by token, differentiable."""
 
     def f(X):
-        idx = torch.full((X.shape[0], 1), e, dtype=torch.long)
-        return experts(X, idx, torch.ones(X.shape[0], 1, dtype=X.dtype))
+        idx = torch.full((X.shape[0], 1), e, dtype=torch.long, device=X.device)
+        return experts(X, idx, torch.ones(X.shape[0], 1, dtype=X.dtype, device=X.device))
 
     return f
 
@@ -282,21 +285,47 @@ def capture(
     layers: list[int] | None = None,
     max_tokens: int | None = MAX_TOKENS,
 ) -> list[MoECapture]:
-    """Run ``model`` on ``input_ids`` and capture every MoE layer (or those in ``layers``).
+    """Run ``model`` on ``input_ids`` and capture every MoE layer (or those in ``layers``):
+    ``list(captures(...))``, every layer's tensors held at once (see ``captures`` for one layer
+    at a time)."""
+    return list(captures(model, input_ids, layers=layers, max_tokens=max_tokens))
+
+
+def captures(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    layers: list[int] | None = None,
+    max_tokens: int | None = MAX_TOKENS,
+) -> Iterator[MoECapture]:
+    """Run ``model`` on ``input_ids`` once and yield a checked capture of every MoE layer (or those
+    in ``layers``), one layer at a time.
 
     Parameters
     ----------
-    model : a ``transformers`` causal LM with MoE layers (put in eval mode here).
-    input_ids : (B, T) or (T,) token ids.
+    model : a ``transformers`` causal LM with MoE layers (put in eval mode here), on one device
+        or dispatched by ``accelerate`` (``load(device_map=...)``: offloaded weights are brought
+        in for the layer being built only).
+    input_ids : (B, T) or (T,) token ids (moved to the model's device).
     layers : decoder-layer indices to capture (default: every MoE layer); not empty.
     max_tokens : keep the first ``max_tokens`` tokens (whole sequences are run, then the
         captured rows truncated; None keeps all).
 
-    Returns
-    -------
+    Yields
+    ------
     One ``MoECapture`` per layer, in layer order (see its fields; every capture is checked
-    against the block's own output).
+    against the block's own output). The forward pass keeps O(N d) per layer (the experts'
+    inputs, routing, outputs and the block's input and output); each layer's (E, N, d) expert
+    outputs and weights are built when it is yielded, so a caller that drops a capture before
+    taking the next holds one layer's at a time. The arguments are checked, and the forward
+    pass run, before the first capture is yielded.
     """
+    found, records = _forward(model, input_ids, layers, max_tokens)
+    return (_build(m, records.pop(m.layer), max_tokens) for m in found)
+
+
+def _forward(model, input_ids, layers, max_tokens) -> tuple[list[MoELayer], dict[int, dict]]:
+    """The MoE layers to capture and their hook records of one forward pass (``captures``)."""
     input_ids = _check_ids(model, input_ids)
     check_layers(layers)
     found = moe_layers(model)
@@ -336,12 +365,32 @@ def capture(
     model.eval()
     try:
         with torch.no_grad():
-            model(input_ids=input_ids, use_cache=False)
+            model(input_ids=input_ids.to(_input_device(model)), use_cache=False)
     finally:
         for h in handles:
             h.remove()
-    n = None if max_tokens is None else max_tokens
-    return [_build(m, records[m.layer], n) for m in found]
+    return found, records
+
+
+def _input_device(model) -> torch.device:
+    """Where the model takes its input ids: its embedding's device (the first device of a
+    dispatched model; the CPU when the embedding is offloaded to disk)."""
+    weight = model.get_input_embeddings().weight
+    return torch.device("cpu") if weight.device.type == "meta" else weight.device
+
+
+@contextlib.contextmanager
+def _weights_in_memory(module: torch.nn.Module):
+    """``module``'s parameters as tensors while the block is open: as they are, or, for a module
+    whose weights ``accelerate`` offloaded (``load(device_map=...)``), brought in from the
+    offload and put back on leaving."""
+    if getattr(module, "_hf_hook", None) is None:
+        yield
+        return
+    from accelerate.utils import align_module_device
+
+    with align_module_device(module):
+        yield
 
 
 def check_layers(layers) -> None:
@@ -390,11 +439,12 @@ def _build(m: MoELayer, rec: dict, n: int | None) -> MoECapture:
     idx, w = idx.reshape(-1, idx.shape[-1])[:n], w.reshape(-1, idx.shape[-1])[:n]
     if not (x.shape[0] == block_in.shape[0] == out.shape[0] == idx.shape[0]):
         raise ValueError(f"{m.name}: the block saw {block_in.shape[0]} tokens but its experts {x.shape[0]}")
-    weights = expert_weights(m.experts, d)
+    with _weights_in_memory(m.experts):
+        weights = expert_weights(m.experts, d)
     E = weights.Wg.shape[0]
     valid = (idx >= 0) & (idx < E)  # expert-parallel sentinels carry zero weight
-    g = torch.zeros(x.shape[0], E, dtype=x.dtype).scatter_add_(
-        1, idx.clamp(0, E - 1), torch.where(valid, w.to(x.dtype), torch.zeros((), dtype=x.dtype))
+    g = torch.zeros(x.shape[0], E, dtype=x.dtype, device=x.device).scatter_add_(
+        1, idx.clamp(0, E - 1), torch.where(valid, w.to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))
     )
     f = torch.stack([expert_forward(m.experts, e)(x) for e in range(E)])  # (E, N, d)
     _check_close(
@@ -415,7 +465,7 @@ def _build(m: MoELayer, rec: dict, n: int | None) -> MoECapture:
     )
     if abs(scale - 1) <= _tolerance(x.dtype):
         scale = 1.0
-    silu = _is_silu_swiglu(m.experts, x.dtype)
+    silu = _is_silu_swiglu(m.experts, x.dtype, x.device)
     if silu:
         _, _, hid = probes.swiglu_hidden(weights.Wg, weights.Wu, x, bg=weights.bg, bu=weights.bu)
         closed = torch.einsum("edh,enh->end", weights.Wd, hid) + (0 if weights.bd is None else weights.bd[:, None])
@@ -454,16 +504,17 @@ def tokenwise_jacobians(
 
 def tokenwise_operator(fn: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor) -> probes.JacobianOperator:
     """The per-token Jacobians of a token-wise ``fn: (N, d) -> (N, d_out)`` as a matrix-free
-    operator, batch ``(N,)``: one forward-mode JVP gives J_n v_n for every token, one VJP J_n^T u_n."""
+    operator, batch ``(N,)``: one forward-mode JVP gives J_n v_n for every token, one VJP J_n^T u_n,
+    computed in X's dtype (the model's) and returned in the dtype of the vector applied."""
     X = X.detach()
     d_out = fn(X[:1]).shape[-1]
 
     def matvec(v):
         with torch.enable_grad():
-            return torch.func.jvp(fn, (X,), (v.to(X.dtype),))[1].detach()
+            return torch.func.jvp(fn, (X,), (v.to(X.dtype),))[1].detach().to(v.dtype)
 
     def rmatvec(u):
         with torch.enable_grad():
-            return torch.func.vjp(fn, X)[1](u.to(X.dtype))[0].detach()
+            return torch.func.vjp(fn, X)[1](u.to(X.dtype))[0].detach().to(u.dtype)
 
     return probes.JacobianOperator(matvec, rmatvec, batch_shape=(X.shape[0],), d_in=X.shape[1], d_out=d_out)

@@ -18,8 +18,9 @@ from .. import probes
 from ..config import JacobianSite, PCASite
 from ..frame import COLUMNS, Rows, check_finite_values, reading
 from ..rows import cosine_rows, expert_geometry_rows, pca_site_rows
-from .checkpoint import MAX_TOKENS, checkpoint_config, initialised, load, meta_model, tokenize
-from .layers import MoECapture, _model_type, capture, check_layers, moe_layers, tokenwise_jacobians, tokenwise_operator
+from ..validate import MEMORY_FRACTION, available_memory, check_device
+from .checkpoint import MAX_TOKENS, checkpoint_config, initialised, load, load_dtype, meta_model, tokenize
+from .layers import MoECapture, _model_type, captures, check_layers, moe_layers, tokenwise_jacobians, tokenwise_operator
 
 #: the ``expert`` id of a layer's shared expert(s) in the frame (-1 already means "not one expert")
 SHARED_EXPERT = -2
@@ -29,11 +30,20 @@ SHARED_EXPERT = -2
 #: site's (E, D, D) covariances, a Lanczos basis. Above it the matrix-free path is taken.
 MAX_BYTES = 2**30
 #: Lanczos on J^T J for sigma_1 in the matrix-free path: relative residual and steps at most
-
-
-#: Lanczos on J^T J for sigma_1 in the matrix-free path: relative residual and steps at most
 LANCZOS_TOL, LANCZOS_STEPS = 1e-8, 100
-#: fraction of the available memory a model may take when loaded (probing needs the rest)
+#: the relative residual in float32 probes: 1e-8 is below float32's rounding (eps 1.2e-7); at
+#: 1e-5 sigma_1 is within about 5e-6 of a singular value (``probes.lanczos_sigma1``)
+LANCZOS_TOL_FLOAT32 = 1e-5
+#: the default probe dtype (``default_probe_dtype``): float64 for layers of width d up to this, float32
+#: above (Mixtral-8x7B's d = 4096, OLMoE's 2048), where float64 halves the rate and doubles
+#: the memory of every product; the PCA's covariances are float64 whatever the probe dtype
+FLOAT64_MAX_D = 1024
+
+
+def default_probe_dtype(d: int) -> torch.dtype:
+    """The default dtype of the probes' arithmetic for a layer of width ``d``: float64 up to
+    ``FLOAT64_MAX_D``, float32 above."""
+    return torch.float64 if d <= FLOAT64_MAX_D else torch.float32
 
 
 def probe_model(
@@ -45,18 +55,24 @@ def probe_model(
     seed: int = 0,
     max_bytes: int = MAX_BYTES,
     progress: bool | None = None,
+    dtype: torch.dtype | None = None,
 ) -> pd.DataFrame:
     """Every probe of every MoE layer of a ``transformers`` causal LM on ``input_ids``: the tidy frame.
 
     Parameters
     ----------
-    model : a causal LM with MoE layers (``load`` gives one in float64 with eager experts).
+    model : a causal LM with MoE layers (``load`` gives one with eager experts, on one device or
+        dispatched with a ``device_map``), in any float dtype.
     input_ids : (B, T) or (T,) token ids.
     layers : decoder-layer indices (default: every MoE layer).
     max_tokens : tokens probed (the first ones; see ``capture``).
     seed : the ``seed`` column (e.g. the seed that drew the batch).
     max_bytes : largest tensor materialised per layer; above it the matrix-free path (module doc).
     progress : tqdm bar over layers (None: only on a terminal).
+    dtype : the probes' arithmetic (float64 or float32; default ``default_probe_dtype(d)``): the captured
+        tensors, in the model's dtype, are cast to it. The probes run where the layer's inputs
+        are (the model's device), one layer at a time (``captures``): a layer's tensors are
+        freed before the next is built.
 
     Returns
     -------
@@ -65,7 +81,8 @@ def probe_model(
     layer. Routed experts keep their ids; the shared experts of a layer are ``expert=-2``
     (``SHARED_EXPERT``), probed with weight 1 on every token, input and output sites only.
     Experts without routing weight on the batch get an ``excluded`` row and a warning, nothing
-    else. Per layer also ``n_tokens``, ``d_model`` (the width d of the layer input) and
+    else. Per layer also ``n_tokens``, ``d_model`` (the width d of the layer input),
+    ``probe_float64`` (1 when the probes computed in float64, 0 in float32) and
     ``routing_weight_sum`` (mean sum_e g_e over tokens: 1 for renormalised Top-k, not for Qwen2-MoE
     with ``norm_topk_prob=False`` or DeepSeek-V3's scaled sigmoid weights); per routed expert
     ``load``, its mean routing weight (1/N) sum_i g_e(x_i) with g as applied (so the loads of a
@@ -76,19 +93,32 @@ def probe_model(
     the explained variance of one token, or of a text of one repeated word) is left out with an
     ``undefined`` row (``moegeo.frame``); no value is NaN (``frame.check_finite_values``).
     """
+    if dtype not in (None, torch.float64, torch.float32):
+        raise ValueError(f"the probe dtype must be torch.float64 or torch.float32 (None: by width), got {dtype!r}")
     model_type = _model_type(model)
     restore = _eager_experts(model)
     try:
-        caps = capture(model, input_ids, layers=layers, max_tokens=max_tokens)
+        layer_captures = captures(model, input_ids, layers=layers, max_tokens=max_tokens)
         rows = []
-        for cap in tqdm(caps, desc=f"probe {model_type}", disable=None if progress is None else not progress):
-            rows += layer_rows(cap, model_type, seed=seed, max_bytes=max_bytes)
+        total = len(set(layers)) if layers else len(moe_layers(model))
+        bar = tqdm(total=total, desc=f"probe {model_type}", disable=_no_bar(progress))
+        for cap in layer_captures:
+            probe = dtype or default_probe_dtype(cap.x.shape[1])
+            rows += layer_rows(cap, model_type, seed=seed, max_bytes=max_bytes, dtype=probe)
+            del cap
+            bar.update()
+        bar.close()
     finally:
         restore()
     df = pd.DataFrame(rows, columns=COLUMNS)
     df["setting"] = "hf"
     df["model_type"] = model_type
     return check_finite_values(df)
+
+
+def _no_bar(progress: bool | None) -> bool | None:
+    """tqdm's ``disable``: None (a bar only on a terminal) when ``progress`` is None."""
+    return None if progress is None else not progress
 
 
 def _eager_experts(model) -> Callable[[], None]:
@@ -103,8 +133,11 @@ def _eager_experts(model) -> Callable[[], None]:
     return lambda: model.set_experts_implementation(before)
 
 
-def layer_rows(cap: MoECapture, arm: str, *, seed: int = 0, max_bytes: int = MAX_BYTES) -> list[dict]:
-    """The probe rows of one captured layer (see ``probe_model``), computed in float64."""
+def layer_rows(
+    cap: MoECapture, arm: str, *, seed: int = 0, max_bytes: int = MAX_BYTES, dtype: torch.dtype = torch.float64
+) -> list[dict]:
+    """The probe rows of one captured layer (see ``probe_model``), computed in ``dtype`` (float64
+    or float32) on the capture's device; routing weights and the PCA in float64."""
     rows = Rows(seed, arm, cap.layer, 0)
     g = cap.g.double()
     mass = probes.expert_mass(g)
@@ -116,9 +149,10 @@ def layer_rows(cap: MoECapture, arm: str, *, seed: int = 0, max_bytes: int = MAX
             stacklevel=2,
         )
         rows.add("excluded", "", 1.0, [e])
-    x, w, gl = cap.x.double(), cap.weights[live].to(torch.float64), g[:, live]
+    x, w, gl = cap.x.to(dtype), cap.weights[live].to(dtype), g[:, live].to(dtype)
     rows.add("n_tokens", "", float(g.shape[0]))
     rows.add("d_model", "", float(x.shape[1]))
+    rows.add("probe_float64", "", float(dtype == torch.float64))
     rows.add("load", "", mass[live] / g.shape[0], experts)
     rows.add("routed_tokens", "", (gl > 0).sum(0).double(), experts)
     rows.add("routing_weight_sum", "", g.sum(1).mean())
@@ -128,39 +162,53 @@ def layer_rows(cap: MoECapture, arm: str, *, seed: int = 0, max_bytes: int = MAX
     if hidden is not None:
         sites[PCASite.HIDDEN] = hidden[live]
     E, (N, d) = len(experts), x.shape
-    dense = E * N * d * d * 8 <= max_bytes
+    dense = E * N * d * d * x.element_size() <= max_bytes
     rows.add("jacobian_path", "", 0.0 if dense else 1.0)
     if dense:
         J = (
             probes.swiglu_jacobians(w.Wg, w.Wu, w.Wd, x, bg=w.bg, bu=w.bu)
             if cap.silu_swiglu
-            else torch.stack([tokenwise_jacobians(cap.expert_fn(e), cap.x).double() for e in experts])
+            else torch.stack([tokenwise_jacobians(cap.expert_fn(e), cap.x).to(dtype) for e in experts])
         )
         expert_geometry_rows(rows, x, gl, J, sites, experts)
     else:
-        sigma1, ok = _pointwise_sigma1(cap, live, max_bytes)
+        sigma1, ok = _pointwise_sigma1(cap, live, max_bytes, dtype)
         jbar = (
             probes.swiglu_mean_jacobian(w.Wg, w.Wu, w.Wd, x, gl, bg=w.bg, bu=w.bu)
             if cap.silu_swiglu
             else torch.stack(
-                [tokenwise_jacobians(cap.expert_fn(e), cap.x, weights=cap.g[:, e]).double() for e in experts]
+                [tokenwise_jacobians(cap.expert_fn(e), cap.x, weights=cap.g[:, e]).to(dtype) for e in experts]
             )
         )
         _matrix_free_rows(rows, gl, sigma1, ok, jbar, sites, experts, max_bytes)
     if cap.shared is not None:
-        _shared_rows(rows, cap, max_bytes)
+        _shared_rows(rows, cap, max_bytes, dtype)
     return rows
 
 
-def _pointwise_sigma1(cap: MoECapture, live: torch.Tensor, max_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _lanczos(op: probes.JacobianOperator, d: int, dtype: torch.dtype, device) -> probes.SpectralResult:
+    """sigma_1 of the matrix-free path: Lanczos at the probe dtype's residual, the same starts on
+    every device (a CPU generator seeded 0)."""
+    return probes.lanczos_sigma1(
+        op,
+        tol=LANCZOS_TOL if dtype == torch.float64 else LANCZOS_TOL_FLOAT32,
+        max_iter=min(d, LANCZOS_STEPS),
+        generator=torch.Generator().manual_seed(0),
+        dtype=dtype,
+        device=device,
+    )
+
+
+def _pointwise_sigma1(
+    cap: MoECapture, live: torch.Tensor, max_bytes: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Routing-weighted mean over tokens of sigma_1(J_e(x_n)), ``(E_live,)``, by Lanczos on a
     matrix-free operator over each expert's routed tokens (in chunks whose Lanczos bases fit in
     ``max_bytes``), and whether every run converged."""
-    x = cap.x.double()
+    x = cap.x.to(dtype)
     d = x.shape[1]
-    steps = min(d, LANCZOS_STEPS)
-    chunk = max(1, max_bytes // (2 * steps * d * 8))  # 2 starts per matrix
-    w = cap.weights.to(torch.float64)
+    chunk = max(1, max_bytes // (2 * min(d, LANCZOS_STEPS) * d * x.element_size()))  # 2 starts per matrix
+    w = cap.weights.to(dtype)
     values, converged = [], []
     for e in live.tolist():
         tokens = torch.nonzero(cap.g[:, e] > 0).flatten()
@@ -176,12 +224,13 @@ def _pointwise_sigma1(cap: MoECapture, live: torch.Tensor, max_bytes: int) -> tu
                 if cap.silu_swiglu
                 else tokenwise_operator(cap.expert_fn(e), cap.x[t])
             )
-            res = probes.lanczos_sigma1(op, tol=LANCZOS_TOL, max_iter=steps, generator=torch.Generator().manual_seed(0))
+            res = _lanczos(op, d, dtype, x.device)
             total += float(cap.g[t, e].double() @ res.values.reshape(-1).double())
             ok &= res.converged
         values.append(total / float(cap.g[:, e].double().sum()))
         converged.append(float(ok))
-    return torch.tensor(values, dtype=torch.float64), torch.tensor(converged, dtype=torch.float64)
+    cpu = dict(dtype=torch.float64, device="cpu")
+    return torch.tensor(values, **cpu), torch.tensor(converged, **cpu)
 
 
 def _matrix_free_rows(rows: Rows, g, sigma1, converged, jbar, sites: dict, experts: list[int], max_bytes: int) -> None:
@@ -206,30 +255,25 @@ def _matrix_free_rows(rows: Rows, g, sigma1, converged, jbar, sites: dict, exper
         pca_site_rows(rows, site, h, g, experts, total_variance=False)
 
 
-def _shared_rows(rows: Rows, cap: MoECapture, max_bytes: int) -> None:
+def _shared_rows(rows: Rows, cap: MoECapture, max_bytes: int, dtype: torch.dtype) -> None:
     """The shared experts as one more expert (``SHARED_EXPERT``) with weight 1 on every token:
     Jacobians of their contribution (gate included) w.r.t. the block input by autograd."""
-    X = cap.block_input.double()
+    X = cap.block_input.to(dtype)
     N, d = X.shape
-    ones = torch.ones(N, 1, dtype=torch.float64)
+    ones = torch.ones(N, 1, dtype=dtype, device=X.device)
     sites = {PCASite.INPUT: cap.block_input, PCASite.OUTPUT: cap.shared[None]}
     fn = cap.shared_fn()
-    if N * d * d * 8 <= max_bytes:
-        J = tokenwise_jacobians(fn, cap.block_input).double()[None]
+    if N * d * d * X.element_size() <= max_bytes:
+        J = tokenwise_jacobians(fn, cap.block_input).to(dtype)[None]
         expert_geometry_rows(rows, X, ones, J, sites, [SHARED_EXPERT])
         return
-    lz = probes.lanczos_sigma1(
-        tokenwise_operator(fn, cap.block_input),
-        tol=LANCZOS_TOL,
-        max_iter=min(d, LANCZOS_STEPS),
-        generator=torch.Generator().manual_seed(0),
-    )
-    jbar = tokenwise_jacobians(fn, cap.block_input, weights=torch.ones(N, dtype=cap.block_input.dtype)).double()[None]
+    lz = _lanczos(tokenwise_operator(fn, cap.block_input), d, dtype, X.device)
+    jbar = tokenwise_jacobians(fn, cap.block_input, weights=torch.ones_like(cap.block_input[:, 0])).to(dtype)[None]
     _matrix_free_rows(
         rows,
         ones,
         lz.values.double().mean()[None],
-        torch.tensor([float(lz.converged)]),
+        torch.tensor([float(lz.converged)], device="cpu"),
         jbar,
         sites,
         [SHARED_EXPERT],
@@ -245,12 +289,18 @@ def probe(
     tokens: int = MAX_TOKENS,
     layers: list[int] | None = None,
     context: int | None = None,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype | str = torch.float64,
+    probe_dtype: torch.dtype | None = None,
+    device="cpu",
+    device_map=None,
+    max_memory: dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
     progress: bool | None = None,
     allow_missing=(),
     announce: Callable[[str], None] | None = None,
     baseline: str | None = None,
     baseline_seed: int = 0,
+    memory_fraction: float = MEMORY_FRACTION,
 ) -> pd.DataFrame:
     """What ``python -m moegeo probe`` runs: ``tokenize`` the text (``text``, the text itself;
     ``text_file``, a UTF-8 file; default: the shipped WikiText-2 test split) with the
@@ -262,16 +312,31 @@ def probe(
     ``unknown_tokens`` (``TokenBatch.unknown``). The config, the tokenizer, the text and
     ``layers`` (not empty, within the config's number of decoder layers; whether a layer in range
     is an MoE layer is known only once it is loaded) are checked before the model is loaded.
-    ``announce``: called with one sentence, the estimated time and memory of the probe
-    (``estimate_probe``), after tokenising and before loading.
+
+    ``dtype``: the load dtype (``load``; ``"auto"``: the checkpoint's own), the dtype of the
+    forward pass and of the captured tensors. ``probe_dtype``: the probes' arithmetic
+    (``probe_model``; default float64 up to width ``FLOAT64_MAX_D``, float32 above).
+    ``device``, ``device_map``, ``max_memory``, ``offload_folder``: where the model runs, as in
+    ``load``; the probes run where each layer's inputs are.
+
+    The memory check: without a ``device_map``, the probe's estimated peak (``estimate_probe``:
+    the model in ``dtype``, every layer's O(N d) captures and one layer's probe tensors) must fit
+    in ``memory_fraction`` of the available memory, else ``MemoryError`` with the estimate,
+    before loading; with one, only the probe tensors must (the model is ``accelerate``'s to
+    place). ``announce``: called with one sentence, the estimated time and memory of the probe,
+    after tokenising and before loading.
 
     ``baseline="init"``: also probe the same architecture freshly initialised (``initialised``,
     seed ``baseline_seed``) on the same tokens; its rows are step 0 and the checkpoint's step 1
     (the claims' init control, ``moegeo claims --baseline init``)."""
     if baseline not in (None, "init"):
         raise ValueError(f"baseline must be None or 'init', got {baseline!r}")
+    if probe_dtype not in (None, torch.float64, torch.float32):
+        raise ValueError(f"probe_dtype must be torch.float64 or torch.float32 (None: by width), got {probe_dtype!r}")
     check_layers(layers)
+    check_device(device)
     config = checkpoint_config(path)
+    dtype = load_dtype(config, dtype)
     limit = getattr(config, "max_position_embeddings", None)
     n_layers = getattr(config.get_text_config(), "num_hidden_layers", None)
     outside = sorted({l for l in layers or () if n_layers is not None and not 0 <= l < n_layers})
@@ -280,16 +345,29 @@ def probe(
             f"layers {outside} do not exist: the checkpoint has {n_layers} decoder layers (0 to {n_layers - 1})"
         )
     batch = tokenize(path, text=text, text_file=text_file, tokens=tokens, context=context, max_context=limit)
+    est = estimate_probe(config, batch.n_tokens, layers=layers, dtype=dtype, probe_dtype=probe_dtype)
     if announce is not None:
-        est = estimate_probe(config, batch.n_tokens, layers=layers, dtype=dtype)
-        size = f"{est.bytes / 2**30:.3g} GiB" if est.bytes >= 2**30 else f"{est.bytes / 2**20:.3g} MiB"
         announce(
-            f"probing {batch.n_tokens} tokens on {est.layers} MoE layer(s): about {est.seconds:.2g} s and {size} "
-            f"of memory (a rough estimate: the probes' main products at the {est.rate / 1e9:.3g} GFLOP/s of a "
-            f"short {_gemm_name(dtype)} here)"
+            f"probing {batch.n_tokens} tokens on {est.layers} MoE layer(s): about {est.seconds:.2g} s and "
+            f"{_size(est.bytes)} of memory, {_size(est.model_bytes)} of it the model in {_dtype_name(dtype)} "
+            f"(a rough estimate: the probes' main products at the {est.rate / 1e9:.3g} GFLOP/s of a short "
+            f"{_gemm_name(est.probe_dtype)} here)"
         )
-    model = load(path, dtype=dtype, allow_missing=allow_missing)
-    df = probe_model(model, batch.input_ids, layers=layers, max_tokens=batch.n_tokens, progress=progress)
+    need = est.bytes - (est.model_bytes if device_map is not None else 0)
+    have = available_memory()
+    if need > memory_fraction * have:
+        raise MemoryError(
+            f"{path}: probing {batch.n_tokens} tokens needs about {_size(need)} at its peak "
+            f"({_size(est.model_bytes)} the model in {_dtype_name(dtype)}) but only {_size(have)} of memory is "
+            f"available (at most {memory_fraction:.0%} of it may be used); load it in a smaller dtype "
+            "(--dtype bfloat16), offload it (--device-map auto --max-memory cpu=SIZE), or probe fewer tokens"
+        )
+    place = dict(device=device, device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
+    model = load(path, dtype=dtype, allow_missing=allow_missing, memory_fraction=memory_fraction, **place)
+    run = functools.partial(
+        probe_model, input_ids=batch.input_ids, layers=layers, max_tokens=batch.n_tokens, progress=progress
+    )
+    df = run(model, dtype=probe_dtype)
     del model
     per_layer = df[df["metric"] == "n_tokens"]
     parts = [
@@ -298,25 +376,35 @@ def probe(
         per_layer.assign(metric="unknown_tokens", value=batch.unknown),
     ]
     if baseline == "init":
-        init = initialised(path, seed=baseline_seed, dtype=dtype)
-        base = probe_model(init, batch.input_ids, layers=layers, max_tokens=batch.n_tokens, progress=progress)
+        init = initialised(path, seed=baseline_seed, dtype=dtype, device=device, memory_fraction=memory_fraction)
+        base = run(init, dtype=probe_dtype)
         parts = [part.assign(step=1) for part in parts] + [base.assign(step=0)]
     return pd.concat(parts, ignore_index=True)
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 @dataclass(frozen=True)
 class ProbeEstimate:
     """A rough cost of ``probe_model`` on a checkpoint: ``flops`` (the main products of the
     probes, summed over the ``layers`` probed), ``seconds`` (``flops / rate``), ``bytes`` (the
-    model in its dtype, the captured tensors of every layer and the largest layer's probe
-    tensors) and ``rate`` (FLOP/s of a short
-    matrix product here, ``gemm_rate``)."""
+    peak: the model in its dtype, ``model_bytes``, every layer's O(N d) captures and the largest
+    layer's probe tensors), ``rate`` (FLOP/s of a short matrix product in ``probe_dtype`` here,
+    ``gemm_rate``) and the probes' dtype (``default_probe_dtype`` unless given)."""
 
     flops: float
     seconds: float
     bytes: int
     rate: float
     layers: int
+    model_bytes: int = 0
+    probe_dtype: torch.dtype = torch.float64
 
 
 def estimate_probe(
@@ -325,37 +413,43 @@ def estimate_probe(
     *,
     layers: list[int] | None = None,
     dtype: torch.dtype = torch.float64,
+    probe_dtype: torch.dtype | None = None,
     max_bytes: int = MAX_BYTES,
 ) -> ProbeEstimate:
-    """The rough cost of probing the model ``config`` describes on ``n_tokens`` tokens, from the
-    shapes of its experts on the meta device (nothing is allocated): per MoE layer with E experts
-    of width h on inputs of width d, the per-point Jacobians (4 E N d^2 h) and their spectra
-    (11 E N d^3) or, above ``max_bytes``, Lanczos on them (2 starts, up to min(d, LANCZOS_STEPS)
-    steps of 8 d h per routed token), and the PCA of four sites (2 E N D^2 + 9 E D^3). A lower
-    bound of the arithmetic, timed at the rate of one large matrix product: small LAPACK
-    problems run slower, so the real time is longer."""
+    """The rough cost of probing the model ``config`` describes, loaded in ``dtype``, on
+    ``n_tokens`` tokens with the probes in ``probe_dtype`` (default by width, ``default_probe_dtype``),
+    from the shapes of its experts on the meta device (nothing is allocated): per MoE layer with
+    E experts of width h on inputs of width d, the per-point Jacobians (4 E N d^2 h) and their
+    spectra (11 E N d^3) or, above ``max_bytes``, Lanczos on them (2 starts, up to min(d,
+    LANCZOS_STEPS) steps of 8 d h per routed token), and the PCA of four sites (2 E N D^2 +
+    9 E D^3). A lower bound of the arithmetic, timed at the rate of one large matrix product:
+    small LAPACK problems run slower, so the real time is longer. Memory: the forward pass keeps
+    4 N d numbers per layer (``captures``); one layer at a time holds its E N d expert outputs,
+    its weights in the probe dtype, its Jacobians or Lanczos bases and its PCA sites in float64."""
     model = meta_model(config)
     found = moe_layers(model)
     if layers is not None:
         found = [m for m in found if m.layer in set(layers)]
     d = config.get_text_config().hidden_size
-    size = torch.empty((), dtype=dtype).element_size()
+    probe = probe_dtype or default_probe_dtype(d)
+    size, psize = (torch.empty((), dtype=t).element_size() for t in (dtype, probe))
     N, flops, largest, captured = n_tokens, 0.0, 0, 0
     for m in found:
         E = m.experts.gate_up_proj.shape[0]
         h = m.experts.down_proj.numel() // (E * d)
-        if E * N * d * d * 8 <= max_bytes:
+        if E * N * d * d * psize <= max_bytes:
             flops += 4 * E * N * d * d * h + 11 * E * N * d**3
-            jacobians = 2 * E * N * d * d * 8
+            jacobians = 2 * E * N * d * d * psize
         else:
             flops += 2 * min(d, LANCZOS_STEPS) * 8 * d * h * N * E
             jacobians = max_bytes
         flops += sum(2 * E * N * D * D + 9 * E * D**3 for D in (d, h, h, d))
-        captured += (E * N * d + 6 * N * d + N * E) * size  # expert outputs, states, routing: kept for every layer
-        largest = max(largest, jacobians + E * N * (3 * h + 2 * max(d, h)) * 8)  # the PCA sites, centred, in float64
+        captured += (4 * N * d + 2 * N * E) * size  # the forward pass's records: kept for every layer
+        layer = E * N * d * size + 3 * E * h * d * psize + jacobians + E * N * (3 * h + 2 * max(d, h)) * 8
+        largest = max(largest, layer)
     model_bytes = sum(p.numel() for p in model.parameters()) * size
-    rate = gemm_rate(dtype)
-    return ProbeEstimate(flops, flops / rate, model_bytes + captured + largest, rate, len(found))
+    rate = gemm_rate(probe)
+    return ProbeEstimate(flops, flops / rate, model_bytes + captured + largest, rate, len(found), model_bytes, probe)
 
 
 def _gemm_name(dtype: torch.dtype) -> str:

@@ -44,7 +44,7 @@ def router_similarity(R: torch.Tensor) -> torch.Tensor:
             "the similarity between distinct routers is undefined for E = 1"
         )
     c = cosine_matrix(R)
-    return c[~torch.eye(len(c), dtype=torch.bool)].abs().mean()
+    return c[~torch.eye(len(c), dtype=torch.bool, device=c.device)].abs().mean()
 
 
 def expert_input_directions(W1: torch.Tensor) -> torch.Tensor:

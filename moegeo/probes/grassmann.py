@@ -47,7 +47,7 @@ def _check_basis(name: str, U: torch.Tensor, atol: float) -> torch.Tensor:
             f"{name} has r = {r} columns in D = {D} dimensions; a basis of a subspace of R^D needs 1 <= r <= D"
         )
     U = U.double()
-    err = (U.transpose(-1, -2) @ U - torch.eye(r, dtype=U.dtype)).abs().max().item()
+    err = (U.transpose(-1, -2) @ U - torch.eye(r, dtype=U.dtype, device=U.device)).abs().max().item()
     if err > atol:
         raise ValueError(
             f"{name} must have orthonormal columns (U^T U = I): max |U^T U - I| = {err:.3g} > atol = {atol:g}; "
@@ -163,7 +163,7 @@ def pairwise(bases: torch.Tensor | Sequence[torch.Tensor], *, atol: float = ORTH
         raise ValueError(f"bases must have shape (E, D, r), got {tuple(bases.shape)}")
     i, j = torch.triu_indices(bases.shape[0], bases.shape[0])
     theta = principal_angles(bases[i], bases[j], atol=atol)  # (pairs, r)
-    angles = torch.empty(bases.shape[0], bases.shape[0], theta.shape[-1], dtype=theta.dtype)
+    angles = torch.empty(bases.shape[0], bases.shape[0], theta.shape[-1], dtype=theta.dtype, device=theta.device)
     angles[i, j] = theta
     angles[j, i] = theta
     return PairwiseGeometry(angles, _geodesic(angles), _chordal(angles), _overlap(angles))
@@ -175,8 +175,9 @@ def _pairwise_list(bases: list[torch.Tensor], atol: float) -> PairwiseGeometry:
             f"bases must be a non-empty list of (D, r_e) bases, got shapes {[tuple(b.shape) for b in bases]}"
         )
     E, m = len(bases), max(b.shape[-1] for b in bases)
-    angles = torch.full((E, E, m), float("nan"), dtype=torch.float64)
-    dist = {k: torch.zeros(E, E, dtype=torch.float64) for k in STATISTICS}
+    device = bases[0].device
+    angles = torch.full((E, E, m), float("nan"), dtype=torch.float64, device=device)
+    dist = {k: torch.zeros(E, E, dtype=torch.float64, device=device) for k in STATISTICS}
     for a in range(E):
         for b in range(a, E):
             theta = principal_angles(bases[a], bases[b], atol=atol)
@@ -194,7 +195,9 @@ def haar_basis(n: int, D: int, r: int, *, generator: torch.Generator | None = No
     QR of a Gaussian matrix with the signs of R's diagonal moved into Q (Mezzadri 2007): without
     the sign fix LAPACK's Householder QR leaves Q[0, 0] < 0 always, which is not Haar.
     """
-    G = torch.randn(n, D, r, generator=generator, dtype=torch.float64)
+    G = torch.randn(
+        n, D, r, generator=generator, dtype=torch.float64, device=None if generator is None else generator.device
+    )
     Q, R = torch.linalg.qr(G)
     sign = torch.where(R.diagonal(dim1=-2, dim2=-1) < 0, -1.0, 1.0)
     return Q * sign[..., None, :]
@@ -240,7 +243,8 @@ class SubspaceNull:
         """Monte Carlo quantile(s) of "geodesic", "chordal" or "overlap" at level(s) ``q``."""
         if statistic not in STATISTICS:
             raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
-        return torch.quantile(getattr(self, statistic), torch.as_tensor(q, dtype=torch.float64))
+        values = getattr(self, statistic)
+        return torch.quantile(values, torch.as_tensor(q, dtype=torch.float64, device=values.device))
 
 
 def random_subspace_null(
@@ -271,7 +275,7 @@ def random_subspace_null(
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     g = torch.Generator().manual_seed(seed)
-    U = torch.eye(D, r, dtype=torch.float64)
+    U = torch.eye(D, r, dtype=torch.float64, device=g.device)
     chunk = max(1, 2**22 // (D * s))  # ~32 MiB of Gaussians at a time, whatever D
     angles = torch.cat(
         [

@@ -13,6 +13,10 @@ from .spectra import k_at, value_at
 #: times their second moment have no variance but rounding (identical points computed along
 #: different paths; exactly 0 for a single point): their explained variance is undefined
 NO_VARIANCE_ULPS = 256
+#: the same margin for 16-bit points (bfloat16, float16; a checkpoint's forward pass): 256 ulps
+#: of bfloat16 (eps 2^-7) would exceed the values themselves and leave every site undefined;
+#: 4 ulps puts the floor at 0.1% of the second moment for bfloat16 (1.5e-5 for float16)
+NO_VARIANCE_ULPS_16BIT = 4
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ def weighted_pca(h: torch.Tensor, w: torch.Tensor, *, vectors: bool = False) -> 
     Scaling all weights leaves the result unchanged. The eigenvalues come descending; with
     ``vectors=True`` also their eigenvectors (``components: (*, D, D)``), whose leading columns
     span the expert subspaces (eigenvectors cost several times the eigenvalues at large D).
-    ``floor`` is set from h's own dtype (``NO_VARIANCE_ULPS``), so pass h as it was computed:
+    ``floor`` is set from h's own dtype (``NO_VARIANCE_ULPS``, ``NO_VARIANCE_ULPS_16BIT``), so pass h as it was computed:
     the explained variance of points without variance (constant h, one point) is a
     ``ValueError``, not a number (``PCAResult.has_variance``).
     """
@@ -108,6 +112,7 @@ def weighted_pca(h: torch.Tensor, w: torch.Tensor, *, vectors: bool = False) -> 
             f"h has {h.shape[-2]} samples (shape {tuple(h.shape)}) but w has {w.shape[-1]} (shape {tuple(w.shape)})"
         )
     eps = torch.finfo(h.dtype).eps
+    ulps = NO_VARIANCE_ULPS_16BIT if torch.finfo(h.dtype).bits == 16 else NO_VARIANCE_ULPS
     h, w = h.double(), w.double()
     mass = w.sum(-1)
     check_expert_mass(mass.reshape(-1))
@@ -116,7 +121,7 @@ def weighted_pca(h: torch.Tensor, w: torch.Tensor, *, vectors: bool = False) -> 
     c = h - mu[..., None, :]
     cov = torch.einsum("...n,...nd,...nk->...dk", p, c, c)
     second = mu.square().sum(-1) + cov.diagonal(dim1=-2, dim2=-1).sum(-1)  # weighted mean of ||h||^2
-    floor = (NO_VARIANCE_ULPS * eps) ** 2 * second
+    floor = (ulps * eps) ** 2 * second
     if not vectors:
         return PCAResult(mean=mu, eigenvalues=torch.linalg.eigvalsh(cov).flip(-1), floor=floor)
     eig, vec = torch.linalg.eigh(cov)  # ascending; flipped so column i belongs to lambda_i

@@ -44,16 +44,22 @@ def singular_values(J: torch.Tensor, *, method: str = "svd") -> torch.Tensor:
     raise ValueError(f"method must be 'svd' or 'gram', got {method!r}")
 
 
-def _start_vectors(op: JacobianOperator, starts: int, v0: torch.Tensor | None, generator, dtype) -> torch.Tensor:
+def _start_vectors(
+    op: JacobianOperator, starts: int, v0: torch.Tensor | None, generator, dtype, device=None
+) -> torch.Tensor:
     """``starts`` unit start vectors per batch element, ``(starts, *batch, d_in)``: Gaussian, so
-    uniformly distributed in direction, with ``v0: (*batch, d_in)`` (if given) as the first."""
+    uniformly distributed in direction, with ``v0: (*batch, d_in)`` (if given) as the first.
+    Drawn on the generator's device, then moved to ``device`` (``v0``'s when given): the same
+    starts on every device."""
     if starts < 1:
         raise ValueError(f"starts must be >= 1, got {starts}")
     if v0 is not None:
         check_finite(v0=v0)
         check_shape("v0", v0, (*op.batch_shape, op.d_in), " = (*batch, d_in) of the operator")
-        dtype = v0.dtype
-    V = torch.randn(starts, *op.batch_shape, op.d_in, generator=generator, dtype=dtype)
+        dtype, device = v0.dtype, v0.device
+    gen_device = generator.device if generator is not None else device
+    V = torch.randn(starts, *op.batch_shape, op.d_in, generator=generator, dtype=dtype, device=gen_device)
+    V = V.to(device) if device is not None else V
     if v0 is not None:
         V[0] = v0
     return V / V.norm(dim=-1, keepdim=True)
@@ -81,6 +87,7 @@ def power_iteration_sigma1(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
     starts: int = 2,
+    device=None,
 ) -> SpectralResult:
     """sigma_1 of every Jacobian in ``op`` by power iteration on J^T J (A.5).
 
@@ -93,6 +100,7 @@ def power_iteration_sigma1(
         Start of the first chain (e.g. the ``vectors`` of an earlier call); the others are random.
     generator, dtype : for the random starts (``dtype`` is ignored when ``v0`` is given).
     starts : independent chains per matrix; the result is the largest of their estimates.
+    device : where the operator computes (default: torch's default device; ``v0``'s when given).
 
     Returns
     -------
@@ -115,8 +123,8 @@ def power_iteration_sigma1(
     Each chain costs one J^T J application per iteration.
     """
     _check_stopping(tol, max_iter)
-    V = _start_vectors(op, starts, v0, generator, dtype)
-    sigma = torch.zeros(V.shape[:-1], dtype=V.dtype)
+    V = _start_vectors(op, starts, v0, generator, dtype, device)
+    sigma = torch.zeros(V.shape[:-1], dtype=V.dtype, device=V.device)
     tiny = torch.finfo(V.dtype).tiny
     it, done = 0, False
     for it in range(1, max_iter + 1):  # noqa: B007 (the iteration count is returned)
@@ -140,6 +148,7 @@ def lanczos_sigma1(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
     starts: int = 2,
+    device=None,
 ) -> SpectralResult:
     """sigma_1 of every Jacobian in ``op`` by Lanczos on J^T J, batched over the operator's batch.
 
@@ -153,6 +162,7 @@ def lanczos_sigma1(
         Start of the first run (e.g. a planted start); the others are random.
     generator, dtype : for the random starts (``dtype`` is ignored when ``v0`` is given).
     starts : independent Lanczos runs per matrix; the result is the largest of their values.
+    device : where the operator computes (default: torch's default device; ``v0``'s when given).
 
     Returns
     -------
@@ -179,13 +189,13 @@ def lanczos_sigma1(
     """
     _check_stopping(tol, max_iter, optional=True)
     k_max = min(max_iter or op.d_in, op.d_in)
-    q = _start_vectors(op, starts, v0, generator, dtype)
+    q = _start_vectors(op, starts, v0, generator, dtype, device)
     shape, dtype = q.shape, q.dtype
     B = math.prod(shape[:-1])  # every run of every matrix is one batch element here
     basis = [q.reshape(B, -1)]
     alphas, betas = [], []
-    theta = torch.zeros(B, dtype=dtype)
-    active = torch.ones(B, dtype=torch.bool)  # Ritz value not yet converged
+    theta = torch.zeros(B, dtype=dtype, device=q.device)
+    active = torch.ones(B, dtype=torch.bool, device=q.device)  # Ritz value not yet converged
     eps = torch.finfo(dtype).eps
     for j in range(k_max):
         v = basis[-1]
@@ -271,7 +281,7 @@ def k_at(curve: torch.Tensor, tau: float) -> torch.Tensor:
     if not 0 < tau <= 1:
         raise ValueError(f"tau must be in (0, 1], got {tau}")
     check_finite(curve=curve)
-    tau_t = torch.full((*curve.shape[:-1], 1), tau, dtype=curve.dtype)
+    tau_t = torch.full((*curve.shape[:-1], 1), tau, dtype=curve.dtype, device=curve.device)
     k = torch.searchsorted(curve.contiguous(), tau_t, right=True).squeeze(-1) + 1
     return k.clamp_max(curve.shape[-1])
 

@@ -4,10 +4,12 @@ is imported lazily, only here)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.special import gammaln
 
 from ..hf import SHARED_EXPERT, UNKNOWN_TOKENS_WARN, unknown_tokens_warning
 
@@ -79,16 +81,78 @@ def cosine_matrix(df: pd.DataFrame, layer: int) -> pd.DataFrame:
     return c.pivot(index="expert", columns="index", values="value")
 
 
-def source_line(df: pd.DataFrame, checkpoint: str, dtype: str, text: str | None, requested: int) -> str:
-    """The report's sentence on what was probed: checkpoint, dtype, the tokens actually probed (and
-    why fewer than ``requested`` if so), the sequence length, and the text."""
+def chance_abs_cosine(d: int) -> float:
+    """The random-matrix null of the cross-expert cosine at width ``d``: the mean |cos| between two
+    independent random d x d matrices whose directions are uniform in R^(d^2) (e.g. Gaussian, or
+    any product with an independent Gaussian factor): E|u_1| of a uniform unit vector in R^n,
+    n = d^2, which is Gamma(n/2) / (sqrt(pi) Gamma((n+1)/2)), about sqrt(2 / (pi n))."""
+    n = d * d
+    return math.exp(gammaln(n / 2) - gammaln((n + 1) / 2)) / math.sqrt(math.pi)
+
+
+def mean_offdiag(df: pd.DataFrame, layer: int, metric: str, reading: str) -> float | None:
+    """The mean of a pairwise ``metric`` (e.g. ``cosine``, ``overlap``) over the ordered pairs of
+    distinct experts of ``layer`` (absolute values for ``cosine``), None when there is no pair."""
+    m = df[(df["layer"] == layer) & (df["metric"] == metric) & (df["reading"] == reading)]
+    m = m[m["expert"] != m["index"]]["value"].astype(float)
+    if not len(m):
+        return None
+    return float(m.abs().mean() if metric == "cosine" else m.mean())
+
+
+#: the subspaces PROBE.md compares with their random-subspace null: each expert's top-10 PCA
+#: directions of the hidden states routed to it
+SUBSPACE_READING = "pca_site=input;subspace=r10"
+
+
+def chance_lines(df: pd.DataFrame, layer: int, init: pd.DataFrame | None, seed: int | None) -> list[str]:
+    """A layer's cosine and subspace figures beside their chance levels (the random-matrix null at
+    the layer's d, ``chance_abs_cosine``; random subspaces of the same dimensions, the frame's
+    ``overlap_null``) and, when ``init`` (the baseline probe) is given, beside the same
+    architecture at initialisation."""
+    d = layer_value(df, layer, "d_model")
+    out = []
+    c = cosine_matrix(df, layer)
+    off = np.abs(c.to_numpy()[~np.eye(len(c), dtype=bool)]) if len(c) > 1 else np.array([])
+    at_init = lambda metric, reading: None if init is None else mean_offdiag(init, layer, metric, reading)  # noqa: E731
+    if len(off) and d:
+        c0 = at_init("cosine", "jacobian=mean")
+        out.append(
+            f"Cross-expert |cos| of the mean Jacobians: mean {off.mean():.3g}, max {off.max():.3g} over {len(c)} "
+            f"experts; chance (two independent random d x d matrices, d = {int(d)}): mean "
+            f"{chance_abs_cosine(int(d)):.3g}"
+            + (f"; at initialisation (seed {seed}, same tokens): {c0:.3g}" if c0 is not None else "")
+            + "."
+        )
+    ov = mean_offdiag(df, layer, "overlap", SUBSPACE_READING)
+    null = mean_offdiag(df, layer, "overlap_null", SUBSPACE_READING)
+    if ov is not None and null is not None:
+        o0 = at_init("overlap", SUBSPACE_READING)
+        out.append(
+            f"Mean overlap index of the experts' top-10 input subspaces over expert pairs: {ov:.3g}; chance "
+            f"(random subspaces of the same dimensions): {null:.3g}"
+            + (f"; at initialisation: {o0:.3g}" if o0 is not None else "")
+            + "."
+        )
+    return out
+
+
+def source_line(
+    df: pd.DataFrame, checkpoint: str, dtype: str, text: str | None, requested: int, *, device: str = "cpu"
+) -> str:
+    """The report's sentence on what was probed: checkpoint, load dtype, the probes' dtype (the
+    frame's ``probe_float64`` rows), where it ran, the tokens actually probed (and why fewer than
+    ``requested`` if so), the sequence length, and the text."""
     layer = int(df["layer"].iloc[0])
     n, context = int(layer_value(df, layer, "n_tokens")), layer_value(df, layer, "context")
     short = f" (the text has only {n}; {requested} were asked for)" if n < requested else ""
     seq = f", run in sequences of {int(context)} tokens" if context else ""
+    flags = set(df.loc[df["metric"] == "probe_float64", "value"].astype(float))
+    probes = {frozenset({1.0}): "float64", frozenset({0.0}): "float32"}.get(frozenset(flags), "float64 and float32")
+    where = "device_map auto" if device == "auto" else device
     return (
-        f"Checkpoint `{checkpoint}` ({df['model_type'].iloc[0]}, {dtype}) on the first {n} tokens{short} of "
-        f"{text or 'the shipped WikiText-2 test split'}{seq}."
+        f"Checkpoint `{checkpoint}` ({df['model_type'].iloc[0]}, loaded in {dtype}, probes in {probes}, on "
+        f"{where}) on the first {n} tokens{short} of {text or 'the shipped WikiText-2 test split'}{seq}."
     )
 
 
@@ -181,12 +245,17 @@ def _figures(df: pd.DataFrame, layers: list[int], figdir: Path) -> list[str]:
     return names
 
 
-def write(df: pd.DataFrame, out: Path, title: str, source: str) -> Path:
+def write(df: pd.DataFrame, out: Path, title: str, source: str, *, baseline_seed: int | None = None) -> Path:
     """Write ``PROBE.md``, ``probe.csv`` and ``figures/`` to ``out``; returns the markdown path.
-    ``source`` is the sentence on what was probed (``source_line``)."""
+    ``source`` is the sentence on what was probed (``source_line``). A frame with a baseline
+    (``hf.probe(baseline="init")``: the checkpoint at step 1, its initialisation at step 0) is
+    reported for the checkpoint, with the initialisation's values beside the chance levels."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "probe.csv", index=False)
+    init = None
+    if set(df["step"]) == {0, 1}:
+        init, df = df[df["step"] == 0], df[df["step"] == 1]
     layers = sorted(int(v) for v in df["layer"].unique())
     figs = _figures(df, layers, out / "figures")
     lines = [f"# Probe report: {title}", "", source, ""]
@@ -208,18 +277,12 @@ def write(df: pd.DataFrame, out: Path, title: str, source: str) -> Path:
     ]
     excluded = df[df["metric"] == "excluded"]
     for layer in layers:
-        c = cosine_matrix(df, layer)
-        off = c.to_numpy()[~np.eye(len(c), dtype=bool)] if len(c) > 1 else np.array([])
         lines += [f"## Layer {layer}", ""]
         total = layer_value(df, layer, "routing_weight_sum")
         if total is not None:
             lines += [f"Mean Σ_e g_e per token (the sum of the loads): {total:.4g}.", ""]
-        if len(off):
-            lines += [
-                f"Cross-expert |cos| of the mean Jacobians: mean {np.abs(off).mean():.3g}, "
-                f"max {np.abs(off).max():.3g} over {len(c)} experts.",
-                "",
-            ]
+        for line in chance_lines(df, layer, init, baseline_seed):
+            lines += [line, ""]
         gone = sorted(excluded[excluded["layer"] == layer]["expert"].tolist())
         if gone:
             lines += [f"Excluded (no routing weight on these tokens): experts {gone}.", ""]
