@@ -842,7 +842,10 @@ def test_points_without_variance_reach_no_frame_csv_or_report_as_nan(checkpoint,
         args += ["--text-file", str(tmp_path / "t.txt")]
     assert cli_main(["probe", "--hf-model", str(checkpoint), *args]) == 0
     err = capsys.readouterr().err
-    assert f"probing {tokens} tokens on 2 MoE layer(s): about" in err and "of it the model in float64 (a rough estimate" in err
+    assert (
+        f"probing {tokens} tokens on 2 MoE layer(s): about" in err
+        and "of it the model in float64 (a rough estimate" in err
+    )
     df = pd.read_csv(tmp_path / "r" / "probe.csv", keep_default_na=False)
     no_nan(df)
     left_out = set(df[df.metric == "undefined"].reading)
