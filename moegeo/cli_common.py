@@ -25,8 +25,8 @@ TABLE_DISPLAY = (
 )
 
 
-def _int_type(least: int, what: str):
-    """An argparse type: an integer >= ``least`` (``what`` names it in the error)."""
+def _int_type(least: int, what: str, most: int | None = None):
+    """An argparse type: an integer >= ``least`` (and <= ``most``); ``what`` names it in the error."""
 
     def parse(s: str) -> int:
         try:
@@ -35,14 +35,16 @@ def _int_type(least: int, what: str):
             raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
         if v < least:
             raise argparse.ArgumentTypeError(f"must be >= {least}, got {v}")
+        if most is not None and v > most:
+            raise argparse.ArgumentTypeError(f"must be <= {most}, got {v}")
         return v
 
     return parse
 
 
-#: argparse types: an integer >= 1; a seed, an integer >= 0
+#: argparse types: an integer >= 1; a seed, an integer in [0, 2^63) (torch.manual_seed's range)
 _positive_int = _int_type(1, "a positive integer")
-_seed = _int_type(0, "a seed (an integer >= 0)")
+_seed = _int_type(0, "a seed (an integer >= 0)", most=2**63 - 1)
 
 
 def _setting_and_seeds(ap: argparse.ArgumentParser, setting_help: str, seeds_help: str) -> None:
@@ -125,8 +127,9 @@ def _fail(prog: str, err: BaseException) -> int:
     return 2
 
 
-#: a size of ``--max-memory``: bytes, or a number and a unit as ``accelerate`` reads them
-_SIZE = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B)?$", re.IGNORECASE)
+#: a size of ``--max-memory``: whole bytes, or a whole number and a unit that ``accelerate`` reads
+#: as bytes (``8gb`` would be gigabits there)
+_SIZE = re.compile(r"^\d+(KiB|MiB|GiB|KB|MB|GB)?$")
 
 
 def _loading_args(ap: argparse.ArgumentParser) -> None:
@@ -178,6 +181,10 @@ def _loading(ap: argparse.ArgumentParser, args) -> dict:
         check_device(args.device)
     except ValueError as err:
         ap.error(f"--device: {err}")
+    if getattr(args, "baseline", "init") != "init" and args.baseline_seed is not None:
+        ap.error("--baseline-seed takes effect with --baseline init")
+    if getattr(args, "baseline_seed", 0) is None:
+        args.baseline_seed = 0
     if (args.max_memory or args.offload_folder) and args.device_map is None:
         ap.error("--max-memory and --offload-folder take effect with --device-map auto")
     if args.device_map is not None and args.device != "cpu":
@@ -190,6 +197,11 @@ def _loading(ap: argparse.ArgumentParser, args) -> dict:
             ap.error(
                 f"--max-memory: expected DEVICE=SIZE (DEVICE cpu, disk or a GPU index; SIZE e.g. 8GiB), got {item!r}"
             )
+        if key.isdigit():
+            try:
+                check_device(f"cuda:{key}")
+            except ValueError as err:
+                ap.error(f"--max-memory: {err}")
         limits[int(key) if key.isdigit() else key] = int(size) if size.strip().isdigit() else size.strip()
     if args.offload_folder is not None:
         _check_outputs(ap, dirs={"--offload-folder": args.offload_folder})
@@ -213,4 +225,6 @@ def _baseline_args(ap: argparse.ArgumentParser, what: str) -> None:
         help=f"init: also probe the architecture freshly initialised (seed --baseline-seed) on the same tokens, "
         f"{what} (default none)",
     )
-    ap.add_argument("--baseline-seed", type=_seed, default=0, help="the initialisation's seed (default 0)")
+    ap.add_argument(
+        "--baseline-seed", type=_seed, default=None, help="with --baseline init: the initialisation's seed (default 0)"
+    )

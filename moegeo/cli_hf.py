@@ -39,7 +39,14 @@ def claims_main(argv) -> int:
     ap.add_argument(
         "--tokens", type=_positive_int, default=512, help="tokens of the text fed to the model (default 512)"
     )
-    ap.add_argument("--text-file", default=None, help="a UTF-8 text file (default: the shipped WikiText-2 test split)")
+    ap.add_argument(
+        "--text-file",
+        "--text",
+        dest="text_file",
+        default=None,
+        metavar="FILE",
+        help="a UTF-8 text file (default: the shipped WikiText-2 test split)",
+    )
     _loading_args(ap)
     _baseline_args(ap, "as the claims' init control")
     ap.add_argument("--csv", help="also write every reading's verdict to this CSV file")
@@ -83,18 +90,19 @@ def claims_main(argv) -> int:
     except RUN_ERRORS as err:
         return _fail(ap.prog, err)
     if args.csv:
-        write_atomic(args.csv, verdict_csv(verdicts))
+        write_atomic(args.csv, verdict_csv(verdicts, controls=("init",) if baseline else ()))
     prim = verdicts[verdicts.primary]
     n = frame.seed.nunique()
+    tokens = int(df.loc[df.metric == "n_tokens", "value"].iloc[0])
     print(
-        f"{ap.prog}: {args.hf_model}: {n} MoE layer(s) as units, {args.tokens} tokens, "
+        f"{ap.prog}: {args.hf_model}: {n} MoE layer(s) as units, {tokens} tokens, "
         f"{time.perf_counter() - t0:.1f} s" + (f"; init control: seed {args.baseline_seed}" if baseline else "")
     )
     table = pd.DataFrame(
         {
             "claim": prim.claim,
             "verdict": prim.verdict,
-            **({"control init": prim["control_init"]} if baseline else {}),
+            **({"control init": prim["control_init"], "effect minus init": prim["delta_init"]} if baseline else {}),
         }
     ).set_index("claim")
     print(table.to_string())

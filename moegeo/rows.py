@@ -294,8 +294,8 @@ def expert_geometry_rows(
     computed. Quantities undefined for an expert are left out with ``undefined`` rows (module
     docstring). Returns J̄_e ``(E, d_out, d)``.
     """
-    if s_point is None:  # (E, N, d); float64, so Gram is accurate here
-        s_point = probes.singular_values(J, method="gram")
+    if s_point is None:  # (E, N, d); Gram is accurate in float64 only (a checkpoint's float32 probes: SVD)
+        s_point = probes.singular_values(J, method="gram" if J.dtype == torch.float64 else "svd")
     jbar = probes.weighted_mean(J, g)
     # a point whose Jacobian is zero has no energy curve: its expert's pointwise energy is left out
     nonzero_point = s_point[..., 0] > 0  # (E, N)

@@ -552,7 +552,7 @@ def test_exactly_the_requested_tokens_are_probed(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no unknown token, no warning
         batch = hf.tokenize(tmp_path, text=TEXT, tokens=30, context=8)
-    first = hf.tokenize(tmp_path, text=TEXT, tokens=120, context=120).input_ids.flatten()
+    first = hf.tokenize(tmp_path, text=TEXT, tokens=120, context=60).input_ids.flatten()
     assert batch.input_ids.shape == (4, 8) and batch.n_tokens == 30 and batch.unknown == 0
     assert torch.equal(batch.input_ids.flatten(), first[:32]), (
         "the first 30 tokens, then 2 completing the last sequence"

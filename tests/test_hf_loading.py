@@ -105,8 +105,39 @@ def test_an_offloaded_model_gives_the_numbers_of_one_in_memory(tmp_path):
     offloaded = _sorted(_quiet(hf.probe, ckpt, dtype=torch.float32, tokens=48, progress=False, **place))
     assert len(whole) > 0 and (whole[KEYS].to_numpy() == offloaded[KEYS].to_numpy()).all()
     np.testing.assert_allclose(offloaded.value.to_numpy(float), whole.value.to_numpy(float), rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="not offered with a device_map"):
+        hf.probe(ckpt, tokens=8, baseline="init", **place)
     with pytest.raises(ValueError, match="take effect with a device_map"):
         hf.load(ckpt, max_memory={"cpu": 40_000})
+    with pytest.raises(ValueError, match=r"part of it must go to disk: give an offload folder \(offload_folder=DIR"):
+        _quiet(hf.load, ckpt, device_map="auto", max_memory={"cpu": 40_000})
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match="exists and is not a directory"):
+        hf.load(ckpt, device_map="auto", offload_folder=tmp_path / "a-file")
+
+
+@pytest.mark.parametrize("model_type", ["gpt_oss", "qwen2_moe"])
+def test_an_offloaded_model_runs_the_autograd_operators_of_the_matrix_free_path(tmp_path, model_type):
+    """The matrix-free path through the model's own modules (GPT-OSS's experts, Qwen2-MoE's shared
+    expert: autograd JVPs and VJPs) on weights offloaded to disk: the numbers of the model in memory."""
+    pytest.importorskip("accelerate")
+    _save_checkpoint(tmp_path / "ckpt", model_type=model_type)
+    place = dict(device_map="auto", max_memory={"cpu": 40_000}, offload_folder=tmp_path / "offload")
+    x = ids()
+    whole, offloaded = (
+        _sorted(
+            _quiet(
+                hf.probe_model,
+                _quiet(hf.load, tmp_path / "ckpt", dtype=torch.float64, **p),
+                x,
+                progress=False,
+                max_bytes=100_000,
+            )
+        )
+        for p in ({}, place)
+    )
+    assert set(whole[whole.metric == "jacobian_path"].value) == {1.0}
+    np.testing.assert_allclose(offloaded.value.to_numpy(float), whole.value.to_numpy(float), rtol=1e-10, atol=1e-14)
 
 
 # --------------------------------------------------------------------------- the probe dtype
@@ -134,9 +165,10 @@ def test_float32_probes_agree_with_float64_ones(model_type, max_bytes):
     assert set(f64[f64.metric == "probe_float64"].value) == {1.0}
     if max_bytes < hf.MAX_BYTES:
         assert set(f32[f32.metric == "jacobian_path"].value) == {1.0}
-        assert set(f32[f32.metric == "sigma1_converged"].value) == {1.0}
     with pytest.raises(ValueError, match="probe dtype must be torch.float64 or torch.float32"):
         hf.probe_model(model, ids(), dtype=torch.bfloat16)
+    named = _quiet(hf.probe_model, model, ids(), progress=False, max_bytes=max_bytes, dtype="float32")
+    np.testing.assert_array_equal(named.value.to_numpy(float), f32.value.to_numpy(float))
 
 
 # --------------------------------------------------------------------------- devices
@@ -168,7 +200,11 @@ def test_a_device_this_machine_lacks_is_refused_before_loading(tmp_path, capsys,
         (["--max-memory", "cpu=1GiB"], "--max-memory and --offload-folder take effect with --device-map auto"),
         (["--device-map", "auto", "--max-memory", "cpu=lots"], "--max-memory: expected DEVICE=SIZE"),
         (["--device-map", "auto", "--max-memory", "gpu0=1GiB"], "--max-memory: expected DEVICE=SIZE"),
+        (["--baseline-seed", "3"], "--baseline-seed takes effect with --baseline init"),
+        (["--baseline", "init", "--baseline-seed", str(2**63)], f"must be <= {2**63 - 1}"),
     ]
+    if not torch.cuda.is_available():
+        bad.append((["--device-map", "auto", "--max-memory", "0=1GiB"], "--max-memory: device 'cuda:0': torch sees"))
     for args, message in bad:
         for command in (["probe", "--out", str(tmp_path / "out")], ["claims"]):
             with pytest.raises(SystemExit) as err:
@@ -193,12 +229,15 @@ def test_the_memory_check_counts_the_probes_peak_before_loading(tmp_path, monkey
 def test_layers_are_built_one_at_a_time(monkeypatch):
     """``captures`` runs the forward pass first (keeping O(N d) per layer), then builds each
     layer's capture, with its (E, N, d) expert outputs, only when it is taken."""
-    built = []
+    built, forwards = [], []
     build_one = hf.layers._build
     monkeypatch.setattr(hf.layers, "_build", lambda m, rec, n: built.append(m.layer) or build_one(m, rec, n))
     model = build("mixtral")
+    model.register_forward_hook(lambda *_: forwards.append(1))
+    with pytest.raises(ValueError, match="not MoE layers"):
+        hf.captures(model, ids(), layers=[7])  # checked when called, not when first iterated
     layers = hf.captures(model, ids())
-    assert built == []
+    assert built == [] and forwards == [1]  # the forward pass ran, no layer is built yet
     first = next(layers)
     assert built == [0] and first.layer == 0
     assert [c.layer for c in layers] == [1] and built == [0, 1]
@@ -293,6 +332,19 @@ def test_the_claims_command_on_a_trained_checkpoint_beside_its_initialisation(tr
     assert "2 MoE layer(s) as units" in out and "control init" in out
     assert too_few_units(2, 12) in out  # the pretrained family's 12 hypotheses need 8 layers
     assert "needs at least 8 units" in too_few_units(2, 12)
+    assert "effect minus init" in out
+
+
+def test_the_claims_csv_carries_the_init_control_and_the_tokens_probed(tmp_path, capsys):
+    _save_checkpoint(tmp_path / "m")
+    argv = ["claims", "--hf-model", str(tmp_path / "m"), "--text", str(tmp_path / "t.txt"), "--quiet"]
+    (tmp_path / "t.txt").write_text(test_hf.TEXT)  # 120 tokens
+    assert _quiet(main, [*argv, "--tokens", "512", "--baseline", "init", "--csv", str(tmp_path / "v.csv")]) == 0
+    assert "2 MoE layer(s) as units, 120 tokens" in capsys.readouterr().out
+    v = pd.read_csv(tmp_path / "v.csv")
+    assert {"control_init", "delta_init"} <= set(v.columns) and v[v.primary].control_init.notna().all()
+    assert _quiet(main, [*argv, "--tokens", "48", "--csv", str(tmp_path / "w.csv")]) == 0
+    assert "control_init" not in pd.read_csv(tmp_path / "w.csv").columns
 
 
 # --------------------------------------------------------------------------- chance levels in PROBE.md

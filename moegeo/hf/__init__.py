@@ -42,8 +42,9 @@ Probe in float64 (``load`` does): transformers' default ``grouped_mm`` experts k
 float64 on the CPU, so ``load`` and ``probe_model`` use the ``"eager"`` experts implementation.
 
 
-Modules: ``layers`` (finding the layers, their weights, the checked capture), ``checkpoint``
-(loading and tokenising) and ``rows`` (the rows of the tidy frame).
+Modules: ``layers`` (finding the layers, their weights, the checked capture), ``jacobians``
+(Jacobians through the model's own modules), ``checkpoint`` (loading and tokenising) and ``rows``
+(the rows of the tidy frame).
 """
 
 from .checkpoint import (
@@ -65,6 +66,7 @@ from .checkpoint import (
     tokenize,
     unknown_tokens_warning,
 )
+from .jacobians import tokenwise_jacobians, tokenwise_operator
 from .layers import (
     ExpertWeights,
     MoECapture,
@@ -76,8 +78,6 @@ from .layers import (
     expert_weights,
     moe_layers,
     shared_forward,
-    tokenwise_jacobians,
-    tokenwise_operator,
 )
 from .rows import (
     FLOAT64_MAX_D,

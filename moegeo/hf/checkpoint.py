@@ -138,6 +138,11 @@ def load(
             **placement,
         )
     except Exception as err:  # safetensors' SafetensorError derives from Exception only
+        if isinstance(err, ValueError) and "offload_folder" in str(err):
+            raise ValueError(
+                f"{path}: the model does not fit in max_memory {max_memory} and part of it must go to disk: "
+                "give an offload folder (offload_folder=DIR, --offload-folder DIR)"
+            ) from None
         if type(err).__name__ != "SafetensorError":
             raise
         raise ValueError(
@@ -163,8 +168,8 @@ def initialised(
     check are ``load``'s."""
     from transformers import AutoModelForCausalLM
 
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2^63), got {seed!r}")
     config = checkpoint_config(path)
     dtype = load_dtype(config, dtype)
     device = check_device(device)
@@ -190,6 +195,11 @@ def _placement(device, device_map, max_memory, offload_folder) -> dict:
         ) from None
     if max_memory is not None and not isinstance(max_memory, dict):
         raise TypeError(f"max_memory must map devices to sizes, e.g. {{'cpu': '2GiB'}}, got {max_memory!r}")
+    for key in max_memory or {}:
+        if isinstance(key, int) and not isinstance(key, bool):
+            check_device(f"cuda:{key}")
+    if offload_folder is not None and os.path.exists(offload_folder) and not os.path.isdir(offload_folder):
+        raise ValueError(f"offload_folder {os.fspath(offload_folder)} exists and is not a directory")
     out = {"device_map": device_map, "max_memory": max_memory}
     if offload_folder is not None:
         out["offload_folder"] = os.fspath(offload_folder)
@@ -331,7 +341,8 @@ def tokenize(
 ) -> TokenBatch:
     """The first ``tokens`` tokens of a text by the checkpoint's own tokenizer in ``path``
     (``load_tokenizer``), in sequences of ``context`` tokens (default ``CONTEXT``, or
-    ``max_context`` if smaller, at most the tokens probed).
+    ``max_context`` if smaller, at most the tokens probed; ``max_context`` defaults to the
+    checkpoint config's ``max_position_embeddings``).
 
     The text is ``text`` (the text itself, a ``str``), or the UTF-8 file ``text_file``, or (neither
     given) the shipped WikiText-2 test split; not both. It is tokenised from its start, a prefix
@@ -349,6 +360,8 @@ def tokenize(
     from ..data.wikitext import shipped_text
 
     tokens = check_count("tokens", tokens)
+    if max_context is None and os.path.isfile(os.path.join(os.fspath(path), "config.json")):
+        max_context = getattr(checkpoint_config(path), "max_position_embeddings", None)
     if context is not None:
         context = check_count("context", context)
     if context is not None and max_context is not None and context > max_context:

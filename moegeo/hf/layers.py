@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import probes
-from ..validate import check_expert_mass, check_shape, check_weights
 from .checkpoint import MAX_TOKENS
 
 
@@ -273,8 +272,11 @@ def _tolerance(dtype: torch.dtype) -> float:
 
 
 def _check_close(name: str, got: torch.Tensor, want: torch.Tensor, what: str) -> None:
-    err = ((got - want).norm() / want.norm().clamp_min(torch.finfo(want.dtype).tiny)).item()
-    if err > _tolerance(want.dtype):
+    """``ValueError`` unless ``got`` equals ``want`` within the dtype's tolerance (norms in float64,
+    so a 16-bit sum cannot overflow; NaN fails)."""
+    diff, ref = (got.double() - want.double()).norm(), want.double().norm()
+    err = (diff / ref.clamp_min(torch.finfo(torch.float64).tiny)).item()
+    if not err <= _tolerance(want.dtype):
         raise ValueError(f"{name}: {what} (relative error {err:.2e}); moegeo cannot read this layer's layout")
 
 
@@ -443,19 +445,21 @@ def _build(m: MoELayer, rec: dict, n: int | None) -> MoECapture:
         weights = expert_weights(m.experts, d)
     E = weights.Wg.shape[0]
     valid = (idx >= 0) & (idx < E)  # expert-parallel sentinels carry zero weight
-    g = torch.zeros(x.shape[0], E, dtype=x.dtype, device=x.device).scatter_add_(
-        1, idx.clamp(0, E - 1), torch.where(valid, w.to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))
+    gtype = torch.promote_types(x.dtype, w.dtype)  # a float32 router's weights stay float32 in a bfloat16 model
+    g = torch.zeros(x.shape[0], E, dtype=gtype, device=x.device).scatter_add_(
+        1, idx.clamp(0, E - 1), torch.where(valid, w.to(gtype), torch.zeros((), dtype=gtype, device=x.device))
     )
     f = torch.stack([expert_forward(m.experts, e)(x) for e in range(E)])  # (E, N, d)
     _check_close(
         m.name,
-        torch.einsum("ne,end->nd", g, f),
+        torch.einsum("ne,end->nd", g.double(), f.double()),
         routed,
         "the experts module's output is not sum_e g_e f_e(x) with f_e its own per-expert forward",
     )
     shared = shared_forward(m)(block_in)
     rest = out - shared
-    scale = float((rest * routed).sum() / (routed * routed).sum().clamp_min(torch.finfo(x.dtype).tiny))
+    r64 = routed.double()
+    scale = float((rest.double() * r64).sum() / (r64 * r64).sum().clamp_min(torch.finfo(torch.float64).tiny))
     _check_close(
         m.name,
         scale * routed + shared,
@@ -474,47 +478,3 @@ def _build(m: MoELayer, rec: dict, n: int | None) -> MoECapture:
     return MoECapture(
         m.layer, m.name, x, g * scale, weights, f, routed, shared if has_shared else None, block_in, out, scale, silu, m
     )
-
-
-def tokenwise_jacobians(
-    fn: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor, *, weights: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Per-token Jacobians of a token-wise batch function ``fn: (N, d) -> (N, d_out)`` (row n of
-    the output depends on row n of the input only, as in every MoE block) by ``d_out`` backward
-    passes: the gradient of ``sum_n fn(X)[n, k]`` holds row k of every J_n at once. Works through
-    code that ``torch.func.vmap`` cannot batch (the eager experts loop's data-dependent indexing).
-
-    ``weights: (N,)``, optional: return the weighted mean ``sum_n w_n J_n / sum_n w_n``, ``(d_out,
-    d)``, without storing the per-token Jacobians; non-negative with a positive total (the rule
-    of ``probes.mean_jacobian``). Otherwise ``(N, d_out, d)``.
-    """
-    if weights is not None:
-        check_shape("weights", weights, (X.shape[0],), " = (N,)")
-        check_weights("weights", weights)
-        check_expert_mass(weights.sum()[None])
-    X = X.detach().requires_grad_(True)
-    with torch.enable_grad():
-        Y = fn(X)
-        rows = []
-        for k in range(Y.shape[1]):
-            (grad,) = torch.autograd.grad(Y[:, k].sum(), X, retain_graph=k + 1 < Y.shape[1])
-            rows.append(grad if weights is None else weights @ grad / weights.sum())
-    return torch.stack(rows, -2).detach()
-
-
-def tokenwise_operator(fn: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor) -> probes.JacobianOperator:
-    """The per-token Jacobians of a token-wise ``fn: (N, d) -> (N, d_out)`` as a matrix-free
-    operator, batch ``(N,)``: one forward-mode JVP gives J_n v_n for every token, one VJP J_n^T u_n,
-    computed in X's dtype (the model's) and returned in the dtype of the vector applied."""
-    X = X.detach()
-    d_out = fn(X[:1]).shape[-1]
-
-    def matvec(v):
-        with torch.enable_grad():
-            return torch.func.jvp(fn, (X,), (v.to(X.dtype),))[1].detach().to(v.dtype)
-
-    def rmatvec(u):
-        with torch.enable_grad():
-            return torch.func.vjp(fn, X)[1](u.to(X.dtype))[0].detach().to(u.dtype)
-
-    return probes.JacobianOperator(matvec, rmatvec, batch_shape=(X.shape[0],), d_in=X.shape[1], d_out=d_out)

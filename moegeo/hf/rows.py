@@ -4,6 +4,7 @@ through the row builders the other settings use (``moegeo.rows``)."""
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import time
 import warnings
@@ -20,7 +21,8 @@ from ..frame import COLUMNS, Rows, check_finite_values, reading
 from ..rows import cosine_rows, expert_geometry_rows, pca_site_rows
 from ..validate import MEMORY_FRACTION, available_memory, check_device
 from .checkpoint import MAX_TOKENS, checkpoint_config, initialised, load, load_dtype, meta_model, tokenize
-from .layers import MoECapture, _model_type, captures, check_layers, moe_layers, tokenwise_jacobians, tokenwise_operator
+from .jacobians import tokenwise_jacobians, tokenwise_operator
+from .layers import MoECapture, _model_type, captures, check_layers, moe_layers
 
 #: the ``expert`` id of a layer's shared expert(s) in the frame (-1 already means "not one expert")
 SHARED_EXPERT = -2
@@ -93,8 +95,7 @@ def probe_model(
     the explained variance of one token, or of a text of one repeated word) is left out with an
     ``undefined`` row (``moegeo.frame``); no value is NaN (``frame.check_finite_values``).
     """
-    if dtype not in (None, torch.float64, torch.float32):
-        raise ValueError(f"the probe dtype must be torch.float64 or torch.float32 (None: by width), got {dtype!r}")
+    dtype = _probe_dtype(dtype)
     model_type = _model_type(model)
     restore = _eager_experts(model)
     try:
@@ -114,6 +115,14 @@ def probe_model(
     df["setting"] = "hf"
     df["model_type"] = model_type
     return check_finite_values(df)
+
+
+def _probe_dtype(dtype) -> torch.dtype | None:
+    """A probe dtype: torch.float64 or torch.float32 (or their names), None for the width's default."""
+    dtype = {"float64": torch.float64, "float32": torch.float32}.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    if dtype not in (None, torch.float64, torch.float32):
+        raise ValueError(f"the probe dtype must be torch.float64 or torch.float32 (None: by width), got {dtype!r}")
+    return dtype
 
 
 def _no_bar(progress: bool | None) -> bool | None:
@@ -172,7 +181,7 @@ def layer_rows(
         )
         expert_geometry_rows(rows, x, gl, J, sites, experts)
     else:
-        sigma1, ok = _pointwise_sigma1(cap, live, max_bytes, dtype)
+        sigma1, ok = _pointwise_sigma1(cap, live, w, max_bytes, dtype)
         jbar = (
             probes.swiglu_mean_jacobian(w.Wg, w.Wu, w.Wd, x, gl, bg=w.bg, bu=w.bu)
             if cap.silu_swiglu
@@ -200,26 +209,26 @@ def _lanczos(op: probes.JacobianOperator, d: int, dtype: torch.dtype, device) ->
 
 
 def _pointwise_sigma1(
-    cap: MoECapture, live: torch.Tensor, max_bytes: int, dtype: torch.dtype
+    cap: MoECapture, live: torch.Tensor, w, max_bytes: int, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Routing-weighted mean over tokens of sigma_1(J_e(x_n)), ``(E_live,)``, by Lanczos on a
     matrix-free operator over each expert's routed tokens (in chunks whose Lanczos bases fit in
-    ``max_bytes``), and whether every run converged."""
+    ``max_bytes``), and whether every run converged. ``w``: the live experts' weights in
+    ``dtype``, in the order of ``live``."""
     x = cap.x.to(dtype)
     d = x.shape[1]
     chunk = max(1, max_bytes // (2 * min(d, LANCZOS_STEPS) * d * x.element_size()))  # 2 starts per matrix
-    w = cap.weights.to(dtype)
     values, converged = [], []
-    for e in live.tolist():
+    for i, e in enumerate(live.tolist()):
         tokens = torch.nonzero(cap.g[:, e] > 0).flatten()
         total, ok = 0.0, True
         for start in range(0, len(tokens), chunk):
             t = tokens[start : start + chunk]
             op = (
                 probes.swiglu_jacobian_operator(
-                    *(v[e : e + 1] for v in (w.Wg, w.Wu, w.Wd)),
+                    *(v[i : i + 1] for v in (w.Wg, w.Wu, w.Wd)),
                     x[t],
-                    **{k: None if b is None else b[e : e + 1] for k, b in (("bg", w.bg), ("bu", w.bu))},
+                    **{k: None if b is None else b[i : i + 1] for k, b in (("bg", w.bg), ("bu", w.bu))},
                 )
                 if cap.silu_swiglu
                 else tokenwise_operator(cap.expert_fn(e), cap.x[t])
@@ -331,8 +340,12 @@ def probe(
     (the claims' init control, ``moegeo claims --baseline init``)."""
     if baseline not in (None, "init"):
         raise ValueError(f"baseline must be None or 'init', got {baseline!r}")
-    if probe_dtype not in (None, torch.float64, torch.float32):
-        raise ValueError(f"probe_dtype must be torch.float64 or torch.float32 (None: by width), got {probe_dtype!r}")
+    if baseline == "init" and device_map is not None:
+        raise ValueError(
+            "baseline='init' builds the freshly initialised model whole on one device; it is not offered with a "
+            "device_map (probe the checkpoint and its initialisation separately)"
+        )
+    probe_dtype = _probe_dtype(probe_dtype)
     check_layers(layers)
     check_device(device)
     config = checkpoint_config(path)
@@ -354,13 +367,15 @@ def probe(
             f"{_gemm_name(est.probe_dtype)} here)"
         )
     need = est.bytes - (est.model_bytes if device_map is not None else 0)
-    have = available_memory()
+    dev = check_device(device)
+    have = torch.cuda.mem_get_info(dev)[0] if dev.type == "cuda" else available_memory()
     if need > memory_fraction * have:
         raise MemoryError(
-            f"{path}: probing {batch.n_tokens} tokens needs about {_size(need)} at its peak "
+            f"{path}: probing {batch.n_tokens} tokens needs about {_size(need)} at its peak on {dev} "
             f"({_size(est.model_bytes)} the model in {_dtype_name(dtype)}) but only {_size(have)} of memory is "
             f"available (at most {memory_fraction:.0%} of it may be used); load it in a smaller dtype "
-            "(--dtype bfloat16), offload it (--device-map auto --max-memory cpu=SIZE), or probe fewer tokens"
+            "(dtype='bfloat16', --dtype bfloat16), offload it (device_map='auto' with max_memory, --device-map auto "
+            "--max-memory cpu=SIZE --offload-folder DIR), or probe fewer tokens"
         )
     place = dict(device=device, device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
     model = load(path, dtype=dtype, allow_missing=allow_missing, memory_fraction=memory_fraction, **place)
@@ -369,6 +384,7 @@ def probe(
     )
     df = run(model, dtype=probe_dtype)
     del model
+    gc.collect()  # a dispatched model's hooks hold reference cycles
     per_layer = df[df["metric"] == "n_tokens"]
     parts = [
         df,
@@ -425,7 +441,8 @@ def estimate_probe(
     9 E D^3). A lower bound of the arithmetic, timed at the rate of one large matrix product:
     small LAPACK problems run slower, so the real time is longer. Memory: the forward pass keeps
     4 N d numbers per layer (``captures``); one layer at a time holds its E N d expert outputs,
-    its weights in the probe dtype, its Jacobians or Lanczos bases and its PCA sites in float64."""
+    its weights in the probe dtype, its Jacobians or Lanczos bases (two copies), its PCA sites in
+    float64 and their covariances (three copies: covariance, eigenvectors, their flip)."""
     model = meta_model(config)
     found = moe_layers(model)
     if layers is not None:
@@ -442,10 +459,12 @@ def estimate_probe(
             jacobians = 2 * E * N * d * d * psize
         else:
             flops += 2 * min(d, LANCZOS_STEPS) * 8 * d * h * N * E
-            jacobians = max_bytes
+            jacobians = 2 * max_bytes  # a Lanczos basis and its stacked copy
         flops += sum(2 * E * N * D * D + 9 * E * D**3 for D in (d, h, h, d))
         captured += (4 * N * d + 2 * N * E) * size  # the forward pass's records: kept for every layer
+        covariances = 3 * min(E * max(d, h) ** 2 * 8, max_bytes)  # a PCA site's, its eigenvectors, their flip
         layer = E * N * d * size + 3 * E * h * d * psize + jacobians + E * N * (3 * h + 2 * max(d, h)) * 8
+        layer += covariances
         largest = max(largest, layer)
     model_bytes = sum(p.numel() for p in model.parameters()) * size
     rate = gemm_rate(probe)

@@ -230,9 +230,10 @@ def write_tables(verdicts: pd.DataFrame, directory: Path) -> Path:
     return write_atomic(directory / "verdicts.csv", verdict_csv(verdicts))
 
 
-def verdict_csv(verdicts: pd.DataFrame) -> str:
+def verdict_csv(verdicts: pd.DataFrame, controls: tuple[str, ...] = ()) -> str:
     """The CSV text of every reading's verdict (``evaluate``'s rows): claim, reading, family,
-    effect, CI, adjusted p, the verdicts and the message; '' for no rows."""
+    effect, CI, adjusted p, the verdicts and the message, and for each of ``controls`` (e.g.
+    ``("init",)``) its verdict and the effect minus the control's; '' for no rows."""
     if verdicts.empty:
         return ""
     cols = [
@@ -249,6 +250,7 @@ def verdict_csv(verdicts: pd.DataFrame) -> str:
         "p_adj",
         "raw_verdict",
         "verdict",
+        *(f"{kind}_{c}" for c in controls for kind in ("control", "delta")),
         "part_labels",
         "medians",
         "condition",
