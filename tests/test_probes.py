@@ -76,7 +76,7 @@ def test_every_mean_jacobian_follows_one_weight_rule(params, seed, scale):
     """J̄_e has one contract wherever it is computed (MLP closed form, SwiGLU closed form, the HF
     per-token path): non-negative weights of any scale, a positive total per expert; a negative
     weight or an expert with zero total is refused by each."""
-    from moegeo.hf.layers import tokenwise_jacobians
+    from moegeo.hf.jacobians import tokenwise_jacobians
 
     W1, b1, W2, x = params
     E, N, h = W1.shape[0], x.shape[0], W1.shape[1]

@@ -83,9 +83,11 @@ def cosine_matrix(df: pd.DataFrame, layer: int) -> pd.DataFrame:
 
 def chance_abs_cosine(d: int) -> float:
     """The random-matrix null of the cross-expert cosine at width ``d``: the mean |cos| between two
-    independent random d x d matrices whose directions are uniform in R^(d^2) (e.g. Gaussian, or
-    any product with an independent Gaussian factor): E|u_1| of a uniform unit vector in R^n,
-    n = d^2, which is Gamma(n/2) / (sqrt(pi) Gamma((n+1)/2)), about sqrt(2 / (pi n))."""
+    independent random d x d matrices whose directions are uniform in R^(d^2) (e.g. Gaussian
+    matrices): E|u_1| of a uniform unit vector in R^n, n = d^2, which is
+    Gamma(n/2) / (sqrt(pi) Gamma((n+1)/2)), about sqrt(2 / (pi n)). Structured random matrices
+    (products of an architecture's initial weights) are only near it: the init control is the
+    baseline for a given architecture."""
     n = d * d
     return math.exp(gammaln(n / 2) - gammaln((n + 1) / 2)) / math.sqrt(math.pi)
 
