@@ -88,5 +88,5 @@ def test_real_shape_layer(benchmark, name):
         experts=int(cap.g.shape[1]),
         estimate_s=est.flops / hf.gemm_rate(dtype),  # hf.estimate_probe: Lanczos at its step cap
         sigma1_rel_err=err,
-        probe_dtype=str(dtype).removeprefix("torch."),
+        probe_dtype=hf.dtype_name(dtype),
     )

@@ -34,6 +34,7 @@ import pandas as pd
 from .cli_common import (
     RUN_ERRORS,
     TABLE_DISPLAY,
+    _baseline,
     _baseline_args,
     _check_cache,
     _check_outputs,
@@ -205,7 +206,7 @@ def probe_main(argv) -> int:
         import transformers  # noqa: F401
     except ImportError:
         ap.error('the probe needs transformers: pip install -e ".[hf]"')
-    loading = _loading(ap, args)
+    loading, base = _loading(ap, args), _baseline(ap, args)
 
     from . import hf
     from .report import probe as probe_report
@@ -221,21 +222,20 @@ def probe_main(argv) -> int:
                 layers=args.layers,
                 context=args.context,
                 progress=False if args.quiet else None,
-                baseline=None if args.baseline == "none" else args.baseline,
-                baseline_seed=args.baseline_seed,
+                **base,
                 **loading,
                 allow_missing=args.allow_missing,
                 announce=lambda line: print(f"{ap.prog}: {line}", file=sys.stderr, flush=True),
             )
     except RUN_ERRORS as err:
         return _fail(ap.prog, err)
-    dtype = str(hf.load_dtype(hf.checkpoint_config(args.hf_model), args.dtype)).removeprefix("torch.")
+    dtype = hf.dtype_name(hf.load_dtype(hf.checkpoint_config(args.hf_model), args.dtype))
     source = probe_report.source_line(
         df, args.hf_model, dtype, args.text_file, args.tokens, device=args.device_map or args.device
     )
     try:
         path = probe_report.write(
-            df, out, name, source, baseline_seed=args.baseline_seed if args.baseline == "init" else None
+            df, out, name, source, baseline_seed=base["baseline_seed"] if base["baseline"] else None
         )
     except OSError as err:
         return _fail(ap.prog, err)

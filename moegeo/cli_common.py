@@ -173,18 +173,12 @@ def _loading_args(ap: argparse.ArgumentParser) -> None:
 def _loading(ap: argparse.ArgumentParser, args) -> dict:
     """The keyword arguments of ``hf.probe`` from ``_loading_args``' options, a usage error for a
     device this machine lacks or a malformed ``--max-memory``."""
-    import torch
-
     from .validate import check_device
 
     try:
         check_device(args.device)
     except ValueError as err:
         ap.error(f"--device: {err}")
-    if getattr(args, "baseline", "init") != "init" and args.baseline_seed is not None:
-        ap.error("--baseline-seed takes effect with --baseline init")
-    if getattr(args, "baseline_seed", 0) is None:
-        args.baseline_seed = 0
     if (args.max_memory or args.offload_folder) and args.device_map is None:
         ap.error("--max-memory and --offload-folder take effect with --device-map auto")
     if args.device_map is not None and args.device != "cpu":
@@ -207,7 +201,7 @@ def _loading(ap: argparse.ArgumentParser, args) -> dict:
         _check_outputs(ap, dirs={"--offload-folder": args.offload_folder})
     return dict(
         dtype=args.dtype,
-        probe_dtype=None if args.probe_dtype is None else getattr(torch, args.probe_dtype),
+        probe_dtype=args.probe_dtype,
         device=args.device,
         device_map=args.device_map,
         max_memory=limits or None,
@@ -228,3 +222,13 @@ def _baseline_args(ap: argparse.ArgumentParser, what: str) -> None:
     ap.add_argument(
         "--baseline-seed", type=_seed, default=None, help="with --baseline init: the initialisation's seed (default 0)"
     )
+
+
+def _baseline(ap: argparse.ArgumentParser, args) -> dict:
+    """``hf.probe``'s ``baseline`` and ``baseline_seed`` from ``_baseline_args``' options (a usage
+    error for a seed without ``--baseline init``)."""
+    if args.baseline != "init":
+        if args.baseline_seed is not None:
+            ap.error("--baseline-seed takes effect with --baseline init")
+        return dict(baseline=None, baseline_seed=0)
+    return dict(baseline="init", baseline_seed=0 if args.baseline_seed is None else args.baseline_seed)

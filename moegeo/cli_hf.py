@@ -17,6 +17,7 @@ import pandas as pd
 
 from .cli_common import (
     RUN_ERRORS,
+    _baseline,
     _baseline_args,
     _check_outputs,
     _fail,
@@ -61,14 +62,14 @@ def claims_main(argv) -> int:
         import transformers  # noqa: F401
     except ImportError:
         ap.error('the claims on a checkpoint need transformers: pip install -e ".[hf]"')
-    loading = _loading(ap, args)
+    loading, base = _loading(ap, args), _baseline(ap, args)
 
     from . import hf
     from .claims import Results, evaluate, geometric_asymmetry
     from .report.markdown import write_atomic
     from .report.papers import verdict_csv
 
-    baseline = args.baseline == "init"
+    baseline = base["baseline"] == "init"
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
@@ -78,8 +79,7 @@ def claims_main(argv) -> int:
                 text_file=args.text_file,
                 tokens=args.tokens,
                 progress=False if args.quiet else None,
-                baseline="init" if baseline else None,
-                baseline_seed=args.baseline_seed,
+                **base,
                 **loading,
             )
             frame = geometric_asymmetry.layers_as_seeds(df)
@@ -96,7 +96,7 @@ def claims_main(argv) -> int:
     tokens = int(df.loc[df.metric == "n_tokens", "value"].iloc[0])
     print(
         f"{ap.prog}: {args.hf_model}: {n} MoE layer(s) as units, {tokens} tokens, "
-        f"{time.perf_counter() - t0:.1f} s" + (f"; init control: seed {args.baseline_seed}" if baseline else "")
+        f"{time.perf_counter() - t0:.1f} s" + (f"; init control: seed {base['baseline_seed']}" if baseline else "")
     )
     table = pd.DataFrame(
         {

@@ -56,6 +56,7 @@ from .checkpoint import (
     TokenBatch,
     available_memory,
     checkpoint_config,
+    dtype_name,
     estimate_bytes,
     initialised,
     load,

@@ -41,6 +41,11 @@ def load_dtype(config, dtype) -> torch.dtype:
 _DTYPE_NAMES = {getattr(torch, name): name for name in LOAD_DTYPES[1:]}
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """A float dtype as ``--dtype`` names it (``torch.bfloat16`` -> ``"bfloat16"``)."""
+    return _DTYPE_NAMES.get(dtype) or str(dtype).removeprefix("torch.")
+
+
 def meta_model(config):
     """The causal LM a ``config`` describes, on the meta device (shapes only, nothing allocated)."""
     from transformers import AutoModelForCausalLM

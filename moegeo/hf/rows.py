@@ -20,7 +20,7 @@ from ..config import JacobianSite, PCASite
 from ..frame import COLUMNS, Rows, check_finite_values, reading
 from ..rows import cosine_rows, expert_geometry_rows, pca_site_rows
 from ..validate import MEMORY_FRACTION, available_memory, check_device
-from .checkpoint import MAX_TOKENS, checkpoint_config, initialised, load, load_dtype, meta_model, tokenize
+from .checkpoint import MAX_TOKENS, checkpoint_config, dtype_name, initialised, load, load_dtype, meta_model, tokenize
 from .jacobians import tokenwise_jacobians, tokenwise_operator
 from .layers import MoECapture, _model_type, captures, check_layers, moe_layers
 
@@ -347,7 +347,7 @@ def probe(
         )
     probe_dtype = _probe_dtype(probe_dtype)
     check_layers(layers)
-    check_device(device)
+    dev = check_device(device)
     config = checkpoint_config(path)
     dtype = load_dtype(config, dtype)
     limit = getattr(config, "max_position_embeddings", None)
@@ -362,17 +362,16 @@ def probe(
     if announce is not None:
         announce(
             f"probing {batch.n_tokens} tokens on {est.layers} MoE layer(s): about {est.seconds:.2g} s and "
-            f"{_size(est.bytes)} of memory, {_size(est.model_bytes)} of it the model in {_dtype_name(dtype)} "
+            f"{_size(est.bytes)} of memory, {_size(est.model_bytes)} of it the model in {dtype_name(dtype)} "
             f"(a rough estimate: the probes' main products at the {est.rate / 1e9:.3g} GFLOP/s of a short "
             f"{_gemm_name(est.probe_dtype)} here)"
         )
     need = est.bytes - (est.model_bytes if device_map is not None else 0)
-    dev = check_device(device)
     have = torch.cuda.mem_get_info(dev)[0] if dev.type == "cuda" else available_memory()
     if need > memory_fraction * have:
         raise MemoryError(
             f"{path}: probing {batch.n_tokens} tokens needs about {_size(need)} at its peak on {dev} "
-            f"({_size(est.model_bytes)} the model in {_dtype_name(dtype)}) but only {_size(have)} of memory is "
+            f"({_size(est.model_bytes)} the model in {dtype_name(dtype)}) but only {_size(have)} of memory is "
             f"available (at most {memory_fraction:.0%} of it may be used); load it in a smaller dtype "
             "(dtype='bfloat16', --dtype bfloat16), offload it (device_map='auto' with max_memory, --device-map auto "
             "--max-memory cpu=SIZE --offload-folder DIR), or probe fewer tokens"
@@ -400,10 +399,6 @@ def probe(
 
 def _size(n: float) -> str:
     return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 @dataclass(frozen=True)
@@ -438,8 +433,10 @@ def estimate_probe(
     E experts of width h on inputs of width d, the per-point Jacobians (4 E N d^2 h) and their
     spectra (11 E N d^3) or, above ``max_bytes``, Lanczos on them (2 starts, up to min(d,
     LANCZOS_STEPS) steps of 8 d h per routed token), and the PCA of four sites (2 E N D^2 +
-    9 E D^3). A lower bound of the arithmetic, timed at the rate of one large matrix product:
-    small LAPACK problems run slower, so the real time is longer. Memory: the forward pass keeps
+    9 E D^3), timed at the rate of one large matrix product. The dense path's count is a lower
+    bound (small LAPACK problems run slower); the matrix-free path's counts Lanczos at its step
+    cap, which float32 runs stop well before (about a third of the time on the real-shape layers
+    of ``benchmarks/test_bench_real_shapes.py``). Memory: the forward pass keeps
     4 N d numbers per layer (``captures``); one layer at a time holds its E N d expert outputs,
     its weights in the probe dtype, its Jacobians or Lanczos bases (two copies), its PCA sites in
     float64 and their covariances (three copies: covariance, eigenvectors, their flip)."""

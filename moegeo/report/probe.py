@@ -92,14 +92,18 @@ def chance_abs_cosine(d: int) -> float:
     return math.exp(gammaln(n / 2) - gammaln((n + 1) / 2)) / math.sqrt(math.pi)
 
 
-def mean_offdiag(df: pd.DataFrame, layer: int, metric: str, reading: str) -> float | None:
-    """The mean of a pairwise ``metric`` (e.g. ``cosine``, ``overlap``) over the ordered pairs of
-    distinct experts of ``layer`` (absolute values for ``cosine``), None when there is no pair."""
+def offdiag(df: pd.DataFrame, layer: int, metric: str, reading: str) -> pd.Series:
+    """A pairwise ``metric`` (e.g. ``cosine``, ``overlap``) over the ordered pairs of distinct
+    experts of ``layer`` (absolute values for ``cosine``); empty when there is no pair."""
     m = df[(df["layer"] == layer) & (df["metric"] == metric) & (df["reading"] == reading)]
     m = m[m["expert"] != m["index"]]["value"].astype(float)
-    if not len(m):
-        return None
-    return float(m.abs().mean() if metric == "cosine" else m.mean())
+    return m.abs() if metric == "cosine" else m
+
+
+def mean_offdiag(df: pd.DataFrame, layer: int, metric: str, reading: str) -> float | None:
+    """The mean of ``offdiag``, None when there is no pair."""
+    m = offdiag(df, layer, metric, reading)
+    return float(m.mean()) if len(m) else None
 
 
 #: the subspaces PROBE.md compares with their random-subspace null: each expert's top-10 PCA
@@ -114,14 +118,13 @@ def chance_lines(df: pd.DataFrame, layer: int, init: pd.DataFrame | None, seed: 
     architecture at initialisation."""
     d = layer_value(df, layer, "d_model")
     out = []
-    c = cosine_matrix(df, layer)
-    off = np.abs(c.to_numpy()[~np.eye(len(c), dtype=bool)]) if len(c) > 1 else np.array([])
+    off = offdiag(df, layer, "cosine", "jacobian=mean")
     at_init = lambda metric, reading: None if init is None else mean_offdiag(init, layer, metric, reading)  # noqa: E731
     if len(off) and d:
         c0 = at_init("cosine", "jacobian=mean")
         out.append(
-            f"Cross-expert |cos| of the mean Jacobians: mean {off.mean():.3g}, max {off.max():.3g} over {len(c)} "
-            f"experts; chance (two independent random d x d matrices, d = {int(d)}): mean "
+            f"Cross-expert |cos| of the mean Jacobians: mean {off.mean():.3g}, max {off.max():.3g} over "
+            f"{len(cosine_matrix(df, layer))} experts; chance (two independent random d x d matrices, d = {int(d)}): mean "
             f"{chance_abs_cosine(int(d)):.3g}"
             + (f"; at initialisation (seed {seed}, same tokens): {c0:.3g}" if c0 is not None else "")
             + "."
