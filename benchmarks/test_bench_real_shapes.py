@@ -8,8 +8,8 @@ by the probe's own float32 Lanczos, within 1e-4 (relative) of an exact float64 S
 closed-form Jacobians.
 
 Mixtral-8x7B's layer (d = 4096, h = 14336, E = 8, k = 2) is declared but runs only with
-``MOEGEO_BENCH_MIXTRAL=1``: its float32 weights are 5.6 GiB and, at the rate measured on the
-OLMoE-shaped layer, its probes would take tens of minutes on the 2-core machine."""
+``MOEGEO_BENCH_MIXTRAL=1``: its float32 weights alone are 5.6 GiB, and its probes' arithmetic
+(``hf.estimate_probe``) is several times the other two layers'."""
 
 import os
 import warnings
@@ -62,7 +62,7 @@ def _layer(name):
 @pytest.mark.parametrize("name", list(SHAPES))
 def test_real_shape_layer(benchmark, name):
     if name == "Mixtral-8x7B" and os.environ.get("MOEGEO_BENCH_MIXTRAL") != "1":
-        pytest.skip("Mixtral-8x7B's layer runs only with MOEGEO_BENCH_MIXTRAL=1 (5.6 GiB of weights, tens of minutes)")
+        pytest.skip("Mixtral-8x7B's layer runs only with MOEGEO_BENCH_MIXTRAL=1 (5.6 GiB of float32 weights)")
     config, model, cap = _layer(name)
     dtype = hf.default_probe_dtype(cap.x.shape[1])
     benchmark.group = "one MoE layer of a real model's shape, 512 tokens"

@@ -435,8 +435,8 @@ def estimate_probe(
     LANCZOS_STEPS) steps of 8 d h per routed token), and the PCA of four sites (2 E N D^2 +
     9 E D^3), timed at the rate of one large matrix product. The dense path's count is a lower
     bound (small LAPACK problems run slower); the matrix-free path's counts Lanczos at its step
-    cap, which float32 runs stop well before (about a third of the time on the real-shape layers
-    of ``benchmarks/test_bench_real_shapes.py``). Memory: the forward pass keeps
+    cap, which runs that converge stop before (docs/huggingface.md compares it with measured
+    times). Memory: the forward pass keeps
     4 N d numbers per layer (``captures``); one layer at a time holds its E N d expert outputs,
     its weights in the probe dtype, its Jacobians or Lanczos bases (two copies), its PCA sites in
     float64 and their covariances (three copies: covariance, eigenvectors, their flip)."""
