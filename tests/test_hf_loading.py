@@ -389,3 +389,19 @@ def test_probe_md_shows_chance_levels_and_the_initialisation(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*argv, "--baseline-seed", "-1"])
     assert "--baseline-seed: must be >= 0" in capsys.readouterr().err
+
+
+def test_the_matrix_free_estimate_counts_routed_token_expert_pairs():
+    """``estimate_probe``'s Lanczos term is 2 starts x min(d, LANCZOS_STEPS) steps x 8 d h per
+    routed (token, expert) pair, N k of them: two configs that differ only in k differ by it."""
+    d, h, N = test_hf.SMALL["hidden_size"], 48, 64
+
+    def flops(k):
+        cfg = transformers.AutoConfig.for_model(
+            "mixtral", **{**test_hf.SMALL, "intermediate_size": h, "num_local_experts": 8, "num_experts_per_tok": k}
+        )
+        return hf.estimate_probe(cfg, N, max_bytes=1).flops
+
+    per_pair_per_layer = 2 * min(d, hf.LANCZOS_STEPS) * 8 * d * h
+    layers = test_hf.SMALL["num_hidden_layers"]
+    assert flops(4) - flops(2) == pytest.approx(per_pair_per_layer * N * 2 * layers, rel=1e-12)

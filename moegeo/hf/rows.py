@@ -455,7 +455,7 @@ def estimate_probe(
             flops += 4 * E * N * d * d * h + 11 * E * N * d**3
             jacobians = 2 * E * N * d * d * psize
         else:
-            flops += 2 * min(d, LANCZOS_STEPS) * 8 * d * h * N * E
+            flops += 2 * min(d, LANCZOS_STEPS) * 8 * d * h * N * min(_top_k(config, E), E)  # routed pairs only
             jacobians = 2 * max_bytes  # a Lanczos basis and its stacked copy
         flops += sum(2 * E * N * D * D + 9 * E * D**3 for D in (d, h, h, d))
         captured += (4 * N * d + 2 * N * E) * size  # the forward pass's records: kept for every layer
@@ -466,6 +466,12 @@ def estimate_probe(
     model_bytes = sum(p.numel() for p in model.parameters()) * size
     rate = gemm_rate(probe)
     return ProbeEstimate(flops, flops / rate, model_bytes + captured + largest, rate, len(found), model_bytes, probe)
+
+
+def _top_k(config, E: int) -> int:
+    """Experts per token of a config (``num_experts_per_tok``; ERNIE's ``moe_k``); E when it names none."""
+    text = config.get_text_config()
+    return getattr(text, "num_experts_per_tok", None) or getattr(text, "moe_k", None) or E
 
 
 def _gemm_name(dtype: torch.dtype) -> str:
