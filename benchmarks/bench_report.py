@@ -91,6 +91,50 @@ def _sweep_row(r, rate: float) -> str:
     )
 
 
+#: issue 28's goals for one Mixtral-8x7B-shaped layer (d 4096, h 14336, E 8, k 2; 512 tokens) on
+#: this 2-core CPU: seconds at most, times its FLOP floor at most, and peak resident memory at
+#: most 2 x the layer's expert weights plus O(E d^2), the O(E d^2) declared as 4 float64 d x d
+#: matrices per expert (J̄_e, the PCA's eigenvectors at two sites and their QR)
+REAL_SHAPE_GOALS = {"Mixtral-8x7B": dict(seconds=600, floor_ratio=2, weight_factor=2, ed2_float64=4)}
+REAL_SHAPE_GROUP = "one MoE layer of a real model's shape"
+
+
+def _gib(b: float) -> str:
+    return f"{b / 2**30:.2f} GiB"
+
+
+def _real_shape_rows(df: pd.DataFrame, rate: float) -> list[str]:
+    """One target row per real-shape layer: time against the goal and the FLOP floor, peak memory
+    against the weights, and the whole model extrapolated (layers x one layer) on this CPU."""
+    out = []
+    for r in df[df.group.str.startswith(REAL_SHAPE_GROUP)].itertuples():
+        goal = REAL_SHAPE_GOALS.get(r.method)
+        floor = r.floor_flops / rate
+        limit = (
+            goal["weight_factor"] * r.weight_bytes + goal["ed2_float64"] * r.experts * r.d**2 * 8
+            if goal
+            else float("nan")
+        )
+        what = (
+            f"| {r.method}-shaped layer (d {r.d:.0f}, h {r.h:.0f}, E {r.experts:.0f}), 512 tokens, every probe "
+            f"(float32, matrix-free; sigma_1 rel. err. {r.sigma1_rel_err:.1e} on 8 tokens, asserted <= 1e-4): "
+            f"{_t(r.median)} against its FLOP floor {_t(floor)} ({r.products:.0f} J^T J products, J̄_e and the PCA's "
+            f"Gram matrices at {rate / 1e9:.0f} GFLOP/s); peak memory {_gib(r.peak_bytes)} with expert weights of "
+            f"{_gib(r.weight_bytes)}; the whole model ({r.layers:.0f} MoE layers) on this CPU about "
+            f"{r.median * r.layers / 60:.0f} min; on a GPU: not run: no GPU in this session"
+        )
+        if goal:
+            met = r.median <= goal["seconds"] and r.median / floor <= goal["floor_ratio"] and r.peak_bytes <= limit
+            out.append(
+                f"{what} (goals: <= {goal['seconds'] / 60:.0f} min, <= {goal['floor_ratio']}x of floor, peak <= "
+                f"{_gib(limit)}) | {r.median / 60:.1f} min, {r.median / floor:.2f}x of floor, peak "
+                f"{_gib(r.peak_bytes)} | {'yes' if met else 'no'} |"
+            )
+        else:
+            out.append(f"{what} | {r.median / floor:.2f}x of floor | n/a (no goal: measured) |")
+    return out
+
+
 def _t(s: float) -> str:
     return f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.2f} s"
 
@@ -296,6 +340,8 @@ def targets(df: pd.DataFrame) -> list[str]:
     rate = sgemm_rate(df)
     if len(sw) and rate == rate:
         rows.append(_sweep_row(sw.iloc[0], rate))
+    if rate == rate and "floor_flops" in df:
+        rows += _real_shape_rows(df, rate)
     steps_lm = df[df.group.str.startswith("one LM training step")]
     if len(steps_lm) and rate == rate:
         for r in steps_lm.itertuples():

@@ -122,3 +122,12 @@ def lm_flops(arm: Arm | None, cfg: LMConfig) -> float:
             ffn += (2 if arm.router is Router.KMEANS else 3) * S * cfg.n_layers * 2 * n * d * cfg.n_experts
     rest = 3 * S * (cfg.n_layers * 8 * n * d * d + 2 * n * d * cfg.vocab_size)
     return rest + lm_attention_flops(cfg) + ffn
+
+
+def real_layer_flops(E: int, d: int, h: int, N: int, products: float) -> float:
+    """The FLOP floor of ``hf.layer_rows`` on one SwiGLU layer's matrix-free path: its ``products``
+    J^T J products (12 d h each: W_g, W_u, W_d and their transposes, counted as the probe made
+    them), J̄_e (2 d^2 h per expert) and the Gram matrices of the PCA at its four sites (2 E N^2 D,
+    N < D). The Krylov bases' reorthogonalisation, the small eigensolves and the elementwise work
+    are not counted, so it is a lower bound."""
+    return 12.0 * d * h * products + 2.0 * E * d * d * h + sum(2.0 * E * N * N * D for D in (d, h, h, d))

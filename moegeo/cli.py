@@ -42,6 +42,8 @@ from .cli_common import (
     _loading,
     _loading_args,
     _positive_int,
+    _probe_args,
+    _probes,
     _seeds,
     _setting_and_seeds,
 )
@@ -193,6 +195,7 @@ def probe_main(argv) -> int:
         "the text, which are not probed",
     )
     _loading_args(ap)
+    _probe_args(ap)
     _baseline_args(ap, "its values shown beside the chance levels in PROBE.md")
     ap.add_argument("--out", metavar="DIR", help="report directory (default: probe-<checkpoint name>)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -224,6 +227,7 @@ def probe_main(argv) -> int:
                 progress=False if args.quiet else None,
                 **base,
                 **loading,
+                **_probes(ap, args),
                 allow_missing=args.allow_missing,
                 announce=lambda line: print(f"{ap.prog}: {line}", file=sys.stderr, flush=True),
             )

@@ -209,6 +209,42 @@ def _loading(ap: argparse.ArgumentParser, args) -> dict:
     )
 
 
+def _probe_args(ap: argparse.ArgumentParser) -> None:
+    """``--probes`` and ``--jacobian-tokens``: which probes run, and a cap on the tokens per expert
+    of the per-token Jacobian probes (``_probes`` reads them)."""
+    from .hf.rows import DEFAULT_PROBES, PROBES
+
+    ap.add_argument(
+        "--probes",
+        default=",".join(DEFAULT_PROBES),
+        metavar="LIST",
+        help=f"comma-separated probe groups among {', '.join(PROBES)} (default {','.join(DEFAULT_PROBES)}): "
+        "pointwise, the per-token Jacobian spectra (sigma_1 on layers too large for per-token Jacobians); "
+        "spectrum, there sigma_1..sigma_10 per token (several times pointwise's cost); mean, the mean "
+        "Jacobians and their cross-expert cosines; pca, the PCA and expert subspaces",
+    )
+    ap.add_argument(
+        "--jacobian-tokens",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="on layers too large for per-token Jacobians, the per-token probes use at most the first N routed "
+        "tokens of each expert (default: all)",
+    )
+
+
+def _probes(ap: argparse.ArgumentParser, args) -> dict:
+    """``hf.probe``'s ``probes`` and ``jacobian_tokens`` from ``_probe_args``' options."""
+    from .hf.rows import check_probes
+
+    names = tuple(p.strip() for p in args.probes.split(",") if p.strip())
+    try:
+        check_probes(names)
+    except ValueError as err:
+        ap.error(f"--probes: {err}")
+    return dict(probes=names, jacobian_tokens=args.jacobian_tokens)
+
+
 def _baseline_args(ap: argparse.ArgumentParser, what: str) -> None:
     """``--baseline none|init`` and ``--baseline-seed``: also probe the checkpoint's architecture
     freshly initialised, for ``what``."""

@@ -26,6 +26,10 @@ from .cli_common import (
     _positive_int,
 )
 
+#: the probe groups the pretrained-model claims read (cross-expert cosines of J̄_e, the PCA
+#: subspaces): the per-token Jacobian spectra, most of a large layer's cost, are not computed
+CLAIM_PROBES = ("mean", "pca")
+
 
 def claims_main(argv) -> int:
     """``moegeo claims --hf-model DIR``: probe a local checkpoint and decide the asymmetry paper's
@@ -79,6 +83,7 @@ def claims_main(argv) -> int:
                 text_file=args.text_file,
                 tokens=args.tokens,
                 progress=False if args.quiet else None,
+                probes=CLAIM_PROBES,
                 **base,
                 **loading,
             )

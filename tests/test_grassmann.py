@@ -241,6 +241,38 @@ def test_null_exact_means_match_monte_carlo(D, r, s):
     assert null.mean_overlap == pytest.approx(r * s / (D * min(r, s)))
 
 
+@pytest.mark.parametrize("D, r, s", [(40, 3, 5), (30, 6, 4), (50, 10, 10), (12, 1, 4), (9, 4, 5)])
+def test_wishart_angles_have_the_law_of_haar_subspaces(D, r, s):
+    """The large-D sampler (no D-sized array) against Haar bases and ``principal_angles``: the
+    same law of the geodesic distance and of the smallest angle (two-sample KS), the exact mean
+    of sum cos^2 (r s / D) within 4 standard errors, ascending angles in [0, pi/2]."""
+    n = 8000
+    w = grassmann.wishart_angles(n, D, r, s, seed=1)
+    assert w.shape == (n, min(r, s)) and (w.diff(dim=-1) >= 0).all() and 0 <= w.min() and w.max() <= math.pi / 2
+    U = torch.eye(D, r, dtype=torch.float64)
+    h = grassmann.principal_angles(U, grassmann.haar_basis(n, D, s, generator=torch.Generator().manual_seed(2)))
+    for a, b in ((w.norm(dim=-1), h.norm(dim=-1)), (w[:, 0], h[:, 0])):
+        assert scipy.stats.ks_2samp(a.numpy(), b.numpy()).pvalue > KS_ALPHA
+    cos2 = w.cos().square().sum(-1)
+    assert abs(cos2.mean().item() - r * s / D) < 4 * cos2.std().item() / math.sqrt(n)
+    with pytest.raises(ValueError, match="r \\+ s <= D"):
+        grassmann.wishart_angles(2, 6, 4, 3)
+
+
+def test_the_null_of_a_wide_layer_takes_the_wishart_route():
+    """Above ``WISHART_MIN_D`` the null comes from ``wishart_angles``; its mean geodesic distance
+    agrees with Haar bases in that R^D (two-sample, within 4 standard errors of the difference)."""
+    D, n = grassmann.WISHART_MIN_D + 1000, 400
+    null = grassmann.random_subspace_null(D, 10, 12, n_samples=n, seed=0)
+    torch.testing.assert_close(null.angles, grassmann.wishart_angles(n, D, 10, 12, seed=0))
+    U = torch.eye(D, 10, dtype=torch.float64)
+    haar = grassmann.principal_angles(U, grassmann.haar_basis(n, D, 12, generator=torch.Generator().manual_seed(1)))
+    a, b = null.geodesic, haar.norm(dim=-1)
+    se = math.sqrt(a.var().item() / n + b.var().item() / n)
+    assert abs(a.mean().item() - b.mean().item()) < 4 * se
+    assert null.overlap.mean().item() == pytest.approx(12 / D, rel=0.1)
+
+
 def test_null_overlap_of_equal_dimensions_is_r_over_D():
     assert grassmann.random_subspace_null(12, 4, n_samples=1).mean_overlap == pytest.approx(4 / 12)
 

@@ -219,6 +219,10 @@ def test_swiglu_operator_and_mean_jacobian_agree_with_the_dense_jacobians():
     )
     torch.testing.assert_close(op.matvec(v), torch.einsum("enoi,eni->eno", J, v))
     torch.testing.assert_close(op.rmatvec(v), torch.einsum("enoi,eno->eni", J, v))
+    V = torch.randn(2, 4, E, N, d, generator=g, dtype=torch.float64)  # leading dims: one GEMM for all (broadcasts)
+    assert op.broadcasts
+    torch.testing.assert_close(op.matvec(V), torch.einsum("enoi,abeni->abeno", J, V))
+    torch.testing.assert_close(op.rmatvec(V), torch.einsum("enoi,abeno->abeni", J, V))
     torch.testing.assert_close(probes.swiglu_mean_jacobian(Wg, Wu, Wd, x, w, bg=bg, bu=bu), probes.weighted_mean(J, w))
     with pytest.raises(ValueError, match=r"Wu must have shape \(3, 7, 5\)"):
         probes.swiglu_jacobians(Wg, Wu[:, :6], Wd, x)
@@ -334,13 +338,53 @@ def test_matrix_free_path_agrees_with_the_dense_one(model_type):
     assert dense.query("metric == 'jacobian_path'")["value"].tolist() == [0.0]
     assert free.query("metric == 'jacobian_path'")["value"].tolist() == [1.0]
     assert (free.query("metric == 'sigma1_converged'")["value"] == 1).all()
-    for metric in ("sigma1", "cosine", "cumvar@10", "geodesic"):
+    # the matrix-free path keeps sigma_1..sigma_K of J̄_e (block Lanczos), the dense one every sigma_j
+    top = free[(free["metric"] == "sigma") & (free["expert"] >= 0)]  # a small shared expert is dense
+    assert set(top["reading"]) == {"jacobian=mean"} and set(top["index"]) == set(range(1, hf.MEAN_SPECTRUM_K + 1))
+    for metric in ("sigma1", "sigma", "cosine", "cumvar@10", "geodesic"):
         a, b = (
-            f[f["metric"] == metric].set_index(["expert", "reading", "index"])["value"].sort_index()
+            f[
+                (f["metric"] == metric)
+                & ((f["reading"] == "jacobian=mean") & (f["index"] <= hf.MEAN_SPECTRUM_K) | (metric != "sigma"))
+            ]
+            .set_index(["expert", "reading", "index"])["value"]
+            .sort_index()
             for f in (dense, free)
         )
         assert a.index.equals(b.index), metric
         assert (a - b).abs().max() < 1e-9, metric
+
+
+def test_probe_groups_and_the_token_cap_on_the_matrix_free_path():
+    """``probes``: only the groups asked for; ``spectrum``: sigma_1..sigma_10 per token by block
+    Lanczos, their routing-weighted mean against exact SVDs of the autograd Jacobians;
+    ``jacobian_tokens``: the first N routed tokens of each expert, in text order."""
+    model, (_, cap) = captured("mixtral")
+    x, free = ids(), dict(layers=[cap.layer], progress=False, max_bytes=1_000_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spec = hf.probe_model(model, x, probes=("spectrum",), **free)
+        capped = hf.probe_model(model, x, probes=("pointwise",), jacobian_tokens=3, **free)
+        means = hf.probe_model(model, x, probes=("mean", "pca"), **free)
+    assert spec.query("metric == 'jacobian_path'")["value"].tolist() == [1.0]
+    assert not spec["reading"].str.contains("pca_site|jacobian=mean").any()
+    assert not means["reading"].str.contains("jacobian=pointwise").any()
+    assert means["reading"].str.contains("pca_site=input").any() and (means["metric"] == "cosine").any()
+    assert (spec.query("metric == 'sigma1_converged'")["value"] == 1).all()
+    k = hf.MEAN_SPECTRUM_K
+    for e in torch.nonzero(cap.g.sum(0) > 0).flatten().tolist():
+        w = cap.g[:, e].double()
+        s = torch.linalg.svdvals(hf.tokenwise_jacobians(cap.expert_fn(e), cap.x))[:, :k]
+        got = spec[(spec.expert == e) & (spec.metric == "sigma")].sort_values("index")["value"].to_numpy()
+        np.testing.assert_allclose(got, (w @ s / w.sum()).numpy(), rtol=1e-7)
+        first = torch.nonzero(w > 0).flatten()[:3]
+        sigma1 = capped[(capped.expert == e) & (capped.metric == "sigma1")]["value"].item()
+        assert sigma1 == pytest.approx(float(w[first] @ s[first, 0] / w[first].sum()), rel=1e-7)
+        assert capped[(capped.expert == e) & (capped.metric == "jacobian_tokens")]["value"].item() == len(first)
+    with pytest.raises(ValueError, match="probes must be a non-empty collection of pointwise, spectrum, mean, pca"):
+        hf.probe_model(model, x, probes=("sigma",), **free)
+    with pytest.raises(ValueError, match="jacobian_tokens must be a positive integer"):
+        hf.probe_model(model, x, jacobian_tokens=0, **free)
 
 
 # --------------------------------------------------------------------------- errors and checks

@@ -362,6 +362,26 @@ def test_the_cosine_chance_level_is_that_of_independent_random_matrices(d):
     assert chance_abs_cosine(64) == pytest.approx(math.sqrt(2 / math.pi) / 64, rel=1e-3)
 
 
+def test_probe_cli_runs_the_probe_groups_asked_for(tmp_path, capsys):
+    """``--probes mean,pca``: no per-token rows and no sigma_1 figure; a group it does not know is a
+    usage error naming the groups, before anything loads."""
+    test_hf._save_checkpoint(tmp_path / "m")
+    argv = ["probe", "--hf-model", str(tmp_path / "m"), "--tokens", "64", "--quiet", "--out", str(tmp_path / "r")]
+    assert _quiet(main, [*argv, "--probes", "mean,pca", "--jacobian-tokens", "4"]) == 0
+    df = pd.read_csv(tmp_path / "r" / "probe.csv")
+    assert not df["reading"].fillna("").str.contains("jacobian=pointwise").any() and (df.metric == "cosine").any()
+    assert not (tmp_path / "r" / "figures" / "sigma1.png").exists()
+    assert "PROBE.md" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*argv, "--probes", "mean,sigma"])
+    assert (
+        "--probes: probes must be a non-empty collection of pointwise, spectrum, mean, pca" in capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit):
+        main([*argv, "--jacobian-tokens", "0"])
+    assert "--jacobian-tokens: must be >= 1, got 0" in capsys.readouterr().err
+
+
 def test_probe_md_shows_chance_levels_and_the_initialisation(tmp_path, capsys):
     """`python -m moegeo probe --baseline init`: per layer, the cosine and subspace figures beside
     their chance levels and the initialisation's values; a checkpoint that is its own
@@ -392,8 +412,9 @@ def test_probe_md_shows_chance_levels_and_the_initialisation(tmp_path, capsys):
 
 
 def test_the_matrix_free_estimate_counts_routed_token_expert_pairs():
-    """``estimate_probe``'s Lanczos term is 2 starts x min(d, LANCZOS_STEPS) steps x 8 d h per
-    routed (token, expert) pair, N k of them: two configs that differ only in k differ by it."""
+    """``estimate_probe``'s Lanczos term is a Krylov space of min(d, LANCZOS_STEPS) vectors, each
+    a J^T J product of 12 d h, per routed (token, expert) pair, N k of them: two configs that
+    differ only in k differ by it."""
     d, h, N = test_hf.SMALL["hidden_size"], 48, 64
 
     def flops(k):
@@ -402,6 +423,6 @@ def test_the_matrix_free_estimate_counts_routed_token_expert_pairs():
         )
         return hf.estimate_probe(cfg, N, max_bytes=1).flops
 
-    per_pair_per_layer = 2 * min(d, hf.LANCZOS_STEPS) * 8 * d * h
+    per_pair_per_layer = min(d, hf.LANCZOS_STEPS) * 12 * d * h
     layers = test_hf.SMALL["num_hidden_layers"]
     assert flops(4) - flops(2) == pytest.approx(per_pair_per_layer * N * 2 * layers, rel=1e-12)

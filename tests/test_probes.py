@@ -156,6 +156,52 @@ def test_gram_spectrum_matches_svd(J):
     )
 
 
+@given(matrices(max_dim=16), st.integers(1, 6), st.integers(1, 4), seeds)
+def test_block_lanczos_top_matches_numpys_svd(J, k, block, seed):
+    """The k leading singular values by block Lanczos against numpy's LAPACK SVD, for any block
+    size, rank-deficient or not (J^T J's zero eigenvalues within the top k when m < n)."""
+    n = J.shape[2]
+    k = min(k, n)
+    exact = torch.from_numpy(np.linalg.svd(J.numpy(), compute_uv=False))
+    exact = torch.nn.functional.pad(exact, (0, n - exact.shape[-1]))[..., :k]  # J^T J has n eigenvalues
+    res = probes.block_lanczos_top(
+        probes.matrix_operator(J), k, block=block, tol=1e-12, generator=torch.Generator().manual_seed(seed)
+    )
+    assert res.converged and res.values.shape == (J.shape[0], k)
+    torch.testing.assert_close(res.values, exact, rtol=1e-7, atol=1e-6 * float(exact[..., 0].max()))
+
+
+def test_block_lanczos_top_stops_on_its_residual_and_checks_its_arguments():
+    """On a planted spectrum with a wide gap the top value converges long before the basis
+    spans d_in; a step cap below that reports ``converged=False``; bad k and block are refused."""
+    J, _ = planted(d=48, weight=0.5, sigma2=0.3)
+    op = probes.matrix_operator(J)
+    res = probes.block_lanczos_top(op, 1, block=2, tol=1e-10, generator=torch.Generator().manual_seed(0))
+    assert res.converged and res.iterations < 48 // 2
+    torch.testing.assert_close(res.values, torch.ones(1, 1, dtype=J.dtype), rtol=1e-9, atol=0)
+    capped = probes.block_lanczos_top(op, 3, block=1, tol=1e-14, max_iter=2, generator=torch.Generator().manual_seed(0))
+    assert not capped.converged and capped.iterations == 2 and capped.values.shape == (1, 3)
+    with pytest.raises(ValueError, match="k must be in"):
+        probes.block_lanczos_top(op, 49)
+    with pytest.raises(ValueError, match="block"):
+        probes.block_lanczos_top(op, 1, block=0)
+
+
+@given(matrices(), seeds)
+def test_matrix_operator_applies_J_and_its_transpose_with_leading_dims(J, seed):
+    g = torch.Generator().manual_seed(seed)
+    op = probes.matrix_operator(J)
+    v = torch.randn(3, J.shape[0], J.shape[2], generator=g, dtype=torch.float64)
+    u = torch.randn(3, J.shape[0], J.shape[1], generator=g, dtype=torch.float64)
+    assert op.broadcasts and op.batch_shape == (J.shape[0],) and (op.d_out, op.d_in) == J.shape[1:]
+    np.testing.assert_allclose(
+        op.matvec(v).numpy(), np.einsum("bmn,sbn->sbm", J.numpy(), v.numpy()), rtol=1e-12, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        op.rmatvec(u).numpy(), np.einsum("bmn,sbm->sbn", J.numpy(), u.numpy()), rtol=1e-12, atol=1e-12
+    )
+
+
 def test_lanczos_on_mlp_jacobians_matches_exact_and_needs_few_iterations():
     g = torch.Generator().manual_seed(0)
     E, h, d, N = 3, 64, 32, 20
@@ -333,6 +379,36 @@ def test_planted_low_rank_covariance_is_recovered(rank, seed):
     pca = probes.weighted_pca(h, torch.ones(N))
     assert pca.k_at(0.9).item() == rank
     assert pca.cumvar_at(min(rank, D)).item() == pytest.approx(1.0, abs=1e-6)
+
+
+@given(st.integers(2, 12), st.integers(1, 30), st.integers(0, 2), seeds)
+def test_pca_of_fewer_points_than_dimensions_matches_numpys_covariance(N, extra, zeros, seed):
+    """N < D (a checkpoint's routed tokens at large width) takes the N x N Gram route: its
+    eigenvalues, its components' reconstruction of the covariance, the top subspaces and the
+    rounding floor against numpy's weighted covariance (D x D eigh), some weights zero."""
+    D, g = N + extra, torch.Generator().manual_seed(seed)
+    h = torch.randn(2, N, D, generator=g, dtype=torch.float64) * torch.rand(D, generator=g, dtype=torch.float64).add(
+        0.1
+    )
+    w = torch.rand(2, N, generator=g, dtype=torch.float64) + 0.05
+    w[:, : min(zeros, N - 2)] = 0
+    pca = probes.weighted_pca(h, w, vectors=True)
+    assert pca.components.shape == (2, D, D)
+    for e in range(2):
+        C = np.cov(h[e].numpy(), rowvar=False, aweights=w[e].numpy(), bias=True)
+        lam, vec = np.linalg.eigh(C)
+        lam, vec = lam[::-1].clip(0), vec[:, ::-1]
+        scale = lam[0]
+        np.testing.assert_allclose(pca.eigenvalues[e].numpy(), lam, rtol=1e-9, atol=1e-11 * scale)
+        Q = pca.components[e].numpy()
+        np.testing.assert_allclose(Q.T @ Q, np.eye(D), atol=1e-12)
+        np.testing.assert_allclose(Q @ np.diag(pca.eigenvalues[e].numpy()) @ Q.T, C, atol=1e-11 * scale)
+        r = int((lam > 1e-9 * scale).sum())  # the points' span: its projector is unique
+        np.testing.assert_allclose(Q[:, :r] @ Q[:, :r].T, vec[:, :r] @ vec[:, :r].T, atol=1e-9)
+        mu = np.average(h[e].numpy(), axis=0, weights=w[e].numpy())
+        floor = (probes.pca.NO_VARIANCE_ULPS * np.finfo(np.float64).eps) ** 2 * (mu @ mu + np.trace(C))
+        assert float(pca.floor[e]) == pytest.approx(floor, rel=1e-9)
+    torch.testing.assert_close(probes.weighted_pca(h, w).eigenvalues, pca.eigenvalues)
 
 
 def test_weighted_pca_batched_over_experts_matches_one_by_one():

@@ -68,6 +68,14 @@ from .checkpoint import (
     unknown_tokens_warning,
 )
 from .jacobians import tokenwise_jacobians, tokenwise_operator
+from .large import (
+    LANCZOS_BLOCK,
+    LANCZOS_STEPS,
+    LANCZOS_TOL,
+    LANCZOS_TOL_FLOAT32,
+    MEAN_SPECTRUM_K,
+    SPECTRUM_KRYLOV,
+)
 from .layers import (
     ExpertWeights,
     MoECapture,
@@ -81,11 +89,10 @@ from .layers import (
     shared_forward,
 )
 from .rows import (
+    DEFAULT_PROBES,
     FLOAT64_MAX_D,
-    LANCZOS_STEPS,
-    LANCZOS_TOL,
-    LANCZOS_TOL_FLOAT32,
     MAX_BYTES,
+    PROBES,
     SHARED_EXPERT,
     ProbeEstimate,
     default_probe_dtype,

@@ -15,13 +15,22 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import probes
+from .. import probes as _probes
 from ..config import JacobianSite, PCASite
 from ..frame import COLUMNS, Rows, check_finite_values, reading
-from ..rows import cosine_rows, expert_geometry_rows, pca_site_rows
+from ..rows import expert_geometry_rows
 from ..validate import MEMORY_FRACTION, available_memory, check_device
 from .checkpoint import MAX_TOKENS, checkpoint_config, dtype_name, initialised, load, load_dtype, meta_model, tokenize
 from .jacobians import tokenwise_jacobians, tokenwise_operator
+from .large import (
+    krylov_size,
+    matrix_free_rows,
+    pca_rows,
+    pointwise_k,
+    pointwise_spectra,
+    spectrum_rows,
+    top_spectrum,
+)
 from .layers import MoECapture, _model_type, captures, check_layers, moe_layers
 
 #: the ``expert`` id of a layer's shared expert(s) in the frame (-1 already means "not one expert")
@@ -31,11 +40,14 @@ SHARED_EXPERT = -2
 #: largest tensor a layer's probes materialise: the (E, N, d, d) per-point Jacobians, a PCA
 #: site's (E, D, D) covariances, a Lanczos basis. Above it the matrix-free path is taken.
 MAX_BYTES = 2**30
-#: Lanczos on J^T J for sigma_1 in the matrix-free path: relative residual and steps at most
-LANCZOS_TOL, LANCZOS_STEPS = 1e-8, 100
-#: the relative residual in float32 probes: 1e-8 is below float32's rounding (eps 1.2e-7); at
-#: 1e-5 sigma_1 is within about 5e-6 of a singular value (``probes.lanczos_sigma1``)
-LANCZOS_TOL_FLOAT32 = 1e-5
+#: the probe groups of a layer (``probe_model(probes=...)``, ``--probes``): ``pointwise``, the
+#: per-token Jacobian spectra (the matrix-free path: sigma_1 alone); ``spectrum``, on the
+#: matrix-free path sigma_1..sigma_10 of every token's Jacobian (block Lanczos, a block of 12:
+#: several times ``pointwise``'s cost; the dense path has every sigma_j under ``pointwise``);
+#: ``mean``, J̄_e, its spectrum and the cross-expert cosines; ``pca``, the weighted PCA of every
+#: site and the expert subspaces. The asymmetry paper's claims read ``mean`` and ``pca``.
+PROBES = ("pointwise", "spectrum", "mean", "pca")
+DEFAULT_PROBES = ("pointwise", "mean", "pca")
 #: the default probe dtype (``default_probe_dtype``): float64 for layers of width d up to this, float32
 #: above (Mixtral-8x7B's d = 4096, OLMoE's 2048), where float64 halves the rate and doubles
 #: the memory of every product; the PCA's covariances are float64 whatever the probe dtype
@@ -58,6 +70,8 @@ def probe_model(
     max_bytes: int = MAX_BYTES,
     progress: bool | None = None,
     dtype: torch.dtype | None = None,
+    probes: tuple[str, ...] = DEFAULT_PROBES,
+    jacobian_tokens: int | None = None,
 ) -> pd.DataFrame:
     """Every probe of every MoE layer of a ``transformers`` causal LM on ``input_ids``: the tidy frame.
 
@@ -75,6 +89,9 @@ def probe_model(
         tensors, in the model's dtype, are cast to it. The probes run where the layer's inputs
         are (the model's device), one layer at a time (``captures``): a layer's tensors are
         freed before the next is built.
+    probes : the probe groups to compute (``PROBES``; default ``DEFAULT_PROBES``).
+    jacobian_tokens : on the matrix-free path, at most this many routed tokens (the first, in
+        text order) per expert for the per-token Jacobian probes (row ``jacobian_tokens``).
 
     Returns
     -------
@@ -90,12 +107,16 @@ def probe_model(
     ``load``, its mean routing weight (1/N) sum_i g_e(x_i) with g as applied (so the loads of a
     layer sum to its ``routing_weight_sum``), and ``routed_tokens``, the tokens with g_e > 0.
     Without the matrix-free path these are exactly the rows of the other settings; with it
-    (``jacobian_path`` metric 1) only sigma_1 of the per-point Jacobians (and
-    ``sigma1_converged``) and the full spectrum of J̄_e. A quantity undefined for an expert (e.g.
+    (``jacobian_path`` metric 1) only sigma_1 of the per-point Jacobians (sigma_1..sigma_10 with
+    ``spectrum``; ``sigma1_converged``, ``jacobian_tokens``) and sigma_1..sigma_10 of J̄_e
+    (``MEAN_SPECTRUM_K``). A quantity undefined for an expert (e.g.
     the explained variance of one token, or of a text of one repeated word) is left out with an
     ``undefined`` row (``moegeo.frame``); no value is NaN (``frame.check_finite_values``).
     """
     dtype = _probe_dtype(dtype)
+    check_probes(probes)
+    if jacobian_tokens is not None and (isinstance(jacobian_tokens, bool) or jacobian_tokens < 1):
+        raise ValueError(f"jacobian_tokens must be a positive integer or None, got {jacobian_tokens!r}")
     model_type = _model_type(model)
     restore = _eager_experts(model)
     try:
@@ -105,7 +126,15 @@ def probe_model(
         bar = tqdm(total=total, desc=f"probe {model_type}", disable=_no_bar(progress))
         for cap in layer_captures:
             probe = dtype or default_probe_dtype(cap.x.shape[1])
-            rows += layer_rows(cap, model_type, seed=seed, max_bytes=max_bytes, dtype=probe)
+            rows += layer_rows(
+                cap,
+                model_type,
+                seed=seed,
+                max_bytes=max_bytes,
+                dtype=probe,
+                probes=probes,
+                jacobian_tokens=jacobian_tokens,
+            )
             del cap
             bar.update()
         bar.close()
@@ -143,13 +172,23 @@ def _eager_experts(model) -> Callable[[], None]:
 
 
 def layer_rows(
-    cap: MoECapture, arm: str, *, seed: int = 0, max_bytes: int = MAX_BYTES, dtype: torch.dtype = torch.float64
+    cap: MoECapture,
+    arm: str,
+    *,
+    seed: int = 0,
+    max_bytes: int = MAX_BYTES,
+    dtype: torch.dtype = torch.float64,
+    probes: tuple[str, ...] = DEFAULT_PROBES,
+    jacobian_tokens: int | None = None,
 ) -> list[dict]:
     """The probe rows of one captured layer (see ``probe_model``), computed in ``dtype`` (float64
-    or float32) on the capture's device; routing weights and the PCA in float64."""
+    or float32) on the capture's device; routing weights and the PCA in float64. ``probes``: the
+    groups of ``PROBES`` to compute; ``jacobian_tokens``: on the matrix-free path, the per-token
+    Jacobian probes of an expert use its first (in text order) this many routed tokens at most."""
+    wanted = check_probes(probes)
     rows = Rows(seed, arm, cap.layer, 0)
     g = cap.g.double()
-    mass = probes.expert_mass(g)
+    mass = _probes.expert_mass(g)
     live = torch.nonzero(mass > 0).flatten()
     experts = live.tolist()
     for e in torch.nonzero(mass <= 0).flatten().tolist():
@@ -158,7 +197,7 @@ def layer_rows(
             stacklevel=2,
         )
         rows.add("excluded", "", 1.0, [e])
-    x, w, gl = cap.x.to(dtype), cap.weights[live].to(dtype), g[:, live].to(dtype)
+    x, gl = cap.x.to(dtype), g[:, live].to(dtype)
     rows.add("n_tokens", "", float(g.shape[0]))
     rows.add("d_model", "", float(x.shape[1]))
     rows.add("probe_float64", "", float(dtype == torch.float64))
@@ -170,124 +209,74 @@ def layer_rows(
     sites = {PCASite.INPUT: cap.x, PCASite.PRE_ACTIVATION: pre[live], PCASite.OUTPUT: cap.expert_outputs[live]}
     if hidden is not None:
         sites[PCASite.HIDDEN] = hidden[live]
+    if "pca" not in wanted:
+        sites = {}
     E, (N, d) = len(experts), x.shape
     dense = E * N * d * d * x.element_size() <= max_bytes
     rows.add("jacobian_path", "", 0.0 if dense else 1.0)
-    if dense:
+    if dense and wanted & {"pointwise", "spectrum", "mean"}:
+        w = cap.weights[live].to(dtype)
         J = (
-            probes.swiglu_jacobians(w.Wg, w.Wu, w.Wd, x, bg=w.bg, bu=w.bu)
+            _probes.swiglu_jacobians(w.Wg, w.Wu, w.Wd, x, bg=w.bg, bu=w.bu)
             if cap.silu_swiglu
             else torch.stack([tokenwise_jacobians(cap.expert_fn(e), cap.x).to(dtype) for e in experts])
         )
         expert_geometry_rows(rows, x, gl, J, sites, experts)
+    elif dense:
+        pca_rows(rows, gl, sites, experts, max_bytes)
     else:
-        sigma1, ok = _pointwise_sigma1(cap, live, w, max_bytes, dtype)
-        jbar = (
-            probes.swiglu_mean_jacobian(w.Wg, w.Wu, w.Wd, x, gl, bg=w.bg, bu=w.bu)
-            if cap.silu_swiglu
-            else torch.stack(
-                [tokenwise_jacobians(cap.expert_fn(e), cap.x, weights=cap.g[:, e]).to(dtype) for e in experts]
-            )
-        )
-        _matrix_free_rows(rows, gl, sigma1, ok, jbar, sites, experts, max_bytes)
+        matrix_free_rows(rows, cap, experts, gl, sites, max_bytes, dtype, wanted, jacobian_tokens)
     if cap.shared is not None:
-        _shared_rows(rows, cap, max_bytes, dtype)
+        _shared_rows(rows, cap, max_bytes, dtype, wanted)
+    return _selected(rows, wanted)
+
+
+def check_probes(probes) -> set[str]:
+    """``probes`` as a set of ``PROBES`` names: a non-empty collection of them, else ``ValueError``."""
+    if isinstance(probes, str) or not probes or not set(probes) <= set(PROBES):
+        raise ValueError(f"probes must be a non-empty collection of {', '.join(PROBES)}; got {probes!r}")
+    return set(probes)
+
+
+def _selected(rows: Rows, wanted: set[str]) -> Rows:
+    """Only the rows of the wanted probe groups (the dense path computes them together)."""
+    drop = {
+        "jacobian=pointwise": not wanted & {"pointwise", "spectrum"},
+        "jacobian=mean": "mean" not in wanted,
+        "pca_site=": "pca" not in wanted,
+    }
+    kept = [r for r in rows if not any(key in r["reading"] for key, off in drop.items() if off)]
+    rows[:] = kept
     return rows
 
 
-def _lanczos(op: probes.JacobianOperator, d: int, dtype: torch.dtype, device) -> probes.SpectralResult:
-    """sigma_1 of the matrix-free path: Lanczos at the probe dtype's residual, the same starts on
-    every device (a CPU generator seeded 0)."""
-    return probes.lanczos_sigma1(
-        op,
-        tol=LANCZOS_TOL if dtype == torch.float64 else LANCZOS_TOL_FLOAT32,
-        max_iter=min(d, LANCZOS_STEPS),
-        generator=torch.Generator().manual_seed(0),
-        dtype=dtype,
-        device=device,
-    )
-
-
-def _pointwise_sigma1(
-    cap: MoECapture, live: torch.Tensor, w, max_bytes: int, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Routing-weighted mean over tokens of sigma_1(J_e(x_n)), ``(E_live,)``, by Lanczos on a
-    matrix-free operator over each expert's routed tokens (in chunks whose Lanczos bases fit in
-    ``max_bytes``), and whether every run converged. ``w``: the live experts' weights in
-    ``dtype``, in the order of ``live``."""
-    x = cap.x.to(dtype)
-    d = x.shape[1]
-    chunk = max(1, max_bytes // (2 * min(d, LANCZOS_STEPS) * d * x.element_size()))  # 2 starts per matrix
-    values, converged = [], []
-    for i, e in enumerate(live.tolist()):
-        tokens = torch.nonzero(cap.g[:, e] > 0).flatten()
-        total, ok = 0.0, True
-        for start in range(0, len(tokens), chunk):
-            t = tokens[start : start + chunk]
-            op = (
-                probes.swiglu_jacobian_operator(
-                    *(v[i : i + 1] for v in (w.Wg, w.Wu, w.Wd)),
-                    x[t],
-                    **{k: None if b is None else b[i : i + 1] for k, b in (("bg", w.bg), ("bu", w.bu))},
-                )
-                if cap.silu_swiglu
-                else tokenwise_operator(cap.expert_fn(e), cap.x[t])
-            )
-            res = _lanczos(op, d, dtype, x.device)
-            total += float(cap.g[t, e].double() @ res.values.reshape(-1).double())
-            ok &= res.converged
-        values.append(total / float(cap.g[:, e].double().sum()))
-        converged.append(float(ok))
-    cpu = dict(dtype=torch.float64, device="cpu")
-    return torch.tensor(values, **cpu), torch.tensor(converged, **cpu)
-
-
-def _matrix_free_rows(rows: Rows, g, sigma1, converged, jbar, sites: dict, experts: list[int], max_bytes: int) -> None:
-    """The rows of a layer too large for per-point Jacobians (module doc, "Large models")."""
-    r_point, r_mean = reading(jacobian=JacobianSite.POINTWISE), reading(jacobian=JacobianSite.MEAN)
-    rows.add("sigma1", r_point, sigma1, experts)
-    rows.add("sigma1_converged", r_point, converged, experts)
-    s = probes.singular_values(jbar)
-    rows.add("sigma", r_mean, s, experts)
-    rows.add("sigma1", r_mean, s[:, 0], experts)
-    if len(experts) > 1:
-        cosine_rows(rows, r_mean, jbar, experts)
-    for site, h in sites.items():
-        D = h.shape[-1]
-        if len(experts) * D * D * 8 > max_bytes:
-            warnings.warn(
-                f"layer {rows.key['layer']}: PCA at site {site.value} skipped, its covariances "
-                f"({len(experts)} x {D} x {D}) exceed max_bytes = {max_bytes}",
-                stacklevel=2,
-            )
-            continue
-        pca_site_rows(rows, site, h, g, experts, total_variance=False)
-
-
-def _shared_rows(rows: Rows, cap: MoECapture, max_bytes: int, dtype: torch.dtype) -> None:
+def _shared_rows(rows: Rows, cap: MoECapture, max_bytes: int, dtype: torch.dtype, wanted: set[str]) -> None:
     """The shared experts as one more expert (``SHARED_EXPERT``) with weight 1 on every token:
     Jacobians of their contribution (gate included) w.r.t. the block input by autograd."""
     X = cap.block_input.to(dtype)
     N, d = X.shape
     ones = torch.ones(N, 1, dtype=dtype, device=X.device)
-    sites = {PCASite.INPUT: cap.block_input, PCASite.OUTPUT: cap.shared[None]}
+    sites = {PCASite.INPUT: cap.block_input, PCASite.OUTPUT: cap.shared[None]} if "pca" in wanted else {}
     fn = cap.shared_fn()
     if N * d * d * X.element_size() <= max_bytes:
         J = tokenwise_jacobians(fn, cap.block_input).to(dtype)[None]
         expert_geometry_rows(rows, X, ones, J, sites, [SHARED_EXPERT])
         return
-    lz = _lanczos(tokenwise_operator(fn, cap.block_input), d, dtype, X.device)
-    jbar = tokenwise_jacobians(fn, cap.block_input, weights=torch.ones_like(cap.block_input[:, 0])).to(dtype)[None]
-    _matrix_free_rows(
-        rows,
-        ones,
-        lz.values.double().mean()[None],
-        torch.tensor([float(lz.converged)], device="cpu"),
-        jbar,
-        sites,
-        [SHARED_EXPERT],
-        max_bytes,
-    )
+    experts, r_point = [SHARED_EXPERT], reading(jacobian=JacobianSite.POINTWISE)
+    if wanted & {"pointwise", "spectrum"}:
+        k = pointwise_k(wanted, d)
+        s, ok = pointwise_spectra(
+            lambda t: tokenwise_operator(fn, cap.block_input[t]), ones[:, 0].double(), max_bytes, dtype, X, k
+        )
+        rows.add("jacobian_tokens", r_point, float(N), experts)
+        spectrum_rows(rows, r_point, s[None], experts)
+        rows.add("sigma1_converged", r_point, float(ok), experts)
+    if "mean" in wanted:
+        jbar = tokenwise_jacobians(fn, cap.block_input, weights=torch.ones_like(cap.block_input[:, 0])).to(dtype)[None]
+        top, r_mean = top_spectrum(jbar), reading(jacobian=JacobianSite.MEAN)
+        spectrum_rows(rows, r_mean, top.values, experts)
+        rows.add("sigma1_converged", r_mean, float(top.converged), experts)
+    pca_rows(rows, ones, sites, experts, max_bytes)
 
 
 def probe(
@@ -310,6 +299,8 @@ def probe(
     baseline: str | None = None,
     baseline_seed: int = 0,
     memory_fraction: float = MEMORY_FRACTION,
+    probes: tuple[str, ...] = DEFAULT_PROBES,
+    jacobian_tokens: int | None = None,
 ) -> pd.DataFrame:
     """What ``python -m moegeo probe`` runs: ``tokenize`` the text (``text``, the text itself;
     ``text_file``, a UTF-8 file; default: the shipped WikiText-2 test split) with the
@@ -326,7 +317,8 @@ def probe(
     forward pass and of the captured tensors. ``probe_dtype``: the probes' arithmetic
     (``probe_model``; default float64 up to width ``FLOAT64_MAX_D``, float32 above).
     ``device``, ``device_map``, ``max_memory``, ``offload_folder``: where the model runs, as in
-    ``load``; the probes run where each layer's inputs are.
+    ``load``; the probes run where each layer's inputs are. ``probes``, ``jacobian_tokens``: as in
+    ``probe_model`` (``--probes``, ``--jacobian-tokens``).
 
     The memory check: without a ``device_map``, the probe's estimated peak (``estimate_probe``:
     the model in ``dtype``, every layer's O(N d) captures and one layer's probe tensors) must fit
@@ -346,6 +338,7 @@ def probe(
             "device_map (probe the checkpoint and its initialisation separately)"
         )
     probe_dtype = _probe_dtype(probe_dtype)
+    check_probes(probes)
     check_layers(layers)
     dev = check_device(device)
     config = checkpoint_config(path)
@@ -358,7 +351,15 @@ def probe(
             f"layers {outside} do not exist: the checkpoint has {n_layers} decoder layers (0 to {n_layers - 1})"
         )
     batch = tokenize(path, text=text, text_file=text_file, tokens=tokens, context=context, max_context=limit)
-    est = estimate_probe(config, batch.n_tokens, layers=layers, dtype=dtype, probe_dtype=probe_dtype)
+    est = estimate_probe(
+        config,
+        batch.n_tokens,
+        layers=layers,
+        dtype=dtype,
+        probe_dtype=probe_dtype,
+        probes=probes,
+        jacobian_tokens=jacobian_tokens,
+    )
     if announce is not None:
         announce(
             f"probing {batch.n_tokens} tokens on {est.layers} MoE layer(s): about {est.seconds:.2g} s and "
@@ -379,7 +380,13 @@ def probe(
     place = dict(device=device, device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
     model = load(path, dtype=dtype, allow_missing=allow_missing, memory_fraction=memory_fraction, **place)
     run = functools.partial(
-        probe_model, input_ids=batch.input_ids, layers=layers, max_tokens=batch.n_tokens, progress=progress
+        probe_model,
+        input_ids=batch.input_ids,
+        layers=layers,
+        max_tokens=batch.n_tokens,
+        progress=progress,
+        probes=probes,
+        jacobian_tokens=jacobian_tokens,
     )
     df = run(model, dtype=probe_dtype)
     del model
@@ -426,20 +433,26 @@ def estimate_probe(
     dtype: torch.dtype = torch.float64,
     probe_dtype: torch.dtype | None = None,
     max_bytes: int = MAX_BYTES,
+    probes: tuple[str, ...] = DEFAULT_PROBES,
+    jacobian_tokens: int | None = None,
 ) -> ProbeEstimate:
     """The rough cost of probing the model ``config`` describes, loaded in ``dtype``, on
     ``n_tokens`` tokens with the probes in ``probe_dtype`` (default by width, ``default_probe_dtype``),
     from the shapes of its experts on the meta device (nothing is allocated): per MoE layer with
     E experts of width h on inputs of width d, the per-point Jacobians (4 E N d^2 h) and their
-    spectra (11 E N d^3) or, above ``max_bytes``, Lanczos on them (2 starts, up to min(d,
-    LANCZOS_STEPS) steps of 8 d h per routed token), and the PCA of four sites (2 E N D^2 +
-    9 E D^3), timed at the rate of one large matrix product. The dense path's count is a lower
+    spectra (11 E N d^3) or, above ``max_bytes``, block Lanczos on them (a Krylov space of up to
+    min(d, LANCZOS_STEPS) vectors, ``SPECTRUM_KRYLOV`` with ``spectrum``, each one J^T J product
+    of 12 d h, per routed token; at most ``jacobian_tokens`` per expert) and J̄_e (2 d^2 h per expert),
+    and the PCA of four sites (2 E N D m + 9 E m^3, m = min(N, D)), of the ``probes`` asked for,
+    timed at the rate of one large matrix product. The dense path's count is a lower
     bound (small LAPACK problems run slower); the matrix-free path's counts Lanczos at its step
     cap, which runs that converge stop before (docs/huggingface.md compares it with measured
     times). Memory: the forward pass keeps
     4 N d numbers per layer (``captures``); one layer at a time holds its E N d expert outputs,
-    its weights in the probe dtype, its Jacobians or Lanczos bases (two copies), its PCA sites in
+    its weights in the probe dtype (one expert at a time on the matrix-free path), its Jacobians
+    or Krylov basis, its PCA sites in
     float64 and their covariances (three copies: covariance, eigenvectors, their flip)."""
+    wanted = check_probes(probes)
     model = meta_model(config)
     found = moe_layers(model)
     if layers is not None:
@@ -455,12 +468,17 @@ def estimate_probe(
             flops += 4 * E * N * d * d * h + 11 * E * N * d**3
             jacobians = 2 * E * N * d * d * psize
         else:
-            flops += 2 * min(d, LANCZOS_STEPS) * 8 * d * h * N * min(_top_k(config, E), E)  # routed pairs only
-            jacobians = 2 * max_bytes  # a Lanczos basis and its stacked copy
-        flops += sum(2 * E * N * D * D + 9 * E * D**3 for D in (d, h, h, d))
+            pairs = N * min(_top_k(config, E), E)  # routed (token, expert) pairs only
+            pairs = pairs if jacobian_tokens is None else min(pairs, E * jacobian_tokens)
+            krylov = krylov_size(pointwise_k(wanted, d), d)[1] if wanted & {"pointwise", "spectrum"} else 0
+            flops += krylov * 12 * d * h * pairs
+            flops += 2 * E * d * d * h if "mean" in wanted else 0  # J̄_e
+            jacobians = max_bytes + 4 * h * d * psize  # a Krylov basis; one expert in the probe dtype, [W_g; W_u], M_e
+        flops += sum(2 * E * N * D * min(N, D) + 9 * E * min(N, D) ** 3 for D in (d, h, h, d)) if "pca" in wanted else 0
         captured += (4 * N * d + 2 * N * E) * size  # the forward pass's records: kept for every layer
         covariances = 3 * min(E * max(d, h) ** 2 * 8, max_bytes)  # a PCA site's, its eigenvectors, their flip
-        layer = E * N * d * size + 3 * E * h * d * psize + jacobians + E * N * (3 * h + 2 * max(d, h)) * 8
+        weights = 3 * E * h * d * psize if E * N * d * d * psize <= max_bytes else 0  # dense: every expert cast
+        layer = E * N * d * size + weights + jacobians + E * N * (3 * h + 2 * max(d, h)) * 8
         layer += covariances
         largest = max(largest, layer)
     model_bytes = sum(p.numel() for p in model.parameters()) * size

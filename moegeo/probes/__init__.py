@@ -21,6 +21,7 @@ from .experts import (
     expert_jacobians,
     expert_preactivations,
     jacobians,
+    matrix_operator,
     mean_jacobian,
     mlp_jacobian_operator,
     moe_jacobian,
@@ -34,6 +35,7 @@ from .routing import expert_mass, load_fractions, load_imbalance, routing_entrop
 from .spectra import (
     SpectralResult,
     arpack_sigma1,
+    block_lanczos_top,
     energy_curve,
     k_at,
     lanczos_sigma1,

@@ -135,21 +135,38 @@ def swiglu_jacobians(Wg, Wu, Wd, x, *, bg=None, bu=None, max_bytes: int = MAX_JA
 def swiglu_jacobian_operator(Wg, Wu, Wd, x, *, bg=None, bu=None) -> JacobianOperator:
     """The E x N SwiGLU expert Jacobians of ``swiglu_jacobians`` as a matrix-free operator,
     batch ``(E, N)``: J v = W_d (p ⊙ W_g v + q ⊙ W_u v) and J^T w = W_g^T (p ⊙ W_d^T w) +
-    W_u^T (q ⊙ W_d^T w) with p = SiLU'(a) ⊙ u, q = SiLU(a). Memory O(E N (h + d))."""
+    W_u^T (q ⊙ W_d^T w) with p = SiLU'(a) ⊙ u, q = SiLU(a). Memory O(E N (h + d)) plus one copy
+    of the gate and up weights, stacked as [W_g; W_u] so that each product is one GEMM of
+    width 2h. It broadcasts (``JacobianOperator.broadcasts``): vectors ``(..., E, N, d)`` with
+    leading dims (e.g. several Lanczos starts) go into the same GEMMs, as more rows."""
     _check_swiglu(Wg, Wu, Wd, x, bg, bu)
     a, u, _ = swiglu_hidden(Wg, Wu, x, bg=bg, bu=bu)
-    p, q = silu_grad(a) * u, torch.nn.functional.silu(a)  # (E, N, h)
+    pq = torch.cat([silu_grad(a) * u, torch.nn.functional.silu(a)], -1)  # (E, N, 2h): [p, q]
+    Wgu, h = torch.cat([Wg, Wu], 1), Wg.shape[1]  # (E, 2h, d)
+    E, N = Wg.shape[0], x.shape[0]
+
+    def rows(v, f):
+        """f on (E, L N, k) rows, for v: (..., E, N, k) with L the product of the leading dims."""
+        lead = v.shape[:-3]
+        flat = v.reshape(-1, E, N, v.shape[-1]).transpose(0, 1).reshape(E, -1, v.shape[-1])
+        out = f(flat)
+        return out.reshape(E, -1, N, out.shape[-1]).transpose(0, 1).reshape(*lead, E, N, out.shape[-1])
 
     def matvec(v):
-        return torch.einsum(
-            "eoh,enh->eno", Wd, p * torch.einsum("ehi,eni->enh", Wg, v) + q * torch.einsum("ehi,eni->enh", Wu, v)
-        )
+        def f(r):
+            z = torch.bmm(r, Wgu.transpose(1, 2)).view(E, -1, N, 2 * h).mul_(pq[:, None])
+            return torch.bmm((z[..., :h] + z[..., h:]).reshape(E, -1, h), Wd.transpose(1, 2))
+
+        return rows(v, f)
 
     def rmatvec(w):
-        t = torch.einsum("eoh,eno->enh", Wd, w)
-        return torch.einsum("ehi,enh->eni", Wg, p * t) + torch.einsum("ehi,enh->eni", Wu, q * t)
+        def f(r):
+            t = torch.bmm(r, Wd).view(E, -1, N, h)
+            return torch.bmm((torch.cat([t, t], -1) * pq[:, None]).reshape(E, -1, 2 * h), Wgu)
 
-    return JacobianOperator(matvec, rmatvec, batch_shape=(Wg.shape[0], x.shape[0]), d_in=Wg.shape[2], d_out=Wd.shape[1])
+        return rows(w, f)
+
+    return JacobianOperator(matvec, rmatvec, batch_shape=(E, N), d_in=Wg.shape[2], d_out=Wd.shape[1], broadcasts=True)
 
 
 def swiglu_mean_jacobian(Wg, Wu, Wd, x, g, *, bg=None, bu=None) -> torch.Tensor:
@@ -157,13 +174,13 @@ def swiglu_mean_jacobian(Wg, Wu, Wd, x, g, *, bg=None, bu=None) -> torch.Tensor:
     Jacobian: J is linear in (SiLU'(a) ⊙ u, SiLU(a)), so J̄_e = W_d [diag(p̄_e) W_g + diag(q̄_e) W_u]
     with p̄_e, q̄_e their routing-weighted means. ``g: (N, E)`` non-negative routing weights with a
     positive total per expert (any scale: each expert is normalised by its own N_e; the rule of
-    ``mean_jacobian``). Returns ``(E, d_out, d)``."""
+    ``mean_jacobian``). Returns ``(E, d_out, d)``: one (d_out x h) @ (h x d) product per expert."""
     _check_swiglu(Wg, Wu, Wd, x, bg, bu)
     check_shape("g", g, (x.shape[0], Wg.shape[0]), " = (N, E)")
     a, u, _ = swiglu_hidden(Wg, Wu, x, bg=bg, bu=bu)
     p_bar = weighted_mean(silu_grad(a) * u, g)  # (E, h)
     q_bar = weighted_mean(torch.nn.functional.silu(a), g)
-    return torch.einsum("eoh,eh,ehi->eoi", Wd, p_bar, Wg) + torch.einsum("eoh,eh,ehi->eoi", Wd, q_bar, Wu)
+    return torch.bmm(Wd, p_bar[..., None] * Wg + q_bar[..., None] * Wu)
 
 
 def jacobians(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, mode: str = "rev") -> torch.Tensor:
@@ -184,6 +201,7 @@ class JacobianOperator:
 
     ``matvec(v)``: ``(*batch, d_in) -> (*batch, d_out)`` computes J v (a JVP);
     ``rmatvec(u)``: ``(*batch, d_out) -> (*batch, d_in)`` computes J^T u (a VJP).
+    ``broadcasts``: both also take extra leading dims, ``(..., *batch, d)``, in one call.
     """
 
     matvec: Callable[[torch.Tensor], torch.Tensor]
@@ -191,6 +209,24 @@ class JacobianOperator:
     batch_shape: tuple
     d_in: int
     d_out: int
+    broadcasts: bool = False
+
+
+def matrix_operator(J: torch.Tensor) -> JacobianOperator:
+    """A materialised batch of matrices ``J: (*batch, m, n)`` as a ``JacobianOperator`` (J v and
+    J^T u by batched matrix products; it ``broadcasts``), e.g. for ``spectra.block_lanczos_top``
+    on a routing-weighted mean Jacobian."""
+    batch = tuple(J.shape[:-2])
+
+    def apply(A, v):
+        """A v for v: (..., *batch, n), the leading dims as the columns of one GEMM per matrix."""
+        lead = v.shape[: v.dim() - len(batch) - 1]
+        cols = v.reshape(-1, *batch, v.shape[-1]).movedim(0, -1)  # (*batch, n, L)
+        return (A @ cols).movedim(-1, 0).reshape(*lead, *batch, A.shape[-2])
+
+    return JacobianOperator(
+        lambda v: apply(J, v), lambda u: apply(J.transpose(-1, -2), u), batch, J.shape[-1], J.shape[-2], broadcasts=True
+    )
 
 
 def mlp_jacobian_operator(W1, b1, W2, x) -> JacobianOperator:

@@ -119,6 +119,9 @@ def weighted_pca(h: torch.Tensor, w: torch.Tensor, *, vectors: bool = False) -> 
     p = w / mass[..., None]
     mu = torch.einsum("...n,...nd->...d", p, h)
     c = h - mu[..., None, :]
+    N, D = c.shape[-2:]
+    if N < D:
+        return _pca_from_gram(p, c, mu, (ulps * eps) ** 2, vectors)
     cov = torch.einsum("...n,...nd,...nk->...dk", p, c, c)
     second = mu.square().sum(-1) + cov.diagonal(dim1=-2, dim2=-1).sum(-1)  # weighted mean of ||h||^2
     floor = (ulps * eps) ** 2 * second
@@ -126,3 +129,29 @@ def weighted_pca(h: torch.Tensor, w: torch.Tensor, *, vectors: bool = False) -> 
         return PCAResult(mean=mu, eigenvalues=torch.linalg.eigvalsh(cov).flip(-1), floor=floor)
     eig, vec = torch.linalg.eigh(cov)  # ascending; flipped so column i belongs to lambda_i
     return PCAResult(mean=mu, eigenvalues=eig.flip(-1), components=vec.flip(-1), floor=floor)
+
+
+def _pca_from_gram(p: torch.Tensor, c: torch.Tensor, mu: torch.Tensor, rel_floor: float, vectors: bool) -> PCAResult:
+    """``weighted_pca`` for fewer points than dimensions (N < D: a checkpoint's routed tokens at
+    width 2048-4096): with Y = diag(sqrt(p)) c the covariance is C = Y^T Y, whose nonzero
+    eigenvalues are those of the N x N Gram matrix K = Y Y^T, with eigenvectors Y^T u / sqrt(lambda).
+    The other D - N eigenvalues are 0; their eigenvectors complete the basis (a complete QR), so
+    ``components`` is the same orthonormal (D, D) basis as the covariance route's, in O(N^2 D + N D^2)
+    instead of an O(D^3) eigensolve."""
+    Y = p.sqrt()[..., None] * c  # (*, N, D)
+    N, D = Y.shape[-2:]
+    lam, U = torch.linalg.eigh(Y @ Y.transpose(-1, -2))  # ascending
+    lam, U = lam.flip(-1), U.flip(-1)
+    eigenvalues = torch.nn.functional.pad(lam, (0, D - N))
+    total = lam.clamp_min(0).sum(-1)
+    floor = rel_floor * (mu.square().sum(-1) + total)  # the covariance route's: trace C = trace K
+    if not vectors:
+        return PCAResult(mean=mu, eigenvalues=eigenvalues, floor=floor)
+    # columns of lambda at rounding level carry no direction: zero, so the QR completes them
+    keep = lam > N * torch.finfo(lam.dtype).eps * lam[..., :1].clamp_min(0)
+    V = (Y.transpose(-1, -2) @ U) / lam.clamp_min(torch.finfo(lam.dtype).tiny).sqrt()[..., None, :]
+    V = V * keep[..., None, :]
+    Q, R = torch.linalg.qr(V, mode="complete")  # (*, D, D): Q[:, :N] is V up to column signs
+    sign = torch.where(R.diagonal(dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(Q.dtype)
+    Q[..., :N] = Q[..., :N] * sign[..., None, :]
+    return PCAResult(mean=mu, eigenvalues=eigenvalues, components=Q, floor=floor)

@@ -73,8 +73,10 @@ def _check_stopping(tol: float, max_iter, *, optional: bool = False) -> None:
 
 
 def _gram_apply(op: JacobianOperator, V: torch.Tensor) -> torch.Tensor:
-    """J^T J applied to every start: ``(starts, *batch, d_in)`` -> same. The operator takes exactly
-    its own batch shape, hence one call per start (not per batch element)."""
+    """J^T J applied to every start: ``(starts, *batch, d_in)`` -> same: one call for all starts
+    when the operator ``broadcasts``, else one call per start (not per batch element)."""
+    if op.broadcasts:
+        return op.rmatvec(op.matvec(V))
     return torch.stack([op.rmatvec(op.matvec(v)) for v in V])
 
 
@@ -192,16 +194,17 @@ def lanczos_sigma1(
     q = _start_vectors(op, starts, v0, generator, dtype, device)
     shape, dtype = q.shape, q.dtype
     B = math.prod(shape[:-1])  # every run of every matrix is one batch element here
-    basis = [q.reshape(B, -1)]
+    basis = q.new_empty(B, k_max, shape[-1])  # the Lanczos vectors, filled one step at a time
+    basis[:, 0] = q.reshape(B, -1)
     alphas, betas = [], []
     theta = torch.zeros(B, dtype=dtype, device=q.device)
     active = torch.ones(B, dtype=torch.bool, device=q.device)  # Ritz value not yet converged
     eps = torch.finfo(dtype).eps
     for j in range(k_max):
-        v = basis[-1]
+        v = basis[:, j]
         w = _gram_apply(op, v.reshape(shape)).reshape(B, -1)
         alphas.append((v * w).sum(-1))
-        Q = torch.stack(basis, 1)  # (B, j+1, n)
+        Q = basis[:, : j + 1]  # (B, j+1, n)
         for _ in range(2):  # full reorthogonalisation; twice is enough
             w = w - torch.bmm(torch.bmm(Q, w[:, :, None]).transpose(1, 2), Q)[:, 0]
         beta = w.norm(dim=-1)
@@ -220,8 +223,95 @@ def lanczos_sigma1(
             values = theta.reshape(shape[:-1]).amax(0).clamp_min(0).sqrt()
             return SpectralResult(values, j + 1, converged)
         betas.append(beta)
-        basis.append(w / beta.clamp_min(torch.finfo(dtype).tiny)[:, None])
+        basis[:, j + 1] = w / beta.clamp_min(torch.finfo(dtype).tiny)[:, None]
     raise AssertionError("unreachable")
+
+
+def block_lanczos_top(
+    op: JacobianOperator,
+    k: int = 1,
+    *,
+    block: int = 2,
+    tol: float = 1e-10,
+    max_iter: int | None = None,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+    device=None,
+) -> SpectralResult:
+    """The ``k`` largest singular values sigma_1 >= ... >= sigma_k of every Jacobian in ``op`` by
+    block Lanczos on J^T J: a block Krylov space of ``block`` random starts per matrix, full
+    reorthogonalisation and Rayleigh-Ritz on the whole basis, batched over the operator's batch.
+
+    Parameters
+    ----------
+    op : the batch of Jacobians, ``batch_shape`` leading dims; an operator that ``broadcasts``
+        applies J^T J to the whole block in one call (one GEMM per weight: ``swiglu_jacobian_operator``).
+    k : singular values wanted, 1 <= k <= d_in.
+    block : vectors per block, >= 1 (2 by default: two starts in one Krylov space, the guard of
+        ``lanczos_sigma1``'s two runs at about the cost of one).
+    tol : relative residual at which the k Ritz pairs of a matrix count as converged.
+    max_iter : block steps at most (default: until the basis spans d_in).
+    generator, dtype, device : the random starts, drawn as in ``lanczos_sigma1``.
+
+    Returns
+    -------
+    SpectralResult
+        ``values: (*batch, k)`` descending, ``iterations`` (block steps; each applies J^T J to
+        ``block`` vectors per matrix), ``converged``: every Ritz pair i <= k of every matrix
+        passed its residual test, or the basis spans d_in (then the values are exact).
+
+    Notes
+    -----
+    With the basis Q (orthonormal, m columns) and the Rayleigh-Ritz matrix T = Q^T J^T J Q, the
+    Krylov relation J^T J Q = Q T + Q_next R E^T holds (R from the QR of the newest block's
+    reorthogonalised image), so the residual of a Ritz pair (theta, Q y) is ||R y_last||, y_last
+    the last ``block`` entries of y. A pair stops at ``tol * theta``: theta is then within a
+    relative ``tol`` of an eigenvalue of J^T J (sigma within about ``tol / 2``). The Ritz values
+    are at most the true ones in order (Cauchy interlacing), and a block of b starts traps the
+    top value below sigma_1 only if every start's weight on v_1 is small at once.
+    Memory: the basis, O(batch x d_in x m), m = block x steps.
+    """
+    _check_stopping(tol, max_iter, optional=True)
+    check_count("block", block)
+    n = op.d_in
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, d_in = {n}], got {k}")
+    steps = -(-n // block) if max_iter is None else min(max_iter, -(-n // block))
+    V = _start_vectors(op, block, None, generator, dtype, device)  # (b, *batch, n)
+    shape, B, dev = V.shape, math.prod(op.batch_shape), V.device
+    Q = torch.linalg.qr(V.reshape(block, B, n).permute(1, 2, 0)).Q  # (B, n, b)
+    basis = V.new_zeros(B, n, min(n, block * steps))
+    T = V.new_zeros(B, basis.shape[-1], basis.shape[-1])
+    eps, values, done = torch.finfo(V.dtype).eps, None, torch.zeros(B, dtype=torch.bool, device=dev)
+    m = 0
+    for j in range(steps):  # noqa: B007 (the step count is returned)
+        b = Q.shape[-1]
+        basis[:, :, m : m + b] = Q
+        W = _gram_apply(op, Q.permute(2, 0, 1).reshape(b, *shape[1:])).reshape(b, B, n).permute(1, 2, 0)
+        m += b
+        Qm = basis[:, :, :m]
+        T[:, :m, m - b : m] = Qm.transpose(1, 2) @ W
+        T[:, m - b : m, : m - b] = T[:, : m - b, m - b : m].transpose(1, 2)
+        evals, evecs = torch.linalg.eigh(T[:, :m, :m])  # ascending
+        top = min(k, m)
+        values = evals.flip(-1)[:, :top]
+        if m == basis.shape[-1]:  # the basis spans d_in (or the step cap)
+            done = torch.full_like(done, m == n) | done
+            break
+        for _ in range(2):  # full reorthogonalisation; twice is enough
+            W = W - Qm @ (Qm.transpose(1, 2) @ W)
+        Qn, R = torch.linalg.qr(W)  # W = Qn R: J^T J Q = Q T + Qn R E^T
+        y_last = evecs.flip(-1)[:, m - b : m, :top]  # (B, b, top)
+        resid = (R @ y_last).norm(dim=1)  # (B, top)
+        done = (top == k) & (resid <= (tol + 10 * eps) * values.abs().clamp_min(torch.finfo(V.dtype).tiny)).all(-1)
+        if bool(done.all()):
+            break
+        Qn = Qn - Qm @ (Qm.transpose(1, 2) @ Qn)  # directions W lacked (a breakdown) stay orthogonal too
+        take = min(b, basis.shape[-1] - m)  # the last block may be partial: its strongest directions
+        Q = torch.linalg.qr(Qn if take == b else torch.linalg.svd(Qn, full_matrices=False).U[:, :, :take]).Q
+    if values.shape[-1] < k:  # the step cap stopped the basis below k columns
+        values = torch.nn.functional.pad(values, (0, k - values.shape[-1]))
+    return SpectralResult(values.clamp_min(0).sqrt().reshape(*op.batch_shape, k), j + 1, bool(done.all()))
 
 
 def arpack_sigma1(op: JacobianOperator, *, tol: float = 1e-10, dtype: torch.dtype = torch.float64) -> SpectralResult:

@@ -182,11 +182,14 @@ def _ticks(ax, experts: list[int]) -> None:
 
 def sigma1_figure(df: pd.DataFrame, layers: list[int]):
     """σ₁ of the per-token Jacobians per routed expert, one marker series per layer (no lines: they
-    would join experts across excluded ones). Returns the matplotlib figure."""
+    would join experts across excluded ones). Returns the matplotlib figure, None when the frame
+    has no per-token σ₁ (``--probes`` without ``pointwise``)."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     s = df[(df["metric"] == "sigma1") & (df["reading"] == "jacobian=pointwise") & (df["expert"] >= 0)]
+    if s.empty:
+        return None
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for layer in layers:
         d = s[s["layer"] == layer].sort_values("expert")
