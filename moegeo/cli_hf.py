@@ -130,5 +130,8 @@ def too_few_units(n: int, M: int) -> str:
         f"TOO FEW SEEDS here: the unit of these claims is the MoE layer (the 'seeds' of the messages are "
         f"this checkpoint's MoE layers), and it has {n}. A family of M = {M} hypotheses needs at least {need} "
         f"units for even a unanimous sign test to pass Holm's first step (2^-n <= 0.05 / M): a model with "
-        f"{need} or more MoE layers can be decided (Mixtral-8x7B has 32, OLMoE-1B-7B 16)."
+        f"{need} or more MoE layers can be decided (Mixtral-8x7B has 32, OLMoE-1B-7B 16). Expert pairs within a "
+        f"layer are not offered as a second unit: a layer's E(E-1)/2 pairs share its E experts (each expert is in "
+        f"E-1 of them) and all of its tokens, so they are not independent, and a sign test over them would count "
+        f"the same evidence many times; every claim's statistic already averages over the pairs of each layer."
     )

@@ -333,6 +333,7 @@ def test_the_claims_command_on_a_trained_checkpoint_beside_its_initialisation(tr
     assert "2 MoE layer(s) as units" in out and "control init" in out
     assert too_few_units(2, 12) in out  # the pretrained family's 12 hypotheses need 8 layers
     assert "needs at least 8 units" in too_few_units(2, 12)
+    assert "Expert pairs within a layer are not offered as a second unit" in too_few_units(2, 12)
     assert "effect minus init" in out
 
 
