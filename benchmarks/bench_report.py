@@ -122,7 +122,7 @@ def _real_shape_rows(df: pd.DataFrame, rate: float) -> list[str]:
             else float("nan")
         )
         what = (
-            f"| {r.method}-shaped layer (d {r.d:.0f}, h {r.h:.0f}, E {r.experts:.0f}), 512 tokens, every probe "
+            f"| {r.method}-shaped layer (d {r.d:.0f}, h {r.h:.0f}, E {r.experts:.0f}), 512 tokens, the default probes "
             f"(float32, matrix-free; sigma_1 rel. err. {r.sigma1_rel_err:.1e} on 8 tokens, asserted <= 1e-4): "
             f"{_t(r.median)} against its FLOP floor {_t(floor)} ({r.products:.0f} J^T J products, J̄_e and the PCA's "
             f"Gram matrices at {rate / 1e9:.0f} GFLOP/s); peak memory {_gib(r.peak_bytes)} with expert weights of "

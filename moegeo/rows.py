@@ -430,7 +430,7 @@ def subspace_rows(rows: Rows, pca: probes.PCAResult, site: PCASite, experts: lis
     one whose points vary only by rounding, ``probes.PCAResult.has_variance``). Each
     expert left out gets a ``subspace_excluded`` row (value 1) under that reading, and a warning.
     """
-    D = pca.components.shape[-1]
+    D = pca.components.shape[-2]  # the ambient dimension (components may hold fewer columns)
     varies = pca.has_variance
     ks = torch.ones(len(experts), dtype=torch.long, device=varies.device)
     if bool(varies.any()):

@@ -383,7 +383,7 @@ def test_probe_groups_and_the_token_cap_on_the_matrix_free_path():
         assert capped[(capped.expert == e) & (capped.metric == "jacobian_tokens")]["value"].item() == len(first)
     with pytest.raises(ValueError, match="probes must be a non-empty collection of pointwise, spectrum, mean, pca"):
         hf.probe_model(model, x, probes=("sigma",), **free)
-    with pytest.raises(ValueError, match="jacobian_tokens must be a positive integer"):
+    with pytest.raises(ValueError, match="jacobian_tokens must be an integer >= 1, got 0"):
         hf.probe_model(model, x, jacobian_tokens=0, **free)
 
 

@@ -384,7 +384,7 @@ def test_planted_low_rank_covariance_is_recovered(rank, seed):
 @given(st.integers(2, 12), st.integers(1, 30), st.integers(0, 2), seeds)
 def test_pca_of_fewer_points_than_dimensions_matches_numpys_covariance(N, extra, zeros, seed):
     """N < D (a checkpoint's routed tokens at large width) takes the N x N Gram route: its
-    eigenvalues, its components' reconstruction of the covariance, the top subspaces and the
+    eigenvalues, its N components' reconstruction of the covariance, the top subspaces and the
     rounding floor against numpy's weighted covariance (D x D eigh), some weights zero."""
     D, g = N + extra, torch.Generator().manual_seed(seed)
     h = torch.randn(2, N, D, generator=g, dtype=torch.float64) * torch.rand(D, generator=g, dtype=torch.float64).add(
@@ -393,7 +393,7 @@ def test_pca_of_fewer_points_than_dimensions_matches_numpys_covariance(N, extra,
     w = torch.rand(2, N, generator=g, dtype=torch.float64) + 0.05
     w[:, : min(zeros, N - 2)] = 0
     pca = probes.weighted_pca(h, w, vectors=True)
-    assert pca.components.shape == (2, D, D)
+    assert pca.components.shape == (2, D, N)
     for e in range(2):
         C = np.cov(h[e].numpy(), rowvar=False, aweights=w[e].numpy(), bias=True)
         lam, vec = np.linalg.eigh(C)
@@ -401,14 +401,18 @@ def test_pca_of_fewer_points_than_dimensions_matches_numpys_covariance(N, extra,
         scale = lam[0]
         np.testing.assert_allclose(pca.eigenvalues[e].numpy(), lam, rtol=1e-9, atol=1e-11 * scale)
         Q = pca.components[e].numpy()
-        np.testing.assert_allclose(Q.T @ Q, np.eye(D), atol=1e-12)
-        np.testing.assert_allclose(Q @ np.diag(pca.eigenvalues[e].numpy()) @ Q.T, C, atol=1e-11 * scale)
+        np.testing.assert_allclose(Q.T @ Q, np.eye(N), atol=1e-12)
+        np.testing.assert_allclose(Q @ np.diag(pca.eigenvalues[e, :N].numpy()) @ Q.T, C, atol=1e-11 * scale)
+        assert (pca.eigenvalues[e, N:] == 0).all()
         r = int((lam > 1e-9 * scale).sum())  # the points' span: its projector is unique
         np.testing.assert_allclose(Q[:, :r] @ Q[:, :r].T, vec[:, :r] @ vec[:, :r].T, atol=1e-9)
         mu = np.average(h[e].numpy(), axis=0, weights=w[e].numpy())
         floor = (probes.pca.NO_VARIANCE_ULPS * np.finfo(np.float64).eps) ** 2 * (mu @ mu + np.trace(C))
         assert float(pca.floor[e]) == pytest.approx(floor, rel=1e-9)
     torch.testing.assert_close(probes.weighted_pca(h, w).eigenvalues, pca.eigenvalues)
+    full = pca.subspace(D)  # beyond N: directions of eigenvalue 0, completed by QR
+    torch.testing.assert_close(full.transpose(-1, -2) @ full, torch.eye(D, dtype=full.dtype).expand(2, D, D))
+    torch.testing.assert_close(full[..., :N], pca.components)
 
 
 def test_weighted_pca_batched_over_experts_matches_one_by_one():

@@ -11,7 +11,7 @@ import torch
 from .. import probes
 from ..config import JacobianSite
 from ..frame import Rows, reading
-from ..rows import SUBSPACE_SITES, cosine_rows, pca_site_rows
+from ..rows import cosine_rows, pca_site_rows
 from .jacobians import tokenwise_jacobians, tokenwise_operator
 from .layers import MoECapture
 
@@ -158,14 +158,14 @@ def top_spectrum(jbar: torch.Tensor) -> probes.SpectralResult:
     return lanczos(probes.matrix_operator(jbar), d, jbar.dtype, jbar.device, k=min(MEAN_SPECTRUM_K, d))
 
 
-def pca_rows(rows: Rows, g: torch.Tensor, sites: dict, experts: list[int], max_bytes: int) -> None:
+def pca_rows(
+    rows: Rows, g: torch.Tensor, sites: dict, experts: list[int], max_bytes: int, *, total_variance: bool = False
+) -> None:
     """The weighted PCA of every site (``pca_site_rows``), a site whose largest tensor exceeds
     ``max_bytes`` skipped with a warning."""
     for site, h in sites.items():
         N, D = h.shape[-2:]
-        # the covariance route holds (E, D, D); with fewer tokens than dimensions the Gram route
-        # (probes.weighted_pca) holds (E, N, D) and, for the subspaces' eigenvectors, (E, D, D)
-        side = D if site in SUBSPACE_SITES or N >= D else N
+        side = min(N, D)  # the covariance route holds (E, D, D), the Gram route (N < D) (E, N, D)
         if len(experts) * side * D * 8 > max_bytes:
             warnings.warn(
                 f"layer {rows.key['layer']}: PCA at site {site.value} skipped, its largest tensor "
@@ -173,4 +173,4 @@ def pca_rows(rows: Rows, g: torch.Tensor, sites: dict, experts: list[int], max_b
                 stacklevel=2,
             )
             continue
-        pca_site_rows(rows, site, h, g, experts, total_variance=False)
+        pca_site_rows(rows, site, h, g, experts, total_variance=total_variance)

@@ -19,7 +19,7 @@ from .. import probes as _probes
 from ..config import JacobianSite, PCASite
 from ..frame import COLUMNS, Rows, check_finite_values, reading
 from ..rows import expert_geometry_rows
-from ..validate import MEMORY_FRACTION, available_memory, check_device
+from ..validate import MEMORY_FRACTION, available_memory, check_count, check_device
 from .checkpoint import MAX_TOKENS, checkpoint_config, dtype_name, initialised, load, load_dtype, meta_model, tokenize
 from .jacobians import tokenwise_jacobians, tokenwise_operator
 from .large import (
@@ -115,8 +115,7 @@ def probe_model(
     """
     dtype = _probe_dtype(dtype)
     check_probes(probes)
-    if jacobian_tokens is not None and (isinstance(jacobian_tokens, bool) or jacobian_tokens < 1):
-        raise ValueError(f"jacobian_tokens must be a positive integer or None, got {jacobian_tokens!r}")
+    _ = jacobian_tokens is None or check_count("jacobian_tokens", jacobian_tokens)
     model_type = _model_type(model)
     restore = _eager_experts(model)
     try:
@@ -186,6 +185,7 @@ def layer_rows(
     groups of ``PROBES`` to compute; ``jacobian_tokens``: on the matrix-free path, the per-token
     Jacobian probes of an expert use its first (in text order) this many routed tokens at most."""
     wanted = check_probes(probes)
+    _ = jacobian_tokens is None or check_count("jacobian_tokens", jacobian_tokens)
     rows = Rows(seed, arm, cap.layer, 0)
     g = cap.g.double()
     mass = _probes.expert_mass(g)
@@ -223,11 +223,11 @@ def layer_rows(
         )
         expert_geometry_rows(rows, x, gl, J, sites, experts)
     elif dense:
-        pca_rows(rows, gl, sites, experts, max_bytes)
+        pca_rows(rows, gl, sites, experts, max_bytes, total_variance=True)
     else:
         matrix_free_rows(rows, cap, experts, gl, sites, max_bytes, dtype, wanted, jacobian_tokens)
     if cap.shared is not None:
-        _shared_rows(rows, cap, max_bytes, dtype, wanted)
+        _shared_rows(rows, cap, max_bytes, dtype, wanted, jacobian_tokens)
     return _selected(rows, wanted)
 
 
@@ -250,9 +250,12 @@ def _selected(rows: Rows, wanted: set[str]) -> Rows:
     return rows
 
 
-def _shared_rows(rows: Rows, cap: MoECapture, max_bytes: int, dtype: torch.dtype, wanted: set[str]) -> None:
+def _shared_rows(
+    rows: Rows, cap: MoECapture, max_bytes: int, dtype: torch.dtype, wanted: set[str], jacobian_tokens: int | None
+) -> None:
     """The shared experts as one more expert (``SHARED_EXPERT``) with weight 1 on every token:
-    Jacobians of their contribution (gate included) w.r.t. the block input by autograd."""
+    Jacobians of their contribution (gate included) w.r.t. the block input by autograd (on the
+    matrix-free path over the first ``jacobian_tokens`` tokens at most)."""
     X = cap.block_input.to(dtype)
     N, d = X.shape
     ones = torch.ones(N, 1, dtype=dtype, device=X.device)
@@ -264,11 +267,11 @@ def _shared_rows(rows: Rows, cap: MoECapture, max_bytes: int, dtype: torch.dtype
         return
     experts, r_point = [SHARED_EXPERT], reading(jacobian=JacobianSite.POINTWISE)
     if wanted & {"pointwise", "spectrum"}:
-        k = pointwise_k(wanted, d)
+        k, n = pointwise_k(wanted, d), len(ones[:jacobian_tokens])
         s, ok = pointwise_spectra(
-            lambda t: tokenwise_operator(fn, cap.block_input[t]), ones[:, 0].double(), max_bytes, dtype, X, k
+            lambda t: tokenwise_operator(fn, cap.block_input[t]), ones[:n, 0].double(), max_bytes, dtype, X, k
         )
-        rows.add("jacobian_tokens", r_point, float(N), experts)
+        rows.add("jacobian_tokens", r_point, float(n), experts)
         spectrum_rows(rows, r_point, s[None], experts)
         rows.add("sigma1_converged", r_point, float(ok), experts)
     if "mean" in wanted:
@@ -339,6 +342,7 @@ def probe(
         )
     probe_dtype = _probe_dtype(probe_dtype)
     check_probes(probes)
+    _ = jacobian_tokens is None or check_count("jacobian_tokens", jacobian_tokens)
     check_layers(layers)
     dev = check_device(device)
     config = checkpoint_config(path)

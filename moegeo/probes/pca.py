@@ -25,7 +25,9 @@ class PCAResult:
 
     mean: torch.Tensor  # (*, D) weighted mean mu_e
     eigenvalues: torch.Tensor  # (*, D) lambda_1 >= ... >= lambda_D of C_e
-    components: torch.Tensor | None = None  # (*, D, D) eigenvectors of C_e, column i for lambda_i (``vectors=True``)
+    #: (*, D, D) eigenvectors of C_e, column i for lambda_i (``vectors=True``); with fewer points than
+    #: dimensions (N < D) only the first N, (*, D, N): the other eigenvalues are 0
+    components: torch.Tensor | None = None
     #: (*,) the total variance at or below which the points have no variance but rounding
     #: (``NO_VARIANCE_ULPS``); None: only an exactly zero total is none
     floor: torch.Tensor | None = None
@@ -81,23 +83,29 @@ class PCAResult:
     def subspace(self, r: int) -> torch.Tensor:
         """Orthonormal basis of the top-r principal subspace, the expert's local chart.
 
-        ``(*, D, r)``: the first r columns of ``components`` (eigenvalues lambda_1..lambda_r).
+        ``(*, D, r)``: the first r columns of ``components`` (eigenvalues lambda_1..lambda_r),
+        completed by a QR where ``components`` holds fewer (the Gram route, N < r).
         Only the span is defined, not the basis (eigenvector signs are arbitrary), and the span
         itself is unique only when lambda_r > lambda_{r+1}. Feed it to ``moegeo.grassmann``.
         """
         if self.components is None:
             raise ValueError("this PCA was computed without eigenvectors: call weighted_pca(h, w, vectors=True)")
-        D = self.components.shape[-1]
+        C = self.components
+        D = C.shape[-2]
         if not 1 <= r <= D:
             raise ValueError(f"r must be in [1, D] = [1, {D}], got {r}")
-        return self.components[..., :r]
+        if r > C.shape[-1]:  # the Gram route kept N < r columns: directions of eigenvalue 0 complete them
+            Q, R = torch.linalg.qr(C, mode="complete")
+            C = torch.cat([C, Q[..., C.shape[-1] :]], -1)
+        return C[..., :r]
 
 
 def weighted_pca(h: torch.Tensor, w: torch.Tensor, *, vectors: bool = False) -> PCAResult:
     """Weighted PCA with weighted mean and covariance normalised by N_e = sum w (A.4/B.5).
 
     ``h: (*, N, D)`` hidden states, ``w: (*, N)`` non-negative sample weights (leading dims
-    broadcast, e.g. ``h: (N, D)`` shared with ``w: (E, N)``). Computed in float64.
+    broadcast, e.g. ``h: (N, D)`` shared with ``w: (E, N)``). Computed in float64; with fewer
+    points than dimensions through the N x N Gram matrix (``components`` then ``(*, D, N)``).
     Scaling all weights leaves the result unchanged. The eigenvalues come descending; with
     ``vectors=True`` also their eigenvectors (``components: (*, D, D)``), whose leading columns
     span the expert subspaces (eigenvectors cost several times the eigenvalues at large D).
@@ -135,9 +143,9 @@ def _pca_from_gram(p: torch.Tensor, c: torch.Tensor, mu: torch.Tensor, rel_floor
     """``weighted_pca`` for fewer points than dimensions (N < D: a checkpoint's routed tokens at
     width 2048-4096): with Y = diag(sqrt(p)) c the covariance is C = Y^T Y, whose nonzero
     eigenvalues are those of the N x N Gram matrix K = Y Y^T, with eigenvectors Y^T u / sqrt(lambda).
-    The other D - N eigenvalues are 0; their eigenvectors complete the basis (a complete QR), so
-    ``components`` is the same orthonormal (D, D) basis as the covariance route's, in O(N^2 D + N D^2)
-    instead of an O(D^3) eigensolve."""
+    The other D - N eigenvalues are 0 and their directions arbitrary: ``components`` holds the
+    first N, ``(*, D, N)`` orthonormal (a reduced QR, which also gives directions to eigenvalues at
+    rounding level), in O(N^2 D) instead of an O(D^3) eigensolve."""
     Y = p.sqrt()[..., None] * c  # (*, N, D)
     N, D = Y.shape[-2:]
     lam, U = torch.linalg.eigh(Y @ Y.transpose(-1, -2))  # ascending
@@ -151,7 +159,6 @@ def _pca_from_gram(p: torch.Tensor, c: torch.Tensor, mu: torch.Tensor, rel_floor
     keep = lam > N * torch.finfo(lam.dtype).eps * lam[..., :1].clamp_min(0)
     V = (Y.transpose(-1, -2) @ U) / lam.clamp_min(torch.finfo(lam.dtype).tiny).sqrt()[..., None, :]
     V = V * keep[..., None, :]
-    Q, R = torch.linalg.qr(V, mode="complete")  # (*, D, D): Q[:, :N] is V up to column signs
-    sign = torch.where(R.diagonal(dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(Q.dtype)
-    Q[..., :N] = Q[..., :N] * sign[..., None, :]
+    Q, R = torch.linalg.qr(V)  # (*, D, N): V up to column signs where it is not zero
+    Q = Q * torch.where(R.diagonal(dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(Q.dtype)[..., None, :]
     return PCAResult(mean=mu, eigenvalues=eigenvalues, components=Q, floor=floor)

@@ -194,17 +194,16 @@ def lanczos_sigma1(
     q = _start_vectors(op, starts, v0, generator, dtype, device)
     shape, dtype = q.shape, q.dtype
     B = math.prod(shape[:-1])  # every run of every matrix is one batch element here
-    basis = q.new_empty(B, k_max, shape[-1])  # the Lanczos vectors, filled one step at a time
-    basis[:, 0] = q.reshape(B, -1)
+    basis = [q.reshape(B, -1)]
     alphas, betas = [], []
     theta = torch.zeros(B, dtype=dtype, device=q.device)
     active = torch.ones(B, dtype=torch.bool, device=q.device)  # Ritz value not yet converged
     eps = torch.finfo(dtype).eps
     for j in range(k_max):
-        v = basis[:, j]
+        v = basis[-1]
         w = _gram_apply(op, v.reshape(shape)).reshape(B, -1)
         alphas.append((v * w).sum(-1))
-        Q = basis[:, : j + 1]  # (B, j+1, n)
+        Q = torch.stack(basis, 1)  # (B, j+1, n)
         for _ in range(2):  # full reorthogonalisation; twice is enough
             w = w - torch.bmm(torch.bmm(Q, w[:, :, None]).transpose(1, 2), Q)[:, 0]
         beta = w.norm(dim=-1)
@@ -223,7 +222,7 @@ def lanczos_sigma1(
             values = theta.reshape(shape[:-1]).amax(0).clamp_min(0).sqrt()
             return SpectralResult(values, j + 1, converged)
         betas.append(beta)
-        basis[:, j + 1] = w / beta.clamp_min(torch.finfo(dtype).tiny)[:, None]
+        basis.append(w / beta.clamp_min(torch.finfo(dtype).tiny)[:, None])
     raise AssertionError("unreachable")
 
 
@@ -265,11 +264,14 @@ def block_lanczos_top(
     With the basis Q (orthonormal, m columns) and the Rayleigh-Ritz matrix T = Q^T J^T J Q, the
     Krylov relation J^T J Q = Q T + Q_next R E^T holds (R from the QR of the newest block's
     reorthogonalised image), so the residual of a Ritz pair (theta, Q y) is ||R y_last||, y_last
-    the last ``block`` entries of y. A pair stops at ``tol * theta``: theta is then within a
-    relative ``tol`` of an eigenvalue of J^T J (sigma within about ``tol / 2``). The Ritz values
-    are at most the true ones in order (Cauchy interlacing), and a block of b starts traps the
-    top value below sigma_1 only if every start's weight on v_1 is small at once.
-    Memory: the basis, O(batch x d_in x m), m = block x steps.
+    the last ``block`` entries of y. The k pairs stop when every residual is at most
+    ``tol * theta_1``: each theta_i is then within ``tol * theta_1`` of an eigenvalue of J^T J
+    (for k = 1 a relative ``tol``, sigma_1 within about ``tol / 2``; a relative test for small
+    theta_i could never pass below the rounding of theta_1 in float32). The Ritz values are at
+    most the true ones in order (Cauchy interlacing), and a block of b starts traps the top value
+    below sigma_1 only if every start's weight on v_1 is small at once. Memory: the basis and
+    the Rayleigh-Ritz matrix, allocated at their cap, O(batch x d_in x m + batch x m^2), m =
+    min(d_in, block x steps): give ``max_iter`` for a large d_in.
     """
     _check_stopping(tol, max_iter, optional=True)
     check_count("block", block)
@@ -295,19 +297,21 @@ def block_lanczos_top(
         evals, evecs = torch.linalg.eigh(T[:, :m, :m])  # ascending
         top = min(k, m)
         values = evals.flip(-1)[:, :top]
-        if m == basis.shape[-1]:  # the basis spans d_in (or the step cap)
-            done = torch.full_like(done, m == n) | done
+        if m == n:  # the basis spans d_in: the values are exact
+            done = torch.ones_like(done)
             break
         for _ in range(2):  # full reorthogonalisation; twice is enough
             W = W - Qm @ (Qm.transpose(1, 2) @ W)
         Qn, R = torch.linalg.qr(W)  # W = Qn R: J^T J Q = Q T + Qn R E^T
         y_last = evecs.flip(-1)[:, m - b : m, :top]  # (B, b, top)
         resid = (R @ y_last).norm(dim=1)  # (B, top)
-        done = (top == k) & (resid <= (tol + 10 * eps) * values.abs().clamp_min(torch.finfo(V.dtype).tiny)).all(-1)
-        if bool(done.all()):
+        scale = values[:, :1].abs().clamp_min(torch.finfo(V.dtype).tiny)  # theta_1: an absolute test for all k
+        done = (top == k) & (resid <= (tol + 10 * eps) * scale).all(-1)
+        if bool(done.all()) or m == basis.shape[-1]:  # converged, or the step cap
             break
-        Qn = Qn - Qm @ (Qm.transpose(1, 2) @ Qn)  # directions W lacked (a breakdown) stay orthogonal too
-        take = min(b, basis.shape[-1] - m)  # the last block may be partial: its strongest directions
+        for _ in range(2):  # directions W lacked (a breakdown) stay orthogonal too
+            Qn = Qn - Qm @ (Qm.transpose(1, 2) @ Qn)
+        take = min(b, basis.shape[-1] - m)  # the last block may be partial: a basis of the range
         Q = torch.linalg.qr(Qn if take == b else torch.linalg.svd(Qn, full_matrices=False).U[:, :, :take]).Q
     if values.shape[-1] < k:  # the step cap stopped the basis below k columns
         values = torch.nn.functional.pad(values, (0, k - values.shape[-1]))
