@@ -144,7 +144,11 @@ def test_full_spectra_paper(benchmark, method):
     J = probes.expert_jacobians(P.W1, P.b1, P.W2, P.x)
     benchmark.group = f"full spectra of all E*N Jacobians, float64 [{P.label}]"
     s = benchmark.pedantic(
-        probes.singular_values, (J, "svd" if method == "svdvals" else "gram"), rounds=3, warmup_rounds=1
+        probes.singular_values,
+        (J,),
+        dict(method="svd" if method == "svdvals" else "gram"),
+        rounds=3,
+        warmup_rounds=1,
     )
     # reference: numpy's LAPACK SVD, not the torch call under test (svdvals against itself is 0 by construction)
     ref = torch.from_numpy(np.linalg.svd(J.numpy(), compute_uv=False))

@@ -366,7 +366,8 @@ def probe(
     )
     if announce is not None:
         announce(
-            f"probing {batch.n_tokens} tokens on {est.layers} MoE layer(s): about {est.seconds:.2g} s and "
+            f"probing {batch.n_tokens} tokens on {est.layers} MoE layer(s): about {est.seconds:.2g} s "
+            f"({est.seconds / max(est.layers, 1):.2g} s per layer) and "
             f"{_size(est.bytes)} of memory, {_size(est.model_bytes)} of it the model in {dtype_name(dtype)} "
             f"(a rough estimate: the probes' main products at the {est.rate / 1e9:.3g} GFLOP/s of a short "
             f"{_gemm_name(est.probe_dtype)} here)"

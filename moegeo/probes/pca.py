@@ -142,23 +142,31 @@ def weighted_pca(h: torch.Tensor, w: torch.Tensor, *, vectors: bool = False) -> 
 def _pca_from_gram(p: torch.Tensor, c: torch.Tensor, mu: torch.Tensor, rel_floor: float, vectors: bool) -> PCAResult:
     """``weighted_pca`` for fewer points than dimensions (N < D: a checkpoint's routed tokens at
     width 2048-4096): with Y = diag(sqrt(p)) c the covariance is C = Y^T Y, whose nonzero
-    eigenvalues are those of the N x N Gram matrix K = Y Y^T, with eigenvectors Y^T u / sqrt(lambda).
-    The other D - N eigenvalues are 0 and their directions arbitrary: ``components`` holds the
-    first N, ``(*, D, N)`` orthonormal (a reduced QR, which also gives directions to eigenvalues at
+    eigenvalues are those of the Gram matrix K = Y Y^T of the points with positive weight (one
+    eigensolve per expert, of its routed points only: the zero rows of the others would make K
+    highly degenerate, where LAPACK's eigh can fail), with eigenvectors Y^T u / sqrt(lambda). The
+    other eigenvalues are 0 and their directions arbitrary: ``components`` holds the first N,
+    ``(*, D, N)`` orthonormal (a reduced QR, which also gives directions to the eigenvalues at
     rounding level), in O(N^2 D) instead of an O(D^3) eigensolve."""
     Y = p.sqrt()[..., None] * c  # (*, N, D)
     N, D = Y.shape[-2:]
-    lam, U = torch.linalg.eigh(Y @ Y.transpose(-1, -2))  # ascending
-    lam, U = lam.flip(-1), U.flip(-1)
+    flat_p, flat_Y = p.expand(Y.shape[:-1]).reshape(-1, N), Y.reshape(-1, N, D)
+    lam = Y.new_zeros(flat_Y.shape[0], N)
+    V = Y.new_zeros(flat_Y.shape[0], D, N) if vectors else None
+    for b in range(flat_Y.shape[0]):
+        Yb = flat_Y[b, flat_p[b] > 0]  # (N_b, D)
+        values, U = torch.linalg.eigh(Yb @ Yb.T)  # ascending
+        values, U = values.flip(-1), U.flip(-1)
+        lam[b, : len(values)] = values
+        if vectors:  # directions of lambda at rounding level stay zero: the QR below completes them
+            keep = values > len(values) * torch.finfo(values.dtype).eps * values[:1].clamp_min(0)
+            kept = (Yb.T @ U[:, keep]) / values[keep].sqrt()  # keep is a prefix: the values descend
+            V[b, :, : kept.shape[1]] = kept
+    lam = lam.reshape(*Y.shape[:-2], N)
     eigenvalues = torch.nn.functional.pad(lam, (0, D - N))
-    total = lam.clamp_min(0).sum(-1)
-    floor = rel_floor * (mu.square().sum(-1) + total)  # the covariance route's: trace C = trace K
+    floor = rel_floor * (mu.square().sum(-1) + lam.clamp_min(0).sum(-1))  # the covariance route's: trace C = trace K
     if not vectors:
         return PCAResult(mean=mu, eigenvalues=eigenvalues, floor=floor)
-    # columns of lambda at rounding level carry no direction: zero, so the QR completes them
-    keep = lam > N * torch.finfo(lam.dtype).eps * lam[..., :1].clamp_min(0)
-    V = (Y.transpose(-1, -2) @ U) / lam.clamp_min(torch.finfo(lam.dtype).tiny).sqrt()[..., None, :]
-    V = V * keep[..., None, :]
-    Q, R = torch.linalg.qr(V)  # (*, D, N): V up to column signs where it is not zero
+    Q, R = torch.linalg.qr(V.reshape(*Y.shape[:-2], D, N))  # V up to column signs where it is not zero
     Q = Q * torch.where(R.diagonal(dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(Q.dtype)[..., None, :]
     return PCAResult(mean=mu, eigenvalues=eigenvalues, components=Q, floor=floor)
