@@ -67,7 +67,13 @@ def _sweep_row(r, rate: float) -> str:
     ``rate`` (the sum of its parts' floors), with where the time goes: training, trajectory
     records, checkpoint probes, each against its own floor. Training is what the sweep's time
     leaves after the two timed probe stages, so it also holds the little else the sweep does."""
-    if "trajectory_seconds" not in r:  # results.json of a run before 2026-11-27's full measurement
+
+    def has(key):
+        return r.get(key) is not None and r.get(key) == r.get(key)  # present and not NaN
+
+    if not has("trajectory_seconds") and not has("steps_timed"):
+        return f"| the main-arms sweep of `pytest claims/` within {SWEEP_GOAL:g}x of its FLOP floor: this run recorded no measurement (the benchmark failed) | n/a | no |"
+    if not has("trajectory_seconds"):  # results.json of a run before 2026-11-27's full measurement
         return (
             f"| the main-arms sweep of `pytest claims/` within {SWEEP_GOAL:g}x of its FLOP floor: this run timed "
             f"{r.steps_timed:.0f} steps only, which cannot decide the target (it asks for the sweep measured in full) "

@@ -321,3 +321,14 @@ def test_the_real_shape_rows_hold_the_issues_goals(tmp_path):
         assert "the whole model (32 MoE layers) on this CPU about" in mixtral
         olmoe = next(line for line in text.splitlines() if line.startswith("| OLMoE-1B-7B-shaped layer"))
         assert olmoe.endswith("| 2.00x of floor | n/a (no goal: measured) |"), olmoe
+
+
+def test_a_failed_sweep_benchmark_is_a_row_that_says_so(tmp_path):
+    """A sweep benchmark that failed after its timing records no fields: the row says so and the
+    rest of the section is still written."""
+    results, report = tmp_path / "r.json", tmp_path / "REPORT.md"
+    benches = [_bench("floating-point floor", "sgemm", 0.01, 0.01, flops=1e9), _bench("claims sweep", "x", 400.0)]
+    del benches[1]["extra_info"]["method"]
+    results.write_text(json.dumps(dict(machine_info={}, benchmarks=benches)))
+    bench_report.update_report(results, report)
+    assert "this run recorded no measurement (the benchmark failed) | n/a | no |" in report.read_text()

@@ -383,7 +383,7 @@ def test_planted_low_rank_covariance_is_recovered(rank, seed):
 
 @given(st.integers(2, 12), st.integers(1, 30), st.integers(0, 2), seeds)
 def test_pca_of_fewer_points_than_dimensions_matches_numpys_covariance(N, extra, zeros, seed):
-    """N < D (a checkpoint's routed tokens at large width) takes the N x N Gram route: its
+    """N < D (a checkpoint's routed tokens at large width) through the Gram route: its
     eigenvalues, its N components' reconstruction of the covariance, the top subspaces and the
     rounding floor against numpy's weighted covariance (D x D eigh), some weights zero."""
     D, g = N + extra, torch.Generator().manual_seed(seed)
@@ -392,7 +392,7 @@ def test_pca_of_fewer_points_than_dimensions_matches_numpys_covariance(N, extra,
     )
     w = torch.rand(2, N, generator=g, dtype=torch.float64) + 0.05
     w[:, : min(zeros, N - 2)] = 0
-    pca = probes.weighted_pca(h, w, vectors=True)
+    pca = probes.weighted_pca(h, w, vectors=True, method="gram")  # "auto" takes it above GRAM_MIN_D only
     assert pca.components.shape == (2, D, N)
     for e in range(2):
         C = np.cov(h[e].numpy(), rowvar=False, aweights=w[e].numpy(), bias=True)
@@ -409,7 +409,10 @@ def test_pca_of_fewer_points_than_dimensions_matches_numpys_covariance(N, extra,
         mu = np.average(h[e].numpy(), axis=0, weights=w[e].numpy())
         floor = (probes.pca.NO_VARIANCE_ULPS * np.finfo(np.float64).eps) ** 2 * (mu @ mu + np.trace(C))
         assert float(pca.floor[e]) == pytest.approx(floor, rel=1e-9)
-    torch.testing.assert_close(probes.weighted_pca(h, w).eigenvalues, pca.eigenvalues)
+    torch.testing.assert_close(probes.weighted_pca(h, w, method="gram").eigenvalues, pca.eigenvalues)
+    assert probes.weighted_pca(h, w, vectors=True).components.shape == (2, D, D)  # auto: covariance at small D
+    with pytest.raises(ValueError, match="method must be 'auto', 'gram' or 'covariance'"):
+        probes.weighted_pca(h, w, method="svd")
     full = pca.subspace(D)  # beyond N: directions of eigenvalue 0, completed by QR
     torch.testing.assert_close(full.transpose(-1, -2) @ full, torch.eye(D, dtype=full.dtype).expand(2, D, D))
     torch.testing.assert_close(full[..., :N], pca.components)

@@ -100,12 +100,19 @@ class PCAResult:
         return C[..., :r]
 
 
-def weighted_pca(h: torch.Tensor, w: torch.Tensor, *, vectors: bool = False) -> PCAResult:
+#: ``weighted_pca(method="auto")`` takes the Gram route for fewer points than dimensions only
+#: above this width (a checkpoint's 2048-4096): the settings (D <= 256) keep the covariance route
+GRAM_MIN_D = 1024
+
+
+def weighted_pca(h: torch.Tensor, w: torch.Tensor, *, vectors: bool = False, method: str = "auto") -> PCAResult:
     """Weighted PCA with weighted mean and covariance normalised by N_e = sum w (A.4/B.5).
 
     ``h: (*, N, D)`` hidden states, ``w: (*, N)`` non-negative sample weights (leading dims
     broadcast, e.g. ``h: (N, D)`` shared with ``w: (E, N)``). Computed in float64; with fewer
-    points than dimensions through the N x N Gram matrix (``components`` then ``(*, D, N)``).
+    points than dimensions (N < D) and D above ``GRAM_MIN_D``, or ``method="gram"``, through the
+    Gram matrices of each expert's points (``components`` then ``(*, D, N)``); ``method=
+    "covariance"`` always through the D x D covariance.
     Scaling all weights leaves the result unchanged. The eigenvalues come descending; with
     ``vectors=True`` also their eigenvectors (``components: (*, D, D)``), whose leading columns
     span the expert subspaces (eigenvectors cost several times the eigenvalues at large D).
@@ -128,7 +135,9 @@ def weighted_pca(h: torch.Tensor, w: torch.Tensor, *, vectors: bool = False) -> 
     mu = torch.einsum("...n,...nd->...d", p, h)
     c = h - mu[..., None, :]
     N, D = c.shape[-2:]
-    if N < D:
+    if method not in ("auto", "gram", "covariance"):
+        raise ValueError(f"method must be 'auto', 'gram' or 'covariance', got {method!r}")
+    if method == "gram" or (method == "auto" and N < D and D > GRAM_MIN_D):
         return _pca_from_gram(p, c, mu, (ulps * eps) ** 2, vectors)
     cov = torch.einsum("...n,...nd,...nk->...dk", p, c, c)
     second = mu.square().sum(-1) + cov.diagonal(dim1=-2, dim2=-1).sum(-1)  # weighted mean of ||h||^2
