@@ -165,8 +165,7 @@ def pca_rows(
     ``max_bytes`` skipped with a warning."""
     for site, h in sites.items():
         N, D = h.shape[-2:]
-        gram = N < D and D > probes.pca.GRAM_MIN_D  # probes.weighted_pca's route
-        side = N if gram else D  # the covariance route holds (E, D, D), the Gram route (E, N, D)
+        side = N if probes.pca.gram_route(N, D) else D  # covariance route (E, D, D), Gram route (E, N, D)
         if len(experts) * side * D * 8 > max_bytes:
             warnings.warn(
                 f"layer {rows.key['layer']}: PCA at site {site.value} skipped, its largest tensor "

@@ -114,8 +114,7 @@ def probe_model(
     ``undefined`` row (``moegeo.frame``); no value is NaN (``frame.check_finite_values``).
     """
     dtype = _probe_dtype(dtype)
-    check_probes(probes)
-    _ = jacobian_tokens is None or check_count("jacobian_tokens", jacobian_tokens)
+    check_probes(probes, jacobian_tokens)
     model_type = _model_type(model)
     restore = _eager_experts(model)
     try:
@@ -184,8 +183,7 @@ def layer_rows(
     or float32) on the capture's device; routing weights and the PCA in float64. ``probes``: the
     groups of ``PROBES`` to compute; ``jacobian_tokens``: on the matrix-free path, the per-token
     Jacobian probes of an expert use its first (in text order) this many routed tokens at most."""
-    wanted = check_probes(probes)
-    _ = jacobian_tokens is None or check_count("jacobian_tokens", jacobian_tokens)
+    wanted = check_probes(probes, jacobian_tokens)
     rows = Rows(seed, arm, cap.layer, 0)
     g = cap.g.double()
     mass = _probes.expert_mass(g)
@@ -231,10 +229,13 @@ def layer_rows(
     return _selected(rows, wanted)
 
 
-def check_probes(probes) -> set[str]:
-    """``probes`` as a set of ``PROBES`` names: a non-empty collection of them, else ``ValueError``."""
+def check_probes(probes, jacobian_tokens: int | None = None) -> set[str]:
+    """``probes`` as a set of ``PROBES`` names (a non-empty collection of them) and
+    ``jacobian_tokens`` None or an integer >= 1, else ``ValueError``."""
     if isinstance(probes, str) or not probes or not set(probes) <= set(PROBES):
         raise ValueError(f"probes must be a non-empty collection of {', '.join(PROBES)}; got {probes!r}")
+    if jacobian_tokens is not None:
+        check_count("jacobian_tokens", jacobian_tokens)
     return set(probes)
 
 
@@ -341,8 +342,7 @@ def probe(
             "device_map (probe the checkpoint and its initialisation separately)"
         )
     probe_dtype = _probe_dtype(probe_dtype)
-    check_probes(probes)
-    _ = jacobian_tokens is None or check_count("jacobian_tokens", jacobian_tokens)
+    check_probes(probes, jacobian_tokens)
     check_layers(layers)
     dev = check_device(device)
     config = checkpoint_config(path)

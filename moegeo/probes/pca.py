@@ -105,6 +105,11 @@ class PCAResult:
 GRAM_MIN_D = 1024
 
 
+def gram_route(N: int, D: int) -> bool:
+    """Whether ``weighted_pca(method="auto")`` of N points in D dimensions takes the Gram route."""
+    return N < D and D > GRAM_MIN_D
+
+
 def weighted_pca(h: torch.Tensor, w: torch.Tensor, *, vectors: bool = False, method: str = "auto") -> PCAResult:
     """Weighted PCA with weighted mean and covariance normalised by N_e = sum w (A.4/B.5).
 
@@ -137,7 +142,7 @@ def weighted_pca(h: torch.Tensor, w: torch.Tensor, *, vectors: bool = False, met
     N, D = c.shape[-2:]
     if method not in ("auto", "gram", "covariance"):
         raise ValueError(f"method must be 'auto', 'gram' or 'covariance', got {method!r}")
-    if method == "gram" or (method == "auto" and N < D and D > GRAM_MIN_D):
+    if method == "gram" or (method == "auto" and gram_route(N, D)):
         return _pca_from_gram(p, c, mu, (ulps * eps) ** 2, vectors)
     cov = torch.einsum("...n,...nd,...nk->...dk", p, c, c)
     second = mu.square().sum(-1) + cov.diagonal(dim1=-2, dim2=-1).sum(-1)  # weighted mean of ||h||^2
